@@ -1,0 +1,29 @@
+//! The `ablate` command line.
+
+mod train_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ablate", version, about = "Text-to-image training ablation studies")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train one arm in this process on CPU.
+    Train(train_cmd::TrainArgs),
+    /// Benchmarks that print their figures.
+    #[command(subcommand)]
+    Bench(train_cmd::BenchCmd),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    match Cli::parse().cmd {
+        Cmd::Train(a) => train_cmd::train(a),
+        Cmd::Bench(b) => train_cmd::bench(b),
+    }
+}

@@ -1,0 +1,298 @@
+//! The full configuration of one training run (one ablation arm), read from TOML.
+//!
+//! Every section rejects unknown keys; `validate()` refuses impossible combinations before
+//! anything is built, naming the offending key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataConfig;
+use crate::model::text::TextEncoderConfig;
+use crate::model::DenoiserConfig;
+use crate::objective::repa::RepaConfig;
+use crate::objective::ObjectiveConfig;
+use crate::optim::OptimConfig;
+use crate::precision::PrecisionPolicy;
+use crate::routing::RoutingConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// "tiny", "mini" or "prx-small".
+    pub preset: String,
+    pub hidden: Option<usize>,
+    pub depth: Option<usize>,
+    pub heads: Option<usize>,
+    pub mlp_ratio: Option<f64>,
+    pub patch: Option<usize>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { preset: "tiny".into(), hidden: None, depth: None, heads: None, mlp_ratio: None, patch: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TextSection {
+    /// "learned" (trained with the denoiser).
+    pub encoder: String,
+    pub max_tokens: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+}
+
+impl Default for TextSection {
+    fn default() -> Self {
+        Self { encoder: "learned".into(), max_tokens: 64, width: 128, layers: 2, heads: 4 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LatentSection {
+    /// "pixel": patchified RGB.
+    pub kind: String,
+    pub image_size: usize,
+}
+
+impl Default for LatentSection {
+    fn default() -> Self {
+        Self { kind: "pixel".into(), image_size: 32 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub log_every: usize,
+    /// Checkpoint every N steps (0 = only at the end).
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self { steps: 1000, batch_size: 16, log_every: 10, checkpoint_every: 200 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleSection {
+    pub count: usize,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+}
+
+impl Default for SampleSection {
+    fn default() -> Self {
+        Self { count: 16, steps: 30, guidance: 3.5, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrecisionSection {
+    pub policy: PrecisionPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub name: String,
+    pub seed: u64,
+    pub model: ModelSection,
+    pub text: TextSection,
+    pub latent: LatentSection,
+    pub objective: ObjectiveConfig,
+    pub repa: RepaConfig,
+    pub routing: RoutingConfig,
+    pub optim: OptimConfig,
+    pub precision: PrecisionSection,
+    pub data: DataConfig,
+    pub train: TrainSection,
+    pub sample: SampleSection,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            seed: 0,
+            model: ModelSection::default(),
+            text: TextSection::default(),
+            latent: LatentSection::default(),
+            objective: ObjectiveConfig::default(),
+            repa: RepaConfig::default(),
+            routing: RoutingConfig::default(),
+            optim: OptimConfig::default(),
+            precision: PrecisionSection::default(),
+            data: DataConfig::default(),
+            train: TrainSection::default(),
+            sample: SampleSection::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn from_toml_str(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: describe_toml_error(&e) })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: p.clone(), source })?;
+        Self::from_toml_str(&text, &p)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// The denoiser architecture after preset, overrides, latent and text encoder.
+    pub fn denoiser(&self) -> Result<DenoiserConfig, ConfigError> {
+        let mut d = DenoiserConfig::preset(&self.model.preset).ok_or_else(|| {
+            ConfigError::Invalid(format!("unknown model.preset \"{}\" (expected one of {})", self.model.preset, DenoiserConfig::PRESETS.join(", ")))
+        })?;
+        if let Some(v) = self.model.hidden { d.hidden = v }
+        if let Some(v) = self.model.depth { d.depth = v }
+        if let Some(v) = self.model.heads { d.heads = v }
+        if let Some(v) = self.model.mlp_ratio { d.mlp_ratio = v }
+        d.in_channels = self.latent_channels()?;
+        d.patch = self.model.patch.unwrap_or(match self.latent.kind.as_str() {
+            "pixel" => 4,
+            _ => d.patch,
+        });
+        d.text_dim = self.text.width;
+        Ok(d)
+    }
+
+    pub fn latent_channels(&self) -> Result<usize, ConfigError> {
+        match self.latent.kind.as_str() {
+            "pixel" => Ok(3),
+            other => Err(ConfigError::Invalid(format!("unknown latent.kind \"{other}\" (expected \"pixel\")"))),
+        }
+    }
+
+    /// Latent grid side for the configured image size.
+    pub fn latent_size(&self) -> usize {
+        self.latent.image_size
+    }
+
+    pub fn text_encoder(&self, vocab: usize) -> TextEncoderConfig {
+        TextEncoderConfig { vocab, max_len: self.text.max_tokens, width: self.text.width, layers: self.text.layers, heads: self.text.heads }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let d = self.denoiser()?;
+        d.validate().map_err(ConfigError::Invalid)?;
+        if self.text.encoder != "learned" {
+            return bad(format!("unknown text.encoder \"{}\" (expected \"learned\")", self.text.encoder));
+        }
+        if self.text.width % self.text.heads != 0 {
+            return bad(format!("text.width ({}) must be divisible by text.heads ({})", self.text.width, self.text.heads));
+        }
+        if self.text.max_tokens == 0 {
+            return bad("text.max_tokens must be positive".into());
+        }
+        let ls = self.latent_size();
+        if ls % d.patch != 0 {
+            return bad(format!("latent.image_size {} is not divisible by the patch size {}", ls, d.patch));
+        }
+        self.repa.validate(d.depth).map_err(ConfigError::Invalid)?;
+        self.routing.validate(d.depth).map_err(ConfigError::Invalid)?;
+        self.optim.validate().map_err(ConfigError::Invalid)?;
+        self.data.validate().map_err(ConfigError::Invalid)?;
+        if self.train.batch_size == 0 || self.train.steps == 0 {
+            return bad("train.batch_size and train.steps must be positive".into());
+        }
+        if self.routing.enabled() && self.train.batch_size > 0 && (ls / d.patch).pow(2) < 2 {
+            return bad("routing needs at least 2 image tokens".into());
+        }
+        if !(0.0..1.0).contains(&self.objective.caption_dropout) {
+            return bad(format!("objective.caption_dropout must be in [0, 1), got {}", self.objective.caption_dropout));
+        }
+        Ok(())
+    }
+}
+
+/// Turns toml's error into one line with location and, for unknown keys, a suggestion.
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    let loc = e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        if let Some(best) = closest(field, &candidates) {
+            return format!("unknown key \"{field}\" (did you mean \"{best}\"?){loc}");
+        }
+        return format!("unknown key \"{field}\" (expected one of: {}){loc}", candidates.join(", "));
+    }
+    format!("{msg}{loc}")
+}
+
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (levenshtein(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min()
+        .map(|(_, c)| c)
+}
+
+pub fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + (ca != *cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        TrainConfig::from_toml_str(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = TrainConfig::default();
+        c.validate().unwrap();
+        assert_eq!(TrainConfig::from_toml_str(&c.to_toml(), "x").unwrap(), c);
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_key_named() {
+        assert_eq!(err("[repa]\nlamda = 0.5\n"), "invalid config t.toml: unknown key \"lamda\" (did you mean \"lambda\"?) (at byte 7)");
+        assert!(err("[optim]\nlr = \"fast\"\n").contains("invalid type: string \"fast\", expected f64"));
+        assert_eq!(err("[repa]\nenabled = true\nblock = 9\n"), "invalid config: repa.block = 9 is outside the model's blocks 1..8");
+        assert!(err("[routing]\nkind = \"tread\"\nstart = 2\nend = 12\n").contains("routing.start..routing.end (2..12)"));
+        assert!(err("[model]\npreset = \"huge\"\n").contains("unknown model.preset \"huge\""));
+        assert!(err("[model]\nheads = 5\n").contains("model.hidden (192) must be divisible by model.heads (5)"));
+        assert!(err("[routing]\nkind = \"sideways\"\n").contains("unknown variant `sideways`"));
+    }
+}

@@ -1,0 +1,221 @@
+//! Training data: the synthetic scene world (renderer + captions), data phases, per-rank
+//! sharding and a loader thread that prepares batches ahead of compute.
+//!
+//! A batch is a pure function of (data seed, step, rank, world size), so resuming at step s
+//! needs no saved loader state beyond s, and ranks read disjoint samples:
+//! sample i of rank r at step s is dataset index `((s * world + r) * batch + i) mod size`.
+
+pub mod captions;
+pub mod render;
+pub mod scene;
+
+use serde::{Deserialize, Serialize};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
+
+use crate::rng::Rng;
+pub use captions::{CaptionMode, Tokenizer};
+pub use scene::{Scene, Style};
+
+/// One stretch of training on one dataset with one caption mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub source: Style,
+    #[serde(default = "default_captions")]
+    pub captions: CaptionMode,
+    /// Steps in this phase; omitted on the last phase = until the end of training.
+    #[serde(default)]
+    pub steps: Option<usize>,
+}
+
+fn default_captions() -> CaptionMode {
+    CaptionMode::Long
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub phases: Vec<Phase>,
+    /// Distinct images per synthetic dataset (indices wrap around).
+    pub dataset_size: u64,
+    /// Seed of the dataset itself (which scenes exist), separate from the run seed.
+    pub seed: u64,
+    /// Batches prepared ahead of compute.
+    pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { phases: vec![Phase { source: Style::Synthetic, captions: CaptionMode::Long, steps: None }], dataset_size: 100_000, seed: 0, prefetch: 4 }
+    }
+}
+
+impl DataConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.phases.is_empty() {
+            return Err("data.phases must list at least one phase".into());
+        }
+        for (i, p) in self.phases.iter().enumerate() {
+            let last = i + 1 == self.phases.len();
+            match p.steps {
+                None if !last => return Err(format!("data.phases[{i}] needs `steps` (only the last phase may omit it)")),
+                Some(0) => return Err(format!("data.phases[{i}].steps must be positive")),
+                _ => {}
+            }
+        }
+        if self.dataset_size == 0 {
+            return Err("data.dataset_size must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The phase in force at `step` (the last phase continues forever).
+    pub fn phase_at(&self, step: usize) -> &Phase {
+        let mut start = 0;
+        for p in &self.phases {
+            match p.steps {
+                Some(n) if step < start + n => return p,
+                Some(n) => start += n,
+                None => return p,
+            }
+        }
+        self.phases.last().expect("validated: at least one phase")
+    }
+}
+
+/// What the trainer needs from the loader for one step on one rank.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub step: usize,
+    pub size: usize,
+    /// (size, 3, H, W) row-major, in [-1, 1].
+    pub images: Vec<f32>,
+    /// (size, max_tokens) token ids, PAD-padded.
+    pub ids: Vec<u32>,
+    pub lens: Vec<usize>,
+    pub captions: Vec<String>,
+}
+
+/// Everything needed to build batches; cheap to clone into the loader thread.
+#[derive(Debug, Clone)]
+pub struct BatchSpec {
+    pub data: DataConfig,
+    pub batch: usize,
+    pub image_size: usize,
+    pub max_tokens: usize,
+    pub caption_dropout: f64,
+    pub run_seed: u64,
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl BatchSpec {
+    pub fn make(&self, step: usize, tok: &Tokenizer) -> Batch {
+        let phase = self.data.phase_at(step);
+        let s = self.image_size;
+        let mut images = Vec::with_capacity(self.batch * 3 * s * s);
+        let mut ids = Vec::with_capacity(self.batch * self.max_tokens);
+        let mut lens = Vec::with_capacity(self.batch);
+        let mut captions = Vec::with_capacity(self.batch);
+        let mut rng = Rng::derive(self.run_seed, &[0xda7a, step as u64, self.rank as u64]);
+        for i in 0..self.batch {
+            let index = (((step * self.world + self.rank) * self.batch + i) as u64) % self.data.dataset_size;
+            let scene = Scene::generate(self.data.seed, index, phase.source);
+            images.extend(render::render(&scene, s, self.data.seed ^ (index << 8) ^ phase.source.tag()));
+            let text = if rng.chance(self.caption_dropout) { String::new() } else { captions::caption(&scene, phase.captions, &mut rng) };
+            let (t, n) = tok.encode(&text, self.max_tokens);
+            ids.extend(t);
+            lens.push(n);
+            captions.push(text);
+        }
+        Batch { step, size: self.batch, images, ids, lens, captions }
+    }
+}
+
+/// Background loader: renders batches for steps `start..end` ahead of the consumer.
+pub struct Loader {
+    rx: Option<Receiver<Batch>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    pub fn start(spec: BatchSpec, start: usize, end: usize) -> Self {
+        let (tx, rx) = sync_channel(spec.data.prefetch.max(1));
+        let handle = std::thread::Builder::new()
+            .name("ablate-loader".into())
+            .spawn(move || {
+                let tok = Tokenizer::new();
+                for step in start..end {
+                    if tx.send(spec.make(step, &tok)).is_err() {
+                        return; // consumer gone
+                    }
+                }
+            })
+            .expect("spawn loader thread");
+        Self { rx: Some(rx), handle: Some(handle) }
+    }
+
+    pub fn next(&self) -> Option<Batch> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the channel makes the producer's next send fail, so it returns.
+        drop(self.rx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(rank: usize, world: usize) -> BatchSpec {
+        BatchSpec { data: DataConfig::default(), batch: 4, image_size: 16, max_tokens: 32, caption_dropout: 0.0, run_seed: 1, rank, world }
+    }
+
+    #[test]
+    fn ranks_read_disjoint_samples_and_batches_are_reproducible() {
+        let tok = Tokenizer::new();
+        let a = spec(0, 2).make(3, &tok);
+        let b = spec(1, 2).make(3, &tok);
+        assert_ne!(a.images, b.images);
+        assert_eq!(a.images, spec(0, 2).make(3, &tok).images);
+        // rank 1's samples at world 2 are the second half of the world-1 batch of twice the size
+        let mut big = spec(0, 1);
+        big.batch = 8;
+        let c = big.make(3, &tok);
+        assert_eq!(&c.images[c.images.len() / 2..], &b.images[..]);
+    }
+
+    #[test]
+    fn phases_switch_at_their_boundaries() {
+        let d = DataConfig {
+            phases: vec![
+                Phase { source: Style::Synthetic, captions: CaptionMode::Long, steps: Some(10) },
+                Phase { source: Style::Photo, captions: CaptionMode::Long, steps: Some(5) },
+                Phase { source: Style::Curated, captions: CaptionMode::Mixed, steps: None },
+            ],
+            ..Default::default()
+        };
+        d.validate().unwrap();
+        assert_eq!(d.phase_at(9).source, Style::Synthetic);
+        assert_eq!(d.phase_at(10).source, Style::Photo);
+        assert_eq!(d.phase_at(15).source, Style::Curated);
+        assert_eq!(d.phase_at(10_000).source, Style::Curated);
+        let bad = DataConfig { phases: vec![Phase { source: Style::Photo, captions: CaptionMode::Long, steps: None }, d.phases[0].clone()], ..Default::default() };
+        assert!(bad.validate().unwrap_err().contains("data.phases[0] needs `steps`"));
+    }
+
+    #[test]
+    fn loader_delivers_steps_in_order() {
+        let l = Loader::start(spec(0, 1), 5, 9);
+        let steps: Vec<usize> = std::iter::from_fn(|| l.next()).map(|b| b.step).collect();
+        assert_eq!(steps, vec![5, 6, 7, 8]);
+    }
+}

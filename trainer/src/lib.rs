@@ -1,0 +1,57 @@
+//! # ablate-trainer
+//!
+//! Everything that runs on one rank and needs candle: a faithful small-scale version of the
+//! PRX text-to-image training recipe with every ablation knob of the PRX Part 2 study.
+//!
+//! # Layout
+//! - `config`: the TOML configuration of one run (one ablation arm), validated up front.
+//! - `model/`: the PRX-style denoiser (blocks, RoPE, adaLN-zero), the learned text encoder,
+//!   deterministic parameter creation.
+//! - `objective/`: flow matching, x-prediction, contrastive FM, REPA.
+//! - `routing/`: TREAD and SPRINT token routing.
+//! - `optim/`: AdamW and Muon with saveable state, clipping, schedule, EMA.
+//! - `precision`: fp32, bf16 mixed (fp32 master weights), bf16-stored (the bug).
+//! - `data/`: the synthetic scene world, captions, tokenizer, phases, loader thread.
+//! - `teacher`: frozen REPA teachers.
+//! - `sample/`: Euler sampling with classifier-free guidance, PNG grids.
+//! - `checkpoint`: atomic safetensors checkpoints.
+//! - `train`: one rank's trainer; `run`: the single-process training loop with metrics,
+//!   checkpoints, resume and samples.
+//! - `rng`: the deterministic random streams everything draws from.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod model;
+pub mod objective;
+pub mod optim;
+pub mod precision;
+pub mod rng;
+pub mod routing;
+pub mod run;
+pub mod sample;
+pub mod teacher;
+pub mod train;
+
+pub use config::{ConfigError, TrainConfig};
+pub use train::{StepStats, Trainer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("non-finite {what} at step {step}: training diverged (lower optim.lr or raise optim.grad_clip)")]
+    NonFinite { step: usize, what: String },
+    #[error("cannot resume: {0}")]
+    Resume(String),
+}
+
+impl TrainError {
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.display().to_string(), source }
+    }
+}

@@ -1,0 +1,182 @@
+//! The differentiable building blocks of the PRX block, written as compositions of candle ops
+//! with gradients (candle-nn's fused `rms_norm`, `softmax_last_dim`, `rope_i` have no
+//! backward pass, see STYLE.md). Statistics (norms, softmax) are computed in fp32 whatever
+//! the compute dtype, as the precision policy requires; callers get their own dtype back.
+//!
+//! These functions are the seams where fused CPU/CUDA kernels replace the compositions.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+fn f32_of(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 { Ok(x.clone()) } else { x.to_dtype(DType::F32) }
+}
+
+/// RMSNorm over the last dimension with a learned scale.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let x32 = f32_of(x)?;
+    let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = x32.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(&f32_of(weight)?)?;
+    y.to_dtype(dt)
+}
+
+/// LayerNorm over the last dimension without affine parameters (adaLN supplies them).
+pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let x32 = f32_of(x)?;
+    let mean = x32.mean_keepdim(D::Minus1)?;
+    let xc = x32.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dt)
+}
+
+/// adaLN modulation: `x * (1 + scale) + shift` with per-sample `shift`, `scale` of shape (B, D).
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let scale = (scale.unsqueeze(1)? + 1.0)?;
+    x.broadcast_mul(&scale)?.broadcast_add(&shift.unsqueeze(1)?)
+}
+
+/// Softmax over the last dimension in fp32.
+pub fn softmax_f32(x: &Tensor) -> Result<Tensor> {
+    let dt = x.dtype();
+    candle_nn::ops::softmax(&f32_of(x)?, D::Minus1)?.to_dtype(dt)
+}
+
+/// Multi-head attention. `q`: (B, H, Nq, Dh); `k`, `v`: (B, H, Nk, Dh); `bias`: additive,
+/// broadcastable to (B, H, Nq, Nk) (padding mask). Returns (B, H, Nq, Dh).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dh = q.dim(D::Minus1)?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
+    let scores = match bias {
+        Some(b) => f32_of(&scores)?.broadcast_add(b)?,
+        None => scores,
+    };
+    softmax_f32(&scores)?.to_dtype(v.dtype())?.matmul(v)
+}
+
+/// Rotary tables for a 2-axis (row, column) RoPE over a `gh` x `gw` token grid.
+///
+/// The head dimension is split into two halves: the first rotates with the row index, the
+/// second with the column index (PRX/Flux axes dims [Dh/2, Dh/2]). Pairs are interleaved
+/// `(x0, x1), (x2, x3), ...`. Frequencies are computed in f64. Returns `cos`, `sin` of shape
+/// (gh*gw, Dh/2) in f32.
+pub fn rope_tables(gh: usize, gw: usize, head_dim: usize, theta: f64, device: &Device) -> Result<(Tensor, Tensor)> {
+    assert!(head_dim % 4 == 0, "head dim must be divisible by 4 for 2-axis RoPE");
+    let axis = head_dim / 2; // dims per axis
+    let pairs = axis / 2; // rotation pairs per axis
+    let n = gh * gw;
+    let mut cos = Vec::with_capacity(n * head_dim / 2);
+    let mut sin = Vec::with_capacity(n * head_dim / 2);
+    for r in 0..gh {
+        for c in 0..gw {
+            for (pos, _) in [(r, 0), (c, 1)] {
+                for i in 0..pairs {
+                    let freq = 1.0 / theta.powf(2.0 * i as f64 / axis as f64);
+                    let a = pos as f64 * freq;
+                    cos.push(a.cos() as f32);
+                    sin.push(a.sin() as f32);
+                }
+            }
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (n, head_dim / 2), device)?,
+        Tensor::from_vec(sin, (n, head_dim / 2), device)?,
+    ))
+}
+
+/// Applies interleaved RoPE to `x` (B, H, N, Dh) with tables (N, Dh/2) shared by the batch
+/// or (B, N, Dh/2) per sample (after token routing has selected a subset per sample).
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, n, dh) = x.dims4()?;
+    let dt = x.dtype();
+    let (cos, sin) = match cos.rank() {
+        2 => (cos.reshape((1, 1, n, dh / 2, 1))?, sin.reshape((1, 1, n, dh / 2, 1))?),
+        _ => (cos.reshape((b, 1, n, dh / 2, 1))?, sin.reshape((b, 1, n, dh / 2, 1))?),
+    };
+    let x = f32_of(x)?.reshape((b, h, n, dh / 2, 2))?;
+    let x0 = x.narrow(D::Minus1, 0, 1)?;
+    let x1 = x.narrow(D::Minus1, 1, 1)?;
+    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::cat(&[y0, y1], D::Minus1)?.reshape((b, h, n, dh))?.to_dtype(dt)
+}
+
+/// Sinusoidal timestep embedding: t in [0, 1] scaled by 1000, `dim` features
+/// (cos half then sin half), max period 10000.
+pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32)
+        .collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = (t.to_dtype(DType::F32)?.unsqueeze(1)? * 1000.0)?.broadcast_mul(&freqs)?;
+    Tensor::cat(&[args.cos()?, args.sin()?], 1)
+}
+
+/// Additive attention bias (B, 1, 1, Nimg + Ntxt) from text lengths: 0 for image keys and
+/// real text tokens, a large negative value for text padding.
+pub fn padding_bias(n_img: usize, txt_lens: &[usize], n_txt: usize, device: &Device) -> Result<Tensor> {
+    let b = txt_lens.len();
+    let mut v = vec![0f32; b * (n_img + n_txt)];
+    for (i, &len) in txt_lens.iter().enumerate() {
+        for j in len..n_txt {
+            v[i * (n_img + n_txt) + n_img + j] = -1e9;
+        }
+    }
+    Tensor::from_vec(v, (b, 1, 1, n_img + n_txt), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_rotates_pairs_by_position_and_preserves_norm() -> Result<()> {
+        let dev = Device::Cpu;
+        let (cos, sin) = rope_tables(2, 3, 8, 10000.0, &dev)?;
+        assert_eq!(cos.dims(), &[6, 4]);
+        // token (row 1, col 2) = index 5: first two pairs use row 1, last two use col 2
+        let c = cos.to_vec2::<f32>()?;
+        assert!((c[5][0] - 1f32.cos()).abs() < 1e-6);
+        assert!((c[5][1] - (1.0f64 / 100.0).cos() as f32).abs() < 1e-6); // freq 10000^(-2/4)
+        assert!((c[5][2] - 2f32.cos()).abs() < 1e-6);
+        // token 0 is not rotated
+        let x = Tensor::arange(0f32, 48.0, &dev)?.reshape((1, 1, 6, 8))?;
+        let y = apply_rope(&x, &cos, &sin)?;
+        assert_eq!(y.narrow(2, 0, 1)?.flatten_all()?.to_vec1::<f32>()?, x.narrow(2, 0, 1)?.flatten_all()?.to_vec1::<f32>()?);
+        let nx = x.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        let ny = y.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        assert!((nx - ny).abs() / nx < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn padding_mask_removes_padded_keys() -> Result<()> {
+        let dev = Device::Cpu;
+        // 1 query, 2 image keys + 2 text keys of which 1 is padding
+        let q = Tensor::new(&[[[[1f32, 0.0]]]], &dev)?; // (1,1,1,2)
+        let k = Tensor::new(&[[[[1f32, 0.0], [0.0, 1.0], [2.0, 0.0], [50.0, 0.0]]]], &dev)?;
+        let v = Tensor::new(&[[[[1f32, 0.0], [2.0, 0.0], [3.0, 0.0], [1000.0, 0.0]]]], &dev)?;
+        let bias = padding_bias(2, &[1], 2, &dev)?;
+        let out = attention(&q, &k, &v, Some(&bias))?.flatten_all()?.to_vec1::<f32>()?;
+        // reference without the padded key, by hand
+        let s = [1.0f64, 0.0, 2.0].map(|x| (x / 2f64.sqrt()).exp());
+        let want = (s[0] * 1.0 + s[1] * 2.0 + s[2] * 3.0) / s.iter().sum::<f64>();
+        assert!((out[0] as f64 - want).abs() < 1e-5, "{} vs {want}", out[0]);
+        assert_eq!(attention(&q, &k, &v, Some(&bias))?.dims(), &[1, 1, 1, 2]);
+        Ok(())
+    }
+
+    #[test]
+    fn norms_match_definitions() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[3f32, 4.0]], &dev)?;
+        let y = rms_norm(&x, &Tensor::new(&[1f32, 2.0], &dev)?, 0.0)?.to_vec2::<f32>()?;
+        let r = (12.5f32).sqrt();
+        assert!((y[0][0] - 3.0 / r).abs() < 1e-6 && (y[0][1] - 8.0 / r).abs() < 1e-6);
+        let z = layer_norm(&x, 0.0)?.to_vec2::<f32>()?;
+        assert!((z[0][0] + 1.0).abs() < 1e-6 && (z[0][1] - 1.0).abs() < 1e-6);
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! Optimizers with state we own (candle-nn's AdamW hides its moments, so it can be neither
+//! checkpointed nor inspected): AdamW, and Muon for the 2-D weight matrices inside the
+//! transformer blocks with AdamW for everything else. Plus global grad-norm clipping, the
+//! warm-up-then-constant schedule of PRX, and an optional EMA of the weights.
+//!
+//! Updates run in each parameter's own dtype: with fp32 master weights that is fp32; in the
+//! "bf16-stored weights" arm the weights and moments are bf16 and small updates round away,
+//! which is exactly the bug PRX Part 2 measured.
+
+pub mod adamw;
+pub mod muon;
+
+use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub use adamw::AdamW;
+pub use muon::{newton_schulz5, Muon};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimKind {
+    #[default]
+    Adamw,
+    Muon,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub kind: OptimKind,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global grad-norm clip (0 = off).
+    pub grad_clip: f64,
+    pub warmup_steps: usize,
+    /// Muon momentum (Nesterov).
+    pub muon_momentum: f64,
+    /// EMA decay of the weights used for sampling (0 = off, the PRX baseline).
+    pub ema_decay: f64,
+}
+
+impl Default for OptimConfig {
+    /// The PRX baseline: AdamW lr 1e-4, betas (0.9, 0.95), eps 1e-15, no weight decay, clip 0.2.
+    fn default() -> Self {
+        Self {
+            kind: OptimKind::Adamw,
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-15,
+            weight_decay: 0.0,
+            grad_clip: 0.2,
+            warmup_steps: 1000,
+            muon_momentum: 0.95,
+            ema_decay: 0.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Warm-up (linear from lr/warmup) then constant.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if self.warmup_steps == 0 || step >= self.warmup_steps {
+            self.lr
+        } else {
+            self.lr * (step + 1) as f64 / self.warmup_steps as f64
+        }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.lr > 0.0) {
+            return Err(format!("optim.lr must be positive, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return Err("optim.beta1 and optim.beta2 must be in [0, 1)".into());
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(format!("optim.ema_decay must be in [0, 1), got {}", self.ema_decay));
+        }
+        Ok(())
+    }
+}
+
+/// A named parameter.
+#[derive(Clone)]
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+}
+
+/// Is this parameter one Muon should own: a 2-D weight inside a transformer block.
+pub fn is_muon_param(name: &str, dims: &[usize]) -> bool {
+    dims.len() == 2 && name.contains("blocks.") && name.ends_with(".weight")
+}
+
+/// Global L2 norm of all gradients (f64 accumulation).
+pub fn grad_norm(params: &[Param], grads: &GradStore) -> Result<f64> {
+    let mut total = 0f64;
+    for p in params {
+        if let Some(g) = grads.get(p.var.as_tensor()) {
+            total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    Ok(total.sqrt())
+}
+
+/// Scales all gradients so their global norm is at most `max_norm`; returns the norm
+/// before clipping.
+pub fn clip_grad_norm(params: &[Param], grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+    let norm = grad_norm(params, grads)?;
+    if max_norm > 0.0 && norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        for p in params {
+            if let Some(g) = grads.remove(p.var.as_tensor()) {
+                grads.insert(p.var.as_tensor(), (g * s)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// The optimizer of a run: AdamW for every parameter, or Muon for block matrices + AdamW
+/// for the rest.
+pub struct Optimizer {
+    pub adamw: AdamW,
+    pub muon: Option<Muon>,
+}
+
+impl Optimizer {
+    pub fn new(cfg: &OptimConfig, params: Vec<Param>) -> Result<Self> {
+        match cfg.kind {
+            OptimKind::Adamw => Ok(Self { adamw: AdamW::new(cfg, params)?, muon: None }),
+            OptimKind::Muon => {
+                let (m, a): (Vec<Param>, Vec<Param>) = params.into_iter().partition(|p| is_muon_param(&p.name, p.var.dims()));
+                if m.is_empty() {
+                    candle_core::bail!("optim.kind = \"muon\" but the model has no 2-D block weights for Muon");
+                }
+                Ok(Self { adamw: AdamW::new(cfg, a)?, muon: Some(Muon::new(cfg, m)?) })
+            }
+        }
+    }
+
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.adamw.step(grads, lr)?;
+        if let Some(m) = &mut self.muon {
+            m.step(grads, lr)?;
+        }
+        Ok(())
+    }
+
+    /// Optimizer state as named tensors (for checkpoints).
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = self.adamw.state()?;
+        if let Some(m) = &self.muon {
+            out.extend(m.state()?);
+        }
+        Ok(out)
+    }
+
+    pub fn load_state(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
+        self.adamw.load_state(t)?;
+        if let Some(m) = &mut self.muon {
+            m.load_state(t)?;
+        }
+        Ok(())
+    }
+}
+
+/// Exponential moving average of the weights.
+pub struct Ema {
+    pub decay: f64,
+    pub shadow: Vec<(String, Tensor)>,
+}
+
+impl Ema {
+    pub fn new(decay: f64, params: &[Param]) -> Result<Self> {
+        let shadow = params.iter().map(|p| Ok((p.name.clone(), p.var.as_tensor().to_dtype(DType::F32)?.copy()?))).collect::<Result<_>>()?;
+        Ok(Self { decay, shadow })
+    }
+
+    pub fn update(&mut self, params: &[Param]) -> Result<()> {
+        for ((_, s), p) in self.shadow.iter_mut().zip(params) {
+            *s = ((&*s * self.decay)? + (p.var.as_tensor().to_dtype(DType::F32)? * (1.0 - self.decay))?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! The single-process training loop behind `ablate train`: a loader thread feeds batches,
+//! each step's measurements go to `metrics.jsonl`, checkpoints are written atomically, and
+//! samples are drawn at the end. `--resume` continues from `checkpoint.safetensors`
+//! exactly: the same batches, the same noise, the same loss sequence.
+//!
+//! Run directory:
+//! - `config.toml`: the fully resolved configuration (a resume must match it)
+//! - `metrics.jsonl`: one JSON object per step
+//! - `checkpoint.safetensors`: weights + optimizer state + step
+//! - `samples.png`, `samples.txt`: the sample grid and its prompts
+
+use candle_core::Device;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::config::TrainConfig;
+use crate::data::{captions::long_caption, BatchSpec, Loader, Scene, Style};
+use crate::train::{StepStats, Trainer};
+use crate::TrainError;
+
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    /// Write samples at the end.
+    pub samples: bool,
+}
+
+/// One step's record in `metrics.jsonl`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MetricPoint {
+    pub step: usize,
+    pub loss: f64,
+    pub mse: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub repa: Option<f64>,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub samples_per_sec: f64,
+    pub step_seconds: f64,
+    pub data_seconds: f64,
+    pub compute_seconds: f64,
+    pub phase: String,
+}
+
+/// Receives progress while a run goes on.
+pub trait Progress {
+    fn started(&mut self, _first_step: usize, _total: usize, _params: usize) {}
+    fn step(&mut self, _point: &MetricPoint, _total: usize) {}
+    fn message(&mut self, _msg: &str) {}
+}
+
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub steps: usize,
+    pub first_step: usize,
+    pub mean_loss_first50: f64,
+    pub mean_loss_last50: f64,
+    pub samples_per_sec: f64,
+    pub wall_seconds: f64,
+    pub params: usize,
+    pub checksum: f64,
+}
+
+/// Prompts used for sample grids: long captions of held-out scenes.
+pub fn sample_prompts(cfg: &TrainConfig, n: usize) -> Vec<String> {
+    (0..n as u64).map(|i| long_caption(&Scene::generate(cfg.data.seed ^ 0xE7A1, i, Style::Synthetic))).collect()
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Reads `metrics.jsonl`, keeping only records before `step` (a resume redoes the rest).
+pub fn read_metrics(path: &Path, before: usize) -> Result<Vec<MetricPoint>, TrainError> {
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str::<MetricPoint>(l).ok()).filter(|m| m.step < before).collect())
+}
+
+pub fn run(cfg: TrainConfig, opts: &RunOptions, progress: &mut dyn Progress) -> Result<RunSummary, TrainError> {
+    let device = Device::Cpu;
+    std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::io(&opts.out, e))?;
+    let cfg_path = opts.out.join("config.toml");
+    let ckpt = opts.out.join("checkpoint.safetensors");
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let mut trainer = Trainer::new(cfg.clone(), &device)?;
+    if opts.resume && ckpt.exists() {
+        let stored = TrainConfig::load(&cfg_path)?;
+        let mut a = stored.clone();
+        let mut b = cfg.clone();
+        a.train.steps = 0;
+        b.train.steps = 0;
+        if a != b {
+            return Err(TrainError::Resume(format!("{} was written by a different configuration; use a new --out or drop --resume", opts.out.display())));
+        }
+        trainer.load(&ckpt)?;
+        progress.message(&format!("resumed from step {} ({})", trainer.step, ckpt.display()));
+    } else if !opts.resume && ckpt.exists() {
+        return Err(TrainError::Resume(format!("{} already holds a run; pass --resume to continue it or choose another --out", opts.out.display())));
+    }
+    write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
+    let first = trainer.step;
+    let total = cfg.train.steps;
+    let mut history = read_metrics(&metrics_path, first)?;
+    {
+        let mut text = String::new();
+        for m in &history {
+            text.push_str(&serde_json::to_string(m).expect("metric serialises"));
+            text.push('\n');
+        }
+        write_atomic(&metrics_path, text.as_bytes())?;
+    }
+    let mut metrics_file = std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
+    progress.started(first, total, trainer.param_count());
+
+    let spec = BatchSpec {
+        data: cfg.data.clone(),
+        batch: cfg.train.batch_size,
+        image_size: cfg.latent.image_size,
+        max_tokens: cfg.text.max_tokens,
+        caption_dropout: cfg.objective.caption_dropout,
+        run_seed: cfg.seed,
+        rank: 0,
+        world: 1,
+    };
+    let loader = Loader::start(spec, first, total);
+    let t0 = Instant::now();
+    let mut trained_samples = 0usize;
+    while trainer.step < total {
+        let ts = Instant::now();
+        let batch = loader.next().ok_or_else(|| TrainError::Resume("data loader stopped early".into()))?;
+        let data_s = ts.elapsed().as_secs_f64();
+        let tc = Instant::now();
+        let stats: StepStats = trainer.train_step(&batch)?;
+        let compute_s = tc.elapsed().as_secs_f64();
+        let step_s = ts.elapsed().as_secs_f64();
+        trained_samples += batch.size;
+        let point = MetricPoint {
+            step: stats.step,
+            loss: stats.loss,
+            mse: stats.mse,
+            repa: stats.repa,
+            grad_norm: stats.grad_norm,
+            lr: stats.lr,
+            samples_per_sec: batch.size as f64 / step_s,
+            step_seconds: step_s,
+            data_seconds: data_s,
+            compute_seconds: compute_s,
+            phase: format!("{:?}", cfg.data.phase_at(stats.step).source).to_lowercase(),
+        };
+        writeln!(metrics_file, "{}", serde_json::to_string(&point).expect("metric serialises")).map_err(|e| TrainError::io(&metrics_path, e))?;
+        progress.step(&point, total);
+        history.push(point);
+        let every = cfg.train.checkpoint_every;
+        if every > 0 && trainer.step % every == 0 && trainer.step < total {
+            metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
+            trainer.save(&ckpt)?;
+        }
+    }
+    metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
+    trainer.save(&ckpt)?;
+    let wall = t0.elapsed().as_secs_f64();
+    if opts.samples {
+        progress.message("sampling");
+        let prompts = sample_prompts(&cfg, cfg.sample.count);
+        let imgs = trainer.sample(&prompts, cfg.sample.seed, cfg.sample.steps, cfg.sample.guidance)?;
+        let n = prompts.len();
+        let s = cfg.latent.image_size;
+        let flat = imgs.flatten_all()?.to_vec1::<f32>()?;
+        let png = opts.out.join("samples.png");
+        crate::sample::grid::write_grid(&png, &flat, n, s, 4, (128 / s).max(1)).map_err(|e| TrainError::io(&png, e))?;
+        let txt: String = prompts.iter().enumerate().map(|(i, p)| format!("{i}: {p}\n")).collect();
+        write_atomic(&opts.out.join("samples.txt"), txt.as_bytes())?;
+    }
+    let mean = |xs: &[MetricPoint]| if xs.is_empty() { f64::NAN } else { xs.iter().map(|m| m.mse).sum::<f64>() / xs.len() as f64 };
+    let k = history.len().min(50);
+    Ok(RunSummary {
+        steps: trainer.step,
+        first_step: first,
+        mean_loss_first50: mean(&history[..k]),
+        mean_loss_last50: mean(&history[history.len() - k..]),
+        samples_per_sec: trained_samples as f64 / wall.max(1e-9),
+        wall_seconds: wall,
+        params: trainer.param_count(),
+        checksum: trainer.checksum()?,
+    })
+}

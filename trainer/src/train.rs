@@ -1,0 +1,244 @@
+//! The trainer of one rank: builds the networks from a `TrainConfig`, runs training steps
+//! (forward, loss, backward, optional gradient exchange, clip, optimizer step), samples
+//! images, and saves/loads checkpoints.
+//!
+//! The step is split into `compute_grads` and `apply_grads` so a data-parallel runtime can
+//! all-reduce the gradients in between (candle's `backward_step` leaves no room for that).
+
+use candle_core::{backprop::GradStore, DType, Device, Tensor};
+use candle_nn::VarMap;
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::config::TrainConfig;
+use crate::data::{Batch, Tokenizer};
+use crate::model::text::LearnedTextEncoder;
+use crate::model::{Denoiser, Params};
+use crate::objective::flow::{flow_loss, interpolate, velocity_of};
+use crate::objective::repa::{repa_loss, select_tokens, Projector};
+use crate::optim::{clip_grad_norm, Ema, Optimizer, Param};
+use crate::precision::PrecisionPolicy;
+use crate::rng::Rng;
+use crate::routing::{RoutePlan, RoutingKind};
+use crate::teacher::Teacher;
+use crate::TrainError;
+
+/// Measurements of one step.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepStats {
+    pub step: usize,
+    pub loss: f64,
+    pub mse: f64,
+    pub repa: Option<f64>,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub device: Device,
+    pub policy: PrecisionPolicy,
+    pub varmap: VarMap,
+    /// Trainable parameters sorted by name: the fixed order used by optimizers,
+    /// checkpoints and the gradient exchange.
+    pub params: Vec<Param>,
+    text: LearnedTextEncoder,
+    pub denoiser: Denoiser,
+    projector: Option<Projector>,
+    teacher: Option<Teacher>,
+    opt: Optimizer,
+    ema: Option<Ema>,
+    pub step: usize,
+    pub tokenizer: Tokenizer,
+    pub rank: usize,
+}
+
+impl Trainer {
+    pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self, TrainError> {
+        cfg.validate()?;
+        let policy = cfg.precision.policy;
+        let tokenizer = Tokenizer::new();
+        let varmap = VarMap::new();
+        let p = Params::new(varmap.clone(), cfg.seed, policy.param(), device);
+        let d = cfg.denoiser()?;
+        let text = LearnedTextEncoder::new(&cfg.text_encoder(tokenizer.vocab_size()), &p.pp("text"))?;
+        let denoiser = Denoiser::new(&d, &p.pp("denoiser"), cfg.routing.kind == RoutingKind::Sprint)?;
+        let (projector, teacher) = if cfg.repa.enabled {
+            let teacher = Teacher::load(&cfg.repa, device)?;
+            let proj = Projector::new(&p.pp("repa"), d.hidden, cfg.repa.projector_width, teacher.dim())?;
+            (Some(proj), Some(teacher))
+        } else {
+            (None, None)
+        };
+        let mut params: Vec<Param> = varmap.data().lock().unwrap().iter().map(|(n, v)| Param { name: n.clone(), var: v.clone() }).collect();
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        let opt = Optimizer::new(&cfg.optim, params.clone())?;
+        let ema = if cfg.optim.ema_decay > 0.0 { Some(Ema::new(cfg.optim.ema_decay, &params)?) } else { None };
+        Ok(Self { cfg, device: device.clone(), policy, varmap, params, text, denoiser, projector, teacher, opt, ema, step: 0, tokenizer, rank: 0 })
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.params.iter().map(|p| p.var.elem_count()).sum()
+    }
+
+    fn text_features(&self, ids: &[u32], lens: &[usize]) -> candle_core::Result<Tensor> {
+        let b = lens.len();
+        let ids = Tensor::from_vec(ids.to_vec(), (b, ids.len() / b), &self.device)?;
+        self.text.forward(&ids, lens)
+    }
+
+    fn images(&self, batch: &Batch) -> candle_core::Result<Tensor> {
+        let s = self.cfg.latent.image_size;
+        Tensor::from_vec(batch.images.clone(), (batch.size, 3, s, s), &self.device)
+    }
+
+    /// Forward and backward for one batch at the current step. Returns the gradients (not
+    /// yet applied) and the loss terms.
+    pub fn compute_grads(&self, batch: &Batch) -> Result<(GradStore, StepStats), TrainError> {
+        let cfg = &self.cfg;
+        let step = self.step;
+        let b = batch.size;
+        let stream = self.policy.stream();
+        let x0 = self.images(batch)?;
+        let mut rng = Rng::derive(cfg.seed, &[0x57e9, step as u64, self.rank as u64]);
+        let eps = Tensor::from_vec(rng.normal_vec(x0.elem_count()), x0.shape(), &self.device)?;
+        let t = Tensor::from_vec(cfg.objective.timesteps.sample(&mut rng, b), b, &self.device)?;
+        let xt = interpolate(&x0, &eps, &t)?;
+        let txt = self.text_features(&batch.ids, &batch.lens)?;
+        let tokens = (cfg.latent_size() / self.denoiser.cfg.patch).pow(2);
+        let route = if cfg.routing.enabled() { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
+        let repa_on = cfg.repa.active_at(step);
+        let out = self.denoiser.forward(
+            &xt.to_dtype(stream)?,
+            &t,
+            &txt.to_dtype(stream)?,
+            &batch.lens,
+            self.policy.compute(),
+            route.as_ref(),
+            repa_on.then(|| cfg.repa.block - 1),
+        )?;
+        let (mut loss, mse) = flow_loss(&cfg.objective, &out.pred, &x0, &eps, &xt, &t)?;
+        let mut repa = None;
+        if let (true, Some(proj), Some(teacher), Some(h)) = (repa_on, &self.projector, &self.teacher, &out.repa) {
+            let mut target = teacher.features(&x0, self.denoiser.cfg.patch)?;
+            if let Some(tokens) = &out.repa_tokens {
+                target = select_tokens(&target, tokens)?;
+            }
+            let projected = proj.forward(&h.to_dtype(self.policy.compute())?)?;
+            let r = repa_loss(&projected, &target, cfg.repa.lambda)?;
+            repa = Some(r.to_scalar::<f32>()? as f64);
+            loss = (loss + r)?;
+        }
+        let loss_v = loss.to_scalar::<f32>()? as f64;
+        if !loss_v.is_finite() {
+            return Err(TrainError::NonFinite { step, what: "loss".into() });
+        }
+        let grads = loss.backward()?;
+        let stats = StepStats { step, loss: loss_v, mse: mse.to_scalar::<f32>()? as f64, repa, grad_norm: 0.0, lr: 0.0 };
+        Ok((grads, stats))
+    }
+
+    /// Clips, steps the optimizer and the EMA, and advances the step counter.
+    pub fn apply_grads(&mut self, mut grads: GradStore, mut stats: StepStats) -> Result<StepStats, TrainError> {
+        stats.grad_norm = clip_grad_norm(&self.params, &mut grads, self.cfg.optim.grad_clip)?;
+        if !stats.grad_norm.is_finite() {
+            return Err(TrainError::NonFinite { step: self.step, what: "gradient norm".into() });
+        }
+        stats.lr = self.cfg.optim.lr_at(self.step);
+        self.opt.step(&grads, stats.lr)?;
+        if let Some(e) = &mut self.ema {
+            e.update(&self.params)?;
+        }
+        self.step += 1;
+        Ok(stats)
+    }
+
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
+        let (g, s) = self.compute_grads(batch)?;
+        self.apply_grads(g, s)
+    }
+
+    /// Generates images for `prompts` (empty prompt = unconditional). Returns (n, 3, H, W)
+    /// in [-1, 1], computed in fp32 on the current (or EMA) weights.
+    pub fn sample(&self, prompts: &[String], seed: u64, steps: usize, guidance: f64) -> Result<Tensor, TrainError> {
+        let s = self.cfg.latent_size();
+        let c = self.denoiser.cfg.in_channels;
+        let stream = self.policy.stream();
+        let mut outs = Vec::new();
+        for (chunk_i, chunk) in prompts.chunks(16).enumerate() {
+            let n = chunk.len();
+            let mut ids = Vec::new();
+            let mut lens = Vec::new();
+            for p in chunk {
+                let (t, l) = self.tokenizer.encode(p, self.cfg.text.max_tokens);
+                ids.extend(t);
+                lens.push(l);
+            }
+            let txt = self.text_features(&ids, &lens)?.to_dtype(stream)?;
+            let null_txt = self.text_features(&vec![0; ids.len()], &vec![0; n])?.to_dtype(stream)?;
+            let null_lens = vec![0; n];
+            let mut rng = Rng::derive(seed, &[0x5a3e, chunk_i as u64]);
+            let x = Tensor::from_vec(rng.normal_vec(n * c * s * s), (n, c, s, s), &self.device)?;
+            let pred = self.cfg.objective.prediction;
+            let x = crate::sample::euler(x, steps, self.cfg.objective.timesteps.shift, guidance, |x, t, uncond| {
+                let tt = Tensor::from_vec(vec![t as f32; n], n, &self.device)?;
+                let (tx, tl) = if uncond { (&null_txt, &null_lens) } else { (&txt, &lens) };
+                let out = self.denoiser.forward(&x.to_dtype(stream)?, &tt, tx, tl, self.policy.compute(), None, None)?;
+                velocity_of(&out.pred.to_dtype(DType::F32)?, x, &tt, pred)
+            })?;
+            outs.push(x);
+        }
+        Ok(Tensor::cat(&outs, 0)?.clamp(-1.0, 1.0)?)
+    }
+
+    /// Everything a checkpoint holds.
+    pub fn state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        let mut out: HashMap<String, Tensor> = self.params.iter().map(|p| (format!("param.{}", p.name), p.var.as_tensor().clone())).collect();
+        out.extend(self.opt.state()?);
+        if let Some(e) = &self.ema {
+            for (n, t) in &e.shadow {
+                out.insert(format!("ema.{n}"), t.clone());
+            }
+        }
+        out.insert("meta.step".into(), crate::checkpoint::step_tensor(self.step)?);
+        Ok(out)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        crate::checkpoint::save_atomic(path, &self.state()?)?;
+        Ok(())
+    }
+
+    pub fn load(&mut self, path: &Path) -> Result<(), TrainError> {
+        let t = crate::checkpoint::load(path, &self.device)?;
+        for p in &self.params {
+            let key = format!("param.{}", p.name);
+            let v = t.get(&key).ok_or_else(|| TrainError::Resume(format!("checkpoint {} lacks \"{key}\"", path.display())))?;
+            if v.dims() != p.var.dims() {
+                return Err(TrainError::Resume(format!("checkpoint tensor \"{key}\" has shape {:?}, the model wants {:?}", v.dims(), p.var.dims())));
+            }
+            p.var.set(&v.to_dtype(p.var.dtype())?)?;
+        }
+        self.opt.load_state(&t)?;
+        if let Some(e) = &mut self.ema {
+            for (n, s) in e.shadow.iter_mut() {
+                if let Some(v) = t.get(&format!("ema.{n}")) {
+                    *s = v.clone();
+                }
+            }
+        }
+        let step = t.get("meta.step").ok_or_else(|| TrainError::Resume("checkpoint lacks meta.step".into()))?;
+        self.step = step.to_vec1::<i64>()?[0] as usize;
+        Ok(())
+    }
+
+    /// Order-sensitive checksum of all weights (f64 sum of value * (index mod 7 + 1)).
+    pub fn checksum(&self) -> Result<f64, TrainError> {
+        let mut acc = 0f64;
+        for p in &self.params {
+            let v = p.var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            acc += v.iter().enumerate().map(|(i, x)| *x as f64 * ((i % 7) + 1) as f64).sum::<f64>();
+        }
+        Ok(acc)
+    }
+}
