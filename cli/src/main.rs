@@ -1,5 +1,6 @@
 //! The `ablate` command line.
 
+mod assets_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,9 @@ enum Cmd {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(train_cmd::BenchCmd),
+    /// Reproduce the small networks that ship in assets/.
+    #[command(subcommand)]
+    Assets(assets_cmd::AssetsCmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,5 +29,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Train(a) => train_cmd::train(a),
         Cmd::Bench(b) => train_cmd::bench(b),
+        Cmd::Assets(a) => assets_cmd::assets(a),
     }
 }

@@ -46,8 +46,9 @@ pub fn render(scene: &Scene, size: usize, noise_seed: u64) -> Vec<f32> {
     const TG: usize = 9;
     let tex: Vec<f32> = (0..TG * TG).map(|_| rng.uniform() as f32 - 0.5).collect();
     let texture_at = |x: f32, y: f32| -> f32 {
-        let gx = x / size as f32 * (TG - 1) as f32;
-        let gy = y / size as f32 * (TG - 1) as f32;
+        // wraps around, so scaled lookups (finer texture) stay inside the grid
+        let gx = (x / size as f32 * (TG - 1) as f32).rem_euclid((TG - 1) as f32);
+        let gy = (y / size as f32 * (TG - 1) as f32).rem_euclid((TG - 1) as f32);
         let (x0, y0) = (gx.floor() as usize, gy.floor() as usize);
         let (x1, y1) = ((x0 + 1).min(TG - 1), (y0 + 1).min(TG - 1));
         let (fx, fy) = (gx - x0 as f32, gy - y0 as f32);

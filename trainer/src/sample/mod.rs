@@ -30,7 +30,8 @@ where
             let vu = velocity(&x, t, true)?;
             (&vu + ((vc - &vu)? * guidance)?)?
         };
-        x = (x - (v * (t - t_next))?)?;
+        // detach: the weights are `Var`s, so without it the graph of every step is kept alive
+        x = (x - (v * (t - t_next))?)?.detach();
     }
     Ok(x)
 }

@@ -119,3 +119,5 @@ impl Teacher {
         f.reshape((b, d, g * g))?.transpose(1, 2)?.contiguous()
     }
 }
+
+pub mod train;
