@@ -30,7 +30,8 @@ impl AdamW {
         for (i, p) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.var.as_tensor()) else { continue };
             let w = p.var.as_tensor();
-            let g = g.to_dtype(w.dtype())?;
+            // detach: gradients carry the backward graph, which the moments would keep alive
+            let g = g.to_dtype(w.dtype())?.detach();
             let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
@@ -98,6 +99,10 @@ mod tests {
             assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
         }
         assert_eq!(w.as_tensor().dtype(), DType::F32);
+        // the moments must not keep the backward graph of past steps alive (memory leak)
+        for (k, t) in opt.state()? {
+            assert!(!t.track_op(), "optimizer state {k} holds a graph");
+        }
         Ok(())
     }
 }

@@ -184,7 +184,7 @@ impl Ema {
 
     pub fn update(&mut self, params: &[Param]) -> Result<()> {
         for ((_, s), p) in self.shadow.iter_mut().zip(params) {
-            *s = ((&*s * self.decay)? + (p.var.as_tensor().to_dtype(DType::F32)? * (1.0 - self.decay))?)?;
+            *s = ((&*s * self.decay)? + (p.var.as_tensor().to_dtype(DType::F32)? * (1.0 - self.decay))?)?.detach();
         }
         Ok(())
     }

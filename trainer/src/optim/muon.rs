@@ -52,7 +52,7 @@ impl Muon {
         for (i, p) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.var.as_tensor()) else { continue };
             let w = p.var.as_tensor();
-            let g = g.to_dtype(w.dtype())?;
+            let g = g.to_dtype(w.dtype())?.detach();
             let buf = ((&self.momentum[i] * self.mu)? + &g)?;
             let nesterov = (&g + (&buf * self.mu)?)?;
             let (rows, cols) = w.dims2()?;
