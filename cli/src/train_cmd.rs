@@ -160,16 +160,7 @@ pub fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let spec = ablate_trainer::data::BatchSpec {
-            data: cfg.data.clone(),
-            batch: cfg.train.batch_size,
-            image_size: cfg.latent.image_size,
-            max_tokens: cfg.text.max_tokens,
-            caption_dropout: cfg.objective.caption_dropout,
-            run_seed: 0,
-            rank: 0,
-            world: 1,
-        };
+        let spec = ablate_trainer::data::BatchSpec::new(&cfg, 0, 1)?;
         let tok = ablate_trainer::data::Tokenizer::new();
         let batches: Vec<_> = (0..a.steps + 2).map(|s| spec.make(s, &tok)).collect();
         for b in &batches[..2] {

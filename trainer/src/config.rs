@@ -62,14 +62,19 @@ impl Default for TextSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LatentSection {
-    /// "pixel": patchified RGB.
+    /// "pixel" (patchified RGB), "ae-lean", "ae-rich" or "ae-repa-e".
     pub kind: String,
     pub image_size: usize,
+    /// Explicit autoencoder weights (default: the built-in file in assets/autoencoders/).
+    pub weights: Option<String>,
+    /// REPA-E: train the autoencoder end to end through the REPA loss (stop-gradient on the
+    /// diffusion loss). Needs an `ae-*` kind and `repa.enabled`.
+    pub end_to_end: bool,
 }
 
 impl Default for LatentSection {
     fn default() -> Self {
-        Self { kind: "pixel".into(), image_size: 32 }
+        Self { kind: "pixel".into(), image_size: 32, weights: None, end_to_end: false }
     }
 }
 
@@ -183,16 +188,20 @@ impl TrainConfig {
         Ok(d)
     }
 
+    /// (channels, downsampling) of the configured latent space.
+    fn latent_shape(&self) -> Result<(usize, usize), ConfigError> {
+        crate::latent::shape_of(&self.latent.kind).ok_or_else(|| {
+            ConfigError::Invalid(format!("unknown latent.kind \"{}\" (expected one of {})", self.latent.kind, crate::latent::KINDS.join(", ")))
+        })
+    }
+
     pub fn latent_channels(&self) -> Result<usize, ConfigError> {
-        match self.latent.kind.as_str() {
-            "pixel" => Ok(3),
-            other => Err(ConfigError::Invalid(format!("unknown latent.kind \"{other}\" (expected \"pixel\")"))),
-        }
+        Ok(self.latent_shape()?.0)
     }
 
     /// Latent grid side for the configured image size.
     pub fn latent_size(&self) -> usize {
-        self.latent.image_size
+        self.latent.image_size / self.latent_shape().map(|s| s.1).unwrap_or(1)
     }
 
     pub fn text_encoder(&self, vocab: usize) -> TextEncoderConfig {
@@ -211,6 +220,13 @@ impl TrainConfig {
         }
         if self.text.max_tokens == 0 {
             return bad("text.max_tokens must be positive".into());
+        }
+        let (_, down) = self.latent_shape()?;
+        if self.latent.image_size % down != 0 {
+            return bad(format!("latent.image_size {} is not divisible by the autoencoder's downsampling {down}", self.latent.image_size));
+        }
+        if self.latent.end_to_end && (self.latent.kind == "pixel" || !self.repa.enabled) {
+            return bad("latent.end_to_end (REPA-E) needs an autoencoder latent.kind and repa.enabled = true".into());
         }
         let ls = self.latent_size();
         if ls % d.patch != 0 {

@@ -12,7 +12,8 @@
 //! - `optim/`: AdamW and Muon with saveable state, clipping, schedule, EMA.
 //! - `precision`: fp32, bf16 mixed (fp32 master weights), bf16-stored (the bug).
 //! - `data/`: the synthetic scene world, captions, tokenizer, phases, loader thread.
-//! - `teacher`: frozen REPA teachers.
+//! - `latent/`: pixel space and the project's convolutional autoencoders (REPA-E).
+//! - `teacher/`: frozen REPA teachers and their training.
 //! - `sample/`: Euler sampling with classifier-free guidance, PNG grids.
 //! - `checkpoint`: atomic safetensors checkpoints.
 //! - `train`: one rank's trainer; `run`: the single-process training loop with metrics,
@@ -22,6 +23,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod latent;
 pub mod model;
 pub mod objective;
 pub mod optim;
@@ -46,6 +48,8 @@ pub enum TrainError {
     Io { path: String, source: std::io::Error },
     #[error("non-finite {what} at step {step}: training diverged (lower optim.lr or raise optim.grad_clip)")]
     NonFinite { step: usize, what: String },
+    #[error("data: {0}")]
+    Data(String),
     #[error("cannot resume: {0}")]
     Resume(String),
 }

@@ -41,6 +41,9 @@ pub struct MetricPoint {
     pub data_seconds: f64,
     pub compute_seconds: f64,
     pub phase: String,
+    /// Real samples skipped as unreadable so far.
+    #[serde(default)]
+    pub skipped_samples: u64,
 }
 
 /// Receives progress while a run goes on.
@@ -121,16 +124,7 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions, progress: &mut dyn Progress) -> 
     let mut metrics_file = std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
     progress.started(first, total, trainer.param_count());
 
-    let spec = BatchSpec {
-        data: cfg.data.clone(),
-        batch: cfg.train.batch_size,
-        image_size: cfg.latent.image_size,
-        max_tokens: cfg.text.max_tokens,
-        caption_dropout: cfg.objective.caption_dropout,
-        run_seed: cfg.seed,
-        rank: 0,
-        world: 1,
-    };
+    let spec = BatchSpec::new(&cfg, 0, 1).map_err(|e| TrainError::Data(e.to_string()))?;
     let loader = Loader::start(spec, first, total);
     let t0 = Instant::now();
     let mut trained_samples = 0usize;
@@ -154,7 +148,8 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions, progress: &mut dyn Progress) -> 
             step_seconds: step_s,
             data_seconds: data_s,
             compute_seconds: compute_s,
-            phase: format!("{:?}", cfg.data.phase_at(stats.step).source).to_lowercase(),
+            phase: cfg.data.phase_at(stats.step).source.name().to_string(),
+            skipped_samples: batch.skipped,
         };
         writeln!(metrics_file, "{}", serde_json::to_string(&point).expect("metric serialises")).map_err(|e| TrainError::io(&metrics_path, e))?;
         progress.step(&point, total);

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use crate::config::TrainConfig;
 use crate::data::{Batch, Tokenizer};
+use crate::latent::Latent;
 use crate::model::text::LearnedTextEncoder;
 use crate::model::{Denoiser, Params};
 use crate::objective::flow::{flow_loss, interpolate, velocity_of};
@@ -46,6 +47,7 @@ pub struct Trainer {
     pub denoiser: Denoiser,
     projector: Option<Projector>,
     teacher: Option<Teacher>,
+    pub latent: Latent,
     opt: Optimizer,
     ema: Option<Ema>,
     pub step: usize,
@@ -61,6 +63,8 @@ impl Trainer {
         let varmap = VarMap::new();
         let p = Params::new(varmap.clone(), cfg.seed, policy.param(), device);
         let d = cfg.denoiser()?;
+        let ae_params = p.pp("ae");
+        let latent = Latent::load(&cfg.latent.kind, cfg.latent.weights.as_deref(), cfg.latent.end_to_end.then_some(&ae_params), device)?;
         let text = LearnedTextEncoder::new(&cfg.text_encoder(tokenizer.vocab_size()), &p.pp("text"))?;
         let denoiser = Denoiser::new(&d, &p.pp("denoiser"), cfg.routing.kind == RoutingKind::Sprint)?;
         let (projector, teacher) = if cfg.repa.enabled {
@@ -70,11 +74,19 @@ impl Trainer {
         } else {
             (None, None)
         };
-        let mut params: Vec<Param> = varmap.data().lock().unwrap().iter().map(|(n, v)| Param { name: n.clone(), var: v.clone() }).collect();
+        // The autoencoder's latent normalisation stays fixed even under REPA-E.
+        let mut params: Vec<Param> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| !n.ends_with("latent_shift") && !n.ends_with("latent_scale"))
+            .map(|(n, v)| Param { name: n.clone(), var: v.clone() })
+            .collect();
         params.sort_by(|a, b| a.name.cmp(&b.name));
         let opt = Optimizer::new(&cfg.optim, params.clone())?;
         let ema = if cfg.optim.ema_decay > 0.0 { Some(Ema::new(cfg.optim.ema_decay, &params)?) } else { None };
-        Ok(Self { cfg, device: device.clone(), policy, varmap, params, text, denoiser, projector, teacher, opt, ema, step: 0, tokenizer, rank: 0 })
+        Ok(Self { cfg, device: device.clone(), policy, varmap, params, text, denoiser, projector, teacher, latent, opt, ema, step: 0, tokenizer, rank: 0 })
     }
 
     pub fn param_count(&self) -> usize {
@@ -99,11 +111,15 @@ impl Trainer {
         let step = self.step;
         let b = batch.size;
         let stream = self.policy.stream();
-        let x0 = self.images(batch)?;
+        let images = self.images(batch)?;
+        let end_to_end = cfg.latent.end_to_end;
+        let z = self.latent.encode(&images)?;
+        // REPA-E: the diffusion loss must not reach the autoencoder (stop-gradient)
+        let x0 = if end_to_end { z.detach() } else { z.clone() };
         let mut rng = Rng::derive(cfg.seed, &[0x57e9, step as u64, self.rank as u64]);
         let eps = Tensor::from_vec(rng.normal_vec(x0.elem_count()), x0.shape(), &self.device)?;
         let t = Tensor::from_vec(cfg.objective.timesteps.sample(&mut rng, b), b, &self.device)?;
-        let xt = interpolate(&x0, &eps, &t)?;
+        let xt = interpolate(&z, &eps, &t)?;
         let txt = self.text_features(&batch.ids, &batch.lens)?;
         let tokens = (cfg.latent_size() / self.denoiser.cfg.patch).pow(2);
         let route = if cfg.routing.enabled() { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
@@ -119,21 +135,50 @@ impl Trainer {
         )?;
         let (mut loss, mse) = flow_loss(&cfg.objective, &out.pred, &x0, &eps, &xt, &t)?;
         let mut repa = None;
+        let mut repa_term = None;
         if let (true, Some(proj), Some(teacher), Some(h)) = (repa_on, &self.projector, &self.teacher, &out.repa) {
-            let mut target = teacher.features(&x0, self.denoiser.cfg.patch)?;
+            let mut target = teacher.features(&images, self.denoiser.cfg.patch * self.latent.downsample())?;
             if let Some(tokens) = &out.repa_tokens {
                 target = select_tokens(&target, tokens)?;
             }
             let projected = proj.forward(&h.to_dtype(self.policy.compute())?)?;
             let r = repa_loss(&projected, &target, cfg.repa.lambda)?;
             repa = Some(r.to_scalar::<f32>()? as f64);
-            loss = (loss + r)?;
+            loss = (loss + &r)?;
+            repa_term = Some(r);
+        }
+        // REPA-E: the autoencoder learns from REPA and reconstruction only. One backward of
+        // everything for the other parameters, one of (REPA + reconstruction) for the
+        // autoencoder; the diffusion loss reaches the autoencoder nowhere.
+        let ae_loss = match (end_to_end, self.latent.autoencoder(), &repa_term) {
+            (true, Some(ae), Some(r)) => {
+                let rec = (ae.decode(&z)? - &images)?.sqr()?.mean_all()?;
+                Some((rec.clone(), (r + rec)?))
+            }
+            (true, Some(ae), None) => {
+                // REPA switched off (stop_after): the autoencoder keeps only reconstruction
+                let rec = (ae.decode(&z)? - &images)?.sqr()?.mean_all()?;
+                Some((rec.clone(), rec))
+            }
+            _ => None,
+        };
+        if let Some((rec, _)) = &ae_loss {
+            loss = (loss + rec)?;
         }
         let loss_v = loss.to_scalar::<f32>()? as f64;
         if !loss_v.is_finite() {
             return Err(TrainError::NonFinite { step, what: "loss".into() });
         }
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
+        if let Some((_, ae_obj)) = ae_loss {
+            let mut ae_grads = ae_obj.backward()?;
+            for p in self.params.iter().filter(|p| p.name.starts_with("ae.")) {
+                grads.remove(p.var.as_tensor());
+                if let Some(g) = ae_grads.remove(p.var.as_tensor()) {
+                    grads.insert(p.var.as_tensor(), g);
+                }
+            }
+        }
         let stats = StepStats { step, loss: loss_v, mse: mse.to_scalar::<f32>()? as f64, repa, grad_norm: 0.0, lr: 0.0 };
         Ok((grads, stats))
     }
@@ -162,7 +207,7 @@ impl Trainer {
     /// in [-1, 1], computed in fp32 on the current (or EMA) weights.
     pub fn sample(&self, prompts: &[String], seed: u64, steps: usize, guidance: f64) -> Result<Tensor, TrainError> {
         let s = self.cfg.latent_size();
-        let c = self.denoiser.cfg.in_channels;
+        let c = self.latent.channels();
         let stream = self.policy.stream();
         let mut outs = Vec::new();
         for (chunk_i, chunk) in prompts.chunks(16).enumerate() {
@@ -186,7 +231,7 @@ impl Trainer {
                 let out = self.denoiser.forward(&x.to_dtype(stream)?, &tt, tx, tl, self.policy.compute(), None, None)?;
                 velocity_of(&out.pred.to_dtype(DType::F32)?, x, &tt, pred)
             })?;
-            outs.push(x);
+            outs.push(self.latent.decode(&x)?.detach());
         }
         Ok(Tensor::cat(&outs, 0)?.clamp(-1.0, 1.0)?)
     }

@@ -27,16 +27,7 @@ pub fn small_config() -> TrainConfig {
 }
 
 pub fn batches(cfg: &TrainConfig, n: usize) -> Vec<Batch> {
-    let spec = BatchSpec {
-        data: cfg.data.clone(),
-        batch: cfg.train.batch_size,
-        image_size: cfg.latent.image_size,
-        max_tokens: cfg.text.max_tokens,
-        caption_dropout: cfg.objective.caption_dropout,
-        run_seed: cfg.seed,
-        rank: 0,
-        world: 1,
-    };
+    let spec = BatchSpec::new(cfg, 0, 1).unwrap();
     let tok = Tokenizer::new();
     (0..n).map(|s| spec.make(s, &tok)).collect()
 }

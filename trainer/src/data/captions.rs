@@ -66,6 +66,22 @@ pub fn caption(scene: &Scene, mode: CaptionMode, rng: &mut Rng) -> String {
     }
 }
 
+/// Caption of a real sample in the requested mode: `short` keeps the first sentence.
+pub fn real_caption(text: &str, mode: CaptionMode, rng: &mut Rng) -> String {
+    let short = || text.split_inclusive('.').next().unwrap_or(text).trim().to_string();
+    match mode {
+        CaptionMode::Long => text.to_string(),
+        CaptionMode::Short => short(),
+        CaptionMode::Mixed => {
+            if rng.chance(0.5) {
+                text.to_string()
+            } else {
+                short()
+            }
+        }
+    }
+}
+
 /// Word-level tokenizer: every word the caption templates use has its own id; any other word
 /// (real-data captions) is hashed into a fixed number of buckets, so nothing is ever dropped
 /// silently and the vocabulary size is a constant the model can be built with.

@@ -6,22 +6,62 @@
 //! sample i of rank r at step s is dataset index `((s * world + r) * batch + i) mod size`.
 
 pub mod captions;
+pub mod real;
 pub mod render;
 pub mod scene;
 
 use serde::{Deserialize, Serialize};
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::rng::Rng;
 pub use captions::{CaptionMode, Tokenizer};
+pub use real::RealDataset;
 pub use scene::{Scene, Style};
+
+/// Where a phase's samples come from: one of the synthetic scene styles, or real data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Synthetic,
+    Photo,
+    Curated,
+    /// An image folder with `captions.jsonl` (needs `path`).
+    Folder,
+    /// WebDataset `.tar` shards (needs `path`: a shard or a directory of shards).
+    Webdataset,
+}
+
+impl Source {
+    pub fn style(self) -> Option<Style> {
+        match self {
+            Source::Synthetic => Some(Style::Synthetic),
+            Source::Photo => Some(Style::Photo),
+            Source::Curated => Some(Style::Curated),
+            Source::Folder | Source::Webdataset => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Synthetic => "synthetic",
+            Source::Photo => "photo",
+            Source::Curated => "curated",
+            Source::Folder => "folder",
+            Source::Webdataset => "webdataset",
+        }
+    }
+}
 
 /// One stretch of training on one dataset with one caption mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Phase {
-    pub source: Style,
+    pub source: Source,
+    /// Dataset location for `folder` and `webdataset` sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     #[serde(default = "default_captions")]
     pub captions: CaptionMode,
     /// Steps in this phase; omitted on the last phase = until the end of training.
@@ -47,7 +87,7 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { phases: vec![Phase { source: Style::Synthetic, captions: CaptionMode::Long, steps: None }], dataset_size: 100_000, seed: 0, prefetch: 4 }
+        Self { phases: vec![Phase { source: Source::Synthetic, path: None, captions: CaptionMode::Long, steps: None }], dataset_size: 100_000, seed: 0, prefetch: 4 }
     }
 }
 
@@ -58,6 +98,9 @@ impl DataConfig {
         }
         for (i, p) in self.phases.iter().enumerate() {
             let last = i + 1 == self.phases.len();
+            if p.source.style().is_none() && p.path.is_none() {
+                return Err(format!("data.phases[{i}]: source \"{}\" needs `path`", p.source.name()));
+            }
             match p.steps {
                 None if !last => return Err(format!("data.phases[{i}] needs `steps` (only the last phase may omit it)")),
                 Some(0) => return Err(format!("data.phases[{i}].steps must be positive")),
@@ -70,17 +113,21 @@ impl DataConfig {
         Ok(())
     }
 
-    /// The phase in force at `step` (the last phase continues forever).
-    pub fn phase_at(&self, step: usize) -> &Phase {
+    /// Index of the phase in force at `step` (the last phase continues forever).
+    pub fn phase_index(&self, step: usize) -> usize {
         let mut start = 0;
-        for p in &self.phases {
+        for (i, p) in self.phases.iter().enumerate() {
             match p.steps {
-                Some(n) if step < start + n => return p,
+                Some(n) if step < start + n => return i,
                 Some(n) => start += n,
-                None => return p,
+                None => return i,
             }
         }
-        self.phases.last().expect("validated: at least one phase")
+        self.phases.len() - 1
+    }
+
+    pub fn phase_at(&self, step: usize) -> &Phase {
+        &self.phases[self.phase_index(step)]
     }
 }
 
@@ -95,12 +142,16 @@ pub struct Batch {
     pub ids: Vec<u32>,
     pub lens: Vec<usize>,
     pub captions: Vec<String>,
+    /// Real samples skipped as unreadable so far (all real datasets of the run).
+    pub skipped: u64,
 }
 
 /// Everything needed to build batches; cheap to clone into the loader thread.
 #[derive(Debug, Clone)]
 pub struct BatchSpec {
     pub data: DataConfig,
+    /// Opened real datasets, per phase (None for synthetic phases).
+    pub real: Vec<Option<Arc<RealDataset>>>,
     pub batch: usize,
     pub image_size: usize,
     pub max_tokens: usize,
@@ -111,8 +162,37 @@ pub struct BatchSpec {
 }
 
 impl BatchSpec {
+    /// The batch recipe of a run on `rank` of `world`; opens (and indexes) real datasets.
+    pub fn new(cfg: &crate::TrainConfig, rank: usize, world: usize) -> Result<Self, real::DataError> {
+        let real = cfg
+            .data
+            .phases
+            .iter()
+            .map(|p| {
+                let path = std::path::Path::new(p.path.as_deref().unwrap_or(""));
+                match p.source {
+                    Source::Folder => RealDataset::open_folder(path).map(Some),
+                    Source::Webdataset => RealDataset::open_webdataset(path).map(Some),
+                    _ => Ok(None),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            data: cfg.data.clone(),
+            real,
+            batch: cfg.train.batch_size,
+            image_size: cfg.latent.image_size,
+            max_tokens: cfg.text.max_tokens,
+            caption_dropout: cfg.objective.caption_dropout,
+            run_seed: cfg.seed,
+            rank,
+            world,
+        })
+    }
+
     pub fn make(&self, step: usize, tok: &Tokenizer) -> Batch {
-        let phase = self.data.phase_at(step);
+        let pi = self.data.phase_index(step);
+        let phase = &self.data.phases[pi];
         let s = self.image_size;
         let mut images = Vec::with_capacity(self.batch * 3 * s * s);
         let mut ids = Vec::with_capacity(self.batch * self.max_tokens);
@@ -120,16 +200,35 @@ impl BatchSpec {
         let mut captions = Vec::with_capacity(self.batch);
         let mut rng = Rng::derive(self.run_seed, &[0xda7a, step as u64, self.rank as u64]);
         for i in 0..self.batch {
-            let index = (((step * self.world + self.rank) * self.batch + i) as u64) % self.data.dataset_size;
-            let scene = Scene::generate(self.data.seed, index, phase.source);
-            images.extend(render::render(&scene, s, self.data.seed ^ (index << 8) ^ phase.source.tag()));
-            let text = if rng.chance(self.caption_dropout) { String::new() } else { captions::caption(&scene, phase.captions, &mut rng) };
+            let global = ((step * self.world + self.rank) * self.batch + i) as u64;
+            let caption = match (phase.source.style(), &self.real[pi]) {
+                (Some(style), _) => {
+                    let index = global % self.data.dataset_size;
+                    let scene = Scene::generate(self.data.seed, index, style);
+                    images.extend(render::render(&scene, s, self.data.seed ^ (index << 8) ^ style.tag()));
+                    captions::caption(&scene, phase.captions, &mut rng)
+                }
+                (None, Some(ds)) => match ds.get(global, s) {
+                    Some((img, text)) => {
+                        images.extend(img);
+                        captions::real_caption(&text, phase.captions, &mut rng)
+                    }
+                    None => {
+                        // every sample unreadable: a black image with an empty caption
+                        images.extend(std::iter::repeat_n(-1f32, 3 * s * s));
+                        String::new()
+                    }
+                },
+                (None, None) => unreachable!("real phases are opened in BatchSpec::new"),
+            };
+            let text = if rng.chance(self.caption_dropout) { String::new() } else { caption };
             let (t, n) = tok.encode(&text, self.max_tokens);
             ids.extend(t);
             lens.push(n);
             captions.push(text);
         }
-        Batch { step, size: self.batch, images, ids, lens, captions }
+        let skipped = self.real.iter().flatten().map(|d| d.skipped()).sum();
+        Batch { step, size: self.batch, images, ids, lens, captions, skipped }
     }
 }
 
@@ -176,7 +275,13 @@ mod tests {
     use super::*;
 
     fn spec(rank: usize, world: usize) -> BatchSpec {
-        BatchSpec { data: DataConfig::default(), batch: 4, image_size: 16, max_tokens: 32, caption_dropout: 0.0, run_seed: 1, rank, world }
+        let mut c = crate::TrainConfig::default();
+        c.train.batch_size = 4;
+        c.latent.image_size = 16;
+        c.text.max_tokens = 32;
+        c.objective.caption_dropout = 0.0;
+        c.seed = 1;
+        BatchSpec::new(&c, rank, world).unwrap()
     }
 
     #[test]
@@ -197,19 +302,21 @@ mod tests {
     fn phases_switch_at_their_boundaries() {
         let d = DataConfig {
             phases: vec![
-                Phase { source: Style::Synthetic, captions: CaptionMode::Long, steps: Some(10) },
-                Phase { source: Style::Photo, captions: CaptionMode::Long, steps: Some(5) },
-                Phase { source: Style::Curated, captions: CaptionMode::Mixed, steps: None },
+                Phase { source: Source::Synthetic, path: None, captions: CaptionMode::Long, steps: Some(10) },
+                Phase { source: Source::Photo, path: None, captions: CaptionMode::Long, steps: Some(5) },
+                Phase { source: Source::Curated, path: None, captions: CaptionMode::Mixed, steps: None },
             ],
             ..Default::default()
         };
         d.validate().unwrap();
-        assert_eq!(d.phase_at(9).source, Style::Synthetic);
-        assert_eq!(d.phase_at(10).source, Style::Photo);
-        assert_eq!(d.phase_at(15).source, Style::Curated);
-        assert_eq!(d.phase_at(10_000).source, Style::Curated);
-        let bad = DataConfig { phases: vec![Phase { source: Style::Photo, captions: CaptionMode::Long, steps: None }, d.phases[0].clone()], ..Default::default() };
+        assert_eq!(d.phase_at(9).source, Source::Synthetic);
+        assert_eq!(d.phase_at(10).source, Source::Photo);
+        assert_eq!(d.phase_at(15).source, Source::Curated);
+        assert_eq!(d.phase_at(10_000).source, Source::Curated);
+        let bad = DataConfig { phases: vec![Phase { source: Source::Photo, path: None, captions: CaptionMode::Long, steps: None }, d.phases[0].clone()], ..Default::default() };
         assert!(bad.validate().unwrap_err().contains("data.phases[0] needs `steps`"));
+        let bad = DataConfig { phases: vec![Phase { source: Source::Folder, path: None, captions: CaptionMode::Long, steps: None }], ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err(), "data.phases[0]: source \"folder\" needs `path`");
     }
 
     #[test]

@@ -57,6 +57,10 @@ impl Params {
         p
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

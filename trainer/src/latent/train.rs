@@ -1,0 +1,83 @@
+//! Training the built-in autoencoders (`ablate assets train-ae lean|rich`): MSE
+//! reconstruction on synthetic and photo-style scenes, then the per-channel latent shift and
+//! scale measured on held-out images.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::VarMap;
+use std::collections::HashMap;
+
+use super::conv_ae::{AeArch, ConvAe};
+use crate::data::render::render;
+use crate::data::scene::{Scene, Style};
+use crate::model::Params;
+use crate::optim::{AdamW, OptimConfig, Param};
+
+pub const IMAGE_SIZE: usize = 32;
+
+/// (steps, batch) of each recipe.
+pub fn recipe(name: &str) -> Option<(usize, usize)> {
+    match name {
+        "lean" => Some((800, 32)),
+        // conv backward is slow on CPU: the richer net gets fewer, smaller steps
+        "rich" => Some((500, 16)),
+        _ => None,
+    }
+}
+
+pub fn image_batch(seed: u64, start: u64, n: usize, device: &Device) -> Result<Tensor> {
+    let s = IMAGE_SIZE;
+    let mut v = Vec::with_capacity(n * 3 * s * s);
+    for i in 0..n as u64 {
+        let style = if i % 2 == 0 { Style::Synthetic } else { Style::Photo };
+        let scene = Scene::generate(seed, start + i, style);
+        v.extend(render(&scene, s, seed ^ (start + i)));
+    }
+    Tensor::from_vec(v, (n, 3, s, s), device)
+}
+
+/// PSNR in dB of reconstructions in [-1, 1] (peak-to-peak 2).
+pub fn psnr(mse: f64) -> f64 {
+    10.0 * (4.0 / mse.max(1e-12)).log10()
+}
+
+/// Trains autoencoder `name`; returns its tensors and the held-out reconstruction PSNR.
+pub fn train_ae(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)) -> Result<(HashMap<String, Tensor>, f64)> {
+    let arch = AeArch::named(name).filter(|_| name != "repa-e").ok_or_else(|| candle_core::Error::Msg(format!("unknown autoencoder recipe \"{name}\" (expected lean or rich)")))?;
+    let (steps, batch) = recipe(name).expect("recipe for every trainable arch");
+    let dev = Device::Cpu;
+    let map = VarMap::new();
+    let p = Params::new(map.clone(), seed, DType::F32, &dev);
+    let ae = ConvAe::new(arch, &p)?;
+    let mut params: Vec<Param> = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| !n.starts_with("latent_"))
+        .map(|(n, v)| Param { name: n.clone(), var: v.clone() })
+        .collect();
+    params.sort_by(|a, b| a.name.cmp(&b.name));
+    let cfg = OptimConfig { lr: 2e-3, beta2: 0.99, eps: 1e-8, warmup_steps: 20, ..Default::default() };
+    let mut opt = AdamW::new(&cfg, params)?;
+    for step in 0..steps {
+        let x = image_batch(seed, (step * batch) as u64, batch, &dev)?;
+        let loss = (ae.decode_raw(&ae.encode_raw(&x)?)? - &x)?.sqr()?.mean_all()?;
+        opt.step(&loss.backward()?, cfg.lr_at(step))?;
+        if step % 50 == 0 || step + 1 == steps {
+            progress(step, loss.to_scalar::<f32>()? as f64);
+        }
+    }
+    // latent statistics and held-out quality
+    let x = image_batch(seed ^ 0xfeed, 0, 256, &dev)?;
+    let z = ae.encode_raw(&x)?;
+    let zc = z.permute((1, 0, 2, 3))?.flatten_from(1)?; // (C, N)
+    let mean = zc.mean_keepdim(D::Minus1)?;
+    let std = zc.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?.sqrt()?;
+    let c = arch.latent;
+    let data = map.data().lock().unwrap();
+    data["latent_shift"].set(&mean.reshape((1, c, 1, 1))?)?;
+    data["latent_scale"].set(&(std + 1e-6)?.reshape((1, c, 1, 1))?)?;
+    let mse = (ae.decode_raw(&z)? - &x)?.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let tensors = data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    Ok((tensors, psnr(mse)))
+}

@@ -1,0 +1,102 @@
+//! Real image-text datasets: folders with captions.jsonl and WebDataset shards, with
+//! unreadable samples skipped and counted.
+
+mod common;
+
+use ablate_trainer::data::{BatchSpec, CaptionMode, Phase, RealDataset, Source, Tokenizer};
+use std::path::Path;
+
+fn png_bytes(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ablate-real-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_folder(dir: &Path) {
+    std::fs::write(dir.join("red.png"), png_bytes(40, 20, [255, 0, 0])).unwrap();
+    std::fs::write(dir.join("broken.png"), b"not a png at all").unwrap();
+    std::fs::write(dir.join("blue.png"), png_bytes(20, 20, [0, 0, 255])).unwrap();
+    std::fs::write(
+        dir.join("captions.jsonl"),
+        "{\"file\": \"red.png\", \"caption\": \"A red square. It is bright.\"}\n{\"file\": \"broken.png\", \"caption\": \"corrupt\"}\n{\"file\": \"blue.png\", \"caption\": \"A blue square.\"}\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn folder_dataset_crops_resizes_and_skips_corrupt_samples() {
+    let dir = tmp("folder");
+    write_folder(&dir);
+    let ds = RealDataset::open_folder(&dir).unwrap();
+    assert_eq!(ds.len(), 3);
+    let (img, cap) = ds.get(0, 8).unwrap();
+    assert_eq!(img.len(), 3 * 64);
+    assert_eq!(cap, "A red square. It is bright.");
+    assert!((img[0] - 1.0).abs() < 1e-6 && (img[64] + 1.0).abs() < 1e-6, "red in [-1, 1]");
+    // index 1 is corrupt: the next sample is used and the skip is counted
+    let (img, cap) = ds.get(1, 8).unwrap();
+    assert_eq!(cap, "A blue square.");
+    assert!((img[128] - 1.0).abs() < 1e-6);
+    assert_eq!(ds.skipped(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn webdataset_shards_are_indexed_and_read() {
+    let dir = tmp("wds");
+    let shard = dir.join("shard-000.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&shard).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("000.png", &png_bytes(16, 16, [0, 255, 0]));
+    add("000.txt", b"A green field.");
+    add("001.jpg", b"\xff\xd8 truncated jpeg");
+    add("001.json", b"{\"caption\": \"broken\"}");
+    add("002.png", &png_bytes(16, 16, [255, 255, 255]));
+    add("002.json", b"{\"caption\": \"White. Nothing else.\"}");
+    add("003.txt", b"caption without image");
+    b.finish().unwrap();
+    drop(b);
+    let ds = RealDataset::open_webdataset(&dir).unwrap();
+    assert_eq!(ds.len(), 3, "samples without an image are not indexed");
+    assert_eq!(ds.get(0, 4).unwrap().1, "A green field.");
+    assert_eq!(ds.get(1, 4).unwrap().1, "White. Nothing else.");
+    assert_eq!(ds.skipped(), 1);
+
+    // through the batch pipeline, with short captions = first sentence
+    let mut cfg = common::small_config();
+    cfg.objective.caption_dropout = 0.0;
+    cfg.data.phases = vec![Phase { source: Source::Webdataset, path: Some(shard.display().to_string()), captions: CaptionMode::Short, steps: None }];
+    cfg.validate().unwrap();
+    let spec = BatchSpec::new(&cfg, 0, 1).unwrap();
+    let batch = spec.make(0, &Tokenizer::new());
+    assert_eq!(batch.captions, vec!["A green field.", "White.", "White.", "A green field."]);
+    assert!(batch.skipped >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_datasets_are_refused_with_the_path() {
+    let dir = tmp("bad");
+    let err = RealDataset::open_folder(&dir).unwrap_err().to_string();
+    assert!(err.contains("captions.jsonl") && err.contains("cannot read the caption index"), "{err}");
+    std::fs::write(dir.join("captions.jsonl"), "{\"file\": 3}\n").unwrap();
+    let err = RealDataset::open_folder(&dir).unwrap_err().to_string();
+    assert!(err.contains("line 1: needs string fields \"file\" and \"caption\""), "{err}");
+    let err = RealDataset::open_webdataset(&dir).unwrap_err().to_string();
+    assert!(err.contains("no .tar shards found"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
