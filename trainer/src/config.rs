@@ -45,8 +45,11 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TextSection {
-    /// "learned" (trained with the denoiser).
+    /// "learned" (trained with the denoiser) or "bert" (frozen, from `bert_dir`).
     pub encoder: String,
+    /// Directory with config.json, model.safetensors, tokenizer.json (default:
+    /// assets/text/minilm, filled by `ablate assets fetch minilm`).
+    pub bert_dir: Option<String>,
     pub max_tokens: usize,
     pub width: usize,
     pub layers: usize,
@@ -55,7 +58,7 @@ pub struct TextSection {
 
 impl Default for TextSection {
     fn default() -> Self {
-        Self { encoder: "learned".into(), max_tokens: 64, width: 128, layers: 2, heads: 4 }
+        Self { encoder: "learned".into(), bert_dir: None, max_tokens: 64, width: 128, layers: 2, heads: 4 }
     }
 }
 
@@ -184,8 +187,15 @@ impl TrainConfig {
             "pixel" => 4,
             _ => d.patch,
         });
-        d.text_dim = self.text.width;
+        d.text_dim = match self.text.encoder.as_str() {
+            "bert" => crate::model::bert::hidden_size(&self.bert_dir()).map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            _ => self.text.width,
+        };
         Ok(d)
+    }
+
+    pub fn bert_dir(&self) -> std::path::PathBuf {
+        self.text.bert_dir.as_ref().map(std::path::PathBuf::from).unwrap_or_else(|| crate::teacher::assets_dir().join("text").join("minilm"))
     }
 
     /// (channels, downsampling) of the configured latent space.
@@ -210,11 +220,11 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.text.encoder != "learned" && self.text.encoder != "bert" {
+            return bad(format!("unknown text.encoder \"{}\" (expected \"learned\" or \"bert\")", self.text.encoder));
+        }
         let d = self.denoiser()?;
         d.validate().map_err(ConfigError::Invalid)?;
-        if self.text.encoder != "learned" {
-            return bad(format!("unknown text.encoder \"{}\" (expected \"learned\")", self.text.encoder));
-        }
         if self.text.width % self.text.heads != 0 {
             return bad(format!("text.width ({}) must be divisible by text.heads ({})", self.text.width, self.text.heads));
         }
@@ -225,8 +235,8 @@ impl TrainConfig {
         if self.latent.image_size % down != 0 {
             return bad(format!("latent.image_size {} is not divisible by the autoencoder's downsampling {down}", self.latent.image_size));
         }
-        if self.latent.end_to_end && (self.latent.kind == "pixel" || !self.repa.enabled) {
-            return bad("latent.end_to_end (REPA-E) needs an autoencoder latent.kind and repa.enabled = true".into());
+        if self.latent.end_to_end && (!self.latent.kind.starts_with("ae-") || !self.repa.enabled) {
+            return bad("latent.end_to_end (REPA-E) needs one of the project's autoencoders (latent.kind = \"ae-...\") and repa.enabled = true".into());
         }
         let ls = self.latent_size();
         if ls % d.patch != 0 {

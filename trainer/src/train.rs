@@ -24,6 +24,12 @@ use crate::routing::{RoutePlan, RoutingKind};
 use crate::teacher::Teacher;
 use crate::TrainError;
 
+/// The text encoder of a run.
+enum TextEncoder {
+    Learned(LearnedTextEncoder),
+    Bert(crate::model::bert::BertEncoder),
+}
+
 /// Measurements of one step.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepStats {
@@ -43,7 +49,7 @@ pub struct Trainer {
     /// Trainable parameters sorted by name: the fixed order used by optimizers,
     /// checkpoints and the gradient exchange.
     pub params: Vec<Param>,
-    text: LearnedTextEncoder,
+    text: TextEncoder,
     pub denoiser: Denoiser,
     projector: Option<Projector>,
     teacher: Option<Teacher>,
@@ -65,7 +71,10 @@ impl Trainer {
         let d = cfg.denoiser()?;
         let ae_params = p.pp("ae");
         let latent = Latent::load(&cfg.latent.kind, cfg.latent.weights.as_deref(), cfg.latent.end_to_end.then_some(&ae_params), device)?;
-        let text = LearnedTextEncoder::new(&cfg.text_encoder(tokenizer.vocab_size()), &p.pp("text"))?;
+        let text = match cfg.text.encoder.as_str() {
+            "bert" => TextEncoder::Bert(crate::model::bert::BertEncoder::load(&cfg.bert_dir(), cfg.text.max_tokens, device)?),
+            _ => TextEncoder::Learned(LearnedTextEncoder::new(&cfg.text_encoder(tokenizer.vocab_size()), &p.pp("text"))?),
+        };
         let denoiser = Denoiser::new(&d, &p.pp("denoiser"), cfg.routing.kind == RoutingKind::Sprint)?;
         let (projector, teacher) = if cfg.repa.enabled {
             let teacher = Teacher::load(&cfg.repa, device)?;
@@ -93,10 +102,30 @@ impl Trainer {
         self.params.iter().map(|p| p.var.elem_count()).sum()
     }
 
-    fn text_features(&self, ids: &[u32], lens: &[usize]) -> candle_core::Result<Tensor> {
-        let b = lens.len();
-        let ids = Tensor::from_vec(ids.to_vec(), (b, ids.len() / b), &self.device)?;
-        self.text.forward(&ids, lens)
+    /// Text features (B, T, dim) and real token counts of `captions`; `pre` holds our
+    /// tokenizer's ids and lengths when the loader already computed them.
+    fn text_features(&self, captions: &[String], pre: Option<(&[u32], &[usize])>) -> candle_core::Result<(Tensor, Vec<usize>)> {
+        match &self.text {
+            TextEncoder::Bert(b) => b.encode(captions),
+            TextEncoder::Learned(enc) => {
+                let (ids, lens) = match pre {
+                    Some((ids, lens)) => (ids.to_vec(), lens.to_vec()),
+                    None => {
+                        let mut ids = Vec::new();
+                        let mut lens = Vec::new();
+                        for c in captions {
+                            let (t, l) = self.tokenizer.encode(c, self.cfg.text.max_tokens);
+                            ids.extend(t);
+                            lens.push(l);
+                        }
+                        (ids, lens)
+                    }
+                };
+                let b = lens.len();
+                let ids = Tensor::from_vec(ids, (b, self.cfg.text.max_tokens), &self.device)?;
+                Ok((enc.forward(&ids, &lens)?, lens))
+            }
+        }
     }
 
     fn images(&self, batch: &Batch) -> candle_core::Result<Tensor> {
@@ -120,7 +149,7 @@ impl Trainer {
         let eps = Tensor::from_vec(rng.normal_vec(x0.elem_count()), x0.shape(), &self.device)?;
         let t = Tensor::from_vec(cfg.objective.timesteps.sample(&mut rng, b), b, &self.device)?;
         let xt = interpolate(&z, &eps, &t)?;
-        let txt = self.text_features(&batch.ids, &batch.lens)?;
+        let (txt, txt_lens) = self.text_features(&batch.captions, Some((&batch.ids, &batch.lens)))?;
         let tokens = (cfg.latent_size() / self.denoiser.cfg.patch).pow(2);
         let route = if cfg.routing.enabled() { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
         let repa_on = cfg.repa.active_at(step);
@@ -128,7 +157,7 @@ impl Trainer {
             &xt.to_dtype(stream)?,
             &t,
             &txt.to_dtype(stream)?,
-            &batch.lens,
+            &txt_lens,
             self.policy.compute(),
             route.as_ref(),
             repa_on.then(|| cfg.repa.block - 1),
@@ -212,16 +241,10 @@ impl Trainer {
         let mut outs = Vec::new();
         for (chunk_i, chunk) in prompts.chunks(16).enumerate() {
             let n = chunk.len();
-            let mut ids = Vec::new();
-            let mut lens = Vec::new();
-            for p in chunk {
-                let (t, l) = self.tokenizer.encode(p, self.cfg.text.max_tokens);
-                ids.extend(t);
-                lens.push(l);
-            }
-            let txt = self.text_features(&ids, &lens)?.to_dtype(stream)?;
-            let null_txt = self.text_features(&vec![0; ids.len()], &vec![0; n])?.to_dtype(stream)?;
-            let null_lens = vec![0; n];
+            let (txt, lens) = self.text_features(chunk, None)?;
+            let txt = txt.to_dtype(stream)?;
+            let (null_txt, null_lens) = self.text_features(&vec![String::new(); n], None)?;
+            let null_txt = null_txt.to_dtype(stream)?;
             let mut rng = Rng::derive(seed, &[0x5a3e, chunk_i as u64]);
             let x = Tensor::from_vec(rng.normal_vec(n * c * s * s), (n, c, s, s), &self.device)?;
             let pred = self.cfg.objective.prediction;

@@ -2,12 +2,15 @@
 //! `ae-rich` and `ae-repa-e` are the project's own convolutional autoencoders (weights in
 //! `assets/autoencoders/`, reproduced by `ablate assets train-ae`).
 //!
+//! `flux1` and `sd` load pretrained autoencoders for GPU-scale runs (`latent.weights`).
+//!
 //! A frozen autoencoder is loaded as plain tensors (no gradient). Under REPA-E
 //! (`latent.end_to_end = true`) the autoencoder's tensors are trainable and receive
 //! gradients from the REPA and reconstruction losses only (stop-gradient on the diffusion
 //! loss), as in Leng et al. 2025.
 
 pub mod conv_ae;
+pub mod pretrained;
 pub mod train;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -16,7 +19,7 @@ use std::path::PathBuf;
 use crate::model::Params;
 pub use conv_ae::{AeArch, ConvAe};
 
-pub const KINDS: [&str; 4] = ["pixel", "ae-lean", "ae-rich", "ae-repa-e"];
+pub const KINDS: [&str; 6] = ["pixel", "ae-lean", "ae-rich", "ae-repa-e", "flux1", "sd"];
 
 /// Default weights file of a built-in autoencoder.
 pub fn ae_path(name: &str) -> PathBuf {
@@ -26,12 +29,19 @@ pub fn ae_path(name: &str) -> PathBuf {
 pub enum Latent {
     Pixel,
     Ae(ConvAe),
+    Pretrained(pretrained::Pretrained),
 }
 
 impl Latent {
     /// Builds the latent space `kind`. `trainable`: register the autoencoder's tensors as
     /// parameters under `p` (initialised from the weights file) for REPA-E.
     pub fn load(kind: &str, weights: Option<&str>, trainable: Option<&Params>, device: &Device) -> Result<Self> {
+        if kind == "flux1" || kind == "sd" {
+            let Some(w) = weights else {
+                candle_core::bail!("latent.kind = \"{kind}\" needs latent.weights (the autoencoder's safetensors file)");
+            };
+            return Ok(Latent::Pretrained(pretrained::Pretrained::load(kind, std::path::Path::new(w), device)?));
+        }
         let Some(name) = kind.strip_prefix("ae-") else {
             return Ok(Latent::Pixel);
         };
@@ -61,6 +71,8 @@ impl Latent {
         match self {
             Latent::Pixel => 3,
             Latent::Ae(a) => a.arch.latent,
+            Latent::Pretrained(pretrained::Pretrained::Flux1(_)) => 16,
+            Latent::Pretrained(pretrained::Pretrained::Sd(_)) => 4,
         }
     }
 
@@ -68,6 +80,7 @@ impl Latent {
         match self {
             Latent::Pixel => 1,
             Latent::Ae(_) => conv_ae::DOWNSAMPLE,
+            Latent::Pretrained(_) => 8,
         }
     }
 
@@ -75,6 +88,7 @@ impl Latent {
         match self {
             Latent::Pixel => Ok(images.clone()),
             Latent::Ae(a) => a.encode(images),
+            Latent::Pretrained(p) => Ok(p.encode(images)?.detach()),
         }
     }
 
@@ -82,13 +96,15 @@ impl Latent {
         match self {
             Latent::Pixel => Ok(z.clone()),
             Latent::Ae(a) => a.decode(z),
+            Latent::Pretrained(p) => p.decode(z),
         }
     }
 
+    /// The project's own autoencoder, if that is the latent space (REPA-E trains it).
     pub fn autoencoder(&self) -> Option<&ConvAe> {
         match self {
-            Latent::Pixel => None,
             Latent::Ae(a) => Some(a),
+            _ => None,
         }
     }
 }
@@ -97,6 +113,8 @@ impl Latent {
 pub fn shape_of(kind: &str) -> Option<(usize, usize)> {
     match kind {
         "pixel" => Some((3, 1)),
+        "flux1" => Some((16, 8)),
+        "sd" => Some((4, 8)),
         _ => kind.strip_prefix("ae-").and_then(AeArch::named).map(|a| (a.latent, conv_ae::DOWNSAMPLE)),
     }
 }

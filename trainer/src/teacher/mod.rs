@@ -5,6 +5,8 @@
 //! `strong` (wider, trained longer) and `weak` (narrow, trained briefly), so the REPA arms
 //! can reproduce "a better teacher helps more". Their weights ship in `assets/teachers/`
 //! and `ablate assets train-teacher` reproduces them. They are never used for evaluation.
+//! GPU users can align to DINOv2 ViT-S/14 instead (`repa.teacher = "dinov2"` with
+//! `repa.teacher_weights`).
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig};
@@ -81,14 +83,33 @@ impl SceneNet {
 }
 
 /// A frozen teacher ready for REPA.
-pub struct Teacher {
-    net: SceneNet,
+pub enum Teacher {
+    Scene(SceneNet),
+    /// DINOv2 ViT-S/14 (GPU users; weights in candle-transformers' naming).
+    Dino(candle_transformers::models::dinov2::DinoVisionTransformer),
 }
+
+const DINO_PATCH: usize = 14;
+const DINO_DIM: usize = 384;
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 impl Teacher {
     pub fn load(cfg: &RepaConfig, device: &Device) -> Result<Self> {
+        if cfg.teacher == "dinov2" {
+            let Some(w) = &cfg.teacher_weights else {
+                candle_core::bail!("repa.teacher = \"dinov2\" needs repa.teacher_weights (DINOv2 ViT-S/14 safetensors)");
+            };
+            let path = PathBuf::from(w);
+            if !path.exists() {
+                candle_core::bail!("DINOv2 weights {} not found", path.display());
+            }
+            // SAFETY: read-only memory map of a file not modified while in use.
+            let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[path], candle_core::DType::F32, device)? };
+            return Ok(Teacher::Dino(candle_transformers::models::dinov2::vit_small(vb)?));
+        }
         let arch = TeacherArch::named(&cfg.teacher).ok_or_else(|| {
-            candle_core::Error::Msg(format!("unknown repa.teacher \"{}\" (expected \"strong\" or \"weak\")", cfg.teacher))
+            candle_core::Error::Msg(format!("unknown repa.teacher \"{}\" (expected \"strong\", \"weak\" or \"dinov2\")", cfg.teacher))
         })?;
         let path = cfg.teacher_weights.as_ref().map(PathBuf::from).unwrap_or_else(|| teacher_path(&cfg.teacher));
         if !path.exists() {
@@ -100,17 +121,39 @@ impl Teacher {
         }
         let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&path, device)?;
         let p = Params::frozen(tensors, candle_core::DType::F32, device);
-        Ok(Self { net: SceneNet::new(arch, &p.pp("net"))? })
+        Ok(Teacher::Scene(SceneNet::new(arch, &p.pp("net"))?))
     }
 
     pub fn dim(&self) -> usize {
-        self.net.arch.dim
+        match self {
+            Teacher::Scene(n) => n.arch.dim,
+            Teacher::Dino(_) => DINO_DIM,
+        }
     }
 
     /// Patch features on the denoiser's token grid: (B, tokens, dim). `images` (B, 3, S, S)
-    /// in [-1, 1]; the feature map (S/4) is average-pooled to the token grid (S/patch).
+    /// in [-1, 1]; `patch`: image pixels per denoiser token. Scene teachers average-pool
+    /// their stride-4 map to the grid; DINOv2 sees the image resized to 14 x grid pixels so
+    /// its patch grid is the token grid.
     pub fn features(&self, images: &Tensor, patch: usize) -> Result<Tensor> {
-        let f = self.net.forward(images)?;
+        let net = match self {
+            Teacher::Scene(n) => n,
+            Teacher::Dino(vit) => {
+                let (b, _, s, _) = images.dims4()?;
+                let g = s / patch;
+                let x = images.upsample_bilinear2d(g * DINO_PATCH, g * DINO_PATCH, false)?;
+                let mean = Tensor::new(&IMAGENET_MEAN, images.device())?.reshape((1, 3, 1, 1))?;
+                let std = Tensor::new(&IMAGENET_STD, images.device())?.reshape((1, 3, 1, 1))?;
+                let x = ((x + 1.0)? / 2.0)?.broadcast_sub(&mean)?.broadcast_div(&std)?;
+                // candle-transformers 0.11.1's DINOv2 concatenates its class token without
+                // broadcasting over the batch, so it only runs at batch 1: one image at a time.
+                let per_image = (0..b)
+                    .map(|i| vit.get_intermediate_layers(&x.narrow(0, i, 1)?, &[11], false, false, true)?.squeeze(0))
+                    .collect::<Result<Vec<_>>>()?;
+                return Tensor::cat(&per_image, 0)?.reshape((b, g * g, DINO_DIM))?.detach().contiguous();
+            }
+        };
+        let f = net.forward(images)?;
         let (b, d, h, w) = f.dims4()?;
         let (_, _, s, _) = images.dims4()?;
         let g = s / patch;

@@ -1,0 +1,100 @@
+//! Pretrained components for GPU users, checked on shapes with random weights (no weights
+//! are downloaded in tests): FLUX.1 and SD autoencoders, DINOv2 teacher, BERT text encoder.
+
+mod common;
+
+use ablate_trainer::latent::pretrained::Pretrained;
+use ablate_trainer::model::bert::BertEncoder;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+fn random_vb(map: &VarMap) -> VarBuilder<'_> {
+    VarBuilder::from_varmap(map, DType::F32, &Device::Cpu)
+}
+
+#[test]
+fn flux1_and_sd_autoencoders_have_the_published_latent_shapes() {
+    let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
+    for (kind, channels) in [("flux1", 16), ("sd", 4)] {
+        let map = VarMap::new();
+        let ae = Pretrained::build(kind, random_vb(&map)).unwrap();
+        let z = ae.encode(&x).unwrap();
+        assert_eq!(z.dims(), &[1, channels, 8, 8], "{kind}");
+        assert_eq!(ae.decode(&z).unwrap().dims(), &[1, 3, 64, 64], "{kind}");
+    }
+}
+
+#[test]
+fn dinov2_teacher_gives_features_on_the_token_grid() {
+    let dir = std::env::temp_dir().join(format!("ablate-dino-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dinov2.safetensors");
+    let map = VarMap::new();
+    candle_transformers::models::dinov2::vit_small(random_vb(&map)).unwrap();
+    map.save(&path).unwrap();
+    let cfg = ablate_trainer::objective::repa::RepaConfig { enabled: true, teacher: "dinov2".into(), teacher_weights: Some(path.display().to_string()), ..Default::default() };
+    let t = ablate_trainer::teacher::Teacher::load(&cfg, &Device::Cpu).unwrap();
+    assert_eq!(t.dim(), 384);
+    let images = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    // 32 px images, 4 px per token -> 8x8 grid -> DINOv2 sees 112 px
+    assert_eq!(t.features(&images, 4).unwrap().dims(), &[2, 64, 384]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A BERT directory with random weights and a word-level tokenizer.
+fn fake_bert_dir() -> std::path::PathBuf {
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    let dir = std::env::temp_dir().join(format!("ablate-bert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = r#"{"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "max_position_embeddings": 64,
+        "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0}"#;
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let cfg: candle_transformers::models::bert::Config = serde_json::from_str(config).unwrap();
+    let map = VarMap::new();
+    candle_transformers::models::bert::BertModel::load(random_vb(&map), &cfg).unwrap();
+    map.save(dir.join("model.safetensors")).unwrap();
+    let words = ["[UNK]", "a", "red", "circle", "on", "grey", "background", "blue", "square"];
+    let vocab = words.iter().enumerate().map(|(i, w)| (w.to_string(), i as u32)).collect();
+    let model = WordLevel::builder().vocab(vocab).unk_token("[UNK]".into()).build().unwrap();
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+    dir
+}
+
+#[test]
+fn bert_encoder_embeds_caches_and_trains_a_denoiser() {
+    let dir = fake_bert_dir();
+    let enc = BertEncoder::load(&dir, 8, &Device::Cpu).unwrap();
+    let caps = vec!["a red circle on grey background".to_string(), String::new(), "a red circle on grey background".to_string()];
+    let (t, lens) = enc.encode(&caps).unwrap();
+    assert_eq!(t.dims(), &[3, 8, 32]);
+    assert_eq!(lens, vec![6, 0, 6]);
+    assert_eq!(enc.cached(), 2, "each distinct caption is encoded once");
+    let rows = t.to_vec3::<f32>().unwrap();
+    assert_eq!(rows[0], rows[2]);
+
+    // a denoiser trained on the frozen encoder's features
+    let mut cfg = common::small_config();
+    cfg.text.encoder = "bert".into();
+    cfg.text.bert_dir = Some(dir.display().to_string());
+    cfg.text.max_tokens = 8;
+    assert_eq!(cfg.denoiser().unwrap().text_dim, 32);
+    let mut t = ablate_trainer::Trainer::new(cfg, &Device::Cpu).unwrap();
+    assert!(t.params.iter().all(|p| !p.name.starts_with("text.")), "the frozen encoder has no trainable parameters");
+    for b in common::batches(&t.cfg, 2) {
+        assert!(t.train_step(&b).unwrap().loss.is_finite());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn missing_encoder_files_name_the_fix() {
+    let mut cfg = common::small_config();
+    cfg.text.encoder = "bert".into();
+    cfg.text.bert_dir = Some("/nonexistent/minilm".into());
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/minilm") && err.contains("ablate assets fetch minilm"), "{err}");
+}
