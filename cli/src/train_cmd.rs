@@ -114,6 +114,17 @@ fn bench_arms() -> Vec<(&'static str, fn(&mut TrainConfig))> {
             c.repa.enabled = true;
             c.repa.teacher = "weak".into()
         }),
+        ("ae-lean", |c| c.latent.kind = "ae-lean".into()),
+        ("ae-rich", |c| c.latent.kind = "ae-rich".into()),
+        ("repa-e-ae+repa", |c| {
+            c.latent.kind = "ae-repa-e".into();
+            c.repa.enabled = true
+        }),
+        ("repa-e-training", |c| {
+            c.latent.kind = "ae-lean".into();
+            c.latent.end_to_end = true;
+            c.repa.enabled = true
+        }),
         ("contrastive-fm", |c| c.objective.contrastive_lambda = 0.05),
         ("x-prediction", |c| c.objective.prediction = Prediction::X),
         ("tread", |c| {

@@ -142,7 +142,16 @@ impl Trainer {
         let stream = self.policy.stream();
         let images = self.images(batch)?;
         let end_to_end = cfg.latent.end_to_end;
-        let z = self.latent.encode(&images)?;
+        // REPA-E moves the latent distribution while it trains; like the paper's BatchNorm,
+        // normalise with this batch's (detached) per-channel statistics.
+        let z = match (end_to_end, self.latent.autoencoder()) {
+            (true, Some(ae)) => {
+                let raw = ae.encode_raw(&images)?;
+                let (mean, std) = crate::latent::train::channel_stats(&raw.detach())?;
+                raw.broadcast_sub(&mean)?.broadcast_div(&std)?
+            }
+            _ => self.latent.encode(&images)?,
+        };
         // REPA-E: the diffusion loss must not reach the autoencoder (stop-gradient)
         let x0 = if end_to_end { z.detach() } else { z.clone() };
         let mut rng = Rng::derive(cfg.seed, &[0x57e9, step as u64, self.rank as u64]);
@@ -181,12 +190,12 @@ impl Trainer {
         // autoencoder; the diffusion loss reaches the autoencoder nowhere.
         let ae_loss = match (end_to_end, self.latent.autoencoder(), &repa_term) {
             (true, Some(ae), Some(r)) => {
-                let rec = (ae.decode(&z)? - &images)?.sqr()?.mean_all()?;
+                let rec = (ae.decode_raw(&ae.encode_raw(&images)?)? - &images)?.sqr()?.mean_all()?;
                 Some((rec.clone(), (r + rec)?))
             }
             (true, Some(ae), None) => {
                 // REPA switched off (stop_after): the autoencoder keeps only reconstruction
-                let rec = (ae.decode(&z)? - &images)?.sqr()?.mean_all()?;
+                let rec = (ae.decode_raw(&ae.encode_raw(&images)?)? - &images)?.sqr()?.mean_all()?;
                 Some((rec.clone(), rec))
             }
             _ => None,

@@ -67,17 +67,32 @@ pub fn train_ae(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)) -> 
             progress(step, loss.to_scalar::<f32>()? as f64);
         }
     }
-    // latent statistics and held-out quality
-    let x = image_batch(seed ^ 0xfeed, 0, 256, &dev)?;
-    let z = ae.encode_raw(&x)?;
+    let data = map.data().lock().unwrap();
+    let mut tensors: HashMap<String, Tensor> = data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let mse = finalize(&ae, &mut tensors, seed)?;
+    Ok((tensors, psnr(mse)))
+}
+
+/// Per-channel mean and standard deviation (1, C, 1, 1) of raw latents `z` (B, C, H, W).
+pub fn channel_stats(z: &Tensor) -> Result<(Tensor, Tensor)> {
+    let c = z.dim(1)?;
     let zc = z.permute((1, 0, 2, 3))?.flatten_from(1)?; // (C, N)
     let mean = zc.mean_keepdim(D::Minus1)?;
-    let std = zc.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?.sqrt()?;
-    let c = arch.latent;
-    let data = map.data().lock().unwrap();
-    data["latent_shift"].set(&mean.reshape((1, c, 1, 1))?)?;
-    data["latent_scale"].set(&(std + 1e-6)?.reshape((1, c, 1, 1))?)?;
-    let mse = (ae.decode_raw(&z)? - &x)?.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    let tensors = data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-    Ok((tensors, psnr(mse)))
+    let std = (zc.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?.sqrt()? + 1e-6)?;
+    Ok((mean.reshape((1, c, 1, 1))?, std.reshape((1, c, 1, 1))?))
+}
+
+/// Measures the latent normalisation of a trained autoencoder on held-out scenes, stores it
+/// in `tensors` (`latent_shift`, `latent_scale`) and returns the held-out reconstruction MSE.
+pub fn finalize(ae: &ConvAe, tensors: &mut HashMap<String, Tensor>, seed: u64) -> Result<f64> {
+    let x = image_batch(seed ^ 0xfeed, 0, 256, x_device(ae))?;
+    let z = ae.encode_raw(&x)?;
+    let (shift, scale) = channel_stats(&z)?;
+    tensors.insert("latent_shift".into(), shift.detach());
+    tensors.insert("latent_scale".into(), scale.detach());
+    (ae.decode_raw(&z)? - &x)?.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+fn x_device(ae: &ConvAe) -> &Device {
+    ae.shift.device()
 }

@@ -35,7 +35,10 @@ impl TeacherArch {
 
 /// Where the project's assets live (override with ABLATE_ASSETS).
 pub fn assets_dir() -> PathBuf {
-    std::env::var_os("ABLATE_ASSETS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")))
+    std::env::var_os("ABLATE_ASSETS").map(PathBuf::from).unwrap_or_else(|| {
+        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        crate_dir.parent().unwrap_or(crate_dir).join("assets")
+    })
 }
 
 pub fn teacher_path(name: &str) -> PathBuf {
