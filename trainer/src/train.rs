@@ -83,16 +83,7 @@ impl Trainer {
         } else {
             (None, None)
         };
-        // The autoencoder's latent normalisation stays fixed even under REPA-E.
-        let mut params: Vec<Param> = varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(n, _)| !n.ends_with("latent_shift") && !n.ends_with("latent_scale"))
-            .map(|(n, v)| Param { name: n.clone(), var: v.clone() })
-            .collect();
-        params.sort_by(|a, b| a.name.cmp(&b.name));
+        let params = crate::optim::trainable(&varmap);
         let opt = Optimizer::new(&cfg.optim, params.clone())?;
         let ema = if cfg.optim.ema_decay > 0.0 { Some(Ema::new(cfg.optim.ema_decay, &params)?) } else { None };
         Ok(Self { cfg, device: device.clone(), policy, varmap, params, text, denoiser, projector, teacher, latent, opt, ema, step: 0, tokenizer, rank: 0 })

@@ -98,3 +98,13 @@ fn missing_encoder_files_name_the_fix() {
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("/nonexistent/minilm") && err.contains("ablate assets fetch minilm"), "{err}");
 }
+
+#[test]
+fn missing_teacher_weights_name_the_path_and_the_fix() {
+    let cfg = ablate_trainer::objective::repa::RepaConfig { enabled: true, teacher: "weak".into(), teacher_weights: Some("/nonexistent/t.safetensors".into()), ..Default::default() };
+    let err = ablate_trainer::teacher::Teacher::load(&cfg, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("/nonexistent/t.safetensors") && err.contains("ablate assets train-teacher weak"), "{err}");
+    let cfg = ablate_trainer::objective::repa::RepaConfig { enabled: true, teacher: "dinov2".into(), ..Default::default() };
+    let err = ablate_trainer::teacher::Teacher::load(&cfg, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("needs repa.teacher_weights"), "{err}");
+}

@@ -10,7 +10,7 @@ use super::conv_ae::{AeArch, ConvAe};
 use crate::data::render::render;
 use crate::data::scene::{Scene, Style};
 use crate::model::Params;
-use crate::optim::{AdamW, OptimConfig, Param};
+use crate::optim::{AdamW, OptimConfig};
 
 pub const IMAGE_SIZE: usize = 32;
 
@@ -48,15 +48,7 @@ pub fn train_ae(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)) -> 
     let map = VarMap::new();
     let p = Params::new(map.clone(), seed, DType::F32, &dev);
     let ae = ConvAe::new(arch, &p)?;
-    let mut params: Vec<Param> = map
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(n, _)| !n.starts_with("latent_"))
-        .map(|(n, v)| Param { name: n.clone(), var: v.clone() })
-        .collect();
-    params.sort_by(|a, b| a.name.cmp(&b.name));
+    let params = crate::optim::trainable(&map);
     let cfg = OptimConfig { lr: 2e-3, beta2: 0.99, eps: 1e-8, warmup_steps: 20, ..Default::default() };
     let mut opt = AdamW::new(&cfg, params)?;
     for step in 0..steps {

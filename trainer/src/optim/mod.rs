@@ -92,6 +92,22 @@ pub struct Param {
     pub var: Var,
 }
 
+/// The trainable parameters of `map`, sorted by name (the fixed order optimizers,
+/// checkpoints and the gradient exchange rely on). The autoencoder's latent normalisation
+/// (`*latent_shift`, `*latent_scale`) is measured, never trained, and is left out.
+pub fn trainable(map: &candle_nn::VarMap) -> Vec<Param> {
+    let mut params: Vec<Param> = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| !n.ends_with("latent_shift") && !n.ends_with("latent_scale"))
+        .map(|(n, v)| Param { name: n.clone(), var: v.clone() })
+        .collect();
+    params.sort_by(|a, b| a.name.cmp(&b.name));
+    params
+}
+
 /// Is this parameter one Muon should own: a 2-D weight inside a transformer block.
 pub fn is_muon_param(name: &str, dims: &[usize]) -> bool {
     dims.len() == 2 && name.contains("blocks.") && name.ends_with(".weight")

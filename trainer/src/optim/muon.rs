@@ -135,6 +135,15 @@ mod tests {
     }
 
     #[test]
+    fn muon_without_block_matrices_is_refused() {
+        use super::super::{OptimConfig, OptimKind, Optimizer, Param};
+        let v = candle_core::Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let cfg = OptimConfig { kind: OptimKind::Muon, ..Default::default() };
+        let err = Optimizer::new(&cfg, vec![Param { name: "denoiser.final.out.bias".into(), var: v }]).err().unwrap().to_string();
+        assert!(err.contains("optim.kind = \"muon\" but the model has no 2-D block weights"), "{err}");
+    }
+
+    #[test]
     fn only_block_matrices_go_to_muon() {
         use super::super::is_muon_param;
         assert!(is_muon_param("denoiser.blocks.0.attn.qkv.weight", &[576, 192]));

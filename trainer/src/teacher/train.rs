@@ -15,7 +15,7 @@ use super::{SceneNet, TeacherArch};
 use crate::data::render::{object_map, render};
 use crate::data::scene::{Scene, Style, COLORS, SHAPES};
 use crate::model::{Lin, Params};
-use crate::optim::{AdamW, OptimConfig, Param};
+use crate::optim::{AdamW, OptimConfig};
 
 pub const IMAGE_SIZE: usize = 32;
 const STRIDE: usize = 4;
@@ -109,8 +109,7 @@ pub fn train_teacher(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)
     let map = VarMap::new();
     let p = Params::new(map.clone(), seed, DType::F32, &dev);
     let model = LabelledNet::new(arch, &p)?;
-    let mut params: Vec<Param> = map.data().lock().unwrap().iter().map(|(n, v)| Param { name: n.clone(), var: v.clone() }).collect();
-    params.sort_by(|a, b| a.name.cmp(&b.name));
+    let params = crate::optim::trainable(&map);
     let cfg = OptimConfig { lr: 2e-3, beta2: 0.99, eps: 1e-8, warmup_steps: 20, ..Default::default() };
     let mut opt = AdamW::new(&cfg, params)?;
     for step in 0..steps {
