@@ -185,6 +185,8 @@ impl TrainConfig {
         d.in_channels = self.latent_channels()?;
         d.patch = self.model.patch.unwrap_or(match self.latent.kind.as_str() {
             "pixel" => 4,
+            // FLUX.2 latents arrive already patchified 2x2 (128 channels)
+            "flux2" => 1,
             _ => d.patch,
         });
         d.text_dim = match self.text.encoder.as_str() {

@@ -15,13 +15,26 @@ fn random_vb(map: &VarMap) -> VarBuilder<'_> {
 #[test]
 fn flux1_and_sd_autoencoders_have_the_published_latent_shapes() {
     let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
-    for (kind, channels) in [("flux1", 16), ("sd", 4)] {
+    for (kind, channels, side) in [("flux1", 16, 8), ("sd", 4, 8), ("flux2", 128, 4)] {
         let map = VarMap::new();
         let ae = Pretrained::build(kind, random_vb(&map)).unwrap();
         let z = ae.encode(&x).unwrap();
-        assert_eq!(z.dims(), &[1, channels, 8, 8], "{kind}");
+        assert_eq!(z.dims(), &[1, channels, side, side], "{kind}");
         assert_eq!(ae.decode(&z).unwrap().dims(), &[1, 3, 64, 64], "{kind}");
     }
+}
+
+#[test]
+fn flux2_patchify_round_trips() {
+    use ablate_trainer::latent::pretrained::{patchify2, unpatchify2};
+    let z = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 6.0, &Device::Cpu).unwrap().reshape((2, 3, 4, 6)).unwrap();
+    let p = patchify2(&z).unwrap();
+    assert_eq!(p.dims(), &[2, 12, 2, 3]);
+    // channel 4c + 2i + j of the patch holds pixel (2y + i, 2x + j) of channel c
+    let at = |t: &Tensor, idx: [usize; 4]| t.get(idx[0]).unwrap().get(idx[1]).unwrap().get(idx[2]).unwrap().get(idx[3]).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(at(&p, [1, 4 * 2 + 2 + 1, 1, 2]), at(&z, [1, 2, 3, 5]));
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(flat(&unpatchify2(&p).unwrap()), flat(&z));
 }
 
 #[test]

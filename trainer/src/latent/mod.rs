@@ -2,7 +2,7 @@
 //! `ae-rich` and `ae-repa-e` are the project's own convolutional autoencoders (weights in
 //! `assets/autoencoders/`, reproduced by `ablate assets train-ae`).
 //!
-//! `flux1` and `sd` load pretrained autoencoders for GPU-scale runs (`latent.weights`).
+//! `flux1`, `flux2` and `sd` load pretrained autoencoders for GPU-scale runs (`latent.weights`).
 //!
 //! A frozen autoencoder is loaded as plain tensors (no gradient). Under REPA-E
 //! (`latent.end_to_end = true`) the autoencoder's tensors are trainable and receive
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use crate::model::Params;
 pub use conv_ae::{AeArch, ConvAe};
 
-pub const KINDS: [&str; 6] = ["pixel", "ae-lean", "ae-rich", "ae-repa-e", "flux1", "sd"];
+pub const KINDS: [&str; 7] = ["pixel", "ae-lean", "ae-rich", "ae-repa-e", "flux1", "flux2", "sd"];
 
 /// Default weights file of a built-in autoencoder.
 pub fn ae_path(name: &str) -> PathBuf {
@@ -36,7 +36,7 @@ impl Latent {
     /// Builds the latent space `kind`. `trainable`: register the autoencoder's tensors as
     /// parameters under `p` (initialised from the weights file) for REPA-E.
     pub fn load(kind: &str, weights: Option<&str>, trainable: Option<&Params>, device: &Device) -> Result<Self> {
-        if kind == "flux1" || kind == "sd" {
+        if kind == "flux1" || kind == "flux2" || kind == "sd" {
             let Some(w) = weights else {
                 candle_core::bail!("latent.kind = \"{kind}\" needs latent.weights (the autoencoder's safetensors file)");
             };
@@ -73,6 +73,7 @@ impl Latent {
             Latent::Ae(a) => a.arch.latent,
             Latent::Pretrained(pretrained::Pretrained::Flux1(_)) => 16,
             Latent::Pretrained(pretrained::Pretrained::Sd(_)) => 4,
+            Latent::Pretrained(pretrained::Pretrained::Flux2 { .. }) => 128,
         }
     }
 
@@ -80,6 +81,7 @@ impl Latent {
         match self {
             Latent::Pixel => 1,
             Latent::Ae(_) => conv_ae::DOWNSAMPLE,
+            Latent::Pretrained(pretrained::Pretrained::Flux2 { .. }) => 16,
             Latent::Pretrained(_) => 8,
         }
     }
@@ -115,6 +117,7 @@ pub fn shape_of(kind: &str) -> Option<(usize, usize)> {
         "pixel" => Some((3, 1)),
         "flux1" => Some((16, 8)),
         "sd" => Some((4, 8)),
+        "flux2" => Some((128, 16)),
         _ => kind.strip_prefix("ae-").and_then(AeArch::named).map(|a| (a.latent, conv_ae::DOWNSAMPLE)),
     }
 }
