@@ -10,7 +10,7 @@
 use candle_core::{Result, Tensor};
 
 use super::config::DenoiserConfig;
-use super::layers::{apply_rope, attention, layer_norm, modulate, rms_norm};
+use super::layers::{apply_rope, attention, norm_modulate, rms_norm};
 use super::params::{Init, Lin, Params};
 
 pub const NORM_EPS: f64 = 1e-6;
@@ -75,7 +75,7 @@ impl PrxBlock {
         let (shift1, scale1, gate1, shift2, scale2, gate2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
 
         // attention branch
-        let hx = modulate(&layer_norm(&x.to_dtype(cdt)?, NORM_EPS)?, shift1, scale1)?;
+        let hx = norm_modulate(&x.to_dtype(cdt)?, shift1, scale1, NORM_EPS)?;
         let qkv = self.qkv.forward(&hx)?.reshape((b, n, 3, nh, dh))?;
         let heads_first = |t: Tensor| t.squeeze(2)?.transpose(1, 2)?.contiguous(); // (B, H, N, Dh)
         let q = heads_first(qkv.narrow(2, 0, 1)?)?;
@@ -93,7 +93,7 @@ impl PrxBlock {
         let x = (x + a.to_dtype(x.dtype())?)?;
 
         // MLP branch
-        let hx = modulate(&layer_norm(&x.to_dtype(cdt)?, NORM_EPS)?, shift2, scale2)?;
+        let hx = norm_modulate(&x.to_dtype(cdt)?, shift2, scale2, NORM_EPS)?;
         let g = (self.mlp_gate.forward(&hx)?.gelu()? * self.mlp_up.forward(&hx)?)?;
         let y = self.mlp_down.forward(&g)?.broadcast_mul(&gate2.unsqueeze(1)?)?;
         let y = y.to_dtype(x.dtype())?;

@@ -5,7 +5,7 @@ use candle_core::{DType, Result, Tensor};
 
 use super::block::{BlockCtx, PrxBlock, NORM_EPS};
 use super::config::DenoiserConfig;
-use super::layers::{layer_norm, modulate, padding_bias, rope_tables, timestep_embedding};
+use super::layers::{norm_modulate, padding_bias, rope_tables, timestep_embedding};
 use super::params::{Init, Lin, Params};
 use crate::routing::{RoutePlan, RoutingKind};
 
@@ -144,7 +144,7 @@ impl Denoiser {
             }
         }
         let m = self.final_ada.forward(&cond_act)?.chunk(2, 1)?;
-        let out = modulate(&layer_norm(&h.to_dtype(compute)?, NORM_EPS)?, &m[0], &m[1])?;
+        let out = norm_modulate(&h.to_dtype(compute)?, &m[0], &m[1], NORM_EPS)?;
         let out = self.final_out.forward(&out)?.to_dtype(stream)?;
         Ok(DenoiserOut { pred: self.unpatchify(&out, hh, ww)?, repa, repa_tokens })
     }

@@ -36,10 +36,22 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&scale)?.broadcast_add(&shift.unsqueeze(1)?)
 }
 
-/// Softmax over the last dimension in fp32.
+/// adaLN: `LayerNorm(x) * (1 + scale) + shift`, fused on CPU f32 (`kernels::norm`).
+pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    if crate::kernels::applies(x) && shift.dtype() == DType::F32 {
+        return crate::kernels::norm::layer_norm_modulate(x, shift, scale, eps);
+    }
+    modulate(&layer_norm(x, eps)?, shift, scale)
+}
+
+/// Softmax over the last dimension in fp32 (fused on CPU, `kernels::softmax`).
 pub fn softmax_f32(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();
-    candle_nn::ops::softmax(&f32_of(x)?, D::Minus1)?.to_dtype(dt)
+    let x = f32_of(x)?;
+    if crate::kernels::applies(&x) {
+        return crate::kernels::softmax::softmax_last_dim(&x)?.to_dtype(dt);
+    }
+    candle_nn::ops::softmax(&x, D::Minus1)?.to_dtype(dt)
 }
 
 /// Multi-head attention. `q`: (B, H, Nq, Dh); `k`, `v`: (B, H, Nk, Dh); `bias`: additive,

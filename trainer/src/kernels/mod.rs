@@ -1,0 +1,121 @@
+//! Fused CPU kernels with a real backward pass, for the hot element-wise chains of the PRX
+//! block (see docs/performance.md: the step is dominated by small element-wise ops, each
+//! allocating and walking memory). Each op is a candle custom op whose `bwd` is exact, so
+//! gradients flow as through the composed version; `model::layers` calls them for
+//! contiguous f32 tensors on CPU and keeps the differentiable compositions for every other
+//! case (bf16, CUDA until CUDA kernels are added behind the same ops).
+
+pub mod norm;
+pub mod softmax;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+use std::sync::OnceLock;
+
+/// Fused kernels are used unless the environment sets `ABLATE_FUSED=0` (to compare against
+/// the composed reference, e.g. loss curves before and after).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("ABLATE_FUSED").map(|v| v != "0").unwrap_or(true))
+}
+
+/// Whether `t` can take the fused CPU path.
+pub fn applies(t: &Tensor) -> bool {
+    enabled() && t.dtype() == DType::F32 && t.device().is_cpu()
+}
+
+/// The f32 slice of a contiguous CPU tensor.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: fused kernel expects f32") };
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: fused kernel expects a contiguous tensor")))?;
+    Ok(&v[start..end])
+}
+
+/// Rows processed per rayon task: enough work to amortise scheduling.
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (16_384 / row_len.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each fused op against the composed candle version, forward and backward, plus central
+    //! finite differences on a few elements.
+    use crate::model::layers::{layer_norm, modulate};
+    use crate::rng::Rng;
+    use candle_core::{Device, Result, Tensor, Var, D};
+
+    fn randn(shape: &[usize], seed: u64, scale: f64) -> Result<Tensor> {
+        let n = shape.iter().product();
+        Tensor::from_vec(Rng::new(seed).normal_vec(n), shape, &Device::Cpu)? * scale
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn fused_softmax_matches_composed_forward_and_backward() -> Result<()> {
+        let x = Var::from_tensor(&randn(&[3, 5, 37], 1, 3.0)?)?;
+        let w = randn(&[3, 5, 37], 2, 1.0)?;
+        let fused = super::softmax::softmax_last_dim(x.as_tensor())?;
+        let composed = candle_nn::ops::softmax(x.as_tensor(), D::Minus1)?;
+        assert!(max_diff(&fused, &composed)? < 1e-6);
+        let gf = (fused * &w)?.sum_all()?.backward()?.get(x.as_tensor()).unwrap().clone();
+        let gc = (composed * &w)?.sum_all()?.backward()?.get(x.as_tensor()).unwrap().clone();
+        assert!(max_diff(&gf, &gc)? < 1e-6, "{}", max_diff(&gf, &gc)?);
+        // finite differences on a few elements (f64 reference)
+        let xv = x.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let gv = gf.flatten_all()?.to_vec1::<f32>()?;
+        let loss = |xs: &[f32]| -> f64 {
+            xs.chunks(37).zip(wv.chunks(37)).map(|(r, wr)| {
+                let m = r.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+                let e: Vec<f64> = r.iter().map(|&v| (v as f64 - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                e.iter().zip(wr).map(|(a, &b)| a / s * b as f64).sum::<f64>()
+            }).sum()
+        };
+        for &i in &[0usize, 17, 200, 554] {
+            let mut p = xv.clone();
+            let mut m = xv.clone();
+            p[i] += 1e-2;
+            m[i] -= 1e-2;
+            let fd = (loss(&p) - loss(&m)) / 2e-2;
+            assert!((fd - gv[i] as f64).abs() < 1e-3, "element {i}: fd {fd} vs {}", gv[i]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_norm_modulate_matches_composed_forward_and_backward() -> Result<()> {
+        let x = Var::from_tensor(&(randn(&[2, 7, 24], 3, 2.0)? + 0.5)?)?;
+        let shift = Var::from_tensor(&randn(&[2, 24], 4, 0.5)?)?;
+        let scale = Var::from_tensor(&randn(&[2, 24], 5, 0.5)?)?;
+        let w = randn(&[2, 7, 24], 6, 1.0)?;
+        let fused = super::norm::layer_norm_modulate(x.as_tensor(), shift.as_tensor(), scale.as_tensor(), 1e-6)?;
+        let composed = modulate(&layer_norm(x.as_tensor(), 1e-6)?, shift.as_tensor(), scale.as_tensor())?;
+        assert!(max_diff(&fused, &composed)? < 1e-5);
+        let gf = (fused * &w)?.sum_all()?.backward()?;
+        let gc = (composed * &w)?.sum_all()?.backward()?;
+        for (name, v) in [("x", &x), ("shift", &shift), ("scale", &scale)] {
+            let d = max_diff(gf.get(v.as_tensor()).unwrap(), gc.get(v.as_tensor()).unwrap())?;
+            assert!(d < 1e-4, "grad of {name} differs by {d}");
+        }
+        // finite differences through the composed forward, in f64 via small steps
+        let gx = gf.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let f = |xt: &Tensor| -> Result<f64> {
+            let y = super::norm::layer_norm_modulate(xt, shift.as_tensor(), scale.as_tensor(), 1e-6)?;
+            Ok((y * &w)?.sum_all()?.to_scalar::<f32>()? as f64)
+        };
+        let xv = x.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        for &i in &[0usize, 31, 200, 335] {
+            let bump = |delta: f32| -> Result<f64> {
+                let mut v = xv.clone();
+                v[i] += delta;
+                f(&Tensor::from_vec(v, (2, 7, 24), &Device::Cpu)?)
+            };
+            let fd = (bump(1e-2)? - bump(-1e-2)?) / 2e-2;
+            assert!((fd - gx[i] as f64).abs() < 2e-2 * (1.0 + fd.abs()), "element {i}: fd {fd} vs {}", gx[i]);
+        }
+        Ok(())
+    }
+}
