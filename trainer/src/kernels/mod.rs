@@ -5,7 +5,9 @@
 //! contiguous f32 tensors on CPU and keeps the differentiable compositions for every other
 //! case (bf16, CUDA until CUDA kernels are added behind the same ops).
 
+pub mod gelu;
 pub mod norm;
+pub mod rope;
 pub mod softmax;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
@@ -50,6 +52,60 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// Value and all input gradients of `sum(f(inputs) * w)`.
+    fn value_and_grads(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Var], w: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts)?;
+        let g = (&y * w)?.sum_all()?.backward()?;
+        Ok((y, inputs.iter().map(|v| g.get(v.as_tensor()).unwrap().clone()).collect()))
+    }
+
+    #[test]
+    fn fused_gated_gelu_matches_composed() -> Result<()> {
+        let a = Var::from_tensor(&randn(&[4, 9, 33], 7, 2.0)?)?;
+        let b = Var::from_tensor(&randn(&[4, 9, 33], 8, 1.0)?)?;
+        let w = randn(&[4, 9, 33], 9, 1.0)?;
+        let (yf, gf) = value_and_grads(|t| super::gelu::gated_gelu(&t[0], &t[1]), &[a.clone(), b.clone()], &w)?;
+        let (yc, gc) = value_and_grads(|t| t[0].gelu()? * &t[1], &[a, b], &w)?;
+        assert!(max_diff(&yf, &yc)? < 1e-5);
+        for (f, c) in gf.iter().zip(&gc) {
+            assert!(max_diff(f, c)? < 1e-4, "{}", max_diff(f, c)?);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_rope_matches_composed_for_shared_and_per_sample_tables() -> Result<()> {
+        use crate::model::layers::{apply_rope, rope_tables};
+        let (cos, sin) = rope_tables(3, 4, 16, 10000.0, &Device::Cpu)?;
+        let x = Var::from_tensor(&randn(&[2, 3, 12, 16], 10, 1.0)?)?;
+        let w = randn(&[2, 3, 12, 16], 11, 1.0)?;
+        let (yf, gf) = value_and_grads(|t| super::rope::rope(&t[0], &cos, &sin), &[x.clone()], &w)?;
+        // the composed reference: apply_rope with fused kernels bypassed (bf16 path is the
+        // composition; here we call it on f32 through the same math by hand)
+        let composed = |t: &[Tensor], c: &Tensor, s: &Tensor| -> Result<Tensor> {
+            let (b, h, n, dh) = t[0].dims4()?;
+            let (c, s) = if c.rank() == 2 { (c.reshape((1, 1, n, dh / 2, 1))?, s.reshape((1, 1, n, dh / 2, 1))?) } else { (c.reshape((b, 1, n, dh / 2, 1))?, s.reshape((b, 1, n, dh / 2, 1))?) };
+            let x = t[0].reshape((b, h, n, dh / 2, 2))?;
+            let (x0, x1) = (x.narrow(4, 0, 1)?, x.narrow(4, 1, 1)?);
+            let y0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+            let y1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
+            Tensor::cat(&[y0, y1], 4)?.reshape((b, h, n, dh))
+        };
+        let (yc, gc) = value_and_grads(|t| composed(t, &cos, &sin), &[x.clone()], &w)?;
+        assert!(max_diff(&yf, &yc)? < 1e-6);
+        assert!(max_diff(&gf[0], &gc[0])? < 1e-6);
+        assert!(max_diff(&apply_rope(x.as_tensor(), &cos, &sin)?, &yc)? < 1e-6);
+        // per-sample tables (token routing): sample 1 uses rows in another order
+        let idx = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0], &Device::Cpu)?;
+        let (pc, ps) = (cos.index_select(&idx, 0)?.reshape((2, 12, 8))?, sin.index_select(&idx, 0)?.reshape((2, 12, 8))?);
+        let (yf, gf) = value_and_grads(|t| super::rope::rope(&t[0], &pc, &ps), &[x.clone()], &w)?;
+        let (yc, gc) = value_and_grads(|t| composed(t, &pc, &ps), &[x], &w)?;
+        assert!(max_diff(&yf, &yc)? < 1e-6);
+        assert!(max_diff(&gf[0], &gc[0])? < 1e-6);
+        Ok(())
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use candle_core::{Result, Tensor};
 
 use super::config::DenoiserConfig;
-use super::layers::{apply_rope, attention, norm_modulate, rms_norm};
+use super::layers::{apply_rope, attention, gated_gelu, norm_modulate, rms_norm};
 use super::params::{Init, Lin, Params};
 
 pub const NORM_EPS: f64 = 1e-6;
@@ -94,7 +94,7 @@ impl PrxBlock {
 
         // MLP branch
         let hx = norm_modulate(&x.to_dtype(cdt)?, shift2, scale2, NORM_EPS)?;
-        let g = (self.mlp_gate.forward(&hx)?.gelu()? * self.mlp_up.forward(&hx)?)?;
+        let g = gated_gelu(&self.mlp_gate.forward(&hx)?, &self.mlp_up.forward(&hx)?)?;
         let y = self.mlp_down.forward(&g)?.broadcast_mul(&gate2.unsqueeze(1)?)?;
         let y = y.to_dtype(x.dtype())?;
         x + y

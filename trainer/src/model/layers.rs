@@ -36,6 +36,14 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&scale)?.broadcast_add(&shift.unsqueeze(1)?)
 }
 
+/// `gelu_tanh(gate) * up`, fused on CPU f32 (`kernels::gelu`).
+pub fn gated_gelu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if crate::kernels::applies(gate) {
+        return crate::kernels::gelu::gated_gelu(gate, up);
+    }
+    gate.gelu()? * up
+}
+
 /// adaLN: `LayerNorm(x) * (1 + scale) + shift`, fused on CPU f32 (`kernels::norm`).
 pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
     if crate::kernels::applies(x) && shift.dtype() == DType::F32 {
@@ -102,6 +110,9 @@ pub fn rope_tables(gh: usize, gw: usize, head_dim: usize, theta: f64, device: &D
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (b, h, n, dh) = x.dims4()?;
     let dt = x.dtype();
+    if crate::kernels::applies(x) {
+        return crate::kernels::rope::rope(x, cos, sin);
+    }
     let (cos, sin) = match cos.rank() {
         2 => (cos.reshape((1, 1, n, dh / 2, 1))?, sin.reshape((1, 1, n, dh / 2, 1))?),
         _ => (cos.reshape((b, 1, n, dh / 2, 1))?, sin.reshape((b, 1, n, dh / 2, 1))?),
