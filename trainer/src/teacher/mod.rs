@@ -157,11 +157,10 @@ impl Teacher {
             }
         };
         let f = net.forward(images)?;
-        let (b, d, h, w) = f.dims4()?;
+        let (b, d, h, _) = f.dims4()?;
         let (_, _, s, _) = images.dims4()?;
         let g = s / patch;
         let f = if g == h { f } else if h % g == 0 { f.avg_pool2d(h / g)? } else { candle_core::bail!("teacher grid {h} cannot be pooled to token grid {g}") };
-        let _ = w;
         f.reshape((b, d, g * g))?.transpose(1, 2)?.contiguous()
     }
 }
