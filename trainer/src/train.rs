@@ -121,7 +121,7 @@ impl Trainer {
 
     fn images(&self, batch: &Batch) -> candle_core::Result<Tensor> {
         let s = self.cfg.latent.image_size;
-        Tensor::from_vec(batch.images.clone(), (batch.size, 3, s, s), &self.device)
+        Tensor::from_slice(&batch.images, (batch.size, 3, s, s), &self.device)
     }
 
     /// Forward and backward for one batch at the current step. Returns the gradients (not
@@ -135,13 +135,14 @@ impl Trainer {
         let end_to_end = cfg.latent.end_to_end;
         // REPA-E moves the latent distribution while it trains; like the paper's BatchNorm,
         // normalise with this batch's (detached) per-channel statistics.
-        let z = match (end_to_end, self.latent.autoencoder()) {
+        // `raw` (REPA-E only) is kept for the reconstruction loss below.
+        let (z, raw) = match (end_to_end, self.latent.autoencoder()) {
             (true, Some(ae)) => {
                 let raw = ae.encode_raw(&images)?;
                 let (mean, std) = crate::latent::train::channel_stats(&raw.detach())?;
-                raw.broadcast_sub(&mean)?.broadcast_div(&std)?
+                (raw.broadcast_sub(&mean)?.broadcast_div(&std)?, Some(raw))
             }
-            _ => self.latent.encode(&images)?,
+            _ => (self.latent.encode(&images)?, None),
         };
         // REPA-E: the diffusion loss must not reach the autoencoder (stop-gradient)
         let x0 = if end_to_end { z.detach() } else { z.clone() };
@@ -179,15 +180,15 @@ impl Trainer {
         // REPA-E: the autoencoder learns from REPA and reconstruction only. One backward of
         // everything for the other parameters, one of (REPA + reconstruction) for the
         // autoencoder; the diffusion loss reaches the autoencoder nowhere.
-        let ae_loss = match (end_to_end, self.latent.autoencoder(), &repa_term) {
-            (true, Some(ae), Some(r)) => {
-                let rec = (ae.decode_raw(&ae.encode_raw(&images)?)? - &images)?.sqr()?.mean_all()?;
-                Some((rec.clone(), (r + rec)?))
-            }
-            (true, Some(ae), None) => {
-                // REPA switched off (stop_after): the autoencoder keeps only reconstruction
-                let rec = (ae.decode_raw(&ae.encode_raw(&images)?)? - &images)?.sqr()?.mean_all()?;
-                Some((rec.clone(), rec))
+        let ae_loss = match (self.latent.autoencoder(), &raw) {
+            (Some(ae), Some(raw)) => {
+                let rec = (ae.decode_raw(raw)? - &images)?.sqr()?.mean_all()?;
+                // with REPA switched off (stop_after) the autoencoder keeps only reconstruction
+                let objective = match &repa_term {
+                    Some(r) => (r + &rec)?,
+                    None => rec.clone(),
+                };
+                Some((rec, objective))
             }
             _ => None,
         };
