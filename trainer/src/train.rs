@@ -234,8 +234,24 @@ impl Trainer {
     }
 
     /// Generates images for `prompts` (empty prompt = unconditional). Returns (n, 3, H, W)
-    /// in [-1, 1], computed in fp32 on the current (or EMA) weights.
+    /// in [-1, 1]. With an EMA (`optim.ema_decay > 0`) the EMA weights are used, swapped in
+    /// for the duration of sampling and the training weights restored afterwards.
     pub fn sample(&self, prompts: &[String], seed: u64, steps: usize, guidance: f64) -> Result<Tensor, TrainError> {
+        let Some(ema) = &self.ema else {
+            return self.sample_current(prompts, seed, steps, guidance);
+        };
+        let saved: Vec<Tensor> = self.params.iter().map(|p| p.var.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+        for (p, (_, shadow)) in self.params.iter().zip(&ema.shadow) {
+            p.var.set(&shadow.to_dtype(p.var.dtype())?)?;
+        }
+        let out = self.sample_current(prompts, seed, steps, guidance);
+        for (p, t) in self.params.iter().zip(&saved) {
+            p.var.set(t)?;
+        }
+        out
+    }
+
+    fn sample_current(&self, prompts: &[String], seed: u64, steps: usize, guidance: f64) -> Result<Tensor, TrainError> {
         let s = self.cfg.latent_size();
         let c = self.latent.channels();
         let stream = self.policy.stream();

@@ -99,3 +99,31 @@ fn samples_have_the_right_shape_and_range() {
     let v: Vec<f32> = img.flatten_all().unwrap().to_vec1().unwrap();
     assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)));
 }
+
+/// With an EMA, samples come from the EMA weights: at decay 0.999 after 3 steps they are
+/// still almost the fresh model, whose zero-initialised output layer leaves the noise
+/// untouched; the training weights are restored afterwards.
+#[test]
+fn sampling_uses_the_ema_weights_and_restores_the_training_weights() {
+    let prompts = vec!["a red circle on a grey background.".to_string()];
+    let fresh = Trainer::new(small_config(), &Device::Cpu).unwrap().sample(&prompts, 0, 4, 1.0).unwrap();
+    let mut c = small_config();
+    c.optim.ema_decay = 0.999;
+    let mut t = Trainer::new(c, &Device::Cpu).unwrap();
+    for b in batches(&t.cfg, 3) {
+        t.train_step(&b).unwrap();
+    }
+    let before = t.checksum().unwrap();
+    let ema_img = t.sample(&prompts, 0, 4, 1.0).unwrap();
+    assert_eq!(t.checksum().unwrap(), before, "training weights not restored");
+    let d_ema = (&ema_img - &fresh).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    // the same trainer without EMA samples from its trained weights, which moved further
+    let mut c = small_config();
+    c.optim.ema_decay = 0.0;
+    let mut plain = Trainer::new(c, &Device::Cpu).unwrap();
+    for b in batches(&plain.cfg, 3) {
+        plain.train_step(&b).unwrap();
+    }
+    let d_plain = (&plain.sample(&prompts, 0, 4, 1.0).unwrap() - &fresh).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d_ema < d_plain / 5.0, "EMA samples {d_ema} vs trained-weight samples {d_plain}");
+}

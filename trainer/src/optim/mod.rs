@@ -39,7 +39,7 @@ pub struct OptimConfig {
     pub warmup_steps: usize,
     /// Muon momentum (Nesterov).
     pub muon_momentum: f64,
-    /// EMA decay of the weights used for sampling (0 = off, the PRX baseline).
+    /// EMA decay; when on, samples are drawn with the EMA weights (0 = off, the PRX baseline).
     pub ema_decay: f64,
 }
 
