@@ -124,6 +124,14 @@ impl Scene {
         Scene { style, background, light, objects }
     }
 
+    /// Scene `index` of the stream the project's own small networks (teachers,
+    /// autoencoders) train on: synthetic and photo styles alternate, so their features do
+    /// not depend on the rendering style. Returns the scene and its noise seed.
+    pub fn asset_stream(seed: u64, index: u64) -> (Scene, u64) {
+        let style = if index % 2 == 0 { Style::Synthetic } else { Style::Photo };
+        (Scene::generate(seed, index, style), seed ^ index)
+    }
+
     /// Pairwise relations that hold, as (subject, relation, object) indices into `objects`.
     pub fn relations(&self) -> Vec<(usize, &'static str, usize)> {
         let mut out = Vec::new();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::conv_ae::{AeArch, ConvAe};
 use crate::data::render::render;
-use crate::data::scene::{Scene, Style};
+use crate::data::scene::Scene;
 use crate::model::Params;
 use crate::optim::{AdamW, OptimConfig};
 
@@ -28,9 +28,8 @@ pub fn image_batch(seed: u64, start: u64, n: usize, device: &Device) -> Result<T
     let s = IMAGE_SIZE;
     let mut v = Vec::with_capacity(n * 3 * s * s);
     for i in 0..n as u64 {
-        let style = if i % 2 == 0 { Style::Synthetic } else { Style::Photo };
-        let scene = Scene::generate(seed, start + i, style);
-        v.extend(render(&scene, s, seed ^ (start + i)));
+        let (scene, noise) = Scene::asset_stream(seed, start + i);
+        v.extend(render(&scene, s, noise));
     }
     Tensor::from_vec(v, (n, 3, s, s), device)
 }
@@ -49,7 +48,7 @@ pub fn train_ae(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)) -> 
     let p = Params::new(map.clone(), seed, DType::F32, &dev);
     let ae = ConvAe::new(arch, &p)?;
     let params = crate::optim::trainable(&map);
-    let cfg = OptimConfig { lr: 2e-3, beta2: 0.99, eps: 1e-8, warmup_steps: 20, ..Default::default() };
+    let cfg = OptimConfig::asset_recipe();
     let mut opt = AdamW::new(&cfg, params)?;
     for step in 0..steps {
         let x = image_batch(seed, (step * batch) as u64, batch, &dev)?;

@@ -71,6 +71,11 @@ impl OptimConfig {
         }
     }
 
+    /// The recipe the project's small asset networks (teachers, autoencoders) train with.
+    pub fn asset_recipe() -> Self {
+        Self { lr: 2e-3, beta2: 0.99, eps: 1e-8, warmup_steps: 20, ..Default::default() }
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         if !(self.lr > 0.0) {
             return Err(format!("optim.lr must be positive, got {}", self.lr));

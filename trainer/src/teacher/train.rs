@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use super::{SceneNet, TeacherArch};
 use crate::data::render::{object_map, render};
-use crate::data::scene::{Scene, Style, COLORS, SHAPES};
+use crate::data::scene::{Scene, COLORS, SHAPES};
 use crate::model::{Lin, Params};
 use crate::optim::{AdamW, OptimConfig};
 
@@ -37,9 +37,8 @@ pub fn labelled_batch(seed: u64, start: u64, n: usize, device: &Device) -> Resul
     let mut shape_l = Vec::with_capacity(n * g * g);
     let mut color_l = Vec::with_capacity(n * g * g);
     for i in 0..n as u64 {
-        let style = if i % 2 == 0 { Style::Synthetic } else { Style::Photo };
-        let scene = Scene::generate(seed, start + i, style);
-        imgs.extend(render(&scene, s, seed ^ (start + i)));
+        let (scene, noise) = Scene::asset_stream(seed, start + i);
+        imgs.extend(render(&scene, s, noise));
         let map = object_map(&scene, s);
         for cy in 0..g {
             for cx in 0..g {
@@ -110,7 +109,7 @@ pub fn train_teacher(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)
     let p = Params::new(map.clone(), seed, DType::F32, &dev);
     let model = LabelledNet::new(arch, &p)?;
     let params = crate::optim::trainable(&map);
-    let cfg = OptimConfig { lr: 2e-3, beta2: 0.99, eps: 1e-8, warmup_steps: 20, ..Default::default() };
+    let cfg = OptimConfig::asset_recipe();
     let mut opt = AdamW::new(&cfg, params)?;
     for step in 0..steps {
         let (x, ys, yc) = labelled_batch(seed, (step * batch) as u64, batch, &dev)?;
