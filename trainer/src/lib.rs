@@ -7,6 +7,7 @@
 //! - `config`: the TOML configuration of one run (one ablation arm), validated up front.
 //! - `model/`: the PRX-style denoiser (blocks, RoPE, adaLN-zero), the learned text encoder,
 //!   deterministic parameter creation.
+//! - `device`: the compute device (`cpu`, `cuda:N`), synchronisation, peak memory.
 //! - `kernels/`: fused CPU kernels with exact backward passes (softmax, adaLN norm).
 //! - `objective/`: flow matching, x-prediction, contrastive FM, REPA.
 //! - `routing/`: TREAD and SPRINT token routing.
@@ -24,6 +25,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
+pub mod eval;
 pub mod kernels;
 pub mod latent;
 pub mod model;
