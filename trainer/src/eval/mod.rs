@@ -2,10 +2,14 @@
 //! built-in scene evaluator, MMD, compositional accuracy, and the protocol every number
 //! carries. See `docs/eval.md`.
 
+pub mod detvalues;
 pub mod fd;
+pub mod images;
+pub mod inception;
 pub mod stats;
 
 pub use fd::{frechet_distance, FrechetDistance};
+pub use inception::InceptionFid;
 pub use stats::{FeatureStats, GaussianStats};
 
 #[derive(Debug, thiserror::Error)]

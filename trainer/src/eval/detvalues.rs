@@ -1,0 +1,36 @@
+//! Deterministic test values shared with the Python reference scripts
+//! (`scripts/reference/detvalues.py`): element `i` of an array named `name` is a hash of
+//! (name, i), so Rust and PyTorch/NumPy build bit-identical weights and inputs without
+//! shipping them. Used for the Inception parity fixtures and the FD fixtures.
+
+/// SplitMix64's output mix.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Element `i` of the named array, uniform in [0, 1).
+pub fn unit(name: &str, i: u64) -> f64 {
+    unit_keyed(fnv1a64(name.as_bytes()), i)
+}
+
+fn unit_keyed(key: u64, i: u64) -> f64 {
+    let u = mix64(key.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    (u >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// `n` values of the named array, uniform in [0, 1).
+pub fn units(name: &str, n: usize) -> Vec<f64> {
+    let key = fnv1a64(name.as_bytes());
+    (0..n as u64).map(|i| unit_keyed(key, i)).collect()
+}
+
+/// `n` values of the named array, uniform in [-1, 1).
+pub fn syms(name: &str, n: usize) -> Vec<f64> {
+    units(name, n).into_iter().map(|u| 2.0 * u - 1.0).collect()
+}
