@@ -6,6 +6,7 @@ pub mod detvalues;
 pub mod fd;
 pub mod images;
 pub mod inception;
+pub mod scenes;
 pub mod stats;
 
 pub use fd::{frechet_distance, FrechetDistance};
