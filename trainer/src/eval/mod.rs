@@ -2,15 +2,21 @@
 //! built-in scene evaluator, MMD, compositional accuracy, and the protocol every number
 //! carries. See `docs/eval.md`.
 
+pub mod composition;
 pub mod detvalues;
 pub mod fd;
+pub mod files;
 pub mod images;
 pub mod inception;
+pub mod mmd;
+pub mod protocol;
 pub mod scenes;
 pub mod stats;
 
 pub use fd::{frechet_distance, FrechetDistance};
+pub use composition::{Composition, CompositionCounts};
 pub use inception::InceptionFid;
+pub use protocol::{Measured, Protocol};
 pub use stats::{FeatureStats, GaussianStats};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,161 @@
+//! Statistics files and feature matrices.
+//!
+//! ablate's statistics file is safetensors with `mu` (f64, D), `sigma` (f64, D x D, N-1
+//! normalisation), `n` (i64, 1: sample count) and `protocol` (u8: the JSON of the
+//! [`Protocol`] the features were taken under, empty if unknown). pytorch-fid's `.npz`
+//! (`mu`, `sigma`; no count, no protocol) is read and written too, so reference statistics
+//! can move between the tools. Feature matrices are `.npy` (N x D, f32 or f64).
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::{EvalError, FeatureStats, GaussianStats, Protocol};
+
+fn err(path: &Path, msg: impl Into<String>) -> EvalError {
+    EvalError::File { path: path.display().to_string(), msg: msg.into() }
+}
+
+fn is_npz(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+}
+
+fn vec_f64(t: &Tensor) -> candle_core::Result<Vec<f64>> {
+    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
+/// Saves statistics: `.npz` in pytorch-fid's layout, anything else as ablate's safetensors.
+pub fn save_stats(path: &Path, stats: &GaussianStats, protocol: Option<&Protocol>) -> Result<(), EvalError> {
+    let d = stats.dim();
+    stats.validate("statistics to save")?;
+    let mu = Tensor::from_vec(stats.mu.clone(), d, &Device::Cpu)?;
+    let sigma = Tensor::from_vec(stats.sigma.clone(), (d, d), &Device::Cpu)?;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
+    }
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    if is_npz(path) {
+        Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], &tmp).map_err(|e| err(path, e.to_string()))?;
+    } else {
+        let json = protocol.map(|p| serde_json::to_vec(p).expect("protocol serialises")).unwrap_or_default();
+        let n = stats.n.ok_or_else(|| err(path, "statistics without a sample count can only be saved as pytorch-fid .npz"))?;
+        let mut t = HashMap::new();
+        t.insert("mu".to_string(), mu);
+        t.insert("sigma".to_string(), sigma);
+        t.insert("n".to_string(), Tensor::new(&[n as i64], &Device::Cpu)?);
+        let len = json.len();
+        t.insert("protocol".to_string(), Tensor::from_vec(json, len, &Device::Cpu)?);
+        candle_core::safetensors::save(&t, &tmp).map_err(|e| err(path, e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| err(path, e.to_string()))
+}
+
+/// Loads statistics saved by [`save_stats`] or by pytorch-fid (`.npz` with `mu`, `sigma`).
+pub fn load_stats(path: &Path) -> Result<(GaussianStats, Option<Protocol>), EvalError> {
+    if !path.is_file() {
+        return Err(err(path, "no such statistics file"));
+    }
+    let (stats, protocol) = if is_npz(path) {
+        let arrays: HashMap<String, Tensor> = Tensor::read_npz(path).map_err(|e| err(path, format!("not a readable .npz: {e}")))?.into_iter().collect();
+        let get = |k: &str| arrays.get(k).ok_or_else(|| err(path, format!("no `{k}` array (pytorch-fid statistics hold `mu` and `sigma`)")));
+        (GaussianStats { mu: vec_f64(get("mu")?)?, sigma: vec_f64(get("sigma")?)?, n: None }, None)
+    } else {
+        let t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| err(path, format!("not a statistics file: {e}")))?;
+        let get = |k: &str| t.get(k).ok_or_else(|| err(path, format!("no `{k}` tensor: not an ablate statistics file")));
+        let n = get("n")?.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+        let json = get("protocol")?.to_vec1::<u8>()?;
+        let protocol = if json.is_empty() { None } else { Some(serde_json::from_slice(&json).map_err(|e| err(path, format!("protocol: {e}")))?) };
+        (GaussianStats { mu: vec_f64(get("mu")?)?, sigma: vec_f64(get("sigma")?)?, n: n.first().map(|v| *v as u64) }, protocol)
+    };
+    stats.validate(&path.display().to_string())?;
+    Ok((stats, protocol))
+}
+
+/// Reads an N x D `.npy` feature matrix (f32 or f64) into statistics.
+pub fn stats_from_npy(path: &Path) -> Result<GaussianStats, EvalError> {
+    let t = Tensor::read_npy(path).map_err(|e| err(path, format!("not a readable .npy: {e}")))?;
+    let (n, d) = t.dims2().map_err(|_| err(path, format!("expected an N x D feature matrix, got shape {:?}", t.dims())))?;
+    if !matches!(t.dtype(), DType::F32 | DType::F64) {
+        return Err(err(path, format!("features must be float32 or float64, got {:?}", t.dtype())));
+    }
+    let mut s = FeatureStats::new(d);
+    s.add_rows(&vec_f64(&t)?).map_err(|e| err(path, e.to_string()))?;
+    if n < 2 {
+        return Err(EvalError::TooFewSamples(n as u64));
+    }
+    s.finish()
+}
+
+/// Cache of reference statistics keyed by (dataset, network weights hash, N).
+pub struct ReferenceCache {
+    pub dir: PathBuf,
+}
+
+impl ReferenceCache {
+    pub fn path(&self, dataset: &str, network_hash: &str, n: u64) -> PathBuf {
+        let safe: String = dataset.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+        self.dir.join(format!("{safe}-{}-n{n}.safetensors", &network_hash[..network_hash.len().min(16)]))
+    }
+
+    /// The cached statistics, or `compute()` saved for next time.
+    pub fn get_or_compute(
+        &self,
+        dataset: &str,
+        network_hash: &str,
+        n: u64,
+        protocol: &Protocol,
+        compute: impl FnOnce() -> Result<GaussianStats, EvalError>,
+    ) -> Result<GaussianStats, EvalError> {
+        let path = self.path(dataset, network_hash, n);
+        if path.is_file() {
+            if let Ok((s, Some(p))) = load_stats(&path) {
+                if s.n == Some(n) && p.weights_sha256 == network_hash {
+                    return Ok(s);
+                }
+            }
+        }
+        let s = compute()?;
+        save_stats(&path, &s, Some(protocol))?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> GaussianStats {
+        let mut s = FeatureStats::new(3);
+        s.add_rows(&[1.0f64, 2.0, 0.5, 0.0, 1.0, 4.0, 2.0, 2.0, 2.0, 1.5, -1.0, 0.0]).unwrap();
+        s.finish().unwrap()
+    }
+
+    #[test]
+    fn safetensors_and_npz_round_trip() {
+        let dir = std::env::temp_dir().join(format!("ablate-stats-{}", std::process::id()));
+        let s = stats();
+        let p = Protocol {
+            metric: "fid".into(),
+            network: "x".into(),
+            weights_sha256: "00".into(),
+            samples: 4,
+            sampler_steps: None,
+            guidance: None,
+            seed: None,
+            reference: "r".into(),
+            resize: "none".into(),
+        };
+        save_stats(&dir.join("a.safetensors"), &s, Some(&p)).unwrap();
+        let (back, proto) = load_stats(&dir.join("a.safetensors")).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(proto.unwrap(), p);
+        save_stats(&dir.join("a.npz"), &s, None).unwrap();
+        let (npz, none) = load_stats(&dir.join("a.npz")).unwrap();
+        assert_eq!((npz.mu.clone(), npz.sigma.clone(), npz.n, none), (s.mu.clone(), s.sigma.clone(), None, None));
+        let e = load_stats(&dir.join("missing.npz")).unwrap_err().to_string();
+        assert!(e.contains("no such statistics file"), "{e}");
+        std::fs::write(dir.join("bad.safetensors"), b"garbage").unwrap();
+        assert!(load_stats(&dir.join("bad.safetensors")).unwrap_err().to_string().contains("not a statistics file"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
