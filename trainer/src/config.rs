@@ -134,6 +134,8 @@ pub struct TrainConfig {
     pub data: DataConfig,
     pub train: TrainSection,
     pub sample: SampleSection,
+    /// Evaluation during and at the end of training (off unless `eval.samples` > 0).
+    pub eval: crate::eval::suite::EvalConfig,
 }
 
 impl Default for TrainConfig {
@@ -152,6 +154,7 @@ impl Default for TrainConfig {
             data: DataConfig::default(),
             train: TrainSection::default(),
             sample: SampleSection::default(),
+            eval: crate::eval::suite::EvalConfig::default(),
         }
     }
 }
@@ -227,6 +230,7 @@ impl TrainConfig {
         }
         let d = self.denoiser()?;
         d.validate().map_err(ConfigError::Invalid)?;
+        self.eval.validate().map_err(ConfigError::Invalid)?;
         if self.text.width % self.text.heads != 0 {
             return bad(format!("text.width ({}) must be divisible by text.heads ({})", self.text.width, self.text.heads));
         }

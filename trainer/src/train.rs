@@ -237,21 +237,28 @@ impl Trainer {
     /// in [-1, 1]. With an EMA (`optim.ema_decay > 0`) the EMA weights are used, swapped in
     /// for the duration of sampling and the training weights restored afterwards.
     pub fn sample(&self, prompts: &[String], seed: u64, steps: usize, guidance: f64) -> Result<Tensor, TrainError> {
+        self.sample_indexed(prompts, None, seed, steps, guidance)
+    }
+
+    /// As [`sample`](Self::sample), but image `k`'s starting noise depends only on
+    /// `(seed, indices[k])`, so an evaluation split across ranks draws exactly the images a
+    /// single process would.
+    pub fn sample_indexed(&self, prompts: &[String], indices: Option<&[u64]>, seed: u64, steps: usize, guidance: f64) -> Result<Tensor, TrainError> {
         let Some(ema) = &self.ema else {
-            return self.sample_current(prompts, seed, steps, guidance);
+            return self.sample_current(prompts, indices, seed, steps, guidance);
         };
         let saved: Vec<Tensor> = self.params.iter().map(|p| p.var.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
         for (p, (_, shadow)) in self.params.iter().zip(&ema.shadow) {
             p.var.set(&shadow.to_dtype(p.var.dtype())?)?;
         }
-        let out = self.sample_current(prompts, seed, steps, guidance);
+        let out = self.sample_current(prompts, indices, seed, steps, guidance);
         for (p, t) in self.params.iter().zip(&saved) {
             p.var.set(t)?;
         }
         out
     }
 
-    fn sample_current(&self, prompts: &[String], seed: u64, steps: usize, guidance: f64) -> Result<Tensor, TrainError> {
+    fn sample_current(&self, prompts: &[String], indices: Option<&[u64]>, seed: u64, steps: usize, guidance: f64) -> Result<Tensor, TrainError> {
         let s = self.cfg.latent_size();
         let c = self.latent.channels();
         let stream = self.policy.stream();
@@ -262,8 +269,11 @@ impl Trainer {
             let txt = txt.to_dtype(stream)?;
             let (null_txt, null_lens) = self.text_features(&vec![String::new(); n], None)?;
             let null_txt = null_txt.to_dtype(stream)?;
-            let mut rng = Rng::derive(seed, &[0x5a3e, chunk_i as u64]);
-            let x = Tensor::from_vec(rng.normal_vec(n * c * s * s), (n, c, s, s), &self.device)?;
+            let noise = match indices {
+                None => Rng::derive(seed, &[0x5a3e, chunk_i as u64]).normal_vec(n * c * s * s),
+                Some(ix) => ix[chunk_i * 16..chunk_i * 16 + n].iter().flat_map(|&i| Rng::derive(seed, &[0x5a3f, i]).normal_vec(c * s * s)).collect(),
+            };
+            let x = Tensor::from_vec(noise, (n, c, s, s), &self.device)?;
             let pred = self.cfg.objective.prediction;
             let x = crate::sample::euler(x, steps, self.cfg.objective.timesteps.shift, guidance, |x, t, uncond| {
                 let tt = Tensor::from_vec(vec![t as f32; n], n, &self.device)?;

@@ -12,6 +12,7 @@ pub mod mmd;
 pub mod protocol;
 pub mod scenes;
 pub mod stats;
+pub mod suite;
 
 pub use fd::{frechet_distance, FrechetDistance};
 pub use composition::{Composition, CompositionCounts};

@@ -1,0 +1,269 @@
+//! Evaluating a model being trained: sample N images for fixed prompts and seeds, then
+//! FD-scenes, MMD and compositional accuracy with the scene evaluator, and FID when the
+//! Inception weights are present.
+//!
+//! Prompts are long captions of held-out scenes drawn in the reference style; the reference
+//! set is the renders of those same scenes, so FD and MMD ask "does it look like what was
+//! asked for". Image `i` always gets the same prompt and the same starting noise, whatever
+//! the number of ranks: rank r of W evaluates indices r, r+W, ..., and the shards merge
+//! exactly ([`EvalShard::merge`]), so no rank waits on another's sample count.
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use super::composition::{Composition, CompositionCounts};
+use super::files::ReferenceCache;
+use super::inception::{self, InceptionFid};
+use super::scenes::{self, SceneEvaluator, EMBED_DIM};
+use super::{frechet_distance, EvalError, FeatureStats, Measured, Protocol};
+use crate::data::captions::long_caption;
+use crate::data::scene::{Scene, Style};
+use crate::train::Trainer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FidMode {
+    /// FID when the Inception weights are present, otherwise reported unavailable.
+    Auto,
+    /// FID required: a missing weights file is an error.
+    On,
+    Off,
+}
+
+/// `[eval]` of a training config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Generated images per evaluation; 0 turns evaluation off.
+    pub samples: usize,
+    /// Also evaluate every this many steps (0: only at the end).
+    pub every: usize,
+    pub sampler_steps: usize,
+    pub guidance: f64,
+    /// Seed of the prompts and the starting noise.
+    pub seed: u64,
+    /// Style of the prompted scenes and of the reference renders.
+    pub reference: Style,
+    pub fid: FidMode,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { samples: 0, every: 0, sampler_steps: 20, guidance: 3.5, seed: 1234, reference: Style::Photo, fid: FidMode::Auto }
+    }
+}
+
+impl EvalConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.samples == 1 {
+            return Err("eval.samples = 1: FD needs at least 2 images (0 turns evaluation off)".into());
+        }
+        if self.samples > 0 && self.sampler_steps == 0 {
+            return Err("eval.sampler_steps must be at least 1".into());
+        }
+        if !self.guidance.is_finite() || self.guidance < 0.0 {
+            return Err(format!("eval.guidance must be >= 0, got {}", self.guidance));
+        }
+        if self.reference == Style::Curated {
+            return Err("eval.reference must be \"photo\" or \"synthetic\"".into());
+        }
+        Ok(())
+    }
+
+    pub fn due(&self, step: usize, total: usize) -> bool {
+        self.samples > 0 && (step == total || (self.every > 0 && step % self.every == 0))
+    }
+
+    /// The scene prompted for image `i`.
+    pub fn scene(&self, i: u64) -> Scene {
+        Scene::generate(self.seed ^ 0xE7A1_5CE4, i, self.reference)
+    }
+
+    fn reference_name(&self) -> String {
+        format!("scenes-{:?}-seed{}", self.reference, self.seed).to_lowercase()
+    }
+}
+
+/// One rank's share of an evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalShard {
+    pub scene_stats: FeatureStats,
+    /// (index, embedding) pairs, for MMD.
+    pub embeddings: Vec<(u64, Vec<f32>)>,
+    pub composition: CompositionCounts,
+    pub inception: Option<FeatureStats>,
+}
+
+impl EvalShard {
+    pub fn merge(&mut self, o: &EvalShard) -> Result<(), EvalError> {
+        self.scene_stats.merge(&o.scene_stats)?;
+        self.embeddings.extend(o.embeddings.iter().cloned());
+        self.composition.merge(&o.composition);
+        match (&mut self.inception, &o.inception) {
+            (Some(a), Some(b)) => a.merge(b)?,
+            (None, None) => {}
+            _ => return Err(EvalError::Shape("one shard has Inception features and another does not".into())),
+        }
+        Ok(())
+    }
+}
+
+/// The numbers of one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub step: usize,
+    pub fd_scenes: Measured,
+    pub mmd_scenes: Measured,
+    /// Compositional accuracy, overall (mean of the categories).
+    pub accuracy: Measured,
+    pub composition: Composition,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fid: Option<Measured>,
+    /// Why FID is missing, when it is.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fid_unavailable: Option<String>,
+    pub seconds: f64,
+}
+
+/// The networks, loaded once per run.
+pub struct Evaluator {
+    pub cfg: EvalConfig,
+    scenes: SceneEvaluator,
+    inception: Option<InceptionFid>,
+    fid_unavailable: Option<String>,
+    cache: ReferenceCache,
+    device: Device,
+}
+
+const SCENE_RESIZE: &str = "bilinear to 32x32 (align_corners=false), [-1,1]";
+const FID_RESIZE: &str = "bilinear to 299x299 (align_corners=false, no antialias), [-1,1]";
+
+impl Evaluator {
+    pub fn new(cfg: &EvalConfig, cache_dir: PathBuf, device: &Device) -> Result<Self, EvalError> {
+        let scenes = SceneEvaluator::load(None, device)?;
+        let (inception, fid_unavailable) = match cfg.fid {
+            FidMode::Off => (None, Some("turned off (eval.fid = \"off\")".to_string())),
+            mode => match InceptionFid::load(&inception::default_weights_path(), device) {
+                Ok(n) => (Some(n), None),
+                Err(e @ EvalError::Unavailable(..)) if mode == FidMode::Auto => (None, Some(e.to_string())),
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(Self { cfg: cfg.clone(), scenes, inception, fid_unavailable, cache: ReferenceCache { dir: cache_dir }, device: device.clone() })
+    }
+
+    fn protocol(&self, metric: &str, network: &str, hash: &str, resize: &str) -> Protocol {
+        Protocol {
+            metric: metric.into(),
+            network: network.into(),
+            weights_sha256: hash.into(),
+            samples: self.cfg.samples as u64,
+            sampler_steps: Some(self.cfg.sampler_steps),
+            guidance: Some(self.cfg.guidance),
+            seed: Some(self.cfg.seed),
+            reference: format!("{} n={}", self.cfg.reference_name(), self.cfg.samples),
+            resize: resize.into(),
+        }
+    }
+
+    /// Features of a batch of images in [0, 1] into a shard.
+    fn add_images(&self, shard: &mut EvalShard, images: &Tensor, indices: &[u64], prompts: Option<&[Scene]>) -> Result<(), EvalError> {
+        super::images::validate(images)?;
+        let out = self.scenes.outputs(images)?;
+        let emb: Vec<f32> = out.embedding.flatten_all()?.to_vec1()?;
+        shard.scene_stats.add_rows(&emb)?;
+        for (k, row) in emb.chunks(EMBED_DIM).enumerate() {
+            shard.embeddings.push((indices[k], row.to_vec()));
+        }
+        if let Some(prompts) = prompts {
+            let read = self.scenes.read(images)?;
+            for (scene, cells) in prompts.iter().zip(&read.cells) {
+                shard.composition.add(scene, cells);
+            }
+        }
+        if let (Some(net), Some(st)) = (&self.inception, shard.inception.as_mut()) {
+            st.add_rows(&net.features(images)?.flatten_all()?.to_vec1::<f32>()?)?;
+        }
+        Ok(())
+    }
+
+    fn empty_shard(&self) -> EvalShard {
+        EvalShard {
+            scene_stats: FeatureStats::new(EMBED_DIM),
+            embeddings: Vec::new(),
+            composition: CompositionCounts::default(),
+            inception: self.inception.as_ref().map(|_| FeatureStats::new(inception::FEATURE_DIM)),
+        }
+    }
+
+    /// This rank's share of the generated images.
+    pub fn generated_shard(&self, trainer: &Trainer, rank: usize, world: usize) -> Result<EvalShard, crate::TrainError> {
+        let mut shard = self.empty_shard();
+        let idx: Vec<u64> = (rank as u64..self.cfg.samples as u64).step_by(world.max(1)).collect();
+        for chunk in idx.chunks(32) {
+            let scenes: Vec<Scene> = chunk.iter().map(|&i| self.cfg.scene(i)).collect();
+            let prompts: Vec<String> = scenes.iter().map(long_caption).collect();
+            let imgs = trainer.sample_indexed(&prompts, Some(chunk), self.cfg.seed, self.cfg.sampler_steps, self.cfg.guidance)?;
+            let imgs = ((imgs.to_dtype(DType::F32)? + 1.0)? * 0.5)?.clamp(0f32, 1f32)?;
+            self.add_images(&mut shard, &imgs, chunk, Some(&scenes)).map_err(|e| crate::TrainError::Data(format!("evaluation: {e}")))?;
+        }
+        Ok(shard)
+    }
+
+    /// The reference renders (all N, on one rank): every run of the same protocol sees the same.
+    fn reference_shard(&self) -> Result<EvalShard, EvalError> {
+        let mut shard = self.empty_shard();
+        let n = self.cfg.samples as u64;
+        for start in (0..n).step_by(32) {
+            let idx: Vec<u64> = (start..(start + 32).min(n)).collect();
+            let scenes: Vec<(Scene, u64)> = idx.iter().map(|&i| (self.cfg.scene(i), self.cfg.seed ^ i)).collect();
+            let imgs = scenes::render_batch(&scenes, 32, &self.device)?;
+            self.add_images(&mut shard, &imgs, &idx, None)?;
+        }
+        Ok(shard)
+    }
+
+    /// Numbers from the merged shards of all ranks.
+    pub fn finish(&self, step: usize, mut gen: EvalShard, seconds: f64) -> Result<EvalReport, EvalError> {
+        let reference = self.reference_shard()?;
+        let scene_p = |m: &str| self.protocol(m, scenes::NAME, &self.scenes.weights_hash, SCENE_RESIZE);
+        let fd = frechet_distance(&gen.scene_stats.finish()?, &reference.scene_stats.finish()?)?;
+        gen.embeddings.sort_by_key(|(i, _)| *i);
+        let flat = |e: &[(u64, Vec<f32>)]| e.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<f32>>();
+        let mmd = super::mmd::mmd(&flat(&gen.embeddings), &flat(&reference.embeddings), EMBED_DIM)?;
+        let composition = gen.composition.finish();
+        let fid = match (&self.inception, &gen.inception) {
+            (Some(net), Some(g)) => {
+                let p = self.protocol("fid", "pytorch-fid inception-v3 pool3", &net.weights_hash, FID_RESIZE);
+                let reference_stats = self.cache.get_or_compute(&self.cfg.reference_name(), &net.weights_hash, self.cfg.samples as u64, &p, || {
+                    reference.inception.as_ref().expect("reference has Inception features when the network is loaded").finish()
+                })?;
+                Some(Measured { value: frechet_distance(&g.finish()?, &reference_stats)?.value, protocol: p })
+            }
+            _ => None,
+        };
+        Ok(EvalReport {
+            step,
+            fd_scenes: Measured { value: fd.value, protocol: scene_p("fd_scenes") },
+            mmd_scenes: Measured { value: mmd, protocol: scene_p("mmd_scenes") },
+            accuracy: Measured { value: composition.overall, protocol: scene_p("accuracy") },
+            composition,
+            fid_unavailable: if fid.is_some() { None } else { self.fid_unavailable.clone() },
+            fid,
+            seconds,
+        })
+    }
+
+    /// Single-process evaluation.
+    pub fn evaluate(&self, trainer: &Trainer) -> Result<EvalReport, crate::TrainError> {
+        let t0 = std::time::Instant::now();
+        let shard = self.generated_shard(trainer, 0, 1)?;
+        self.finish(trainer.step, shard, 0.0)
+            .map(|mut r| {
+                r.seconds = t0.elapsed().as_secs_f64();
+                r
+            })
+            .map_err(|e| crate::TrainError::Data(format!("evaluation: {e}")))
+    }
+}
