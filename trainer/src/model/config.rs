@@ -71,6 +71,24 @@ impl DenoiserConfig {
         self.depth * block + embed + time + fin
     }
 
+    /// Matmul FLOPs (2 per multiply-add) of one forward pass for one sample with `n_img`
+    /// image tokens and `n_txt` text tokens: every Linear plus the attention score and value
+    /// products; element-wise work is not counted (the MFU convention). A training step
+    /// costs three times this (forward, and backward for inputs and weights).
+    pub fn forward_flops(&self, n_img: usize, n_txt: usize) -> f64 {
+        let (h, m, pd) = (self.hidden as f64, self.mlp_hidden() as f64, self.patch_dim() as f64);
+        let (n, t) = (n_img as f64, n_txt as f64);
+        let block = 2.0 * h * 6.0 * h // adaLN modulation (per sample)
+            + 2.0 * n * h * 3.0 * h // image qkv
+            + 2.0 * t * h * 2.0 * h // text k, v
+            + 2.0 * 2.0 * n * (n + t) * h // q k^T and attention x v
+            + 2.0 * n * h * h // output projection
+            + 2.0 * n * h * m * 3.0; // gate, up, down
+        let embed = 2.0 * n * pd * h + 2.0 * t * self.text_dim as f64 * h + 2.0 * (self.time_embed_dim as f64 * h + h * h);
+        let fin = 2.0 * h * 2.0 * h + 2.0 * n * h * pd;
+        self.depth as f64 * block + embed + fin
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.hidden % self.heads != 0 {
             return Err(format!("model.hidden ({}) must be divisible by model.heads ({})", self.hidden, self.heads));
@@ -98,5 +116,16 @@ mod tests {
         let p = DenoiserConfig::prx_small().param_count();
         assert!((1_100_000_000..1_300_000_000).contains(&p), "prx-small {p}");
         assert_eq!(DenoiserConfig::prx_small().head_dim(), 64);
+    }
+
+    #[test]
+    fn forward_flops_are_about_two_per_weight_per_token() {
+        // every block matrix applied per image token costs 2 FLOPs per weight per token;
+        // attention, embeddings and the per-sample modulation add a few percent
+        let c = DenoiserConfig::prx_small();
+        let f = c.forward_flops(256, 0);
+        let (h, m) = (c.hidden, c.mlp_hidden());
+        let lower = 2.0 * 256.0 * (c.depth * (4 * h * h + 3 * h * m)) as f64;
+        assert!(f > lower && f < 1.1 * lower, "{f} vs {lower}");
     }
 }

@@ -16,6 +16,16 @@ pub struct TextEncoderConfig {
     pub heads: usize,
 }
 
+impl TextEncoderConfig {
+    /// Matmul FLOPs of one forward pass for one caption of `t` tokens (see
+    /// `DenoiserConfig::forward_flops`).
+    pub fn forward_flops(&self, t: usize) -> f64 {
+        let (w, t) = (self.width as f64, t as f64);
+        let layer = 2.0 * t * w * (3.0 * w + w + 4.0 * w + 4.0 * w) + 2.0 * 2.0 * t * t * w;
+        self.layers as f64 * layer
+    }
+}
+
 #[derive(Debug, Clone)]
 struct EncoderLayer {
     ln1: (Tensor, Tensor),

@@ -118,15 +118,20 @@ pub fn is_muon_param(name: &str, dims: &[usize]) -> bool {
     dims.len() == 2 && name.contains("blocks.") && name.ends_with(".weight")
 }
 
-/// Global L2 norm of all gradients (f64 accumulation).
+/// Global L2 norm of all gradients (f64 accumulation of the per-tensor f32 sums of squares).
+/// The per-tensor sums stay on the device and come back in one transfer, so a GPU step
+/// synchronises once here rather than once per parameter.
 pub fn grad_norm(params: &[Param], grads: &GradStore) -> Result<f64> {
-    let mut total = 0f64;
-    for p in params {
-        if let Some(g) = grads.get(p.var.as_tensor()) {
-            total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        }
+    let sums = params
+        .iter()
+        .filter_map(|p| grads.get(p.var.as_tensor()))
+        .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(1))
+        .collect::<Result<Vec<_>>>()?;
+    if sums.is_empty() {
+        return Ok(0.0);
     }
-    Ok(total.sqrt())
+    let sums = Tensor::cat(&sums, 0)?.to_vec1::<f32>()?;
+    Ok(sums.iter().map(|&s| s as f64).sum::<f64>().sqrt())
 }
 
 /// Scales all gradients so their global norm is at most `max_norm`; returns the norm
