@@ -208,3 +208,62 @@ fn print_value(name: &str, value: f64, p: &Protocol, first: &str, output: Output
         }
     }
 }
+
+/// `ablate bench fd`: FD for D-dimensional features, from feature files to number, next to
+/// pytorch-fid's NumPy/SciPy computation (`bench/fd_scipy.py`) on the same files.
+pub fn bench_fd(n: usize, d: usize, python: &str) -> anyhow::Result<()> {
+    use ablate_trainer::eval::detvalues;
+    let dir = std::env::temp_dir().join(format!("ablate-bench-fd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
+    let shift = detvalues::syms("bench/shift", d);
+    let fa: Vec<f32> = detvalues::syms("bench/a", n * d).into_iter().map(|v| v as f32).collect();
+    let fb: Vec<f32> = detvalues::syms("bench/b", n * d).into_iter().enumerate().map(|(k, v)| (0.8 * v + 0.05 * shift[k % d]) as f32).collect();
+    Tensor::from_vec(fa, (n, d), &Device::Cpu)?.write_npy(&a)?;
+    Tensor::from_vec(fb, (n, d), &Device::Cpu)?.write_npy(&b)?;
+    println!("FD benchmark: N = {n} per set, D = {d}, f32 features in .npy; {} threads", rayon::current_num_threads());
+    let t0 = Instant::now();
+    let (sa, sb) = (stats_from_npy(&a)?, stats_from_npy(&b)?);
+    let t_stats = t0.elapsed().as_secs_f64();
+    let fd = frechet_distance(&sa, &sb)?;
+    let t_total = t0.elapsed().as_secs_f64();
+    println!("ablate (f64 streaming stats + symmetric eigendecompositions): FD {:.9}  stats {t_stats:.2}s  FD {:.2}s  total {t_total:.2}s", fd.value, t_total - t_stats);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/fd_scipy.py");
+    let out = std::process::Command::new(python).arg(&script).arg(&a).arg(&b).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).context("parsing bench/fd_scipy.py output")?;
+            let (ref_fd, ref_t, ref_fd_t) = (v["fd"].as_f64().unwrap_or(f64::NAN), v["seconds_total"].as_f64().unwrap_or(f64::NAN), v["seconds_fd"].as_f64().unwrap_or(f64::NAN));
+            println!("pytorch-fid (np.cov + scipy.linalg.sqrtm):                      FD {ref_fd:.9}  stats {:.2}s  FD {ref_fd_t:.2}s  total {ref_t:.2}s", ref_t - ref_fd_t);
+            println!("speed-up (total): {:.1}x   relative difference of the values: {:.1e}", ref_t / t_total, (fd.value - ref_fd).abs() / ref_fd.abs());
+        }
+        Ok(o) => println!("pytorch-fid reference failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
+        Err(e) => println!("pytorch-fid reference not run ({python}: {e}); it needs numpy and scipy"),
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+/// `ablate bench inception`: images per second of FID feature extraction on this machine
+/// (deterministic weights: the speed does not depend on the values).
+pub fn bench_inception(batch: usize, size: usize, batches: usize) -> anyhow::Result<()> {
+    let net = InceptionFid::deterministic(&Device::Cpu)?;
+    let x = Tensor::from_vec(
+        ablate_trainer::eval::detvalues::units("bench/images", batch * 3 * size * size).into_iter().map(|v| v as f32).collect::<Vec<_>>(),
+        (batch, 3, size, size),
+        &Device::Cpu,
+    )?;
+    net.features(&x)?; // warm-up
+    let t0 = Instant::now();
+    for _ in 0..batches {
+        net.features(&x)?;
+    }
+    let s = t0.elapsed().as_secs_f64();
+    println!(
+        "Inception-v3 FID features, CPU, {} threads: batch {batch} of {size}x{size} images -> {:.2} images/s ({:.0} ms per image)",
+        rayon::current_num_threads(),
+        (batch * batches) as f64 / s,
+        1000.0 * s / (batch * batches) as f64
+    );
+    Ok(())
+}

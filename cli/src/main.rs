@@ -2,6 +2,7 @@
 
 mod assets_cmd;
 mod data_cmd;
+mod eval_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -15,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Train one arm in this process on CPU.
+    /// Train one arm in this process (on the CPU, or CUDA with --device).
     Train(train_cmd::TrainArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
@@ -23,9 +24,15 @@ enum Cmd {
     /// Look at the training data.
     #[command(subcommand)]
     Data(data_cmd::DataCmd),
+    /// FID / Frechet distances from image folders, statistics files or feature matrices.
+    #[command(subcommand)]
+    Eval(eval_cmd::EvalCmd),
     /// Reproduce the small networks that ship in assets/.
     #[command(subcommand)]
     Assets(assets_cmd::AssetsCmd),
+    /// Checks the training code on a device against the CPU (deploy/cuda/device-check.sh).
+    #[command(hide = true)]
+    SelfcheckCuda(train_cmd::SelfcheckArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +42,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(b) => train_cmd::bench(b),
         Cmd::Assets(a) => assets_cmd::assets(a),
         Cmd::Data(d) => data_cmd::data(d),
+        Cmd::Eval(e) => eval_cmd::eval(e),
+        Cmd::SelfcheckCuda(a) => train_cmd::selfcheck(a),
     }
 }

@@ -1,6 +1,6 @@
 //! `ablate train` and `ablate bench train`.
 
-use ablate_trainer::run::{run, MetricPoint, Progress, RunOptions};
+use ablate_trainer::run::{run_on, MetricPoint, Progress, RunOptions};
 use ablate_trainer::{TrainConfig, Trainer};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -22,6 +22,9 @@ pub struct TrainArgs {
     /// Skip drawing samples at the end.
     #[arg(long)]
     no_samples: bool,
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 struct Console {
@@ -73,7 +76,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     let out = a.out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     let mut console = Console { every: cfg.train.log_every.max(1), started: Instant::now(), first: 0, window: vec![] };
-    let s = run(cfg, &RunOptions { out: out.clone(), resume: a.resume, samples: !a.no_samples }, &mut console).with_context(|| format!("training into {}", out.display()))?;
+    let device = ablate_trainer::device::open(&a.device)?;
+    let s = run_on(cfg, &RunOptions { out: out.clone(), resume: a.resume, samples: !a.no_samples }, &device, &mut console).with_context(|| format!("training into {}", out.display()))?;
     println!("{}", serde_json::to_string_pretty(&s)?);
     eprintln!("wrote {}/metrics.jsonl, checkpoint.safetensors{}", out.display(), if a.no_samples { "" } else { ", samples.png" });
     Ok(())
@@ -83,22 +87,62 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
 pub enum BenchCmd {
     /// Step time and samples/s of the training step for the baseline and each arm.
     Train(BenchTrainArgs),
+    /// Frechet distance for D-dimensional features, from .npy files to number, next to
+    /// pytorch-fid's NumPy/SciPy computation on the same files (bench/fd_scipy.py).
+    Fd {
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        #[arg(long, default_value_t = 2048)]
+        dim: usize,
+        /// Python with numpy and scipy for the reference.
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
+    /// Images per second of FID (Inception-v3) feature extraction on the CPU.
+    Inception {
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Input side in pixels (resized to 299 inside).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 3)]
+        batches: usize,
+    },
 }
 
 #[derive(clap::Args)]
 pub struct BenchTrainArgs {
+    /// Model preset: tiny, mini or prx-small.
     #[arg(long, default_value = "tiny")]
     preset: String,
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Timed steps per arm (after 2 warm-up steps).
+    /// Timed steps per arm.
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// Untimed steps per arm before the clock starts.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
     /// Comma-separated arms, or "all".
     #[arg(long, default_value = "all")]
     arms: String,
+    /// Image tokens per sample (a square number): sets latent.image_size for the arm's
+    /// latent space and patch size (default: the config's 32-pixel images).
+    #[arg(long)]
+    image_tokens: Option<usize>,
+    /// Precision policy of every arm (fp32, bf16_mixed, bf16_stored); the bf16 arms keep
+    /// their own. Default: fp32 on the CPU, bf16_mixed on CUDA.
+    #[arg(long)]
+    precision: Option<String>,
+    /// Dense bf16 peak of the device in TFLOP/s, for MFU (H100 SXM: 989).
+    #[arg(long, default_value_t = 989.0)]
+    peak_tflops: f64,
+    /// Also print one JSON object per arm (a line starting with `bench-json `).
+    #[arg(long)]
+    json: bool,
 }
 
 /// The arms the bench knows: name and the change to the baseline.
@@ -141,16 +185,58 @@ fn bench_arms() -> Vec<(&'static str, fn(&mut TrainConfig))> {
     ]
 }
 
+/// Sets `latent.image_size` so that the arm's denoiser sees `tokens` image tokens.
+fn set_image_tokens(cfg: &mut TrainConfig, tokens: usize) -> anyhow::Result<()> {
+    let side = (tokens as f64).sqrt().round() as usize;
+    anyhow::ensure!(side * side == tokens && side > 0, "--image-tokens {tokens} is not a square number");
+    let patch = cfg.denoiser()?.patch;
+    let down = cfg.latent.image_size / cfg.latent_size();
+    cfg.latent.image_size = side * patch * down;
+    Ok(())
+}
+
+/// Model FLOPs of one training step of `cfg` (3x the forward matmuls, dense: token routing
+/// and REPA are not discounted or added).
+fn train_flops(cfg: &TrainConfig, tokenizer_vocab: usize) -> anyhow::Result<f64> {
+    let d = cfg.denoiser()?;
+    let n_img = (cfg.latent_size() / d.patch).pow(2);
+    let n_txt = cfg.text.max_tokens;
+    let text = if cfg.text.encoder == "learned" { cfg.text_encoder(tokenizer_vocab).forward_flops(n_txt) } else { 0.0 };
+    Ok(3.0 * cfg.train.batch_size as f64 * (d.forward_flops(n_img, n_txt) + text))
+}
+
 pub fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
-    let BenchCmd::Train(a) = cmd;
-    anyhow::ensure!(a.device == "cpu", "--device {} needs a build with --features cuda (this build has CPU only)", a.device);
+    use ablate_trainer::device;
+    let a = match cmd {
+        BenchCmd::Train(a) => a,
+        BenchCmd::Fd { n, dim, python } => return crate::eval_cmd::bench_fd(n, dim, &python),
+        BenchCmd::Inception { batch, size, batches } => return crate::eval_cmd::bench_inception(batch, size, batches),
+    };
+    let dev = device::open(&a.device)?;
     let wanted: Vec<&str> = a.arms.split(',').map(str::trim).collect();
     let arms = bench_arms();
     for w in &wanted {
         anyhow::ensure!(*w == "all" || arms.iter().any(|(n, _)| n == w), "unknown arm \"{w}\" (known: {})", arms.iter().map(|a| a.0).collect::<Vec<_>>().join(", "));
     }
-    println!("preset {}  batch {}  device cpu  threads {}  ({} timed steps after 2 warm-up)", a.preset, a.batch, rayon_threads(), a.steps);
-    println!("{:<16} {:>10} {:>12} {:>12} {:>9}", "arm", "params", "step ms", "samples/s", "vs base");
+    let precision: ablate_trainer::precision::PrecisionPolicy = match &a.precision {
+        Some(p) => serde_json::from_value(serde_json::Value::String(p.clone())).map_err(|_| anyhow::anyhow!("unknown --precision \"{p}\" (expected fp32, bf16_mixed or bf16_stored)"))?,
+        None if dev.is_cpu() => Default::default(),
+        None => ablate_trainer::precision::PrecisionPolicy::Bf16Mixed,
+    };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "preset {}  batch {}  device {}  cpu threads {}  ({} timed steps after {} warm-up)",
+        a.preset,
+        a.batch,
+        device::describe(&dev),
+        rayon_threads(),
+        a.steps,
+        a.warmup
+    );
+    println!(
+        "{:<16} {:>13} {:>7} {:>11} {:>10} {:>11} {:>9} {:>12} {:>7} {:>9}",
+        "arm", "params", "tokens", "precision", "step ms", "samples/s", "vs base", "TFLOP/step", "MFU %", "peak GiB"
+    );
     let mut base = None;
     for (name, change) in arms {
         if !wanted.contains(&"all") && !wanted.contains(&name) {
@@ -163,8 +249,14 @@ pub fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
         cfg.optim.lr = 1e-3;
         cfg.routing.start = 2;
         cfg.routing.end = cfg.denoiser()?.depth - 2;
+        cfg.precision.policy = precision;
         change(&mut cfg);
-        let mut trainer = match Trainer::new(cfg.clone(), &candle_core::Device::Cpu) {
+        if let Some(n) = a.image_tokens {
+            set_image_tokens(&mut cfg, n)?;
+        }
+        let tokens = (cfg.latent_size() / cfg.denoiser()?.patch).pow(2);
+        device::reset_peak_memory(&dev);
+        let mut trainer = match Trainer::new(cfg.clone(), &dev) {
             Ok(t) => t,
             Err(e) => {
                 println!("{name:<16} skipped: {e}");
@@ -173,22 +265,97 @@ pub fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
         };
         let spec = ablate_trainer::data::BatchSpec::new(&cfg, 0, 1)?;
         let tok = ablate_trainer::data::Tokenizer::new();
-        let batches: Vec<_> = (0..a.steps + 2).map(|s| spec.make(s, &tok)).collect();
-        for b in &batches[..2] {
-            trainer.train_step(b)?;
+        let batches: Vec<_> = (0..a.steps + a.warmup).map(|s| spec.make(s, &tok)).collect();
+        let mut last_loss = f64::NAN;
+        for b in &batches[..a.warmup] {
+            last_loss = trainer.train_step(b)?.loss;
         }
+        device::synchronize(&dev)?;
         let t = Instant::now();
-        for b in &batches[2..] {
-            trainer.train_step(b)?;
+        for b in &batches[a.warmup..] {
+            last_loss = trainer.train_step(b)?.loss;
         }
-        let ms = t.elapsed().as_secs_f64() * 1000.0 / a.steps as f64;
+        device::synchronize(&dev)?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0 / a.steps.max(1) as f64;
+        // Where a step's time goes: forward + backward vs optimizer (synchronised around each).
+        if !dev.is_cpu() {
+            let (mut fb, mut op) = (0.0, 0.0);
+            let k = a.steps.clamp(1, 3);
+            for b in &batches[a.warmup..a.warmup + k] {
+                let t0 = Instant::now();
+                let (g, st) = trainer.compute_grads(b)?;
+                device::synchronize(&dev)?;
+                let t1 = Instant::now();
+                trainer.apply_grads(g, st)?;
+                device::synchronize(&dev)?;
+                fb += (t1 - t0).as_secs_f64();
+                op += t1.elapsed().as_secs_f64();
+            }
+            println!("{name:<16} split over {k} steps: forward+backward {:.1} ms, optimizer (clip + AdamW + EMA) {:.1} ms", 1000.0 * fb / k as f64, 1000.0 * op / k as f64);
+        }
         let sps = a.batch as f64 / (ms / 1000.0);
         let rel = base.map(|b: f64| format!("{:.2}x", sps / b)).unwrap_or_else(|| "1.00x".into());
         if name == "baseline" {
             base = Some(sps);
         }
-        println!("{name:<16} {:>10} {ms:>12.1} {sps:>12.2} {rel:>9}", trainer.param_count());
+        let flops = train_flops(&cfg, tok.vocab_size())?;
+        let mfu = if dev.is_cpu() { None } else { Some(100.0 * flops / (ms / 1000.0) / (a.peak_tflops * 1e12)) };
+        let mem = device::memory(&dev);
+        let peak = mem.and_then(|m| m.peak_in_use);
+        println!(
+            "{name:<16} {:>13} {tokens:>7} {:>11} {ms:>10.1} {sps:>11.2} {rel:>9} {:>12.2} {:>7} {:>9}",
+            trainer.param_count(),
+            serde_json::to_value(cfg.precision.policy)?.as_str().unwrap_or("?"),
+            flops / 1e12,
+            mfu.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
+            peak.map(|p| format!("{:.2}", gib(p))).unwrap_or_else(|| "-".into()),
+        );
+        if a.json {
+            let d = cfg.denoiser()?;
+            let j = serde_json::json!({
+                "impl": "ablate", "arm": name, "preset": a.preset, "device": device::describe(&dev),
+                "batch": a.batch, "image_tokens": tokens, "text_tokens": cfg.text.max_tokens,
+                "image_size": cfg.latent.image_size, "precision": cfg.precision.policy,
+                "params": trainer.param_count(), "denoiser": d, "text": cfg.text_encoder(tok.vocab_size()),
+                "step_ms": ms, "samples_per_s": sps, "train_flops_per_step": flops,
+                "mfu": mfu.map(|m| m / 100.0), "peak_tflops": a.peak_tflops,
+                "peak_mem_bytes": peak, "device_mem_in_use_bytes": mem.map(|m| m.in_use),
+                "last_loss": last_loss,
+            });
+            println!("bench-json {j}");
+        }
     }
+    if !dev.is_cpu() {
+        println!("peak GiB: high-water mark of the CUDA memory pool candle allocates from (like torch.cuda.max_memory_allocated); MFU: model FLOPs / step time / {} TFLOP/s", a.peak_tflops);
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct SelfcheckArgs {
+    /// Device to check against the CPU (`cpu` checks the checks).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+}
+
+/// Runs `ablate_trainer::device::selfcheck` and prints one PASS/FAIL line per check; fails
+/// if any check failed.
+pub fn selfcheck(a: SelfcheckArgs) -> anyhow::Result<()> {
+    use ablate_trainer::device;
+    let dev = device::open(&a.device)?;
+    println!("selfcheck on {}", device::describe(&dev));
+    let mut failed = Vec::new();
+    for (name, outcome) in device::selfcheck::run_all(&dev) {
+        match outcome {
+            Ok(msg) => println!("PASS {name}: {}", msg.replace('\n', "\n    ")),
+            Err(e) => {
+                println!("FAIL {name}: {e}");
+                failed.push(name);
+            }
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "selfcheck failed: {}", failed.join(", "));
+    println!("selfcheck: all passed");
     Ok(())
 }
 

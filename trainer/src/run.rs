@@ -8,6 +8,8 @@
 //! - `metrics.jsonl`: one JSON object per step
 //! - `checkpoint.safetensors`: weights + optimizer state + step
 //! - `samples.png`, `samples.txt`: the sample grid and its prompts
+//! - `eval.jsonl`: one `EvalReport` per evaluation (`[eval]`), each number with its protocol
+//! - `eval-cache/`: reference statistics cached by (reference set, network hash, N)
 
 use candle_core::Device;
 use std::io::Write;
@@ -66,6 +68,8 @@ pub struct RunSummary {
     pub wall_seconds: f64,
     pub params: usize,
     pub checksum: f64,
+    /// The evaluation at the last step, when `[eval]` is on.
+    pub final_eval: Option<crate::eval::suite::EvalReport>,
 }
 
 /// Prompts used for sample grids: long captions of held-out scenes.
@@ -89,7 +93,12 @@ pub fn read_metrics(path: &Path, before: usize) -> Result<Vec<MetricPoint>, Trai
 }
 
 pub fn run(cfg: TrainConfig, opts: &RunOptions, progress: &mut dyn Progress) -> Result<RunSummary, TrainError> {
-    let device = Device::Cpu;
+    run_on(cfg, opts, &Device::Cpu, progress)
+}
+
+/// `run` on `device` (the CPU or a CUDA device, see `crate::device::open`).
+pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &mut dyn Progress) -> Result<RunSummary, TrainError> {
+    let device = device.clone();
     std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::io(&opts.out, e))?;
     let cfg_path = opts.out.join("config.toml");
     let ckpt = opts.out.join("checkpoint.safetensors");
@@ -124,6 +133,27 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions, progress: &mut dyn Progress) -> 
     let mut metrics_file = std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
     progress.started(first, total, trainer.param_count());
 
+    let evaluator = if cfg.eval.samples > 0 {
+        Some(crate::eval::suite::Evaluator::new(&cfg.eval, opts.out.join("eval-cache"), &device).map_err(|e| TrainError::Data(format!("evaluation: {e}")))?)
+    } else {
+        None
+    };
+    let eval_path = opts.out.join("eval.jsonl");
+    let mut final_eval = None;
+    let mut eval_seconds = 0.0;
+    {
+        // Keep the evaluations of the steps the checkpoint covers; a resume redoes the rest.
+        let kept: String = std::fs::read_to_string(&eval_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| serde_json::from_str::<crate::eval::suite::EvalReport>(l).is_ok_and(|r| r.step <= first))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if evaluator.is_some() || !kept.is_empty() {
+            write_atomic(&eval_path, kept.as_bytes())?;
+        }
+    }
+
     let spec = BatchSpec::new(&cfg, 0, 1).map_err(|e| TrainError::Data(e.to_string()))?;
     let loader = Loader::start(spec, first, total);
     let t0 = Instant::now();
@@ -154,6 +184,23 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions, progress: &mut dyn Progress) -> 
         writeln!(metrics_file, "{}", serde_json::to_string(&point).expect("metric serialises")).map_err(|e| TrainError::io(&metrics_path, e))?;
         progress.step(&point, total);
         history.push(point);
+        if let Some(ev) = evaluator.as_ref().filter(|_| cfg.eval.due(trainer.step, total)) {
+            progress.message(&format!("evaluating at step {} ({} samples)", trainer.step, cfg.eval.samples));
+            let report = ev.evaluate(&trainer)?;
+            progress.message(&format!(
+                "step {}: FD-scenes {:.3}, MMD {:.3}, accuracy {:.1}%{} ({:.0}s)",
+                report.step,
+                report.fd_scenes.value,
+                report.mmd_scenes.value,
+                report.accuracy.value * 100.0,
+                report.fid.as_ref().map(|f| format!(", FID {:.2}", f.value)).unwrap_or_default(),
+                report.seconds
+            ));
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&eval_path).map_err(|e| TrainError::io(&eval_path, e))?;
+            writeln!(f, "{}", serde_json::to_string(&report).expect("report serialises")).map_err(|e| TrainError::io(&eval_path, e))?;
+            eval_seconds += report.seconds;
+            final_eval = Some(report);
+        }
         let every = cfg.train.checkpoint_every;
         if every > 0 && trainer.step % every == 0 && trainer.step < total {
             metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
@@ -162,7 +209,8 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions, progress: &mut dyn Progress) -> 
     }
     metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
     trainer.save(&ckpt)?;
-    let wall = t0.elapsed().as_secs_f64();
+    // Training time only: evaluation is reported separately.
+    let wall = t0.elapsed().as_secs_f64() - eval_seconds;
     if opts.samples {
         progress.message("sampling");
         let prompts = sample_prompts(&cfg, cfg.sample.count);
@@ -186,5 +234,6 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions, progress: &mut dyn Progress) -> 
         wall_seconds: wall,
         params: trainer.param_count(),
         checksum: trainer.checksum()?,
+        final_eval,
     })
 }

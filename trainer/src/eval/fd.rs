@@ -56,18 +56,45 @@ pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<FrechetD
     Ok(FrechetDistance { value: mean_term + cov_term, mean_term, cov_term, eps_offset })
 }
 
-/// `tr((S1 S2)^(1/2))` through two symmetric eigendecompositions; `None` when it fails.
+/// `tr((S1 S2)^(1/2))` through symmetric eigendecompositions; `None` when it fails.
+///
+/// Otherwise, with `S1 = U diag(w) U^T` and `W = U diag(sqrt(max(w, 0)))`, the matrix
+/// `S1^(1/2) S2 S1^(1/2) = U (W^T S2 W) U^T` has the eigenvalues of the smaller `W^T S2 W`,
+/// where columns with `w <= 0` are dropped (they contribute exactly nothing): two products
+/// instead of three, and for N < D only rank(S1) columns remain.
 fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize, eps: f64) -> Option<f64> {
     let sym = |s: &[f64]| Mat::<f64>::from_fn(d, d, |i, j| 0.5 * (s[i * d + j] + s[j * d + i]) + if i == j { eps } else { 0.0 });
     let (m1, m2) = (sym(s1), sym(s2));
+    // Positive definite S1 (N > D, the usual case): with S1 = L L^T, the symmetric L^T S2 L is
+    // similar to S1 S2 and to S1^(1/2) S2 S1^(1/2), so its eigenvalues are the same, and a
+    // Cholesky factor costs a fraction of an eigendecomposition with vectors. The factor must
+    // be well conditioned for that; otherwise (singular or nearly so, e.g. N <= D) the
+    // eigendecomposition below handles the null space exactly.
+    if let Ok(llt) = m1.llt(Side::Lower) {
+        let l = llt.L();
+        let diag: Vec<f64> = (0..d).map(|i| l[(i, i)]).collect();
+        let (lo, hi) = diag.iter().fold((f64::INFINITY, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
+        if lo > 0.0 && hi / lo < 1e4 {
+            let t = &m2 * l;
+            let c = l.transpose() * &t;
+            let c = Mat::<f64>::from_fn(d, d, |i, j| 0.5 * (c[(i, j)] + c[(j, i)]));
+            let lambda = c.self_adjoint_eigenvalues(Side::Lower).ok()?;
+            let t: f64 = lambda.iter().map(|l| l.max(0.0).sqrt()).sum();
+            return t.is_finite().then_some(t);
+        }
+    }
     let e1 = m1.self_adjoint_eigen(Side::Lower).ok()?;
     let (u, w) = (e1.U(), e1.S().column_vector());
-    // S1^(1/2) = U diag(sqrt(max(w, 0))) U^T
-    let scaled = Mat::<f64>::from_fn(d, d, |i, j| u[(i, j)] * w[j].max(0.0).sqrt());
-    let root = &scaled * u.transpose();
-    let inner = &root * &m2 * &root;
-    let inner = Mat::<f64>::from_fn(d, d, |i, j| 0.5 * (inner[(i, j)] + inner[(j, i)]));
-    let lambda = inner.self_adjoint_eigenvalues(Side::Lower).ok()?;
+    let keep: Vec<usize> = (0..d).filter(|&j| w[j] > 0.0).collect();
+    if keep.is_empty() {
+        return Some(0.0);
+    }
+    let wm = Mat::<f64>::from_fn(d, keep.len(), |i, k| u[(i, keep[k])] * w[keep[k]].sqrt());
+    let t = &m2 * &wm;
+    let c = wm.transpose() * &t;
+    let n = keep.len();
+    let c = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (c[(i, j)] + c[(j, i)]));
+    let lambda = c.self_adjoint_eigenvalues(Side::Lower).ok()?;
     let t: f64 = lambda.iter().map(|l| l.max(0.0).sqrt()).sum();
     t.is_finite().then_some(t)
 }

@@ -6,7 +6,8 @@
 //! any batch split equal the single-pass ones up to f64 rounding. [`GaussianStats`] is the
 //! finished form (mean, covariance with N-1, count) that FD consumes and files store.
 
-use faer::Mat;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, Mat};
 
 use super::EvalError;
 
@@ -62,9 +63,30 @@ impl FeatureStats {
             }
         }
         mean.iter_mut().for_each(|m| *m /= b as f64);
-        let xc = Mat::<f64>::from_fn(b, d, |i, j| rows[i * d + j].into() - mean[j]);
-        let m = xc.transpose() * &xc;
-        let comoment: Vec<f64> = (0..d * d).map(|k| m[(k / d, k % d)]).collect();
+        // Centred rows, row-major like the input (a column-major copy would stride through it).
+        let centred: Vec<f64> = rows.iter().enumerate().map(|(k, v)| (*v).into() - mean[k % d]).collect();
+        let xc = faer::MatRef::from_row_major_slice(&centred, b, d);
+        // Xc^T Xc is symmetric: compute the lower triangle only (half the flops), then mirror.
+        let mut m = Mat::<f64>::zeros(d, d);
+        triangular::matmul(
+            m.as_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            xc.transpose(),
+            BlockStructure::Rectangular,
+            xc,
+            BlockStructure::Rectangular,
+            1.0,
+            faer::get_global_parallelism(),
+        );
+        let mut comoment = vec![0.0f64; d * d];
+        for j in 0..d {
+            for i in j..d {
+                let v = m[(i, j)];
+                comoment[i * d + j] = v;
+                comoment[j * d + i] = v;
+            }
+        }
         self.merge(&FeatureStats { dim: d, n: b as u64, mean, comoment })
     }
 
