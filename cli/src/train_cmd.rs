@@ -133,6 +133,21 @@ pub struct BenchTrainArgs {
     /// latent space and patch size (default: the config's 32-pixel images).
     #[arg(long)]
     image_tokens: Option<usize>,
+    /// Override the preset's width (hidden size).
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Override the preset's number of blocks.
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Override the preset's attention heads.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Override the preset's MLP ratio.
+    #[arg(long)]
+    mlp_ratio: Option<f64>,
+    /// Text tokens per sample (text.max_tokens; default 64).
+    #[arg(long)]
+    text_tokens: Option<usize>,
     /// Precision policy of every arm (fp32, bf16_mixed, bf16_stored); the bf16 arms keep
     /// their own. Default: fp32 on the CPU, bf16_mixed on CUDA.
     #[arg(long)]
@@ -244,6 +259,14 @@ pub fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
         }
         let mut cfg = TrainConfig::default();
         cfg.model.preset = a.preset.clone();
+        cfg.model.hidden = a.hidden;
+        cfg.model.depth = a.depth;
+        cfg.model.heads = a.heads;
+        cfg.model.mlp_ratio = a.mlp_ratio;
+        if let Some(t) = a.text_tokens {
+            cfg.text.max_tokens = t;
+        }
+        cfg.validate()?;
         cfg.train.batch_size = a.batch;
         cfg.optim.warmup_steps = 0;
         cfg.optim.lr = 1e-3;
