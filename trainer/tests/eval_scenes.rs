@@ -74,3 +74,25 @@ fn training_evaluates_at_the_end_with_protocols() {
     assert_eq!(lines.lines().count(), 2, "evaluations at steps 2 and 4");
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn rank_shards_merge_to_the_single_process_evaluation() {
+    use ablate_trainer::eval::suite::{EvalConfig, Evaluator};
+    let cfg = common::small_config();
+    let trainer = ablate_trainer::Trainer::new(cfg, &Device::Cpu).unwrap();
+    let ecfg = EvalConfig { samples: 7, sampler_steps: 2, ..EvalConfig::default() };
+    let dir = std::env::temp_dir().join(format!("ablate-eval-shards-{}", std::process::id()));
+    let ev = Evaluator::new(&ecfg, dir.clone(), &Device::Cpu).unwrap();
+    let one = ev.finish(0, ev.generated_shard(&trainer, 0, 1).unwrap(), 0.0).unwrap();
+    // Three ranks with uneven shares (3, 2, 2 images), merged in another order.
+    let mut merged = ev.generated_shard(&trainer, 2, 3).unwrap();
+    merged.merge(&ev.generated_shard(&trainer, 0, 3).unwrap()).unwrap();
+    merged.merge(&ev.generated_shard(&trainer, 1, 3).unwrap()).unwrap();
+    let three = ev.finish(0, merged, 0.0).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(1.0);
+    assert!(close(one.fd_scenes.value, three.fd_scenes.value), "{} vs {}", one.fd_scenes.value, three.fd_scenes.value);
+    assert!(close(one.mmd_scenes.value, three.mmd_scenes.value));
+    assert_eq!(one.composition, three.composition);
+    assert_eq!(one.fd_scenes.protocol, three.fd_scenes.protocol);
+    std::fs::remove_dir_all(&dir).ok();
+}
