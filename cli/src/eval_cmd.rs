@@ -20,8 +20,8 @@ pub enum EvalCmd {
         /// or $ABLATE_INCEPTION_WEIGHTS).
         #[arg(long)]
         weights: Option<PathBuf>,
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+        batch: u16,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -32,8 +32,8 @@ pub enum EvalCmd {
         out: PathBuf,
         #[arg(long)]
         weights: Option<PathBuf>,
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+        batch: u16,
     },
     /// Frechet distance between two feature matrices (.npy, N x D, f32 or f64).
     Fd {
@@ -125,8 +125,8 @@ pub fn eval(cmd: EvalCmd) -> anyhow::Result<()> {
     match cmd {
         EvalCmd::Fid { a, b, weights, batch, output } => {
             let mut net = None;
-            let (sa, da, pa) = stats_of(&a, &mut net, &weights, batch)?;
-            let (sb, db, pb) = stats_of(&b, &mut net, &weights, batch)?;
+            let (sa, da, pa) = stats_of(&a, &mut net, &weights, batch as usize)?;
+            let (sb, db, pb) = stats_of(&b, &mut net, &weights, batch as usize)?;
             if sa.dim() != FEATURE_DIM || sb.dim() != FEATURE_DIM {
                 bail!("FID compares 2048-d Inception pool features; got {} and {} dimensions (use `eval fd` for other features)", sa.dim(), sb.dim());
             }
@@ -157,7 +157,7 @@ pub fn eval(cmd: EvalCmd) -> anyhow::Result<()> {
         }
         EvalCmd::Stats { dir, out, weights, batch } => {
             let net = load_net(weights)?;
-            let s = folder_stats(&net, &dir, batch)?;
+            let s = folder_stats(&net, &dir, batch as usize)?;
             let protocol = Protocol {
                 metric: "fid".into(),
                 network: "pytorch-fid inception-v3 pool3".into(),

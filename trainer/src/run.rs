@@ -134,23 +134,31 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
     progress.started(first, total, trainer.param_count());
 
     let evaluator = if cfg.eval.samples > 0 {
-        Some(crate::eval::suite::Evaluator::new(&cfg.eval, opts.out.join("eval-cache"), &device).map_err(|e| TrainError::Data(format!("evaluation: {e}")))?)
+        Some(crate::eval::suite::Evaluator::new(&cfg.eval, cfg.latent.image_size, opts.out.join("eval-cache"), &device).map_err(|e| TrainError::Data(format!("evaluation: {e}")))?)
     } else {
         None
     };
     let eval_path = opts.out.join("eval.jsonl");
-    let mut final_eval = None;
+    let mut final_eval;
     let mut eval_seconds = 0.0;
     {
-        // Keep the evaluations of the steps the checkpoint covers; a resume redoes the rest.
-        let kept: String = std::fs::read_to_string(&eval_path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| serde_json::from_str::<crate::eval::suite::EvalReport>(l).is_ok_and(|r| r.step <= first))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        // Keep the evaluations of the steps the checkpoint covers (a resume redoes the rest);
+        // lines this version cannot read are kept as they are.
+        let text = match std::fs::read_to_string(&eval_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(TrainError::io(&eval_path, e)),
+        };
+        let step_of = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64());
+        let kept: Vec<&str> = text.lines().filter(|l| step_of(l).is_none_or(|s| s as usize <= first)).collect();
+        final_eval = kept
+            .iter()
+            .rev()
+            .find_map(|l| serde_json::from_str::<crate::eval::suite::EvalReport>(l).ok())
+            .filter(|r| r.step == total);
         if evaluator.is_some() || !kept.is_empty() {
-            write_atomic(&eval_path, kept.as_bytes())?;
+            let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+            write_atomic(&eval_path, body.as_bytes())?;
         }
     }
 
@@ -185,8 +193,17 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
         progress.step(&point, total);
         history.push(point);
         if let Some(ev) = evaluator.as_ref().filter(|_| cfg.eval.due(trainer.step, total)) {
+            // Checkpoint first: a failed evaluation must not cost training.
+            metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
+            trainer.save(&ckpt)?;
             progress.message(&format!("evaluating at step {} ({} samples)", trainer.step, cfg.eval.samples));
-            let report = ev.evaluate(&trainer)?;
+            let report = match ev.evaluate(&trainer) {
+                Ok(r) => r,
+                Err(e) => {
+                    progress.message(&format!("evaluation at step {} failed, training goes on: {e}", trainer.step));
+                    continue;
+                }
+            };
             progress.message(&format!(
                 "step {}: FD-scenes {:.3}, MMD {:.3}, accuracy {:.1}%{} ({:.0}s)",
                 report.step,

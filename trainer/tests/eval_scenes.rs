@@ -72,6 +72,15 @@ fn training_evaluates_at_the_end_with_protocols() {
     }
     let lines = std::fs::read_to_string(out.join("eval.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2, "evaluations at steps 2 and 4");
+    // Resuming a finished run keeps the evaluations and reports the last one.
+    let mut cfg = common::small_config();
+    cfg.train.steps = 4;
+    cfg.eval.samples = 6;
+    cfg.eval.every = 2;
+    cfg.eval.sampler_steps = 2;
+    let again = run(cfg, &RunOptions { out: out.clone(), resume: true, samples: false }, &mut NoProgress).unwrap();
+    assert_eq!(again.final_eval.map(|r| r.step), Some(4));
+    assert_eq!(std::fs::read_to_string(out.join("eval.jsonl")).unwrap(), lines);
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -82,7 +91,7 @@ fn rank_shards_merge_to_the_single_process_evaluation() {
     let trainer = ablate_trainer::Trainer::new(cfg, &Device::Cpu).unwrap();
     let ecfg = EvalConfig { samples: 7, sampler_steps: 2, ..EvalConfig::default() };
     let dir = std::env::temp_dir().join(format!("ablate-eval-shards-{}", std::process::id()));
-    let ev = Evaluator::new(&ecfg, dir.clone(), &Device::Cpu).unwrap();
+    let ev = Evaluator::new(&ecfg, 16, dir.clone(), &Device::Cpu).unwrap();
     let one = ev.finish(0, ev.generated_shard(&trainer, 0, 1).unwrap(), 0.0).unwrap();
     // Three ranks with uneven shares (3, 2, 2 images), merged in another order.
     let mut merged = ev.generated_shard(&trainer, 2, 3).unwrap();

@@ -62,12 +62,16 @@ pub fn load_stats(path: &Path) -> Result<(GaussianStats, Option<Protocol>), Eval
     } else {
         let t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| err(path, format!("not a statistics file: {e}")))?;
         let get = |k: &str| t.get(k).ok_or_else(|| err(path, format!("no `{k}` tensor: not an ablate statistics file")));
-        let n = get("n")?.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
-        let json = get("protocol")?.to_vec1::<u8>()?;
+        let n = get("n")?.to_dtype(DType::I64).and_then(|t| t.flatten_all()?.to_vec1::<i64>()).map_err(|e| err(path, format!("`n`: {e}")))?;
+        let n = match n.first() {
+            Some(&v) => Some(u64::try_from(v).map_err(|_| err(path, format!("`n` is {v}, not a sample count")))?),
+            None => return Err(err(path, "`n` is empty")),
+        };
+        let json = get("protocol")?.flatten_all().and_then(|t| t.to_vec1::<u8>()).map_err(|e| err(path, format!("`protocol` must be UTF-8 JSON bytes: {e}")))?;
         let protocol = if json.is_empty() { None } else { Some(serde_json::from_slice(&json).map_err(|e| err(path, format!("protocol: {e}")))?) };
-        (GaussianStats { mu: vec_f64(get("mu")?)?, sigma: vec_f64(get("sigma")?)?, n: n.first().map(|v| *v as u64) }, protocol)
+        (GaussianStats { mu: vec_f64(get("mu")?)?, sigma: vec_f64(get("sigma")?)?, n }, protocol)
     };
-    stats.validate(&path.display().to_string())?;
+    stats.validate(&path.display().to_string()).map_err(|e| err(path, e.to_string()))?;
     Ok((stats, protocol))
 }
 
@@ -81,7 +85,7 @@ pub fn stats_from_npy(path: &Path) -> Result<GaussianStats, EvalError> {
     let mut s = FeatureStats::new(d);
     s.add_rows(&vec_f64(&t)?).map_err(|e| err(path, e.to_string()))?;
     if n < 2 {
-        return Err(EvalError::TooFewSamples(n as u64));
+        return Err(err(path, format!("{n} feature rows: FD needs at least 2")));
     }
     s.finish()
 }

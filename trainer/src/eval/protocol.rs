@@ -57,7 +57,7 @@ impl Protocol {
             "{} with {} (weights sha256 {}), {} samples",
             self.metric,
             self.network,
-            &self.weights_sha256[..self.weights_sha256.len().min(12)],
+            self.weights_sha256.chars().take(12).collect::<String>(),
             self.samples
         );
         if let Some(st) = self.sampler_steps {

@@ -134,13 +134,16 @@ pub struct Evaluator {
     fid_unavailable: Option<String>,
     cache: ReferenceCache,
     device: Device,
+    /// Side of the generated images; the reference scenes are rendered at the same size.
+    image_size: usize,
 }
 
 const SCENE_RESIZE: &str = "bilinear to 32x32 (align_corners=false), [-1,1]";
 const FID_RESIZE: &str = "bilinear to 299x299 (align_corners=false, no antialias), [-1,1]";
 
 impl Evaluator {
-    pub fn new(cfg: &EvalConfig, cache_dir: PathBuf, device: &Device) -> Result<Self, EvalError> {
+    /// `image_size`: side of the images the model generates (`latent.image_size`).
+    pub fn new(cfg: &EvalConfig, image_size: usize, cache_dir: PathBuf, device: &Device) -> Result<Self, EvalError> {
         let scenes = SceneEvaluator::load(None, device)?;
         let (inception, fid_unavailable) = match cfg.fid {
             FidMode::Off => (None, Some("turned off (eval.fid = \"off\")".to_string())),
@@ -150,7 +153,7 @@ impl Evaluator {
                 Err(e) => return Err(e),
             },
         };
-        Ok(Self { cfg: cfg.clone(), scenes, inception, fid_unavailable, cache: ReferenceCache { dir: cache_dir }, device: device.clone() })
+        Ok(Self { cfg: cfg.clone(), scenes, inception, fid_unavailable, cache: ReferenceCache { dir: cache_dir }, device: device.clone(), image_size })
     }
 
     fn protocol(&self, metric: &str, network: &str, hash: &str, resize: &str) -> Protocol {
@@ -162,7 +165,7 @@ impl Evaluator {
             sampler_steps: Some(self.cfg.sampler_steps),
             guidance: Some(self.cfg.guidance),
             seed: Some(self.cfg.seed),
-            reference: format!("{} n={}", self.cfg.reference_name(), self.cfg.samples),
+            reference: format!("{} n={} at {}px", self.cfg.reference_name(), self.cfg.samples, self.image_size),
             resize: resize.into(),
         }
     }
@@ -211,14 +214,18 @@ impl Evaluator {
         Ok(shard)
     }
 
-    /// The reference renders (all N, on one rank): every run of the same protocol sees the same.
-    fn reference_shard(&self) -> Result<EvalShard, EvalError> {
+    /// The reference renders (all N, on one rank, at the generated size): every run of the same
+    /// protocol sees the same. Inception features only when asked (a reference-cache miss).
+    fn reference_shard(&self, with_inception: bool) -> Result<EvalShard, EvalError> {
         let mut shard = self.empty_shard();
+        if !with_inception {
+            shard.inception = None;
+        }
         let n = self.cfg.samples as u64;
         for start in (0..n).step_by(32) {
             let idx: Vec<u64> = (start..(start + 32).min(n)).collect();
             let scenes: Vec<(Scene, u64)> = idx.iter().map(|&i| (self.cfg.scene(i), self.cfg.seed ^ i)).collect();
-            let imgs = scenes::render_batch(&scenes, 32, &self.device)?;
+            let imgs = scenes::render_batch(&scenes, self.image_size, &self.device)?;
             self.add_images(&mut shard, &imgs, &idx, None)?;
         }
         Ok(shard)
@@ -226,7 +233,7 @@ impl Evaluator {
 
     /// Numbers from the merged shards of all ranks.
     pub fn finish(&self, step: usize, mut gen: EvalShard, seconds: f64) -> Result<EvalReport, EvalError> {
-        let reference = self.reference_shard()?;
+        let reference = self.reference_shard(false)?;
         let scene_p = |m: &str| self.protocol(m, scenes::NAME, &self.scenes.weights_hash, SCENE_RESIZE);
         let fd = frechet_distance(&gen.scene_stats.finish()?, &reference.scene_stats.finish()?)?;
         gen.embeddings.sort_by_key(|(i, _)| *i);
@@ -236,8 +243,9 @@ impl Evaluator {
         let fid = match (&self.inception, &gen.inception) {
             (Some(net), Some(g)) => {
                 let p = self.protocol("fid", "pytorch-fid inception-v3 pool3", &net.weights_hash, FID_RESIZE);
-                let reference_stats = self.cache.get_or_compute(&self.cfg.reference_name(), &net.weights_hash, self.cfg.samples as u64, &p, || {
-                    reference.inception.as_ref().expect("reference has Inception features when the network is loaded").finish()
+                let dataset = format!("{}-{}px", self.cfg.reference_name(), self.image_size);
+                let reference_stats = self.cache.get_or_compute(&dataset, &net.weights_hash, self.cfg.samples as u64, &p, || {
+                    self.reference_shard(true)?.inception.expect("Inception features were asked for").finish()
                 })?;
                 Some(Measured { value: frechet_distance(&g.finish()?, &reference_stats)?.value, protocol: p })
             }

@@ -99,8 +99,8 @@ impl SceneEvaluator {
 
     /// `images` (B, 3, S, S) in [0, 1] (validated by the caller), any S.
     pub fn outputs(&self, images: &Tensor) -> Result<Outputs> {
-        let (b, _, s, _) = images.dims4()?;
-        let x = if s == EVAL_SIZE {
+        let (b, _, h, w) = images.dims4()?;
+        let x = if (h, w) == (EVAL_SIZE, EVAL_SIZE) {
             images.clone()
         } else {
             let cpu = images.to_device(&Device::Cpu)?;
@@ -137,7 +137,8 @@ impl SceneEvaluator {
             .chunks(4)
             .zip(color.chunks(4))
             .map(|(s, c)| {
-                std::array::from_fn(|k| if s[k] == 0 { None } else { Some((s[k] as usize - 1, (c[k] as usize).max(1) - 1)) })
+                // An object whose colour head says "empty" gets a colour that matches nothing.
+                std::array::from_fn(|k| if s[k] == 0 { None } else { Some((s[k] as usize - 1, (c[k] as usize).checked_sub(1).unwrap_or(usize::MAX))) })
             })
             .collect();
         Ok(Readout { cells, style: style.into_iter().map(|v| v as usize).collect() })
