@@ -202,3 +202,22 @@ mod tests {
         assert!(memory(&Device::Cpu).is_none());
     }
 }
+
+/// Makes glibc's allocator keep freed memory for reuse instead of returning it to the kernel.
+///
+/// candle allocates a fresh buffer for every intermediate tensor; with glibc's defaults every
+/// buffer above 128 KiB (most activations) is a new `mmap`, so each training step page-faults,
+/// zeroes and unmaps its whole working set again (~10% of a CPU step in `perf`, with TLB
+/// shootdowns across threads). Raising the mmap threshold to its maximum (32 MiB) and the trim
+/// threshold keeps those pages in the heap. Measured on `ablate bench train --batch 32`
+/// (2 cores): 1736 -> 1622 ms and 1821 -> 1599 ms per step. Call once at start-up; a no-op
+/// where the C library is not glibc.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; called before threads allocate heavily.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}

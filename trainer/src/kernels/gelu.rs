@@ -10,10 +10,18 @@ const C: f32 = 0.797_884_6; // sqrt(2 / pi)
 const A: f32 = 0.044_715;
 const CHUNK: usize = 16_384;
 
+/// tanh through one `exp`: glibc's `tanhf` (via `expm1f`) took ~10% of a CPU training step.
+/// Absolute error at most 1.2e-7 (one ulp of 1.0), which is all GELU needs (its output is `0.5 a (1 + tanh)`).
+#[inline]
+fn fast_tanh(u: f32) -> f32 {
+    let e = (-2.0 * u.abs()).exp();
+    ((1.0 - e) / (1.0 + e)).copysign(u)
+}
+
 #[inline]
 fn gelu_and_grad(a: f32) -> (f32, f32) {
     let u = C * (a + A * a * a * a);
-    let t = u.tanh();
+    let t = fast_tanh(u);
     let g = 0.5 * a * (1.0 + t);
     let dg = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * C * (1.0 + 3.0 * A * a * a);
     (g, dg)
@@ -54,6 +62,15 @@ impl CustomOp2 for GatedGelu {
         });
         let dev = gate.device();
         Ok((Some(Tensor::from_vec(dg, gate.shape(), dev)?), Some(Tensor::from_vec(du, up.shape(), dev)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_tanh_is_within_one_ulp_of_one_of_tanh() {
+        let worst = (-200_000..=200_000).map(|i| i as f32 * 1e-4).map(|u| (super::fast_tanh(u) - u.tanh()).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1.2e-7, "{worst}"); // one ulp of 1.0
     }
 }
 
