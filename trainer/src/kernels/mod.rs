@@ -5,6 +5,7 @@
 //! contiguous f32 tensors on CPU and keeps the differentiable compositions for every other
 //! case (bf16, CUDA until CUDA kernels are added behind the same ops).
 
+pub mod attention;
 pub mod gelu;
 pub mod norm;
 pub mod rope;
@@ -60,6 +61,47 @@ mod tests {
         let y = f(&ts)?;
         let g = (&y * w)?.sum_all()?.backward()?;
         Ok((y, inputs.iter().map(|v| g.get(v.as_tensor()).unwrap().clone()).collect()))
+    }
+
+    #[test]
+    fn fused_attention_matches_composed() -> Result<()> {
+        use crate::model::layers::attention_composed;
+        let (b, h, nq, nk, dh) = (2, 3, 5, 7, 8);
+        let q = Var::from_tensor(&randn(&[b, h, nq, dh], 31, 1.0)?)?;
+        let k = Var::from_tensor(&randn(&[b, h, nk, dh], 32, 1.0)?)?;
+        let v = Var::from_tensor(&randn(&[b, h, nk, dh], 33, 1.0)?)?;
+        // padding bias: the last two keys of sample 1 masked
+        let mut bias = vec![0f32; b * nk];
+        bias[nk + 5] = -1e9;
+        bias[nk + 6] = -1e9;
+        let bias = Tensor::from_vec(bias, (b, 1, 1, nk), &Device::Cpu)?;
+        let w = randn(&[b, h, nq, dh], 34, 1.0)?;
+        let fused = |t: &[Tensor]| super::attention::attention(&t[0], &t[1], &t[2], Some(&bias)).map(|o| o.expect("shapes fit"));
+        let (yf, gf) = value_and_grads(fused, &[q.clone(), k.clone(), v.clone()], &w)?;
+        let (yc, gc) = value_and_grads(|t| attention_composed(&t[0], &t[1], &t[2], Some(&bias)), &[q.clone(), k.clone(), v.clone()], &w)?;
+        assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
+        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
+            assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
+        }
+        // masked keys get no gradient and no weight
+        let dk = gf[1].narrow(0, 1, 1)?.narrow(2, 5, 2)?;
+        assert_eq!(dk.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?, 0.0);
+        // a finite difference on one query element
+        let f = |qv: &Tensor| -> Result<f32> {
+            let o = super::attention::attention(qv, k.as_tensor(), v.as_tensor(), Some(&bias))?.expect("fits");
+            (o * &w)?.sum_all()?.to_scalar::<f32>()
+        };
+        let eps = 1e-2f32;
+        let mut qd = q.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let idx = 17;
+        qd[idx] += eps;
+        let plus = f(&Tensor::from_vec(qd.clone(), q.shape(), &Device::Cpu)?)?;
+        qd[idx] -= 2.0 * eps;
+        let minus = f(&Tensor::from_vec(qd, q.shape(), &Device::Cpu)?)?;
+        let fd = (plus - minus) / (2.0 * eps);
+        let an = gf[0].flatten_all()?.to_vec1::<f32>()?[idx];
+        assert!((fd - an).abs() < 2e-2 * an.abs().max(1.0), "finite difference {fd} vs analytic {an}");
+        Ok(())
     }
 
     #[test]

@@ -65,6 +65,16 @@ pub fn softmax_f32(x: &Tensor) -> Result<Tensor> {
 /// Multi-head attention. `q`: (B, H, Nq, Dh); `k`, `v`: (B, H, Nk, Dh); `bias`: additive,
 /// broadcastable to (B, H, Nq, Nk) (padding mask). Returns (B, H, Nq, Dh).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if crate::kernels::applies(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype() && bias.is_none_or(crate::kernels::applies) {
+        if let Some(out) = crate::kernels::attention::attention(q, k, v, bias)? {
+            return Ok(out);
+        }
+    }
+    attention_composed(q, k, v, bias)
+}
+
+/// The differentiable composition `attention` falls back to (and is tested against).
+pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dh = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
     let scores = match bias {
