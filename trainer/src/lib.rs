@@ -8,7 +8,7 @@
 //! - `model/`: the PRX-style denoiser (blocks, RoPE, adaLN-zero), the learned text encoder,
 //!   deterministic parameter creation.
 //! - `device`: the compute device (`cpu`, `cuda:N`), synchronisation, peak memory.
-//! - `kernels/`: fused CPU kernels with exact backward passes (attention, softmax, adaLN norm,
+//! - `kernels/`: fused CPU kernels with exact backward passes (attention, RMSNorm, softmax, adaLN norm,
 //!   RoPE, gated GELU).
 //! - `objective/`: flow matching, x-prediction, contrastive FM, REPA.
 //! - `routing/`: TREAD and SPRINT token routing.

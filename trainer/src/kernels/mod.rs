@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod gelu;
 pub mod norm;
+pub mod rms;
 pub mod rope;
 pub mod softmax;
 
@@ -101,6 +102,21 @@ mod tests {
         let fd = (plus - minus) / (2.0 * eps);
         let an = gf[0].flatten_all()?.to_vec1::<f32>()?[idx];
         assert!((fd - an).abs() < 2e-2 * an.abs().max(1.0), "finite difference {fd} vs analytic {an}");
+        Ok(())
+    }
+
+    #[test]
+    fn fused_rms_norm_matches_composed() -> Result<()> {
+        use crate::model::layers::rms_norm_composed;
+        let x = Var::from_tensor(&randn(&[2, 3, 5, 8], 41, 2.0)?)?;
+        let wt = Var::from_tensor(&(randn(&[8], 42, 0.3)? + 1.0)?)?;
+        let w = randn(&[2, 3, 5, 8], 43, 1.0)?;
+        let (yf, gf) = value_and_grads(|t| super::rms::rms_norm(&t[0], &t[1], 1e-6), &[x.clone(), wt.clone()], &w)?;
+        let (yc, gc) = value_and_grads(|t| rms_norm_composed(&t[0], &t[1], 1e-6), &[x, wt], &w)?;
+        assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
+        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
+            assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
+        }
         Ok(())
     }
 

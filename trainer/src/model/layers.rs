@@ -13,6 +13,14 @@ fn f32_of(x: &Tensor) -> Result<Tensor> {
 
 /// RMSNorm over the last dimension with a learned scale.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if crate::kernels::applies(x) && crate::kernels::applies(weight) && weight.rank() == 1 && x.dim(D::Minus1)? == weight.dim(0)? {
+        return crate::kernels::rms::rms_norm(x, weight, eps);
+    }
+    rms_norm_composed(x, weight, eps)
+}
+
+/// The differentiable composition `rms_norm` falls back to (and is tested against).
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dt = x.dtype();
     let x32 = f32_of(x)?;
     let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
