@@ -23,30 +23,25 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 import time
 import warnings
 
 import numpy as np
-from scipy import linalg
 
 
-def fd_local(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
-    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
-    diff = mu1 - mu2
-    with warnings.catch_warnings():  # scipy >= 1.16 deprecates `disp`; keep the same call
-        warnings.simplefilter("ignore", DeprecationWarning)
-        covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
-    if not np.isfinite(covmean).all():
-        print("fid calculation produces singular product; adding %s to diagonal of cov estimates" % eps)
-        off = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + off).dot(sigma2 + off))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError("Imaginary component %g" % np.max(np.abs(covmean.imag)))
-        covmean = covmean.real
-    return diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
+# The written-out pytorch-fid steps live with the fixture generator; one copy serves both.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "reference"))
+from fd_fixtures import fd_sqrtm_local  # noqa: E402
+
+
+def fd_local(mu1, sigma1, mu2, sigma2):
+    """fd_sqrtm_local, announcing an eps retry the way pytorch-fid does (on stdout)."""
+    fd, retry = fd_sqrtm_local(mu1, sigma1, mu2, sigma2)
+    if retry:
+        print("fid calculation produces singular product; adding 1e-06 to diagonal of cov estimates")
+    return fd
 
 
 def main():
