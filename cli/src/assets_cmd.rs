@@ -50,6 +50,15 @@ pub enum AssetsCmd {
     },
 }
 
+/// Writes trained weights atomically, creating the folder (the file the checkpoints use).
+fn save_weights(out: &std::path::Path, tensors: &std::collections::HashMap<String, candle_core::Tensor>) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    ablate_trainer::checkpoint::save_atomic(out, tensors)?;
+    Ok(())
+}
+
 pub fn assets(cmd: AssetsCmd) -> anyhow::Result<()> {
     match cmd {
         AssetsCmd::Fetch { name, out } => {
@@ -60,10 +69,7 @@ pub fn assets(cmd: AssetsCmd) -> anyhow::Result<()> {
             let out = out.unwrap_or_else(|| teacher_path(&name));
             let t0 = Instant::now();
             let (tensors, acc_shape, acc_color) = train_teacher(&name, seed, |step, loss| eprintln!("teacher {name}: step {step:>4}  loss {loss:.4}"))?;
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            ablate_trainer::checkpoint::save_atomic(&out, &tensors)?;
+            save_weights(&out, &tensors)?;
             println!(
                 "wrote {} in {:.0}s: held-out per-cell accuracy shape {:.1}%, colour {:.1}%",
                 out.display(),
@@ -82,10 +88,7 @@ pub fn assets(cmd: AssetsCmd) -> anyhow::Result<()> {
                 let (t, psnr) = train_ae(&name, seed, |step, loss| eprintln!("autoencoder {name}: step {step:>4}  mse {loss:.5}"))?;
                 (t, format!("held-out reconstruction PSNR {psnr:.2} dB"))
             };
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            ablate_trainer::checkpoint::save_atomic(&out, &tensors)?;
+            save_weights(&out, &tensors)?;
             println!("wrote {} in {:.0}s: {quality}", out.display(), t0.elapsed().as_secs_f64());
             Ok(())
         }
@@ -96,10 +99,7 @@ pub fn assets(cmd: AssetsCmd) -> anyhow::Result<()> {
             let (tensors, acc) = scenes::train::train_evaluator(seed, steps, batch, 2048, |step, loss| {
                 eprintln!("scene evaluator: step {step:>5}/{steps}  loss {loss:.4}  ({:.0}s)", t0.elapsed().as_secs_f64())
             })?;
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            ablate_trainer::checkpoint::save_atomic(&out, &tensors)?;
+            save_weights(&out, &tensors)?;
             println!(
                 "wrote {} in {:.0}s: held-out accuracy (2048 renders) shape {:.2}%, colour {:.2}%, position {:.2}%, count {:.2}%, style {:.2}%",
                 out.display(),
