@@ -50,6 +50,21 @@ pub enum Output {
     Json,
 }
 
+/// The protocol of a number computed from given images or features (no sampler involved).
+fn image_set_protocol(metric: impl Into<String>, network: impl Into<String>, weights_sha256: impl Into<String>, samples: u64, reference: String, resize: impl Into<String>) -> Protocol {
+    Protocol {
+        metric: metric.into(),
+        network: network.into(),
+        weights_sha256: weights_sha256.into(),
+        samples,
+        sampler_steps: None,
+        guidance: None,
+        seed: None,
+        reference,
+        resize: resize.into(),
+    }
+}
+
 const RESIZE: &str = "bilinear to 299x299 (align_corners=false, no antialias), [-1,1]";
 
 fn image_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -142,33 +157,13 @@ pub fn eval(cmd: EvalCmd) -> anyhow::Result<()> {
                 }
             }
             let fd = frechet_distance(&sa, &sb)?;
-            let protocol = Protocol {
-                metric: "fid".into(),
-                network: "pytorch-fid inception-v3 pool3".into(),
-                weights_sha256: hash,
-                samples: sa.n.unwrap_or(0),
-                sampler_steps: None,
-                guidance: None,
-                seed: None,
-                reference: format!("{db} (n={})", sb.n.map(|n| n.to_string()).unwrap_or_else(|| "unknown".into())),
-                resize: RESIZE.into(),
-            };
+            let protocol = image_set_protocol("fid", "pytorch-fid inception-v3 pool3", hash, sa.n.unwrap_or(0), format!("{db} (n={})", sb.n.map(|n| n.to_string()).unwrap_or_else(|| "unknown".into())), RESIZE);
             print_value("FID", fd.value, &protocol, &da, output, fd.eps_offset);
         }
         EvalCmd::Stats { dir, out, weights, batch } => {
             let net = load_net(weights)?;
             let s = folder_stats(&net, &dir, batch as usize)?;
-            let protocol = Protocol {
-                metric: "fid".into(),
-                network: "pytorch-fid inception-v3 pool3".into(),
-                weights_sha256: net.weights_hash.clone(),
-                samples: s.n.unwrap_or(0),
-                sampler_steps: None,
-                guidance: None,
-                seed: None,
-                reference: format!("folder {}", dir.display()),
-                resize: RESIZE.into(),
-            };
+            let protocol = image_set_protocol("fid", "pytorch-fid inception-v3 pool3", net.weights_hash.clone(), s.n.unwrap_or(0), format!("folder {}", dir.display()), RESIZE);
             save_stats(&out, &s, Some(&protocol))?;
             println!("wrote {} ({} images, 2048-d; {})", out.display(), s.n.unwrap_or(0), protocol.describe());
         }
@@ -177,17 +172,7 @@ pub fn eval(cmd: EvalCmd) -> anyhow::Result<()> {
             let sa = stats_from_npy(&features[0])?;
             let sb = stats_from_npy(&features[1])?;
             let fd = frechet_distance(&sa, &sb)?;
-            let protocol = Protocol {
-                metric: "fd".into(),
-                network: "features given".into(),
-                weights_sha256: "n/a".into(),
-                samples: sa.n.unwrap_or(0),
-                sampler_steps: None,
-                guidance: None,
-                seed: None,
-                reference: format!("{} (n={})", features[1].display(), sb.n.unwrap_or(0)),
-                resize: "n/a".into(),
-            };
+            let protocol = image_set_protocol("fd", "features given", "n/a", sa.n.unwrap_or(0), format!("{} (n={})", features[1].display(), sb.n.unwrap_or(0)), "n/a");
             print_value("FD", fd.value, &protocol, &features[0].display().to_string(), output, fd.eps_offset);
             eprintln!("computed in {:.2}s (features to number)", t0.elapsed().as_secs_f64());
         }
