@@ -1,6 +1,27 @@
 //! # ablate-coordinator
 //!
-//! Will own the gRPC services, the job/sweep state machine, the gang scheduler, the
-//! rendezvous service and the store (see docs/architecture.md). Not built yet: nothing in
-//! this crate runs today, and the CLI offers no coordinator command until it does.
-//! It must never depend on candle.
+//! Takes jobs, keeps cluster state, gang-schedules data-parallel jobs onto workers, runs
+//! the rendezvous and serves metrics. Never depends on candle.
+//!
+//! # Layout
+//! - `store/`: the etcd-shaped KV trait, its embedded redb backend, an in-memory one, and
+//!   the conformance tests every backend passes;
+//! - `scheduler`: the gang scheduler, a pure function over a cluster snapshot;
+//! - `core`: job state machine, worker registry, rendezvous tables, result collection;
+//! - `service`: the gRPC `JobService` and `WorkerService` over `core`;
+//! - `runs`: per-job metric and log files on the coordinator;
+//! - `metrics`: the Prometheus recorder and `/metrics` endpoint;
+//! - `server`: wires it all to listeners and a shutdown token;
+//! - `error`: `CoordinatorError` and its mapping to gRPC statuses.
+
+pub mod core;
+pub mod error;
+pub mod metrics;
+pub mod runs;
+pub mod scheduler;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use core::{Core, Options};
+pub use error::CoordinatorError;

@@ -1,13 +1,23 @@
 //! # ablate-proto
 //!
-//! Types shared by the coordinator, the workers and the CLI: typed ids and the protocol
-//! version. The gRPC services (`JobService`, `WorkerService`, package `ablate.v1`) land
-//! here with the distributed runtime; until then this crate holds only what exists.
+//! What the coordinator, the workers and the CLI share:
+//! - `v1`: the generated `ablate.v1` messages, `JobService` and `WorkerService` clients and
+//!   servers (proto/ablate/v1/ablate.proto, compiled by protox in build.rs);
+//! - `DESCRIPTOR_SET`: the encoded descriptors, for gRPC reflection;
+//! - typed ids and `PROTOCOL_VERSION`.
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of the coordinator <-> worker protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("ablate.v1");
+}
+
+/// The encoded `FileDescriptorSet` of ablate.v1 (for tonic-reflection).
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ablate_v1_descriptor.bin"));
 
 macro_rules! id {
     ($(#[$m:meta])* $name:ident) => {
@@ -38,3 +48,27 @@ pub struct Rank(pub u32);
 /// never join a newer group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Generation(pub u64);
+
+impl v1::JobState {
+    /// Succeeded, failed or cancelled: nothing more happens to the job.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    /// Lowercase name as users see it (`queued`, `running`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Queued => "queued",
+            Self::Scheduled => "scheduled",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Queued, Self::Scheduled, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled].into_iter().find(|x| x.label() == s)
+    }
+}

@@ -19,11 +19,14 @@
 //! - `teacher/`: frozen REPA teachers and their training.
 //! - `sample/`: Euler sampling with classifier-free guidance, PNG grids.
 //! - `checkpoint`: atomic safetensors checkpoints.
+//! - `collective`: the data-parallel group as a trait (implemented in ablate-worker) and the
+//!   gradient exchange built on it;
 //! - `train`: one rank's trainer; `run`: the single-process training loop with metrics,
 //!   checkpoints, resume and samples.
 //! - `rng`: the deterministic random streams everything draws from.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -58,6 +61,8 @@ pub enum TrainError {
     Data(String),
     #[error("cannot resume: {0}")]
     Resume(String),
+    #[error(transparent)]
+    Collective(collective::CollectiveError),
 }
 
 impl TrainError {

@@ -42,6 +42,9 @@ pub struct MetricPoint {
     pub step_seconds: f64,
     pub data_seconds: f64,
     pub compute_seconds: f64,
+    /// Gradient exchange (data parallelism); 0 on one rank.
+    #[serde(default)]
+    pub comm_seconds: f64,
     pub phase: String,
     /// Real samples skipped as unreadable so far.
     #[serde(default)]
@@ -56,6 +59,9 @@ pub trait Progress {
 }
 
 pub struct NoProgress;
+
+/// How long the other ranks wait for rank 0's evaluation.
+const EVAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
 impl Progress for NoProgress {}
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -98,13 +104,43 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions, progress: &mut dyn Progress) -> 
 
 /// `run` on `device` (the CPU or a CUDA device, see `crate::device::open`).
 pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &mut dyn Progress) -> Result<RunSummary, TrainError> {
+    run_distributed(cfg, opts, device, progress, &mut crate::collective::Solo)
+}
+
+/// One rank of a data-parallel run. `group.connect` is called once the model exists, with
+/// the parameter-layout hash (the rendezvous compares it across ranks). Rank 0 owns the run
+/// directory's checkpoint, evaluation and samples and is the source of truth on resume:
+/// its checkpoint (if any) is sent to every rank; the other ranks only train.
+pub fn run_distributed(
+    cfg: TrainConfig,
+    opts: &RunOptions,
+    device: &Device,
+    progress: &mut dyn Progress,
+    group: &mut dyn crate::collective::Collective,
+) -> Result<RunSummary, TrainError> {
     let device = device.clone();
+    let (rank, world) = (group.rank(), group.world());
+    let lead = rank == 0;
     std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::io(&opts.out, e))?;
     let cfg_path = opts.out.join("config.toml");
     let ckpt = opts.out.join("checkpoint.safetensors");
     let metrics_path = opts.out.join("metrics.jsonl");
     let mut trainer = Trainer::new(cfg.clone(), &device)?;
-    if opts.resume && ckpt.exists() {
+    trainer.rank = rank;
+    trainer.world = world;
+    group.connect(&crate::collective::params_hash(&trainer.params)).map_err(TrainError::Collective)?;
+    if !lead {
+        // rank 0's checkpoint, or nothing (a fresh start): then rank 0's initial weights
+        let mut bytes = Vec::new();
+        group.broadcast_bytes(&mut bytes, 0).map_err(TrainError::Collective)?;
+        if bytes.is_empty() {
+            crate::collective::broadcast_params(group, &trainer.params)?;
+            let _ = std::fs::remove_file(&ckpt);
+        } else {
+            write_atomic(&ckpt, &bytes)?;
+        }
+    }
+    if lead && opts.resume && ckpt.exists() {
         let stored = TrainConfig::load(&cfg_path)?;
         let mut a = stored.clone();
         let mut b = cfg.clone();
@@ -115,8 +151,17 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
         }
         trainer.load(&ckpt)?;
         progress.message(&format!("resumed from step {} ({})", trainer.step, ckpt.display()));
+    } else if !lead && ckpt.exists() {
+        trainer.load(&ckpt)?;
     } else if !opts.resume && ckpt.exists() {
         return Err(TrainError::Resume(format!("{} already holds a run; pass --resume to continue it or choose another --out", opts.out.display())));
+    }
+    if lead && world > 1 {
+        let mut bytes = if trainer.step > 0 { std::fs::read(&ckpt).map_err(|e| TrainError::io(&ckpt, e))? } else { Vec::new() };
+        group.broadcast_bytes(&mut bytes, 0).map_err(TrainError::Collective)?;
+        if bytes.is_empty() {
+            crate::collective::broadcast_params(group, &trainer.params)?;
+        }
     }
     write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
     let first = trainer.step;
@@ -133,7 +178,7 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
     let mut metrics_file = std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
     progress.started(first, total, trainer.param_count());
 
-    let evaluator = if cfg.eval.samples > 0 {
+    let evaluator = if cfg.eval.samples > 0 && lead {
         Some(crate::eval::suite::Evaluator::new(&cfg.eval, cfg.latent.image_size, opts.out.join("eval-cache"), &device).map_err(|e| TrainError::Data(format!("evaluation: {e}")))?)
     } else {
         None
@@ -162,7 +207,7 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
         }
     }
 
-    let spec = BatchSpec::new(&cfg, 0, 1).map_err(|e| TrainError::Data(e.to_string()))?;
+    let spec = BatchSpec::new(&cfg, rank, world).map_err(|e| TrainError::Data(e.to_string()))?;
     let loader = Loader::start(spec, first, total);
     let t0 = Instant::now();
     let mut trained_samples = 0usize;
@@ -171,10 +216,14 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
         let batch = loader.next().ok_or_else(|| TrainError::Resume("data loader stopped early".into()))?;
         let data_s = ts.elapsed().as_secs_f64();
         let tc = Instant::now();
-        let stats: StepStats = trainer.train_step(&batch)?;
-        let compute_s = tc.elapsed().as_secs_f64();
+        let (mut grads, mut stats) = trainer.compute_grads(&batch)?;
+        let tx = Instant::now();
+        crate::collective::exchange_grads(group, &trainer.params, &mut grads, &mut stats)?;
+        let comm_s = tx.elapsed().as_secs_f64();
+        let stats: StepStats = trainer.apply_grads(grads, stats)?;
+        let compute_s = tc.elapsed().as_secs_f64() - comm_s;
         let step_s = ts.elapsed().as_secs_f64();
-        trained_samples += batch.size;
+        trained_samples += batch.size * world;
         let point = MetricPoint {
             step: stats.step,
             loss: stats.loss,
@@ -182,22 +231,31 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
             repa: stats.repa,
             grad_norm: stats.grad_norm,
             lr: stats.lr,
-            samples_per_sec: batch.size as f64 / step_s,
+            samples_per_sec: (batch.size * world) as f64 / step_s,
             step_seconds: step_s,
             data_seconds: data_s,
             compute_seconds: compute_s,
+            comm_seconds: comm_s,
             phase: cfg.data.phase_at(stats.step).source.name().to_string(),
             skipped_samples: batch.skipped,
         };
         writeln!(metrics_file, "{}", serde_json::to_string(&point).expect("metric serialises")).map_err(|e| TrainError::io(&metrics_path, e))?;
         progress.step(&point, total);
         history.push(point);
+        if world > 1 && !lead && cfg.eval.samples > 0 && cfg.eval.due(trainer.step, total) {
+            // rank 0 evaluates alone; wait for it (a dead rank 0 still fails this at once)
+            group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
+        }
         if let Some(ev) = evaluator.as_ref().filter(|_| cfg.eval.due(trainer.step, total)) {
             // Checkpoint first: a failed evaluation must not cost training.
             metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
             trainer.save(&ckpt)?;
             progress.message(&format!("evaluating at step {} ({} samples)", trainer.step, cfg.eval.samples));
-            let report = match ev.evaluate(&trainer) {
+            let result = ev.evaluate(&trainer);
+            if world > 1 {
+                group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
+            }
+            let report = match result {
                 Ok(r) => r,
                 Err(e) => {
                     progress.message(&format!("evaluation at step {} failed, training goes on: {e}", trainer.step));
@@ -219,16 +277,18 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
             final_eval = Some(report);
         }
         let every = cfg.train.checkpoint_every;
-        if every > 0 && trainer.step % every == 0 && trainer.step < total {
+        if lead && every > 0 && trainer.step % every == 0 && trainer.step < total {
             metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
             trainer.save(&ckpt)?;
         }
     }
     metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
-    trainer.save(&ckpt)?;
+    if lead {
+        trainer.save(&ckpt)?;
+    }
     // Training time only: evaluation is reported separately.
     let wall = t0.elapsed().as_secs_f64() - eval_seconds;
-    if opts.samples {
+    if opts.samples && lead {
         progress.message("sampling");
         let prompts = sample_prompts(&cfg, cfg.sample.count);
         let imgs = trainer.sample(&prompts, cfg.sample.seed, cfg.sample.steps, cfg.sample.guidance)?;

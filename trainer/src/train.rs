@@ -58,7 +58,10 @@ pub struct Trainer {
     ema: Option<Ema>,
     pub step: usize,
     pub tokenizer: Tokenizer,
+    /// This rank and the group size: with the batch they fix which global samples (and so
+    /// which noise) a step sees.
     pub rank: usize,
+    pub world: usize,
 }
 
 impl Trainer {
@@ -86,7 +89,7 @@ impl Trainer {
         let params = crate::optim::trainable(&varmap);
         let opt = Optimizer::new(&cfg.optim, params.clone())?;
         let ema = if cfg.optim.ema_decay > 0.0 { Some(Ema::new(cfg.optim.ema_decay, &params)?) } else { None };
-        Ok(Self { cfg, device: device.clone(), policy, varmap, params, text, denoiser, projector, teacher, latent, opt, ema, step: 0, tokenizer, rank: 0 })
+        Ok(Self { cfg, device: device.clone(), policy, varmap, params, text, denoiser, projector, teacher, latent, opt, ema, step: 0, tokenizer, rank: 0, world: 1 })
     }
 
     pub fn param_count(&self) -> usize {
@@ -146,9 +149,21 @@ impl Trainer {
         };
         // REPA-E: the diffusion loss must not reach the autoencoder (stop-gradient)
         let x0 = if end_to_end { z.detach() } else { z.clone() };
-        let mut rng = Rng::derive(cfg.seed, &[0x57e9, step as u64, self.rank as u64]);
-        let eps = Tensor::from_vec(rng.normal_vec(x0.elem_count()), x0.shape(), &self.device)?;
-        let t = Tensor::from_vec(cfg.objective.timesteps.sample(&mut rng, b), b, &self.device)?;
+        // Noise and timestep per global sample (the loader's numbering), so W ranks x batch b
+        // draw exactly what one rank x batch W*b draws: data parallelism changes nothing.
+        let per_sample = x0.elem_count() / b.max(1);
+        let mut eps = Vec::with_capacity(x0.elem_count());
+        let mut ts = Vec::with_capacity(b);
+        for i in 0..b {
+            let global = ((step * self.world + self.rank) * b + i) as u64;
+            let mut r = Rng::derive(cfg.seed, &[0x57e9, global]);
+            eps.extend(r.normal_vec(per_sample));
+            ts.extend(cfg.objective.timesteps.sample(&mut r, 1));
+        }
+        let eps = Tensor::from_vec(eps, x0.shape(), &self.device)?;
+        let t = Tensor::from_vec(ts, b, &self.device)?;
+        // routing draws stay per rank
+        let mut rng = Rng::derive(cfg.seed, &[0x7ead, step as u64, self.rank as u64]);
         let xt = interpolate(&z, &eps, &t)?;
         let (txt, txt_lens) = self.text_features(&batch.captions, Some((&batch.ids, &batch.lens)))?;
         let tokens = (cfg.latent_size() / self.denoiser.cfg.patch).pow(2);

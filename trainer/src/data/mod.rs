@@ -198,9 +198,10 @@ impl BatchSpec {
         let mut ids = Vec::with_capacity(self.batch * self.max_tokens);
         let mut lens = Vec::with_capacity(self.batch);
         let mut captions = Vec::with_capacity(self.batch);
-        let mut rng = Rng::derive(self.run_seed, &[0xda7a, step as u64, self.rank as u64]);
         for i in 0..self.batch {
             let global = ((step * self.world + self.rank) * self.batch + i) as u64;
+            // caption choices and dropout per global sample: independent of the world size
+            let mut rng = Rng::derive(self.run_seed, &[0xda7a, global]);
             let caption = match (phase.source.style(), &self.real[pi]) {
                 (Some(style), _) => {
                     let index = global % self.data.dataset_size;
@@ -296,6 +297,7 @@ mod tests {
         big.batch = 8;
         let c = big.make(3, &tok);
         assert_eq!(&c.images[c.images.len() / 2..], &b.images[..]);
+        assert_eq!(&c.captions[4..], &b.captions[..]);
     }
 
     #[test]

@@ -1,0 +1,477 @@
+//! The coordinator's state and every operation on it, synchronous and free of gRPC (the
+//! services in `service.rs` translate). Jobs are cached in memory and written through to
+//! the store on every change; workers, rendezvous tables and step counters live in memory
+//! only (they are rebuilt from heartbeats after a restart).
+//!
+//! Job states: queued -> scheduled (placed, ranks launching) -> running (every rank
+//! reported alive) -> succeeded | failed | cancelled. A lost worker sends the job back to
+//! queued with the next generation (up to `max_restarts`, not counted against the user);
+//! a rank's own failure fails the job with the rank's reason.
+
+use ablate_proto::v1::{self, JobState};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::CoordinatorError;
+use crate::runs::Runs;
+use crate::scheduler::{self, Pending, WorkerSlots};
+use crate::store::{Compare, Kv, Op};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub heartbeat: Duration,
+    /// A worker silent this long is lost.
+    pub worker_expiry: Duration,
+    pub max_restarts: u32,
+    pub runs_dir: std::path::PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { heartbeat: Duration::from_millis(500), worker_expiry: Duration::from_secs(10), max_restarts: 3, runs_dir: "ablate-runs".into() }
+    }
+}
+
+pub(crate) struct WorkerEntry {
+    pub reg: v1::Registration,
+    pub last_seen: Instant,
+    pub alive: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    addresses: Vec<Option<(String, String)>>,
+    opened: Option<Instant>,
+}
+
+struct Inner {
+    jobs: BTreeMap<String, v1::Job>,
+    next_sequence: u64,
+    workers: BTreeMap<String, WorkerEntry>,
+    rendezvous: HashMap<(String, u64), Table>,
+    /// When each job was last queued (for the queue-wait histogram).
+    queued_at: HashMap<String, Instant>,
+}
+
+pub struct Core {
+    store: Arc<dyn Kv>,
+    pub opts: Options,
+    inner: Mutex<Inner>,
+    runs: Runs,
+    started: Instant,
+    /// (job id, event) for watchers.
+    pub events: tokio::sync::broadcast::Sender<(String, v1::JobEvent)>,
+    pub rendezvous_changed: tokio::sync::Notify,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+const JOBS: &str = "jobs/";
+
+impl Core {
+    /// Loads every stored job: queued ones stay queued, placed ones wait for their workers
+    /// to re-attach through heartbeats.
+    pub fn open(store: Arc<dyn Kv>, opts: Options) -> Result<Self, CoordinatorError> {
+        let mut jobs = BTreeMap::new();
+        for e in store.range(JOBS)? {
+            let job = v1::Job::decode(e.value.as_slice()).map_err(|err| crate::store::StoreError::Backend { op: "decode job", key: e.key.clone(), message: err.to_string() })?;
+            jobs.insert(job.id.clone(), job);
+        }
+        let next_sequence = jobs.values().map(|j| j.sequence).max().unwrap_or(0) + 1;
+        let queued_at = jobs.values().filter(|j| j.state() == JobState::Queued).map(|j| (j.id.clone(), Instant::now())).collect();
+        let (events, _) = tokio::sync::broadcast::channel(4096);
+        Ok(Self {
+            store,
+            runs: Runs::new(opts.runs_dir.clone()),
+            opts,
+            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at }),
+            started: Instant::now(),
+            events,
+            rendezvous_changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("coordinator state lock")
+    }
+
+    fn persist(&self, job: &v1::Job) -> Result<(), CoordinatorError> {
+        self.store.put(&format!("{JOBS}{}", job.id), &job.encode_to_vec())?;
+        let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::State(job.clone())) }));
+        crate::metrics::job_state_changed(job);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ user operations
+
+    pub fn submit(&self, req: v1::SubmitJobRequest) -> Result<v1::Job, CoordinatorError> {
+        if req.world_size == 0 {
+            return Err(CoordinatorError::InvalidJob("world_size must be at least 1".into()));
+        }
+        let cfg: toml::Value = toml::from_str(&req.config_toml).map_err(|e| CoordinatorError::InvalidJob(format!("config_toml: {e}")))?;
+        let total_steps = cfg.get("train").and_then(|t| t.get("steps")).and_then(|s| s.as_integer()).unwrap_or(0).max(0) as u64;
+        let mut g = self.lock();
+        let seq = g.next_sequence;
+        let id = format!("j{seq:06}");
+        let job = v1::Job {
+            id: id.clone(),
+            name: if req.name.is_empty() { id.clone() } else { req.name },
+            state: JobState::Queued as i32,
+            world_size: req.world_size,
+            priority: req.priority,
+            sweep: req.sweep,
+            arm: req.arm,
+            submitted_unix_ms: now_ms(),
+            total_steps,
+            config_toml: req.config_toml,
+            sequence: seq,
+            max_restarts: self.opts.max_restarts,
+            ..Default::default()
+        };
+        // create-if-absent: a second coordinator on the same store can never overwrite a job
+        let t = self.store.txn(&[Compare::Exists(format!("{JOBS}{id}"), false)], &[Op::Put(format!("{JOBS}{id}"), job.encode_to_vec())], &[])?;
+        if !t.succeeded {
+            return Err(CoordinatorError::InvalidJob(format!("job id {id} is taken in the store (another coordinator?)")));
+        }
+        g.next_sequence += 1;
+        g.jobs.insert(id.clone(), job.clone());
+        g.queued_at.insert(id, Instant::now());
+        drop(g);
+        let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::State(job.clone())) }));
+        crate::metrics::job_state_changed(&job);
+        Ok(job)
+    }
+
+    pub fn get(&self, id: &str) -> Result<v1::Job, CoordinatorError> {
+        self.lock().jobs.get(id).cloned().ok_or_else(|| CoordinatorError::NoJob(id.into()))
+    }
+
+    pub fn list(&self, states: &[JobState], sweep: &str) -> Vec<v1::Job> {
+        self.lock().jobs.values().filter(|j| states.is_empty() || states.contains(&j.state())).filter(|j| sweep.is_empty() || j.sweep == sweep).cloned().collect()
+    }
+
+    pub fn cancel(&self, id: &str, reason: &str) -> Result<v1::Job, CoordinatorError> {
+        let mut g = self.lock();
+        let job = g.jobs.get_mut(id).ok_or_else(|| CoordinatorError::NoJob(id.into()))?;
+        if job.state().is_terminal() {
+            return Err(CoordinatorError::WrongState { job: id.into(), state: job.state().label(), what: "it cannot be cancelled" });
+        }
+        finish(job, JobState::Cancelled, if reason.is_empty() { "cancelled by user" } else { reason });
+        let job = job.clone();
+        self.persist(&job)?;
+        Ok(job)
+    }
+
+    pub fn metrics(&self, id: &str, from: u64) -> Result<Vec<v1::MetricPoint>, CoordinatorError> {
+        self.get(id)?;
+        self.runs.metrics(id, from)
+    }
+
+    pub fn logs(&self, id: &str, from: u64) -> Result<(Vec<String>, u64), CoordinatorError> {
+        self.get(id)?;
+        self.runs.logs(id, from)
+    }
+
+    pub fn workers(&self) -> Vec<v1::WorkerInfo> {
+        let g = self.lock();
+        g.workers
+            .values()
+            .map(|w| {
+                let busy = busy_slots(&g.jobs).iter().filter(|(wid, _)| *wid == w.reg.worker_id).count() as u32;
+                v1::WorkerInfo { registration: Some(w.reg.clone()), alive: w.alive, last_heartbeat_ms_ago: w.last_seen.elapsed().as_millis() as u64, busy_slots: busy }
+            })
+            .collect()
+    }
+
+    // ------------------------------------------------------------ worker operations
+
+    fn check_protocol(reg: &v1::Registration) -> Result<(), CoordinatorError> {
+        if reg.protocol_version != ablate_proto::PROTOCOL_VERSION {
+            return Err(CoordinatorError::Protocol { worker: reg.worker_id.clone(), got: reg.protocol_version, want: ablate_proto::PROTOCOL_VERSION });
+        }
+        if reg.worker_id.is_empty() {
+            return Err(CoordinatorError::InvalidJob("registration without worker_id".into()));
+        }
+        Ok(())
+    }
+
+    pub fn register(&self, reg: v1::Registration) -> Result<(), CoordinatorError> {
+        Self::check_protocol(&reg)?;
+        let mut g = self.lock();
+        g.workers.insert(reg.worker_id.clone(), WorkerEntry { reg, last_seen: Instant::now(), alive: true });
+        Ok(())
+    }
+
+    /// Records the worker's liveness and running ranks; answers with what it must run.
+    pub fn heartbeat(&self, reg: v1::Registration, running: &[v1::RunningRank]) -> Result<Vec<v1::Assignment>, CoordinatorError> {
+        Self::check_protocol(&reg)?;
+        let wid = reg.worker_id.clone();
+        let mut changed = Vec::new();
+        let mut g = self.lock();
+        g.workers.insert(wid.clone(), WorkerEntry { reg, last_seen: Instant::now(), alive: true });
+        for r in running {
+            if let Some(job) = g.jobs.get_mut(&r.job_id) {
+                if job.generation != r.generation || job.state().is_terminal() {
+                    continue;
+                }
+                job.step = job.step.max(r.step);
+                if let Some(p) = job.placement.iter_mut().find(|p| p.rank == r.rank && p.worker_id == wid) {
+                    if p.pid != r.pid {
+                        p.pid = r.pid;
+                        changed.push(job.id.clone());
+                    }
+                }
+                if job.state() == JobState::Scheduled && job.placement.iter().all(|p| p.pid != 0) {
+                    job.state = JobState::Running as i32;
+                    job.started_unix_ms = now_ms();
+                    changed.push(job.id.clone());
+                }
+            }
+        }
+        let assignments = g
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state(), JobState::Scheduled | JobState::Running))
+            .flat_map(|j| {
+                j.placement.iter().filter(|p| p.worker_id == wid && !j.ranks_done.get(p.rank as usize).copied().unwrap_or(false)).map(move |p| v1::Assignment {
+                    job_id: j.id.clone(),
+                    generation: j.generation,
+                    rank: p.rank,
+                    world_size: j.world_size,
+                    slot: p.slot,
+                    config_toml: j.config_toml.clone(),
+                    sweep: j.sweep.clone(),
+                    arm: j.arm.clone(),
+                })
+            })
+            .collect();
+        changed.sort();
+        changed.dedup();
+        let jobs: Vec<v1::Job> = changed.iter().filter_map(|id| g.jobs.get(id).cloned()).collect();
+        drop(g);
+        for j in &jobs {
+            self.persist(j)?;
+        }
+        Ok(assignments)
+    }
+
+    fn current(&self, g: &Inner, job: &str, generation: u64) -> Result<v1::Job, CoordinatorError> {
+        let j = g.jobs.get(job).ok_or_else(|| CoordinatorError::NoJob(job.into()))?;
+        if j.generation != generation {
+            return Err(CoordinatorError::StaleGeneration { job: job.into(), got: generation, current: j.generation });
+        }
+        if j.state().is_terminal() {
+            return Err(CoordinatorError::WrongState { job: job.into(), state: j.state().label(), what: "its ranks must stop" });
+        }
+        Ok(j.clone())
+    }
+
+    pub fn rendezvous_publish(&self, r: v1::RendezvousPublishRequest) -> Result<(), CoordinatorError> {
+        let mut g = self.lock();
+        let job = self.current(&g, &r.job_id, r.generation)?;
+        let world = job.world_size as usize;
+        if r.rank as usize >= world {
+            return Err(CoordinatorError::Rendezvous { job: r.job_id, generation: r.generation, message: format!("rank {} outside world size {world}", r.rank) });
+        }
+        let t = g.rendezvous.entry((r.job_id.clone(), r.generation)).or_default();
+        t.addresses.resize(world, None);
+        t.opened.get_or_insert_with(Instant::now);
+        if let Some((_, other)) = t.addresses.iter().flatten().find(|(_, h)| *h != r.params_hash) {
+            return Err(CoordinatorError::Rendezvous {
+                job: r.job_id,
+                generation: r.generation,
+                message: format!("rank {} has parameter layout {} but the group has {other}: the ranks run different configs or versions", r.rank, r.params_hash),
+            });
+        }
+        t.addresses[r.rank as usize] = Some((r.address, r.params_hash));
+        if t.addresses.iter().all(|a| a.is_some()) {
+            if let Some(opened) = t.opened {
+                crate::metrics::rendezvous_done(opened.elapsed());
+            }
+        }
+        drop(g);
+        self.rendezvous_changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Every rank's address once all published, else None (the caller waits and retries).
+    pub fn rendezvous_table(&self, job: &str, generation: u64) -> Result<Result<Vec<String>, usize>, CoordinatorError> {
+        let g = self.lock();
+        self.current(&g, job, generation)?;
+        let Some(t) = g.rendezvous.get(&(job.to_string(), generation)) else { return Ok(Err(0)) };
+        let present = t.addresses.iter().filter(|a| a.is_some()).count();
+        if present == t.addresses.len() && present > 0 {
+            Ok(Ok(t.addresses.iter().map(|a| a.as_ref().expect("all present").0.clone()).collect()))
+        } else {
+            Ok(Err(present))
+        }
+    }
+
+    pub fn report_metrics(&self, r: v1::ReportMetricsRequest) -> Result<(), CoordinatorError> {
+        let job = {
+            let mut g = self.lock();
+            let Some(j) = g.jobs.get_mut(&r.job_id) else { return Err(CoordinatorError::NoJob(r.job_id)) };
+            if let Some(last) = r.points.last() {
+                if j.generation == r.generation {
+                    j.step = j.step.max(last.step + 1);
+                }
+            }
+            j.clone()
+        };
+        if !r.points.is_empty() {
+            self.runs.append_metrics(&r.job_id, &r.points)?;
+            crate::metrics::job_points(&job, &r.points);
+            for p in &r.points {
+                let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::Metric(*p)) }));
+            }
+        }
+        if !r.log_lines.is_empty() {
+            self.runs.append_logs(&r.job_id, &r.log_lines)?;
+        }
+        Ok(())
+    }
+
+    pub fn report_completion(&self, r: v1::ReportCompletionRequest) -> Result<(), CoordinatorError> {
+        let mut g = self.lock();
+        let Some(job) = g.jobs.get_mut(&r.job_id) else { return Err(CoordinatorError::NoJob(r.job_id)) };
+        if job.generation != r.generation || job.state().is_terminal() {
+            // a late report of a finished or restarted generation: keep it in the log only
+            let line = format!("[coordinator] late report from rank {} (generation {}): {}", r.rank, r.generation, if r.success { "succeeded" } else { &r.reason });
+            drop(g);
+            return self.runs.append_logs(&r.job_id, &[line]);
+        }
+        let world = job.world_size as usize;
+        if !r.success {
+            let reason = format!("rank {} on worker {}: {}", r.rank, r.worker_id, r.reason);
+            finish(job, JobState::Failed, &reason);
+        } else {
+            job.ranks_done.resize(world, false);
+            let res = job.result.get_or_insert_with(Default::default);
+            res.rank_checksums.resize(world, f64::NAN);
+            res.rank_checksums[r.rank as usize] = r.checksum;
+            if r.rank == 0 {
+                if let Some(mine) = r.result {
+                    let sums = std::mem::take(&mut res.rank_checksums);
+                    *res = v1::JobResult { rank_checksums: sums, ..mine };
+                }
+            }
+            job.ranks_done[r.rank as usize] = true;
+            if job.ranks_done.iter().all(|d| *d) {
+                let sums = &job.result.as_ref().expect("set above").rank_checksums;
+                if sums.windows(2).all(|w| w[0] == w[1]) {
+                    finish(job, JobState::Succeeded, "");
+                } else {
+                    let reason = format!("ranks finished with different parameters (checksums {sums:?}): data parallelism broke");
+                    finish(job, JobState::Failed, &reason);
+                }
+            }
+        }
+        let job = job.clone();
+        drop(g);
+        self.persist(&job)
+    }
+
+    // ------------------------------------------------------------ the periodic pass
+
+    /// Expires silent workers (their jobs restart or fail), then places queued jobs.
+    pub fn tick(&self) -> Result<(), CoordinatorError> {
+        let mut changed = Vec::new();
+        let mut g = self.lock();
+        let expiry = self.opts.worker_expiry;
+        for w in g.workers.values_mut() {
+            if w.alive && w.last_seen.elapsed() > expiry {
+                w.alive = false;
+                tracing::warn!(worker = %w.reg.worker_id, "worker lost: no heartbeat for {:?}", expiry);
+            }
+        }
+        let alive: Vec<String> = g.workers.values().filter(|w| w.alive).map(|w| w.reg.worker_id.clone()).collect();
+        // after a coordinator restart, workers get one expiry period to re-attach
+        let grace_over = self.started.elapsed() > expiry;
+        let mut requeued = Vec::new();
+        for job in g.jobs.values_mut() {
+            if !matches!(job.state(), JobState::Scheduled | JobState::Running) {
+                continue;
+            }
+            let lost: Vec<String> = job.placement.iter().filter(|p| !alive.contains(&p.worker_id)).map(|p| p.worker_id.clone()).collect();
+            if lost.is_empty() || !grace_over {
+                continue;
+            }
+            let why = format!("worker {} lost (no heartbeat for {:?})", lost[0], expiry);
+            if job.restarts < job.max_restarts {
+                job.restarts += 1;
+                job.state = JobState::Queued as i32;
+                job.placement.clear();
+                job.ranks_done.clear();
+                job.reason = format!("restart {} of {}: {why}", job.restarts, job.max_restarts);
+                requeued.push(job.id.clone());
+            } else {
+                finish(job, JobState::Failed, &format!("{why}; no restarts left ({} used)", job.restarts));
+            }
+            changed.push(job.id.clone());
+        }
+        for id in requeued {
+            g.queued_at.insert(id, Instant::now());
+        }
+        // place queued jobs on the free slots of live workers
+        let busy = busy_slots(&g.jobs);
+        let mut slots = Vec::new();
+        for w in g.workers.values().filter(|w| w.alive) {
+            let mut by_kind: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+            for d in &w.reg.devices {
+                if !busy.contains(&(w.reg.worker_id.clone(), d.index)) {
+                    by_kind.entry(d.kind).or_default().push(d.index);
+                }
+            }
+            slots.extend(by_kind.into_iter().map(|(kind, free)| WorkerSlots { worker: w.reg.worker_id.clone(), kind, free }));
+        }
+        let queue: Vec<Pending> =
+            g.jobs.values().filter(|j| j.state() == JobState::Queued).map(|j| Pending { job: j.id.clone(), priority: j.priority, sequence: j.sequence, world: j.world_size }).collect();
+        for p in scheduler::schedule(&slots, &queue) {
+            let waited = g.queued_at.remove(&p.job);
+            let job = g.jobs.get_mut(&p.job).expect("queued job exists");
+            job.generation += 1;
+            job.state = JobState::Scheduled as i32;
+            job.ranks_done = vec![false; job.world_size as usize];
+            job.result = None;
+            job.placement = p.ranks.iter().enumerate().map(|(r, (w, s))| v1::RankPlacement { rank: r as u32, worker_id: w.clone(), slot: *s, pid: 0 }).collect();
+            if let Some(t) = waited {
+                crate::metrics::queue_wait(t.elapsed());
+            }
+            changed.push(p.job.clone());
+        }
+        // rendezvous tables of generations that are over
+        let live: Vec<(String, u64)> = g.jobs.values().filter(|j| !j.state().is_terminal()).map(|j| (j.id.clone(), j.generation)).collect();
+        g.rendezvous.retain(|k, _| live.contains(k));
+        let jobs: Vec<v1::Job> = changed.iter().filter_map(|id| g.jobs.get(id).cloned()).collect();
+        let counts = state_counts(&g.jobs);
+        let workers = (g.workers.values().filter(|w| w.alive).count(), g.workers.values().filter(|w| !w.alive).count());
+        drop(g);
+        for j in &jobs {
+            self.persist(j)?;
+        }
+        crate::metrics::cluster(&counts, workers);
+        Ok(())
+    }
+}
+
+fn finish(job: &mut v1::Job, state: JobState, reason: &str) {
+    job.state = state as i32;
+    job.reason = reason.to_string();
+    job.finished_unix_ms = now_ms();
+}
+
+/// (worker, slot) pairs held by placed jobs.
+fn busy_slots(jobs: &BTreeMap<String, v1::Job>) -> Vec<(String, u32)> {
+    jobs.values().filter(|j| matches!(j.state(), JobState::Scheduled | JobState::Running)).flat_map(|j| j.placement.iter().map(|p| (p.worker_id.clone(), p.slot))).collect()
+}
+
+fn state_counts(jobs: &BTreeMap<String, v1::Job>) -> Vec<(JobState, usize)> {
+    [JobState::Queued, JobState::Scheduled, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled]
+        .into_iter()
+        .map(|s| (s, jobs.values().filter(|j| j.state() == s).count()))
+        .collect()
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics through the `metrics` facade. Names follow
+//! `ablate_<subsystem>_<name>_<unit>`; labels are bounded (job, sweep, arm: one series per
+//! job, dropped an hour after its last update; never step or rank); histograms have
+//! explicit buckets. `serve` answers `GET /metrics` (and `/healthz`) on its own listener.
+
+use ablate_proto::v1::{self, JobState};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same handle).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .expect("bucket list is not empty")
+                .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(Duration::from_secs(3600)))
+                .build_recorder();
+            let handle = recorder.handle();
+            // a recorder installed by someone else (an embedding program) keeps working
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_gauge!("ablate_jobs", "Jobs by state");
+    metrics::describe_gauge!("ablate_workers", "Registered workers by state (alive, lost)");
+    metrics::describe_gauge!("ablate_job_train_loss", "Last reported training loss of a job");
+    metrics::describe_gauge!("ablate_job_samples_per_second", "Last reported training throughput of a job (all ranks)");
+    metrics::describe_gauge!("ablate_job_step", "Last reported step of a job");
+    metrics::describe_gauge!("ablate_job_grad_norm", "Last reported gradient norm of a job");
+    metrics::describe_gauge!("ablate_job_learning_rate", "Last reported learning rate of a job");
+    metrics::describe_histogram!("ablate_collective_allreduce_seconds", metrics::Unit::Seconds, "Gradient all-reduce time per step");
+    metrics::describe_histogram!("ablate_job_step_seconds", metrics::Unit::Seconds, "Training step time");
+    metrics::describe_histogram!("ablate_scheduler_queue_wait_seconds", metrics::Unit::Seconds, "Time from queued to placed");
+    metrics::describe_histogram!("ablate_rendezvous_duration_seconds", metrics::Unit::Seconds, "Time from the first rank's arrival to a complete group");
+    metrics::describe_counter!("ablate_job_transitions_total", "Job state transitions, by the state entered");
+}
+
+fn labels(job: &v1::Job) -> [(&'static str, String); 3] {
+    [("job", job.id.clone()), ("sweep", job.sweep.clone()), ("arm", job.arm.clone())]
+}
+
+pub fn job_state_changed(job: &v1::Job) {
+    metrics::counter!("ablate_job_transitions_total", "state" => job.state().label()).increment(1);
+}
+
+pub fn job_points(job: &v1::Job, points: &[v1::MetricPoint]) {
+    let Some(last) = points.last() else { return };
+    let l = labels(job);
+    metrics::gauge!("ablate_job_train_loss", &l).set(last.loss);
+    metrics::gauge!("ablate_job_samples_per_second", &l).set(last.samples_per_sec);
+    metrics::gauge!("ablate_job_step", &l).set(last.step as f64);
+    metrics::gauge!("ablate_job_grad_norm", &l).set(last.grad_norm);
+    metrics::gauge!("ablate_job_learning_rate", &l).set(last.lr);
+    for p in points {
+        metrics::histogram!("ablate_collective_allreduce_seconds").record(p.comm_seconds);
+        metrics::histogram!("ablate_job_step_seconds").record(p.step_seconds);
+    }
+}
+
+pub fn queue_wait(d: Duration) {
+    metrics::histogram!("ablate_scheduler_queue_wait_seconds").record(d.as_secs_f64());
+}
+
+pub fn rendezvous_done(d: Duration) {
+    metrics::histogram!("ablate_rendezvous_duration_seconds").record(d.as_secs_f64());
+}
+
+pub fn cluster(states: &[(JobState, usize)], (alive, lost): (usize, usize)) {
+    for (s, n) in states {
+        metrics::gauge!("ablate_jobs", "state" => s.label()).set(*n as f64);
+    }
+    metrics::gauge!("ablate_workers", "state" => "alive").set(alive as f64);
+    metrics::gauge!("ablate_workers", "state" => "lost").set(lost as f64);
+}
+
+/// Serves `GET /metrics` and `GET /healthz` until `shutdown` completes.
+pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        let (mut sock, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("metrics listener: {e}");
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let (status, ctype, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                _ => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
+            };
+            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,113 @@
+//! Per-job run directories on the coordinator (`<runs>/<job>/`): the metric points the
+//! workers report (`metrics.jsonl`, one JSON object per line) and the ranks' log lines
+//! (`log.txt`). Metric history lives here, not in the store.
+
+use ablate_proto::v1::MetricPoint;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::CoordinatorError;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Line {
+    step: u64,
+    loss: f64,
+    grad_norm: f64,
+    lr: f64,
+    samples_per_sec: f64,
+    step_seconds: f64,
+    data_seconds: f64,
+    compute_seconds: f64,
+    comm_seconds: f64,
+}
+
+pub struct Runs {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CoordinatorError + '_ {
+    move |source| CoordinatorError::Io { path: path.display().to_string(), source }
+}
+
+impl Runs {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    fn dir(&self, job: &str) -> Result<PathBuf, CoordinatorError> {
+        let d = self.root.join(job);
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
+        Ok(d)
+    }
+
+    fn append(&self, job: &str, file: &str, text: &str) -> Result<(), CoordinatorError> {
+        let p = self.dir(job)?.join(file);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(io(&p))?;
+        f.write_all(text.as_bytes()).map_err(io(&p))
+    }
+
+    pub fn append_metrics(&self, job: &str, points: &[MetricPoint]) -> Result<(), CoordinatorError> {
+        let mut text = String::new();
+        for p in points {
+            let l = Line {
+                step: p.step,
+                loss: p.loss,
+                grad_norm: p.grad_norm,
+                lr: p.lr,
+                samples_per_sec: p.samples_per_sec,
+                step_seconds: p.step_seconds,
+                data_seconds: p.data_seconds,
+                compute_seconds: p.compute_seconds,
+                comm_seconds: p.comm_seconds,
+            };
+            text.push_str(&serde_json::to_string(&l).expect("metric serialises"));
+            text.push('\n');
+        }
+        self.append(job, "metrics.jsonl", &text)
+    }
+
+    pub fn append_logs(&self, job: &str, lines: &[String]) -> Result<(), CoordinatorError> {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        self.append(job, "log.txt", &text)
+    }
+
+    /// Points from `from_step` on; a restarted generation's repeats replace earlier ones.
+    pub fn metrics(&self, job: &str, from_step: u64) -> Result<Vec<MetricPoint>, CoordinatorError> {
+        let p = self.root.join(job).join("metrics.jsonl");
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io(&p)(e)),
+        };
+        let mut by_step = std::collections::BTreeMap::new();
+        for l in text.lines().filter_map(|l| serde_json::from_str::<Line>(l).ok()).filter(|l| l.step >= from_step) {
+            by_step.insert(
+                l.step,
+                MetricPoint {
+                    step: l.step,
+                    loss: l.loss,
+                    grad_norm: l.grad_norm,
+                    lr: l.lr,
+                    samples_per_sec: l.samples_per_sec,
+                    step_seconds: l.step_seconds,
+                    data_seconds: l.data_seconds,
+                    compute_seconds: l.compute_seconds,
+                    comm_seconds: l.comm_seconds,
+                },
+            );
+        }
+        Ok(by_step.into_values().collect())
+    }
+
+    pub fn logs(&self, job: &str, from_line: u64) -> Result<(Vec<String>, u64), CoordinatorError> {
+        let p = self.root.join(job).join("log.txt");
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], 0)),
+            Err(e) => return Err(io(&p)(e)),
+        };
+        let all: Vec<&str> = text.lines().collect();
+        let from = (from_line as usize).min(all.len());
+        Ok((all[from..].iter().map(|s| s.to_string()).collect(), all.len() as u64))
+    }
+}

@@ -1,0 +1,147 @@
+//! The gRPC services: thin translations between ablate.v1 and [`Core`].
+
+use ablate_proto::v1::{self, job_service_server::JobService, worker_service_server::WorkerService};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::core::Core;
+
+#[derive(Clone)]
+pub struct Jobs(pub Arc<Core>);
+
+#[derive(Clone)]
+pub struct Workers(pub Arc<Core>);
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for Jobs {
+    async fn submit_job(&self, r: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobResponse>, Status> {
+        let job = self.0.submit(r.into_inner())?;
+        Ok(Response::new(v1::SubmitJobResponse { job: Some(job) }))
+    }
+
+    async fn get_job(&self, r: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
+        Ok(Response::new(self.0.get(&r.into_inner().id)?))
+    }
+
+    async fn list_jobs(&self, r: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let r = r.into_inner();
+        let states: Vec<v1::JobState> = r.states().collect();
+        Ok(Response::new(v1::ListJobsResponse { jobs: self.0.list(&states, &r.sweep) }))
+    }
+
+    async fn cancel_job(&self, r: Request<v1::CancelJobRequest>) -> Result<Response<v1::Job>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(self.0.cancel(&r.id, &r.reason)?))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(&self, r: Request<v1::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        let id = r.into_inner().id;
+        // subscribe before reading the state, so no change falls between the two
+        let mut rx = self.0.events.subscribe();
+        let first = self.0.get(&id)?;
+        let (tx, out) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let done = first.state().is_terminal();
+            if tx.send(Ok(v1::JobEvent { event: Some(v1::job_event::Event::State(first)) })).await.is_err() || done {
+                return;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok((job, ev)) if job == id => {
+                        let end = matches!(&ev.event, Some(v1::job_event::Event::State(j)) if j.state().is_terminal());
+                        if tx.send(Ok(ev)).await.is_err() || end {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!("watcher of {id} skipped {n} events"),
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+    }
+
+    async fn get_metrics(&self, r: Request<v1::GetMetricsRequest>) -> Result<Response<v1::GetMetricsResponse>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(v1::GetMetricsResponse { points: self.0.metrics(&r.id, r.from_step)? }))
+    }
+
+    async fn get_logs(&self, r: Request<v1::GetLogsRequest>) -> Result<Response<v1::GetLogsResponse>, Status> {
+        let r = r.into_inner();
+        let (lines, next_line) = self.0.logs(&r.id, r.from_line)?;
+        Ok(Response::new(v1::GetLogsResponse { lines, next_line }))
+    }
+
+    async fn list_workers(&self, _: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        Ok(Response::new(v1::ListWorkersResponse { workers: self.0.workers() }))
+    }
+}
+
+fn registration(r: Option<v1::Registration>) -> Result<v1::Registration, Status> {
+    r.ok_or_else(|| Status::invalid_argument("request without registration"))
+}
+
+#[tonic::async_trait]
+impl WorkerService for Workers {
+    async fn register(&self, r: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        self.0.register(registration(r.into_inner().registration)?)?;
+        let o = &self.0.opts;
+        Ok(Response::new(v1::RegisterResponse { heartbeat_interval_ms: o.heartbeat.as_millis() as u64, expiry_ms: o.worker_expiry.as_millis() as u64 }))
+    }
+
+    async fn heartbeat(&self, r: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let r = r.into_inner();
+        let assignments = self.0.heartbeat(registration(r.registration)?, &r.running)?;
+        Ok(Response::new(v1::HeartbeatResponse { assignments }))
+    }
+
+    async fn rendezvous_publish(&self, r: Request<v1::RendezvousPublishRequest>) -> Result<Response<v1::RendezvousPublishResponse>, Status> {
+        self.0.rendezvous_publish(r.into_inner())?;
+        Ok(Response::new(v1::RendezvousPublishResponse {}))
+    }
+
+    async fn rendezvous_fetch(&self, r: Request<v1::RendezvousFetchRequest>) -> Result<Response<v1::RendezvousFetchResponse>, Status> {
+        let r = r.into_inner();
+        let wait = Duration::from_millis(r.timeout_ms.clamp(1, 600_000));
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.0.rendezvous_changed.notified();
+            match self.0.rendezvous_table(&r.job_id, r.generation)? {
+                Ok(addresses) => return Ok(Response::new(v1::RendezvousFetchResponse { addresses })),
+                Err(present) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        let world = self.0.get(&r.job_id)?.world_size as usize;
+                        return Err(crate::error::CoordinatorError::RendezvousTimeout { job: r.job_id, generation: r.generation, present, world, waited_ms: wait.as_millis() as u64 }.into());
+                    }
+                    // wake on any publish, and poll now and then (a lost notification costs 200 ms)
+                    let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+                }
+            }
+        }
+    }
+
+    async fn report_metrics(&self, r: Request<v1::ReportMetricsRequest>) -> Result<Response<v1::ReportMetricsResponse>, Status> {
+        self.0.report_metrics(r.into_inner())?;
+        Ok(Response::new(v1::ReportMetricsResponse {}))
+    }
+
+    async fn report_checkpoint(&self, r: Request<v1::ReportCheckpointRequest>) -> Result<Response<v1::ReportCheckpointResponse>, Status> {
+        let r = r.into_inner();
+        self.0.report_metrics(v1::ReportMetricsRequest { job_id: r.job_id, generation: r.generation, log_lines: vec![format!("[checkpoint] step {} at {}", r.step, r.path)], ..Default::default() })?;
+        Ok(Response::new(v1::ReportCheckpointResponse {}))
+    }
+
+    async fn report_completion(&self, r: Request<v1::ReportCompletionRequest>) -> Result<Response<v1::ReportCompletionResponse>, Status> {
+        self.0.report_completion(r.into_inner())?;
+        Ok(Response::new(v1::ReportCompletionResponse {}))
+    }
+}

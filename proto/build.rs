@@ -1,0 +1,14 @@
+//! Compiles proto/ablate/v1/ablate.proto with protox (pure Rust: no protoc on the machine)
+//! and generates the tonic services. The encoded descriptor set is kept for gRPC reflection.
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/ablate/v1/ablate.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("ablate_v1_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! The CPU backend of [`Collective`]: a ring of TCP connections (rank r sends to r+1 and
+//! receives from r-1), so it works across hosts with nothing but TCP.
+//!
+//! - all-reduce: reduce-scatter then all-gather over W chunks (each rank sends and receives
+//!   2(W-1)/W of the buffer, the bandwidth-optimal schedule); every rank ends with the
+//!   same bits because each chunk is summed once and then copied;
+//! - broadcast: pipelined along the ring in 1 MiB segments;
+//! - every message is length-prefixed and checked, every socket has read and write
+//!   deadlines: a dead peer gives its neighbours an error at once (connection reset or
+//!   closed), a stuck one within the deadline. Nothing waits forever.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use ablate_trainer::collective::{Collective, CollectiveError};
+
+const MAGIC: u32 = 0xab1a_7e01;
+const SEGMENT: usize = 1 << 20;
+
+pub struct Ring {
+    rank: usize,
+    world: usize,
+    /// To rank + 1 and from rank - 1 (None on a group of one).
+    next: Option<TcpStream>,
+    prev: Option<TcpStream>,
+    timeout: Duration,
+}
+
+impl Ring {
+    /// Connects rank `rank` of `addrs.len()` ranks: dials `addrs[rank + 1]` and accepts the
+    /// connection of rank - 1 on `listener` (bound by this rank before it published its
+    /// address). `token` (the job's generation, hashed) rejects dialers from another group.
+    pub fn connect(rank: usize, listener: TcpListener, addrs: &[String], token: u64, timeout: Duration) -> Result<Self, CollectiveError> {
+        let world = addrs.len();
+        let err = |message: String| CollectiveError { op: "ring connect", rank, message };
+        if rank >= world {
+            return Err(err(format!("rank {rank} is outside a group of {world}")));
+        }
+        if world == 1 {
+            return Ok(Self { rank, world, next: None, prev: None, timeout });
+        }
+        let deadline = Instant::now() + timeout;
+        let next_rank = (rank + 1) % world;
+        let prev_rank = (rank + world - 1) % world;
+        let target: SocketAddr = addrs[next_rank].parse().map_err(|e| err(format!("rank {next_rank}'s address {:?}: {e}", addrs[next_rank])))?;
+        let dial = std::thread::spawn(move || -> Result<TcpStream, String> {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match TcpStream::connect_timeout(&target, left.max(Duration::from_millis(10))) {
+                    Ok(mut s) => {
+                        let mut hello = Vec::with_capacity(16);
+                        hello.extend(MAGIC.to_le_bytes());
+                        hello.extend(token.to_le_bytes());
+                        hello.extend((rank as u32).to_le_bytes());
+                        s.write_all(&hello).map_err(|e| format!("greeting rank {next_rank} at {target}: {e}"))?;
+                        return Ok(s);
+                    }
+                    Err(e) if Instant::now() >= deadline => return Err(format!("could not reach rank {next_rank} at {target} within {timeout:?}: {e}")),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        listener.set_nonblocking(true).map_err(|e| err(format!("listener: {e}")))?;
+        let prev = loop {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).map_err(|e| err(e.to_string()))?;
+                    s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10)))).map_err(|e| err(e.to_string()))?;
+                    let mut hello = [0u8; 16];
+                    if s.read_exact(&mut hello).is_err() {
+                        continue;
+                    }
+                    let magic = u32::from_le_bytes(hello[0..4].try_into().expect("4 bytes"));
+                    let tok = u64::from_le_bytes(hello[4..12].try_into().expect("8 bytes"));
+                    let from = u32::from_le_bytes(hello[12..16].try_into().expect("4 bytes")) as usize;
+                    // a dialer from another generation or a stray connection: drop it, keep waiting
+                    if magic == MAGIC && tok == token && from == prev_rank {
+                        break s;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(err(format!("rank {prev_rank} did not connect within {timeout:?}")));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(err(format!("accept: {e}"))),
+            }
+        };
+        let next = dial.join().map_err(|_| err("dialer thread panicked".into()))?.map_err(err)?;
+        let mut ring = Self { rank, world, next: Some(next), prev: Some(prev), timeout };
+        ring.set_timeout(timeout).map_err(|e| err(e.to_string()))?;
+        for s in [&ring.next, &ring.prev].into_iter().flatten() {
+            s.set_nodelay(true).map_err(|e| err(e.to_string()))?;
+        }
+        Ok(ring)
+    }
+
+    fn set_timeout(&mut self, t: Duration) -> std::io::Result<()> {
+        for s in [&self.next, &self.prev].into_iter().flatten() {
+            s.set_read_timeout(Some(t))?;
+            s.set_write_timeout(Some(t))?;
+        }
+        Ok(())
+    }
+
+    fn err(&self, op: &'static str, e: std::io::Error, dir: Dir) -> CollectiveError {
+        let peer = match dir {
+            Dir::Next => (self.rank + 1) % self.world,
+            Dir::Prev => (self.rank + self.world - 1) % self.world,
+        };
+        let message = match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => format!("rank {peer} did not answer within {:?} (stuck or overloaded)", self.timeout),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted => {
+                format!("rank {peer} closed the connection (it died or left the group): {e}")
+            }
+            _ => format!("with rank {peer}: {e}"),
+        };
+        CollectiveError { op, rank: self.rank, message }
+    }
+
+    /// Sends `out` to the next rank while receiving a message from the previous one.
+    fn exchange(&mut self, op: &'static str, out: &[u8]) -> Result<Vec<u8>, CollectiveError> {
+        let next = self.next.as_mut().expect("world > 1");
+        let prev = self.prev.as_mut().expect("world > 1");
+        let (sent, got) = std::thread::scope(|sc| {
+            let h = sc.spawn(|| write_msg(next, out));
+            let got = read_msg(prev);
+            (h.join().expect("sender thread"), got)
+        });
+        sent.map_err(|e| self.err(op, e, Dir::Next))?;
+        got.map_err(|e| self.err(op, e, Dir::Prev))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Dir {
+    Next,
+    Prev,
+}
+
+fn write_msg(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    s.write_all(&(bytes.len() as u64).to_le_bytes())?;
+    s.write_all(bytes)
+}
+
+fn read_msg(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 8];
+    s.read_exact(&mut len)?;
+    let n = u64::from_le_bytes(len) as usize;
+    if n > (1 << 40) {
+        return Err(std::io::Error::new(ErrorKind::InvalidData, format!("message of {n} bytes announced: not a ring peer")));
+    }
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn to_bytes(xs: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(xs.len() * 4);
+    for x in xs {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+}
+
+impl Collective for Ring {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
+        let w = self.world;
+        if w == 1 {
+            return Ok(());
+        }
+        let n = buf.len();
+        let bound = |i: usize| (i * n / w, (i + 1) * n / w);
+        let check = |got: &[u8], want: usize, rank: usize| {
+            if got.len() != want * 4 {
+                Err(CollectiveError { op: "all-reduce", rank, message: format!("peer sent {} values, expected {want}: the ranks disagree on the buffer", got.len() / 4) })
+            } else {
+                Ok(())
+            }
+        };
+        // reduce-scatter: after W-1 steps rank r holds the full sum of chunk r+1
+        for s in 0..w - 1 {
+            let (a, b) = bound((self.rank + w - s) % w);
+            let out = to_bytes(&buf[a..b]);
+            let got = self.exchange("all-reduce", &out)?;
+            let (c, d) = bound((self.rank + 2 * w - s - 1) % w);
+            check(&got, d - c, self.rank)?;
+            for (x, y) in buf[c..d].iter_mut().zip(floats(&got)) {
+                *x += y;
+            }
+        }
+        // all-gather the summed chunks
+        for s in 0..w - 1 {
+            let (a, b) = bound((self.rank + 1 + w - s) % w);
+            let out = to_bytes(&buf[a..b]);
+            let got = self.exchange("all-reduce", &out)?;
+            let (c, d) = bound((self.rank + w - s) % w);
+            check(&got, d - c, self.rank)?;
+            for (x, y) in buf[c..d].iter_mut().zip(floats(&got)) {
+                *x = y;
+            }
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+        let mut bytes = if self.rank == root { to_bytes(buf) } else { Vec::new() };
+        self.broadcast_bytes(&mut bytes, root)?;
+        if bytes.len() != buf.len() * 4 {
+            return Err(CollectiveError { op: "broadcast", rank: self.rank, message: format!("rank {root} sent {} values, expected {}", bytes.len() / 4, buf.len()) });
+        }
+        for (x, y) in buf.iter_mut().zip(floats(&bytes)) {
+            *x = y;
+        }
+        Ok(())
+    }
+
+    fn broadcast_bytes(&mut self, bytes: &mut Vec<u8>, root: usize) -> Result<(), CollectiveError> {
+        let w = self.world;
+        if w == 1 {
+            return Ok(());
+        }
+        let last = (root + w - 1) % w;
+        if self.rank == root {
+            let next = self.next.as_mut().expect("world > 1");
+            let r = next.write_all(&(bytes.len() as u64).to_le_bytes()).and_then(|_| bytes.chunks(SEGMENT).try_for_each(|c| next.write_all(c)));
+            return r.map_err(|e| self.err("broadcast", e, Dir::Next));
+        }
+        let forward = self.rank != last;
+        let mut len = [0u8; 8];
+        self.prev.as_mut().expect("world > 1").read_exact(&mut len).map_err(|e| self.err("broadcast", e, Dir::Prev))?;
+        if forward {
+            self.next.as_mut().expect("world > 1").write_all(&len).map_err(|e| self.err("broadcast", e, Dir::Next))?;
+        }
+        let n = u64::from_le_bytes(len) as usize;
+        bytes.clear();
+        bytes.resize(n, 0);
+        for seg in bytes.chunks_mut(SEGMENT) {
+            self.prev.as_mut().expect("world > 1").read_exact(seg).map_err(|e| self.err("broadcast", e, Dir::Prev))?;
+            if forward {
+                self.next.as_mut().expect("world > 1").write_all(seg).map_err(|e| self.err("broadcast", e, Dir::Next))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn all_gather(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CollectiveError> {
+        let w = self.world;
+        let mut out = vec![Vec::new(); w];
+        out[self.rank] = bytes.to_vec();
+        for s in 0..w.saturating_sub(1) {
+            let send = (self.rank + w - s) % w;
+            let msg = out[send].clone();
+            let got = self.exchange("all-gather", &msg)?;
+            out[(self.rank + w - s - 1) % w] = got;
+        }
+        Ok(out)
+    }
+
+    fn barrier(&mut self, timeout: Duration) -> Result<(), CollectiveError> {
+        let normal = self.timeout;
+        self.set_timeout(timeout).map_err(|e| CollectiveError { op: "barrier", rank: self.rank, message: e.to_string() })?;
+        self.timeout = timeout;
+        let r = self.all_reduce_sum(&mut [1.0]);
+        self.timeout = normal;
+        self.set_timeout(normal).map_err(|e| CollectiveError { op: "barrier", rank: self.rank, message: e.to_string() })?;
+        r
+    }
+}
