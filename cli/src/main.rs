@@ -1,8 +1,10 @@
 //! The `ablate` command line.
 
 mod assets_cmd;
+mod cluster_cmd;
 mod data_cmd;
 mod eval_cmd;
+mod jobs_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,26 @@ enum Cmd {
     /// Reproduce the small networks that ship in assets/.
     #[command(subcommand)]
     Assets(assets_cmd::AssetsCmd),
+    /// Run the coordinator: gRPC services, scheduler, store, Prometheus metrics.
+    Coordinator(cluster_cmd::CoordinatorArgs),
+    /// Run a node agent that trains the ranks the coordinator assigns to it.
+    Worker(cluster_cmd::WorkerArgs),
+    /// Submit a training job to a coordinator.
+    Submit(jobs_cmd::SubmitArgs),
+    /// List or show jobs.
+    #[command(subcommand)]
+    Jobs(jobs_cmd::JobsCmd),
+    /// Follow a job live until it ends.
+    Watch(jobs_cmd::IdArgs),
+    /// Cancel a job (its ranks are stopped).
+    Cancel(jobs_cmd::IdArgs),
+    /// Print a job's log lines (all ranks).
+    Logs(jobs_cmd::LogsArgs),
+    /// List the registered workers.
+    Workers(jobs_cmd::Conn),
+    /// One rank of a distributed job (started by `ablate worker`).
+    #[command(hide = true)]
+    Rank(cluster_cmd::RankArgs),
     /// Checks the training code on a device against the CPU (deploy/cuda/device-check.sh).
     #[command(hide = true)]
     SelfcheckCuda(train_cmd::SelfcheckArgs),
@@ -45,5 +67,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Data(d) => data_cmd::data(d),
         Cmd::Eval(e) => eval_cmd::eval(e),
         Cmd::SelfcheckCuda(a) => train_cmd::selfcheck(a),
+        Cmd::Coordinator(a) => cluster_cmd::coordinator(a),
+        Cmd::Worker(a) => cluster_cmd::worker(a),
+        Cmd::Rank(a) => cluster_cmd::rank(a),
+        Cmd::Submit(a) => jobs_cmd::submit(a),
+        Cmd::Jobs(c) => jobs_cmd::jobs(c),
+        Cmd::Watch(a) => jobs_cmd::watch(a),
+        Cmd::Cancel(a) => jobs_cmd::cancel(a),
+        Cmd::Logs(a) => jobs_cmd::logs(a),
+        Cmd::Workers(c) => jobs_cmd::workers(c),
     }
 }

@@ -99,10 +99,14 @@ impl Core {
         self.inner.lock().expect("coordinator state lock")
     }
 
-    fn persist(&self, job: &v1::Job) -> Result<(), CoordinatorError> {
+    /// Writes the job through to the store and tells watchers; `entered` when its state
+    /// changed (counted in `ablate_job_transitions_total`).
+    fn persist(&self, job: &v1::Job, entered: bool) -> Result<(), CoordinatorError> {
         self.store.put(&format!("{JOBS}{}", job.id), &job.encode_to_vec())?;
-        let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::State(job.clone())) }));
-        crate::metrics::job_state_changed(job);
+        if entered {
+            let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::State(job.clone())) }));
+            crate::metrics::job_state_changed(job);
+        }
         Ok(())
     }
 
@@ -162,7 +166,7 @@ impl Core {
         }
         finish(job, JobState::Cancelled, if reason.is_empty() { "cancelled by user" } else { reason });
         let job = job.clone();
-        self.persist(&job)?;
+        self.persist(&job, true)?;
         Ok(job)
     }
 
@@ -222,13 +226,13 @@ impl Core {
                 if let Some(p) = job.placement.iter_mut().find(|p| p.rank == r.rank && p.worker_id == wid) {
                     if p.pid != r.pid {
                         p.pid = r.pid;
-                        changed.push(job.id.clone());
+                        changed.push((job.id.clone(), false));
                     }
                 }
                 if job.state() == JobState::Scheduled && job.placement.iter().all(|p| p.pid != 0) {
                     job.state = JobState::Running as i32;
                     job.started_unix_ms = now_ms();
-                    changed.push(job.id.clone());
+                    changed.push((job.id.clone(), true));
                 }
             }
         }
@@ -249,12 +253,13 @@ impl Core {
                 })
             })
             .collect();
-        changed.sort();
-        changed.dedup();
-        let jobs: Vec<v1::Job> = changed.iter().filter_map(|id| g.jobs.get(id).cloned()).collect();
+        // one write per job; a job that entered a state counts once
+        changed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        changed.dedup_by(|a, b| a.0 == b.0);
+        let jobs: Vec<(v1::Job, bool)> = changed.iter().filter_map(|(id, e)| g.jobs.get(id).map(|j| (j.clone(), *e))).collect();
         drop(g);
-        for j in &jobs {
-            self.persist(j)?;
+        for (j, entered) in &jobs {
+            self.persist(j, *entered)?;
         }
         Ok(assignments)
     }
@@ -345,6 +350,7 @@ impl Core {
             return self.runs.append_logs(&r.job_id, &[line]);
         }
         let world = job.world_size as usize;
+        let before = job.state;
         if !r.success {
             let reason = format!("rank {} on worker {}: {}", r.rank, r.worker_id, r.reason);
             finish(job, JobState::Failed, &reason);
@@ -372,7 +378,7 @@ impl Core {
         }
         let job = job.clone();
         drop(g);
-        self.persist(&job)
+        self.persist(&job, job.state != before)
     }
 
     // ------------------------------------------------------------ the periodic pass
@@ -451,7 +457,7 @@ impl Core {
         let workers = (g.workers.values().filter(|w| w.alive).count(), g.workers.values().filter(|w| !w.alive).count());
         drop(g);
         for j in &jobs {
-            self.persist(j)?;
+            self.persist(j, true)?;
         }
         crate::metrics::cluster(&counts, workers);
         Ok(())

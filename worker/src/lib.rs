@@ -1,5 +1,16 @@
 //! # ablate-worker
 //!
-//! Will own the node agent: registration and heartbeats, one training process per rank,
-//! rendezvous, the gradient exchange (TCP ring on CPU, NCCL on CUDA), metric streaming.
-//! Not built yet (see docs/architecture.md); training runs today through `ablate train`.
+//! The node agent and everything that runs next to training on a node.
+//!
+//! # Layout
+//! - `agent`: `ablate worker`: registration, heartbeats, rank processes and their
+//!   supervision, batching of metrics, logs and completions to the coordinator;
+//! - `rank`: `ablate rank`: one training process of a data-parallel job;
+//! - `events`: the JSON lines a rank process prints for its agent;
+//! - `collective/`: gradient exchange backends (TCP ring; ring joined through the
+//!   coordinator's rendezvous).
+
+pub mod agent;
+pub mod collective;
+pub mod events;
+pub mod rank;

@@ -1,0 +1,175 @@
+//! `ablate coordinator`, `ablate worker` and the hidden `ablate rank` (started by workers).
+
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// gRPC address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// The state store: a file path (embedded redb, created if missing) or `memory:`.
+    #[arg(long, default_value = "ablate-state/coordinator.redb")]
+    store: String,
+    /// Where per-job metric and log files go.
+    #[arg(long, default_value = "ablate-state/runs")]
+    runs: PathBuf,
+    /// Prometheus endpoint (`GET /metrics`); off when not given.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Heartbeat interval asked of workers.
+    #[arg(long, default_value_t = 500)]
+    heartbeat_ms: u64,
+    /// A worker silent this long is lost (its jobs restart elsewhere).
+    #[arg(long, default_value_t = 10_000)]
+    worker_expiry_ms: u64,
+    /// Restarts after lost workers before a job fails.
+    #[arg(long, default_value_t = 3)]
+    max_restarts: u32,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// Cancels on Ctrl-C or SIGTERM.
+fn stop_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+}
+
+pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
+    let store = ablate_coordinator::store::open(&a.store)?;
+    let opts = ablate_coordinator::Options {
+        heartbeat: Duration::from_millis(a.heartbeat_ms),
+        worker_expiry: Duration::from_millis(a.worker_expiry_ms),
+        max_restarts: a.max_restarts,
+        runs_dir: a.runs.clone(),
+    };
+    runtime()?.block_on(async move {
+        let grpc = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("--listen {}", a.listen))?;
+        let metrics = match &a.metrics_listen {
+            Some(m) => Some(tokio::net::TcpListener::bind(m).await.with_context(|| format!("--metrics-listen {m}"))?),
+            None => None,
+        };
+        // one line a script can wait for, with the real ports (`:0` picks free ones)
+        println!(
+            "coordinator listening on {}{} (store {})",
+            grpc.local_addr()?,
+            metrics.as_ref().map(|m| format!(", metrics on http://{}/metrics", m.local_addr().expect("bound"))).unwrap_or_default(),
+            a.store
+        );
+        let token = CancellationToken::new();
+        stop_on_signals(token.clone());
+        ablate_coordinator::server::run(store, opts, ablate_coordinator::server::Listeners { grpc, metrics }, token).await?;
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    /// `cpu:N` (N CPU slots) or `cuda:0,1,...`.
+    #[arg(long, default_value = "cpu:1")]
+    devices: String,
+    /// Job directories (checkpoints, rank logs) go under DIR/jobs/.
+    #[arg(long, default_value = "ablate-state/worker")]
+    work_dir: PathBuf,
+    /// Defaults to <hostname>-<pid>.
+    #[arg(long)]
+    id: Option<String>,
+    /// Address other ranks reach this worker's ranks at.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_host: String,
+    /// A rank with no step advance for this long is killed and reported stuck.
+    #[arg(long, default_value_t = 600)]
+    stuck_after_s: u64,
+    #[arg(long, default_value_t = 120)]
+    rendezvous_timeout_s: u64,
+    /// Deadline of one collective operation (a dead peer errors at once; a stuck one after this).
+    #[arg(long, default_value_t = 120)]
+    collective_timeout_s: u64,
+    /// Threads per CPU rank (default: the cores divided by the CPU slots).
+    #[arg(long)]
+    threads_per_rank: Option<usize>,
+}
+
+pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let devices = ablate_worker::agent::parse_devices(&a.devices)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "worker".into());
+    let exe = std::env::current_exe().context("locating the ablate binary to start ranks")?;
+    let cfg = ablate_worker::agent::AgentConfig {
+        coordinator: a.coordinator,
+        worker_id: a.id.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        advertise_host: a.advertise_host,
+        threads_per_rank: a.threads_per_rank.unwrap_or((cores / devices.len()).max(1)),
+        devices,
+        labels: Default::default(),
+        work_dir: a.work_dir,
+        rank_command: vec![exe.display().to_string(), "rank".into()],
+        stuck_after: Duration::from_secs(a.stuck_after_s),
+        rendezvous_timeout: Duration::from_secs(a.rendezvous_timeout_s),
+        collective_timeout: Duration::from_secs(a.collective_timeout_s),
+    };
+    eprintln!("worker {} with {} slot(s), {} thread(s) per rank, coordinator {}", cfg.worker_id, cfg.devices.len(), cfg.threads_per_rank, cfg.coordinator);
+    runtime()?.block_on(async move {
+        let token = CancellationToken::new();
+        stop_on_signals(token.clone());
+        ablate_worker::agent::run(cfg, token).await?;
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct RankArgs {
+    #[arg(long)]
+    coordinator: String,
+    #[arg(long)]
+    job: String,
+    #[arg(long)]
+    generation: u64,
+    #[arg(long)]
+    rank: usize,
+    #[arg(long)]
+    world: usize,
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long)]
+    job_dir: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_host: String,
+    #[arg(long, default_value_t = 120_000)]
+    rendezvous_timeout_ms: u64,
+    #[arg(long, default_value_t = 120_000)]
+    collective_timeout_ms: u64,
+}
+
+pub fn rank(a: RankArgs) -> anyhow::Result<()> {
+    let code = ablate_worker::rank::main(&ablate_worker::rank::RankArgs {
+        coordinator: a.coordinator,
+        job: a.job,
+        generation: a.generation,
+        rank: a.rank,
+        world: a.world,
+        config: a.config,
+        job_dir: a.job_dir,
+        device: a.device,
+        advertise_host: a.advertise_host,
+        rendezvous_timeout: Duration::from_millis(a.rendezvous_timeout_ms),
+        collective_timeout: Duration::from_millis(a.collective_timeout_ms),
+    });
+    std::process::exit(code)
+}

@@ -1,0 +1,261 @@
+//! The client side of the coordinator: `submit`, `jobs`, `watch`, `cancel`, `logs`,
+//! `workers`. Each talks to `--coordinator` (default http://127.0.0.1:7070).
+
+use ablate_proto::v1::{self, job_service_client::JobServiceClient, JobState};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Clone, Copy, ValueEnum, Default, PartialEq)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+pub struct Conn {
+    /// The coordinator's gRPC address.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// A training config (the format of `ablate train`).
+    config: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    world_size: u32,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0)]
+    priority: i32,
+    /// Defaults to the file's stem.
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand)]
+pub enum JobsCmd {
+    /// Every job (or those in --state).
+    List {
+        #[arg(long)]
+        state: Vec<String>,
+        #[arg(long, default_value = "")]
+        sweep: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// One job in full.
+    Show {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Args)]
+pub struct IdArgs {
+    id: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    id: String,
+    /// Keep printing new lines until the job ends.
+    #[arg(long, short)]
+    follow: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+async fn client(c: &Conn) -> anyhow::Result<JobServiceClient<Channel>> {
+    JobServiceClient::connect(c.coordinator.clone()).await.with_context(|| format!("cannot reach the coordinator at {} (start one with `ablate coordinator`)", c.coordinator))
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+pub fn job_json(j: &v1::Job) -> serde_json::Value {
+    json!({
+        "id": j.id, "name": j.name, "state": j.state().label(), "world_size": j.world_size,
+        "priority": j.priority, "sweep": j.sweep, "arm": j.arm, "generation": j.generation,
+        "restarts": j.restarts, "reason": j.reason, "step": j.step, "total_steps": j.total_steps,
+        "submitted_unix_ms": j.submitted_unix_ms, "started_unix_ms": j.started_unix_ms, "finished_unix_ms": j.finished_unix_ms,
+        "placement": j.placement.iter().map(|p| json!({"rank": p.rank, "worker": p.worker_id, "slot": p.slot, "pid": p.pid})).collect::<Vec<_>>(),
+        "result": j.result.as_ref().map(|r| json!({
+            "steps": r.steps, "final_loss": r.final_loss, "samples_per_sec": r.samples_per_sec,
+            "wall_seconds": r.wall_seconds, "rank_checksums": r.rank_checksums,
+            "eval": serde_json::from_str::<serde_json::Value>(&r.eval_json).unwrap_or(serde_json::Value::Null),
+        })),
+    })
+}
+
+fn line(j: &v1::Job) -> String {
+    let progress = if j.total_steps > 0 { format!("{}/{}", j.step.min(j.total_steps), j.total_steps) } else { j.step.to_string() };
+    let extra = match j.result.as_ref().filter(|_| j.state() == JobState::Succeeded) {
+        Some(r) => format!("loss {:.4}, {:.1} samples/s", r.final_loss, r.samples_per_sec),
+        None => j.reason.clone(),
+    };
+    format!("{:<9} {:<20} {:<10} {:>3} {:>11}  {}", j.id, truncate(&j.name, 20), j.state().label(), j.world_size, progress, extra)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}~", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    // the full validation here, where the trainer's config types exist (the coordinator has none)
+    let cfg = ablate_trainer::TrainConfig::from_toml_str(&text, &a.config.display().to_string())?;
+    cfg.validate()?;
+    if a.world_size == 0 {
+        bail!("--world-size must be at least 1");
+    }
+    let name = a.name.unwrap_or_else(|| a.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into()));
+    rt()?.block_on(async {
+        let mut c = client(&a.conn).await?;
+        let r = c
+            .submit_job(v1::SubmitJobRequest { config_toml: cfg.to_toml(), name, world_size: a.world_size, priority: a.priority, ..Default::default() })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let job = r.job.context("coordinator answered without the job")?;
+        match a.conn.output {
+            Output::Json => println!("{}", job_json(&job)),
+            Output::Text => println!("submitted {} ({}, world size {}): follow it with `ablate watch {}`", job.id, job.name, job.world_size, job.id),
+        }
+        Ok(())
+    })
+}
+
+pub fn jobs(cmd: JobsCmd) -> anyhow::Result<()> {
+    rt()?.block_on(async {
+        match cmd {
+            JobsCmd::List { state, sweep, conn } => {
+                let mut states = Vec::new();
+                for s in &state {
+                    states.push(JobState::parse(s).with_context(|| format!("unknown state {s:?} (queued, scheduled, running, succeeded, failed, cancelled)"))? as i32);
+                }
+                let jobs = client(&conn).await?.list_jobs(v1::ListJobsRequest { states, sweep }).await.map_err(status)?.into_inner().jobs;
+                match conn.output {
+                    Output::Json => println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect())),
+                    Output::Text => {
+                        println!("{:<9} {:<20} {:<10} {:>3} {:>11}  info", "id", "name", "state", "ws", "step");
+                        for j in &jobs {
+                            println!("{}", line(j));
+                        }
+                    }
+                }
+            }
+            JobsCmd::Show { id, conn } => {
+                let j = client(&conn).await?.get_job(v1::GetJobRequest { id }).await.map_err(status)?.into_inner();
+                match conn.output {
+                    Output::Json => println!("{}", job_json(&j)),
+                    Output::Text => println!("{}", serde_json::to_string_pretty(&job_json(&j))?),
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn cancel(a: IdArgs) -> anyhow::Result<()> {
+    rt()?.block_on(async {
+        let j = client(&a.conn).await?.cancel_job(v1::CancelJobRequest { id: a.id, reason: String::new() }).await.map_err(status)?.into_inner();
+        match a.conn.output {
+            Output::Json => println!("{}", job_json(&j)),
+            Output::Text => println!("{} {}", j.id, j.state().label()),
+        }
+        Ok(())
+    })
+}
+
+/// Live progress until the job ends; exits non-zero when it did not succeed.
+pub fn watch(a: IdArgs) -> anyhow::Result<()> {
+    rt()?.block_on(async {
+        let mut c = client(&a.conn).await?;
+        let mut stream = c.watch_job(v1::WatchJobRequest { id: a.id.clone() }).await.map_err(status)?.into_inner();
+        let mut total = 0;
+        let mut last: Option<v1::Job> = None;
+        while let Some(ev) = stream.message().await.map_err(status)? {
+            match ev.event {
+                Some(v1::job_event::Event::State(j)) => {
+                    total = j.total_steps;
+                    match a.conn.output {
+                        Output::Json => println!("{}", json!({"state": job_json(&j)})),
+                        Output::Text => eprintln!("\r\x1b[K{} {}{}", j.id, j.state().label(), if j.reason.is_empty() { String::new() } else { format!(": {}", j.reason) }),
+                    }
+                    last = Some(j);
+                }
+                Some(v1::job_event::Event::Metric(p)) => match a.conn.output {
+                    Output::Json => println!("{}", json!({"step": p.step, "loss": p.loss, "grad_norm": p.grad_norm, "lr": p.lr, "samples_per_sec": p.samples_per_sec, "comm_seconds": p.comm_seconds})),
+                    Output::Text => {
+                        eprint!("\r\x1b[Kstep {}/{}  loss {:.4}  {:.1} samples/s  comm {:.0} ms", p.step + 1, total, p.loss, p.samples_per_sec, p.comm_seconds * 1e3);
+                        let _ = std::io::stderr().flush();
+                    }
+                },
+                None => {}
+            }
+        }
+        match last {
+            Some(j) if j.state() == JobState::Succeeded => Ok(()),
+            Some(j) => bail!("job {} {}: {}", j.id, j.state().label(), j.reason),
+            None => bail!("the coordinator closed the stream"),
+        }
+    })
+}
+
+pub fn logs(a: LogsArgs) -> anyhow::Result<()> {
+    rt()?.block_on(async {
+        let mut c = client(&a.conn).await?;
+        let mut from = 0;
+        loop {
+            let r = c.get_logs(v1::GetLogsRequest { id: a.id.clone(), from_line: from }).await.map_err(status)?.into_inner();
+            for l in &r.lines {
+                println!("{l}");
+            }
+            from = r.next_line;
+            if !a.follow {
+                return Ok(());
+            }
+            let j = c.get_job(v1::GetJobRequest { id: a.id.clone() }).await.map_err(status)?.into_inner();
+            if j.state().is_terminal() && r.lines.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+pub fn workers(conn: Conn) -> anyhow::Result<()> {
+    rt()?.block_on(async {
+        let ws = client(&conn).await?.list_workers(v1::ListWorkersRequest {}).await.map_err(status)?.into_inner().workers;
+        for w in ws {
+            let r = w.registration.unwrap_or_default();
+            match conn.output {
+                Output::Json => println!("{}", json!({"id": r.worker_id, "host": r.host, "slots": r.devices.len(), "busy": w.busy_slots, "alive": w.alive, "last_heartbeat_ms_ago": w.last_heartbeat_ms_ago})),
+                Output::Text => println!("{:<24} {:<16} {} slot(s), {} busy, {} ({} ms ago)", r.worker_id, r.host, r.devices.len(), w.busy_slots, if w.alive { "alive" } else { "lost" }, w.last_heartbeat_ms_ago),
+            }
+        }
+        Ok(())
+    })
+}

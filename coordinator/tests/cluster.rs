@@ -1,0 +1,227 @@
+//! An in-process coordinator driven by fake workers over real gRPC: gang semantics,
+//! rendezvous, lost workers, and a coordinator restart that keeps every job.
+
+use ablate_coordinator::{server, store, Options};
+use ablate_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient, JobState};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+struct Coord {
+    url: String,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+async fn start(store_spec: &str, runs: &Path, expiry_ms: u64, port: u16) -> Coord {
+    let grpc = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let url = format!("http://{}", grpc.local_addr().unwrap());
+    let kv = store::open(store_spec).unwrap();
+    let opts = Options { heartbeat: Duration::from_millis(100), worker_expiry: Duration::from_millis(expiry_ms), max_restarts: 1, runs_dir: runs.to_path_buf() };
+    let stop = CancellationToken::new();
+    let s2 = stop.clone();
+    let done = tokio::spawn(async move { server::run(kv, opts, server::Listeners { grpc, metrics: None }, s2).await.unwrap() });
+    Coord { url, stop, done }
+}
+
+impl Coord {
+    async fn shutdown(self) {
+        self.stop.cancel();
+        self.done.await.unwrap();
+    }
+    async fn jobs(&self) -> JobServiceClient<tonic::transport::Channel> {
+        JobServiceClient::connect(self.url.clone()).await.unwrap()
+    }
+    async fn workers(&self) -> WorkerServiceClient<tonic::transport::Channel> {
+        WorkerServiceClient::connect(self.url.clone()).await.unwrap()
+    }
+}
+
+fn reg(id: &str, slots: u32) -> v1::Registration {
+    v1::Registration {
+        worker_id: id.into(),
+        host: "127.0.0.1".into(),
+        devices: (0..slots).map(|i| v1::Device { kind: v1::DeviceKind::Cpu as i32, index: i, ..Default::default() }).collect(),
+        protocol_version: ablate_proto::PROTOCOL_VERSION,
+        ..Default::default()
+    }
+}
+
+async fn beat(c: &mut WorkerServiceClient<tonic::transport::Channel>, id: &str, slots: u32, running: Vec<v1::RunningRank>) -> Vec<v1::Assignment> {
+    c.heartbeat(v1::HeartbeatRequest { registration: Some(reg(id, slots)), running }).await.unwrap().into_inner().assignments
+}
+
+async fn submit(c: &mut JobServiceClient<tonic::transport::Channel>, world: u32) -> v1::Job {
+    let req = v1::SubmitJobRequest { config_toml: "[train]\nsteps = 10\n".into(), name: "t".into(), world_size: world, ..Default::default() };
+    c.submit_job(req).await.unwrap().into_inner().job.unwrap()
+}
+
+async fn state(c: &mut JobServiceClient<tonic::transport::Channel>, id: &str) -> v1::Job {
+    c.get_job(v1::GetJobRequest { id: id.into() }).await.unwrap().into_inner()
+}
+
+/// Polls until `f` holds (heartbeating `beats` meanwhile), or panics after `secs`.
+async fn wait_for(secs: u64, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "condition not reached within {secs} s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_waits_for_its_third_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start("memory:", dir.path(), 5000, 0).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    beat(&mut w, "a", 1, vec![]).await;
+    beat(&mut w, "b", 1, vec![]).await;
+    let job = submit(&mut j, 3).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(state(&mut j, &job.id).await.state(), JobState::Queued, "two slots cannot hold a world-3 gang");
+    assert!(beat(&mut w, "a", 1, vec![]).await.is_empty());
+    beat(&mut w, "c", 1, vec![]).await;
+    wait_for(5, async || state(&mut j, &job.id).await.state() == JobState::Scheduled).await;
+    let placed = state(&mut j, &job.id).await;
+    assert_eq!(placed.generation, 1);
+    let mut workers: Vec<&str> = placed.placement.iter().map(|p| p.worker_id.as_str()).collect();
+    workers.sort();
+    assert_eq!(workers, ["a", "b", "c"]);
+    // each worker is told its rank; once all report a pid the job runs
+    let mut running = Vec::new();
+    for id in ["a", "b", "c"] {
+        let a = beat(&mut w, id, 1, vec![]).await;
+        assert_eq!(a.len(), 1);
+        running.push((id, a[0].rank));
+    }
+    for (id, rank) in running {
+        beat(&mut w, id, 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 1, rank, pid: 100 + rank, step: 0 }]).await;
+    }
+    assert_eq!(state(&mut j, &job.id).await.state(), JobState::Running);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendezvous_checks_generation_layout_and_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start("memory:", dir.path(), 5000, 0).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    beat(&mut w, "a", 2, vec![]).await;
+    let job = submit(&mut j, 2).await;
+    wait_for(5, async || state(&mut j, &job.id).await.state() == JobState::Scheduled).await;
+    let publish = |rank: u32, generation: u64, hash: &str| v1::RendezvousPublishRequest { job_id: job.id.clone(), generation, rank, address: format!("127.0.0.1:{}", 4000 + rank), params_hash: hash.into() };
+    let fetch = |timeout_ms| v1::RendezvousFetchRequest { job_id: job.id.clone(), generation: 1, rank: 0, timeout_ms };
+    w.rendezvous_publish(publish(0, 1, "abc")).await.unwrap();
+    let e = w.rendezvous_fetch(fetch(300)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+    assert!(e.message().contains("only 1 of 2 ranks arrived within 300 ms"), "{}", e.message());
+    let e = w.rendezvous_publish(publish(1, 7, "abc")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("generation 7 is stale (current 1)"), "{}", e.message());
+    let e = w.rendezvous_publish(publish(1, 1, "xyz")).await.unwrap_err();
+    assert!(e.message().contains("rank 1 has parameter layout xyz but the group has abc"), "{}", e.message());
+    // a waiting fetch returns as soon as the last rank publishes
+    let mut w2 = c.workers().await;
+    let waiter = tokio::spawn(async move { w2.rendezvous_fetch(v1::RendezvousFetchRequest { job_id: "j000001".into(), generation: 1, rank: 0, timeout_ms: 10_000 }).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.rendezvous_publish(publish(1, 1, "abc")).await.unwrap();
+    let got = waiter.await.unwrap().unwrap().into_inner().addresses;
+    assert_eq!(got, ["127.0.0.1:4000", "127.0.0.1:4001"]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_worker_restarts_the_gang_under_a_new_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start("memory:", dir.path(), 600, 0).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    beat(&mut w, "a", 1, vec![]).await;
+    beat(&mut w, "b", 1, vec![]).await;
+    let job = submit(&mut j, 1).await;
+    wait_for(5, async || state(&mut j, &job.id).await.state() == JobState::Scheduled).await;
+    let on = state(&mut j, &job.id).await.placement[0].worker_id.clone();
+    let other = if on == "a" { "b" } else { "a" };
+    // only the other worker keeps beating: the job moves there as generation 2
+    wait_for(10, async || {
+        beat(&mut w, other, 1, vec![]).await;
+        let s = state(&mut j, &job.id).await;
+        s.generation == 2 && s.state() == JobState::Scheduled
+    })
+    .await;
+    let s = state(&mut j, &job.id).await;
+    assert_eq!((s.placement[0].worker_id.as_str(), s.restarts), (other, 1));
+    assert!(s.reason.contains(&format!("worker {on} lost")), "{}", s.reason);
+    // a late report of generation 1 changes nothing
+    w.report_completion(v1::ReportCompletionRequest { job_id: job.id.clone(), generation: 1, rank: 0, success: false, reason: "old".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(state(&mut j, &job.id).await.state(), JobState::Scheduled);
+    // with no restarts left, losing the second worker fails the job with the reason
+    wait_for(10, async || state(&mut j, &job.id).await.state() == JobState::Failed).await;
+    assert!(state(&mut j, &job.id).await.reason.contains("no restarts left"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_restart_keeps_every_job_and_running_ranks_reattach() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("state/c.redb").display().to_string();
+    let c = start(&spec, dir.path(), 2000, 0).await;
+    let port: u16 = c.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    beat(&mut w, "a", 1, vec![]).await;
+    let running = submit(&mut j, 1).await;
+    let queued = submit(&mut j, 1).await;
+    wait_for(5, async || state(&mut j, &running.id).await.state() == JobState::Scheduled).await;
+    let rank = v1::RunningRank { job_id: running.id.clone(), generation: 1, rank: 0, pid: 42, step: 3 };
+    beat(&mut w, "a", 1, vec![rank.clone()]).await;
+    assert_eq!(state(&mut j, &running.id).await.state(), JobState::Running);
+    let cancelled = submit(&mut j, 4).await;
+    j.cancel_job(v1::CancelJobRequest { id: cancelled.id.clone(), reason: "test".into() }).await.unwrap();
+    c.shutdown().await;
+
+    let c = start(&spec, dir.path(), 2000, port).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    assert_eq!(state(&mut j, &running.id).await.state(), JobState::Running);
+    assert_eq!(state(&mut j, &queued.id).await.state(), JobState::Queued);
+    let cj = state(&mut j, &cancelled.id).await;
+    assert_eq!((cj.state(), cj.reason.as_str()), (JobState::Cancelled, "test"));
+    // the worker re-attaches: same generation, its rank still assigned, nothing placed twice
+    let a = beat(&mut w, "a", 1, vec![rank]).await;
+    assert_eq!(a.len(), 1);
+    assert_eq!((a[0].job_id.as_str(), a[0].generation), (running.id.as_str(), 1));
+    // past the re-attach grace period, still beating: nothing moves
+    let mut a = vec![];
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        a = beat(&mut w, "a", 1, vec![v1::RunningRank { job_id: running.id.clone(), generation: 1, rank: 0, pid: 42, step: 5 }]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(a.len(), 1, "still the one rank: the queued job waits for the slot");
+    assert_eq!(state(&mut j, &running.id).await.generation, 1);
+    // new jobs continue the id sequence
+    assert_eq!(submit(&mut j, 1).await.id, "j000004");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start("memory:", dir.path(), 5000, 0).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    let mut old = reg("old", 1);
+    old.protocol_version = 1;
+    let e = w.register(v1::RegisterRequest { registration: Some(old) }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains(&format!("worker old speaks protocol 1, this coordinator {}", ablate_proto::PROTOCOL_VERSION)), "{}", e.message());
+    let e = j.submit_job(v1::SubmitJobRequest { config_toml: "[train\n".into(), world_size: 1, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("invalid job: config_toml:"), "{}", e.message());
+    let e = j.submit_job(v1::SubmitJobRequest { config_toml: String::new(), world_size: 0, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.message(), "invalid job: world_size must be at least 1");
+    let e = j.get_job(v1::GetJobRequest { id: "j999".into() }).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "no job \"j999\""));
+    let job = submit(&mut j, 1).await;
+    j.cancel_job(v1::CancelJobRequest { id: job.id.clone(), reason: String::new() }).await.unwrap();
+    let e = j.cancel_job(v1::CancelJobRequest { id: job.id.clone(), reason: String::new() }).await.unwrap_err();
+    assert!(e.message().contains("is cancelled: it cannot be cancelled"), "{}", e.message());
+    c.shutdown().await;
+}

@@ -1,0 +1,419 @@
+//! The node agent behind `ablate worker`: registers its devices, heartbeats (each beat
+//! carries the full registration and the ranks running here, so a restarted coordinator
+//! rebuilds its view), launches one process per assigned rank, supervises them (exit
+//! status, stuck detection: no step advance within `stuck_after`), kills ranks whose
+//! assignment disappeared (cancel, failure of a peer, restart), and batches metric points,
+//! log lines and completion reports to the coordinator, retrying until they land.
+//!
+//! The assignment set in each heartbeat answer is declarative: the agent converges to it.
+
+use ablate_proto::v1::{self, worker_service_client::WorkerServiceClient};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::events::{Event, Outcome};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub coordinator: String,
+    pub worker_id: String,
+    /// Host name or IP other workers' ranks reach this worker's ranks at.
+    pub advertise_host: String,
+    pub devices: Vec<v1::Device>,
+    pub labels: HashMap<String, String>,
+    /// Job directories go under `<work_dir>/jobs/<job>/`.
+    pub work_dir: PathBuf,
+    /// The program and leading arguments that start a rank (`ablate rank`).
+    pub rank_command: Vec<String>,
+    pub stuck_after: Duration,
+    pub rendezvous_timeout: Duration,
+    pub collective_timeout: Duration,
+    /// RAYON_NUM_THREADS of each CPU rank.
+    pub threads_per_rank: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("bad --devices {spec:?}: {message} (expected cpu:N or cuda:0,1,...)")]
+    Devices { spec: String, message: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("coordinator refused this worker: {0}")]
+    Refused(String),
+}
+
+/// `cpu:N` (N CPU slots) or `cuda:0,1,...` (those GPUs; memory filled in by the caller).
+pub fn parse_devices(spec: &str) -> Result<Vec<v1::Device>, WorkerError> {
+    let bad = |message: &str| WorkerError::Devices { spec: spec.into(), message: message.into() };
+    let (kind, rest) = spec.split_once(':').ok_or_else(|| bad("missing ':'"))?;
+    match kind {
+        "cpu" => {
+            let n: u32 = rest.parse().map_err(|_| bad("the slot count is not a number"))?;
+            if n == 0 {
+                return Err(bad("at least one slot"));
+            }
+            Ok((0..n).map(|i| v1::Device { kind: v1::DeviceKind::Cpu as i32, index: i, memory_bytes: 0, name: format!("cpu slot {i}") }).collect())
+        }
+        "cuda" => {
+            let mut out = Vec::new();
+            for part in rest.split(',') {
+                let i: u32 = part.trim().parse().map_err(|_| bad(&format!("GPU ordinal {part:?} is not a number")))?;
+                if out.iter().any(|d: &v1::Device| d.index == i) {
+                    return Err(bad(&format!("GPU {i} listed twice")));
+                }
+                out.push(v1::Device { kind: v1::DeviceKind::Cuda as i32, index: i, memory_bytes: 0, name: format!("cuda:{i}") });
+            }
+            Ok(out)
+        }
+        other => Err(bad(&format!("unknown device kind {other:?}"))),
+    }
+}
+
+type Key = (String, u64, u32);
+
+struct Running {
+    pid: u32,
+    step: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Outbox {
+    /// (job, generation) -> points (rank 0 only) and log lines
+    batches: HashMap<(String, u64), (Vec<v1::MetricPoint>, Vec<String>)>,
+    completions: Vec<v1::ReportCompletionRequest>,
+}
+
+#[derive(Default)]
+struct State {
+    running: HashMap<Key, Running>,
+    finished: HashSet<Key>,
+    outbox: Outbox,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn registration(cfg: &AgentConfig) -> v1::Registration {
+    v1::Registration {
+        worker_id: cfg.worker_id.clone(),
+        host: cfg.advertise_host.clone(),
+        devices: cfg.devices.clone(),
+        labels: cfg.labels.clone(),
+        protocol_version: ablate_proto::PROTOCOL_VERSION,
+    }
+}
+
+/// Runs the agent until `shutdown`; then stops every local rank.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let jobs = cfg.work_dir.join("jobs");
+    tokio::fs::create_dir_all(&jobs).await.map_err(|source| WorkerError::Io { path: jobs.display().to_string(), source })?;
+    let state: Shared = Arc::default();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let mut client: Option<WorkerServiceClient<Channel>> = None;
+    let mut interval = Duration::from_millis(500);
+    let mut last_warning = None::<Instant>;
+    loop {
+        if client.is_none() {
+            match connect(&cfg).await {
+                Ok((c, every)) => {
+                    tracing::info!(worker = %cfg.worker_id, "registered with {}", cfg.coordinator);
+                    client = Some(c);
+                    interval = every;
+                }
+                Err(e) => {
+                    if let WorkerError::Refused(_) = e {
+                        return Err(e);
+                    }
+                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!("coordinator {} unreachable, retrying: {e}", cfg.coordinator);
+                        last_warning = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        if let Some(c) = client.as_mut() {
+            let running: Vec<v1::RunningRank> = {
+                let s = state.lock().expect("agent state");
+                s.running.iter().map(|((job, g, r), x)| v1::RunningRank { job_id: job.clone(), generation: *g, rank: *r, pid: x.pid, step: x.step.load(Ordering::Relaxed) }).collect()
+            };
+            match c.heartbeat(v1::HeartbeatRequest { registration: Some(registration(&cfg)), running }).await {
+                Ok(r) => reconcile(&cfg, &state, &tasks, r.into_inner().assignments),
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(WorkerError::Refused(s.message().to_string())),
+                Err(s) => {
+                    tracing::warn!("heartbeat failed ({}), reconnecting; local ranks keep running", s.message());
+                    client = None;
+                }
+            }
+            if let Some(c) = client.as_mut() {
+                flush(c, &state, &cfg.worker_id).await;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    for r in state.lock().expect("agent state").running.values() {
+        r.stop.cancel();
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+async fn connect(cfg: &AgentConfig) -> Result<(WorkerServiceClient<Channel>, Duration), WorkerError> {
+    let mut c = WorkerServiceClient::connect(cfg.coordinator.clone()).await.map_err(|e| WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(e) })?;
+    let r = c.register(v1::RegisterRequest { registration: Some(registration(cfg)) }).await.map_err(|s| {
+        if s.code() == tonic::Code::FailedPrecondition {
+            WorkerError::Refused(s.message().to_string())
+        } else {
+            WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(s.message().to_string()) }
+        }
+    })?;
+    Ok((c, Duration::from_millis(r.into_inner().heartbeat_interval_ms.clamp(50, 10_000))))
+}
+
+/// Sends batched points and logs, then completion reports; keeps what did not land.
+async fn flush(c: &mut WorkerServiceClient<Channel>, state: &Shared, worker: &str) {
+    let (batches, completions) = {
+        let mut s = state.lock().expect("agent state");
+        (std::mem::take(&mut s.outbox.batches), std::mem::take(&mut s.outbox.completions))
+    };
+    let mut failed = Outbox::default();
+    for ((job, generation), (points, log_lines)) in batches {
+        let req = v1::ReportMetricsRequest { worker_id: worker.into(), job_id: job.clone(), generation, points: points.clone(), log_lines: log_lines.clone() };
+        match c.report_metrics(req).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(_) => {
+                failed.batches.insert((job, generation), (points, log_lines));
+            }
+        }
+    }
+    for req in completions {
+        if let Err(s) = c.report_completion(req.clone()).await {
+            if s.code() != tonic::Code::NotFound {
+                failed.completions.push(req);
+            }
+        }
+    }
+    let mut s = state.lock().expect("agent state");
+    for (k, (p, l)) in failed.batches {
+        let e = s.outbox.batches.entry(k).or_default();
+        let (mut p2, mut l2) = (p, l);
+        p2.append(&mut e.0);
+        l2.append(&mut e.1);
+        *e = (p2, l2);
+    }
+    let mut rest = failed.completions;
+    rest.append(&mut s.outbox.completions);
+    s.outbox.completions = rest;
+}
+
+fn reconcile(cfg: &AgentConfig, state: &Shared, tasks: &tokio_util::task::TaskTracker, assignments: Vec<v1::Assignment>) {
+    let mut s = state.lock().expect("agent state");
+    let wanted: HashSet<Key> = assignments.iter().map(|a| (a.job_id.clone(), a.generation, a.rank)).collect();
+    for (k, r) in s.running.iter() {
+        if !wanted.contains(k) {
+            tracing::info!(job = %k.0, generation = k.1, rank = k.2, "assignment withdrawn: stopping the rank");
+            r.stop.cancel();
+        }
+    }
+    for a in assignments {
+        let key = (a.job_id.clone(), a.generation, a.rank);
+        if s.running.contains_key(&key) || s.finished.contains(&key) {
+            continue;
+        }
+        let stop = CancellationToken::new();
+        let step = Arc::new(AtomicU64::new(0));
+        // pid 0 until the process started; the coordinator waits for every rank's pid
+        s.running.insert(key.clone(), Running { pid: 0, step: step.clone(), stop: stop.clone() });
+        let (cfg, state) = (cfg.clone(), state.clone());
+        tasks.spawn(async move {
+            let report = supervise(&cfg, &state, &a, step, stop).await;
+            let mut s = state.lock().expect("agent state");
+            s.running.remove(&key);
+            s.finished.insert(key);
+            if let Some(r) = report {
+                s.outbox.completions.push(r);
+            }
+        });
+    }
+}
+
+fn push_log(state: &Shared, job: &str, generation: u64, line: String) {
+    state.lock().expect("agent state").outbox.batches.entry((job.to_string(), generation)).or_default().1.push(line);
+}
+
+fn wire(p: &ablate_trainer::run::MetricPoint) -> v1::MetricPoint {
+    v1::MetricPoint {
+        step: p.step as u64,
+        loss: p.loss,
+        grad_norm: p.grad_norm,
+        lr: p.lr,
+        samples_per_sec: p.samples_per_sec,
+        step_seconds: p.step_seconds,
+        data_seconds: p.data_seconds,
+        compute_seconds: p.compute_seconds,
+        comm_seconds: p.comm_seconds,
+    }
+}
+
+/// Runs one rank process to its end. Returns the completion report (None when the agent
+/// stopped it because its assignment went away: the coordinator already knows why).
+async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: Arc<AtomicU64>, stop: CancellationToken) -> Option<v1::ReportCompletionRequest> {
+    let fail = |reason: String| v1::ReportCompletionRequest {
+        worker_id: cfg.worker_id.clone(),
+        job_id: a.job_id.clone(),
+        generation: a.generation,
+        rank: a.rank,
+        success: false,
+        reason,
+        ..Default::default()
+    };
+    let dir = cfg.work_dir.join("jobs").join(&a.job_id);
+    let config = dir.join(format!("job-g{}-rank{}.toml", a.generation, a.rank));
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await.and(tokio::fs::write(&config, &a.config_toml).await) {
+        return Some(fail(format!("cannot write {}: {e}", config.display())));
+    }
+    let device = cfg.devices.iter().find(|d| d.index == a.slot).map(|d| if d.kind == v1::DeviceKind::Cuda as i32 { format!("cuda:{}", d.index) } else { "cpu".into() }).unwrap_or_else(|| "cpu".into());
+    let mut cmd = tokio::process::Command::new(&cfg.rank_command[0]);
+    cmd.args(&cfg.rank_command[1..])
+        .args(["--coordinator", &cfg.coordinator, "--job", &a.job_id])
+        .args(["--generation", &a.generation.to_string(), "--rank", &a.rank.to_string(), "--world", &a.world_size.to_string()])
+        .arg("--config")
+        .arg(&config)
+        .arg("--job-dir")
+        .arg(&dir)
+        .args(["--device", &device, "--advertise-host", &cfg.advertise_host])
+        .args(["--rendezvous-timeout-ms", &cfg.rendezvous_timeout.as_millis().to_string()])
+        .args(["--collective-timeout-ms", &cfg.collective_timeout.as_millis().to_string()])
+        .env("RAYON_NUM_THREADS", cfg.threads_per_rank.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Some(fail(format!("cannot start {}: {e}", cfg.rank_command[0]))),
+    };
+    let pid = child.id().unwrap_or(0);
+    if let Some(r) = state.lock().expect("agent state").running.get_mut(&(a.job_id.clone(), a.generation, a.rank)) {
+        r.pid = pid;
+    }
+    let job = a.job_id.clone();
+    let (generation, rank) = (a.generation, a.rank);
+    push_log(state, &job, generation, format!("[worker {}] rank {rank} started as pid {pid} on {device}", cfg.worker_id));
+    // stderr -> log lines (and the rank's log file)
+    let stderr = child.stderr.take().expect("piped");
+    let log_path = dir.join(format!("rank-{rank}.log"));
+    let (st, j2) = (state.clone(), job.clone());
+    let err_task = tokio::spawn(async move {
+        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&log_path).await.ok();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(f) = file.as_mut() {
+                let _ = f.write_all(format!("{l}\n").as_bytes()).await;
+            }
+            push_log(&st, &j2, generation, format!("[rank {rank}] {l}"));
+        }
+    });
+    // stdout -> events
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let out_task = tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(e) = Event::parse(&l) {
+                let _ = tx.send(e);
+            }
+        }
+    });
+    let mut last_progress = Instant::now();
+    let mut outcome: Option<Outcome> = None;
+    let mut reported: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let verdict = loop {
+        tokio::select! {
+            status = child.wait() => break Ok(status),
+            Some(e) = events.recv() => match e {
+                Event::Step { point } => {
+                    step.store(point.step as u64 + 1, Ordering::Relaxed);
+                    last_progress = Instant::now();
+                    if rank == 0 {
+                        state.lock().expect("agent state").outbox.batches.entry((job.clone(), generation)).or_default().0.push(wire(&point));
+                    }
+                }
+                Event::Started { .. } => last_progress = Instant::now(),
+                Event::Checkpoint { .. } => {}
+                Event::Done(o) => outcome = Some(o),
+                Event::Failed { reason } => reported = Some(reason),
+            },
+            _ = stop.cancelled() => break Err(None),
+            _ = tick.tick() => {
+                if last_progress.elapsed() > cfg.stuck_after {
+                    break Err(Some(format!("no step advance within {:?}: the rank is stuck (killed)", cfg.stuck_after)));
+                }
+            }
+        }
+    };
+    let status = match verdict {
+        Ok(s) => s,
+        Err(why) => {
+            let _ = child.kill().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), out_task).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), err_task).await;
+            push_log(state, &job, generation, format!("[worker {}] rank {rank} (pid {pid}) stopped: {}", cfg.worker_id, why.as_deref().unwrap_or("assignment withdrawn")));
+            return why.map(fail);
+        }
+    };
+    // drain what the rank printed before it exited
+    let _ = tokio::time::timeout(Duration::from_secs(5), out_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), err_task).await;
+    while let Ok(e) = events.try_recv() {
+        match e {
+            Event::Done(o) => outcome = Some(o),
+            Event::Failed { reason } => reported = Some(reason),
+            Event::Step { point } if rank == 0 => state.lock().expect("agent state").outbox.batches.entry((job.clone(), generation)).or_default().0.push(wire(&point)),
+            _ => {}
+        }
+    }
+    match (status, outcome) {
+        (Ok(s), Some(o)) if s.success() => Some(v1::ReportCompletionRequest {
+            worker_id: cfg.worker_id.clone(),
+            job_id: job,
+            generation,
+            rank,
+            success: true,
+            checksum: o.checksum,
+            result: (rank == 0).then(|| v1::JobResult {
+                steps: o.steps as u64,
+                final_loss: o.final_loss,
+                samples_per_sec: o.samples_per_sec,
+                wall_seconds: o.wall_seconds,
+                rank_checksums: vec![],
+                eval_json: o.eval_json,
+            }),
+            reason: String::new(),
+        }),
+        (Ok(s), _) => {
+            let how = match (s.code(), s.signal()) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(c), _) => format!("exited with code {c}"),
+                _ => "exited".into(),
+            };
+            Some(fail(match reported {
+                Some(r) => format!("{r} ({how})"),
+                None => format!("rank process {how}"),
+            }))
+        }
+        (Err(e), _) => Some(fail(format!("waiting for the rank process: {e}"))),
+    }
+}

@@ -1,0 +1,29 @@
+//! Gradient exchange backends for [`ablate_trainer::collective::Collective`]:
+//! - [`ring::Ring`]: TCP ring, CPU (and any host);
+//! - [`rendezvous::RendezvousRing`]: a ring whose members find each other through the
+//!   coordinator's rendezvous (what rank processes use).
+//!
+//! The NCCL backend (CUDA) is not built yet; see docs/distributed.md.
+
+pub mod rendezvous;
+pub mod ring;
+
+pub use ring::Ring;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+/// A group of `world` rings on loopback, one per thread (tests and benchmarks).
+pub fn loopback_group(world: usize, timeout: Duration) -> Vec<Ring> {
+    let listeners: Vec<TcpListener> = (0..world).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind loopback")).collect();
+    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("bound").to_string()).collect();
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(r, l)| {
+            let addrs = addrs.clone();
+            std::thread::spawn(move || Ring::connect(r, l, &addrs, 7, timeout).expect("loopback ring"))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("ring thread")).collect()
+}
