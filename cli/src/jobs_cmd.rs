@@ -59,6 +59,14 @@ pub enum JobsCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// A job's metric points (step, loss, grad norm, lr, throughput, time split).
+    Metrics {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        from_step: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Args)]
@@ -163,6 +171,24 @@ pub fn jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                         for j in &jobs {
                             println!("{}", line(j));
                         }
+                    }
+                }
+            }
+            JobsCmd::Metrics { id, from_step, conn } => {
+                let points = client(&conn).await?.get_metrics(v1::GetMetricsRequest { id, from_step }).await.map_err(status)?.into_inner().points;
+                if conn.output == Output::Text {
+                    println!("{:>6} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8}", "step", "loss", "grad", "lr", "samples/s", "data s", "comp s", "comm s");
+                }
+                for p in points {
+                    match conn.output {
+                        Output::Json => println!(
+                            "{}",
+                            json!({"step": p.step, "loss": p.loss, "grad_norm": p.grad_norm, "lr": p.lr, "samples_per_sec": p.samples_per_sec, "step_seconds": p.step_seconds, "data_seconds": p.data_seconds, "compute_seconds": p.compute_seconds, "comm_seconds": p.comm_seconds})
+                        ),
+                        Output::Text => println!(
+                            "{:>6} {:>9.4} {:>9.4} {:>10.2e} {:>10.1} {:>8.3} {:>8.3} {:>8.3}",
+                            p.step, p.loss, p.grad_norm, p.lr, p.samples_per_sec, p.data_seconds, p.compute_seconds, p.comm_seconds
+                        ),
                     }
                 }
             }

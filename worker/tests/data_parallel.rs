@@ -1,0 +1,77 @@
+//! Data parallelism changes nothing but speed: 2 ranks x batch b over the TCP ring end with
+//! the parameters (and losses) of 1 rank x batch 2b, and both ranks end bit-identical.
+
+use ablate_trainer::run::{read_metrics, run_distributed, run_on, NoProgress, RunOptions};
+use ablate_trainer::TrainConfig;
+use ablate_worker::collective::loopback_group;
+use candle_core::Device;
+use std::path::Path;
+use std::time::Duration;
+
+fn config(batch: usize) -> TrainConfig {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/train-tiny.toml")).unwrap();
+    let mut c = TrainConfig::from_toml_str(&text, "train-tiny.toml").unwrap();
+    c.train.steps = 4;
+    c.train.batch_size = batch;
+    c.optim.warmup_steps = 1;
+    // The example's eps = 1e-15 turns any nonzero gradient into a full-size Adam step. Some
+    // gradients are zero in exact arithmetic (the key bias of attention: softmax ignores a
+    // shift) and pure rounding noise in floats, so their sign, and the step, depends on the
+    // summation order. A larger eps keeps noise-sized gradients from moving anything.
+    c.optim.eps = 1e-6;
+    c.eval.samples = 0;
+    c
+}
+
+fn params(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let t = ablate_trainer::checkpoint::load(&dir.join("checkpoint.safetensors"), &Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = t.into_iter().filter(|(k, _)| k.starts_with("param.")).map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn two_ranks_of_batch_b_match_one_rank_of_batch_2b() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = dir.path().join("single");
+    let one = run_on(config(4), &RunOptions { out: single.clone(), resume: false, samples: false }, &Device::Cpu, &mut NoProgress).unwrap();
+
+    let rings = loopback_group(2, Duration::from_secs(60));
+    let handles: Vec<_> = rings
+        .into_iter()
+        .enumerate()
+        .map(|(r, mut ring)| {
+            let out = dir.path().join(format!("rank{r}"));
+            std::thread::spawn(move || run_distributed(config(2), &RunOptions { out, resume: false, samples: false }, &Device::Cpu, &mut NoProgress, &mut ring).unwrap())
+        })
+        .collect();
+    let sums: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(sums[0].checksum.to_bits(), sums[1].checksum.to_bits(), "both ranks hold the same bits");
+    assert_eq!(sums[0].steps, 4);
+
+    // the same parameters as the single rank, to float tolerance (summation order differs)
+    let (a, b) = (params(&single), params(&dir.path().join("rank0")));
+    assert_eq!(a.len(), b.len());
+    let mut worst = (0f64, String::new());
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let diff: f64 = va.iter().zip(vb).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = va.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let rel = diff / norm.max(1e-6);
+        if rel > worst.0 {
+            worst = (rel, na.clone());
+        }
+    }
+    assert!(worst.0 < 1e-4, "tensor {} differs by {:.3e} (relative L2)", worst.1, worst.0);
+    // and the same loss curve: rank 0 reports the group's mean loss
+    let la = read_metrics(&single.join("metrics.jsonl"), usize::MAX).unwrap();
+    let lb = read_metrics(&dir.path().join("rank0/metrics.jsonl"), usize::MAX).unwrap();
+    for (p, q) in la.iter().zip(&lb) {
+        assert!((p.loss - q.loss).abs() < 1e-5 * p.loss.abs().max(1.0), "step {}: {} vs {}", p.step, p.loss, q.loss);
+        assert!((p.grad_norm - q.grad_norm).abs() < 1e-5 * p.grad_norm, "step {}: grad norm {} vs {}", p.step, p.grad_norm, q.grad_norm);
+        assert!(q.comm_seconds > 0.0);
+    }
+    assert!((one.checksum - sums[0].checksum).abs() < 1e-4 * one.checksum.abs(), "{} vs {}", one.checksum, sums[0].checksum);
+    // only rank 0 writes the checkpoint
+    assert!(!dir.path().join("rank1/checkpoint.safetensors").exists());
+}
