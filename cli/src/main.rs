@@ -1,6 +1,7 @@
 //! The `ablate` command line.
 
 mod assets_cmd;
+mod bench_cluster;
 mod cluster_cmd;
 mod data_cmd;
 mod eval_cmd;

@@ -98,6 +98,24 @@ pub enum BenchCmd {
         #[arg(long, default_value = "python3")]
         python: String,
     },
+    /// TCP ring all-reduce bus bandwidth on loopback, next to raw loopback TCP throughput.
+    Ring {
+        /// Buffer sizes in MB.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        sizes: Vec<usize>,
+        /// Group sizes.
+        #[arg(long, value_delimiter = ',', default_value = "2,4")]
+        ranks: Vec<usize>,
+    },
+    /// Gang-scheduler throughput on a simulated cluster, and submit-to-running latency.
+    Scheduler {
+        #[arg(long, default_value_t = 1000)]
+        workers: usize,
+        #[arg(long, default_value_t = 8)]
+        slots: u32,
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+    },
     /// Images per second of FID (Inception-v3) feature extraction on the CPU.
     Inception {
         #[arg(long, default_value_t = 8)]
@@ -226,6 +244,8 @@ pub fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Train(a) => a,
         BenchCmd::Fd { n, dim, python } => return crate::eval_cmd::bench_fd(n, dim, &python),
         BenchCmd::Inception { batch, size, batches } => return crate::eval_cmd::bench_inception(batch, size, batches),
+        BenchCmd::Ring { sizes, ranks } => return crate::bench_cluster::ring(&sizes, &ranks),
+        BenchCmd::Scheduler { workers, slots, jobs } => return crate::bench_cluster::scheduler(workers, slots, jobs),
     };
     let dev = device::open(&a.device)?;
     let wanted: Vec<&str> = a.arms.split(',').map(str::trim).collect();

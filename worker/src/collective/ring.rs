@@ -25,6 +25,8 @@ pub struct Ring {
     next: Option<TcpStream>,
     prev: Option<TcpStream>,
     timeout: Duration,
+    /// Receive buffer of one segment, reused.
+    scratch: Vec<f32>,
 }
 
 impl Ring {
@@ -38,7 +40,7 @@ impl Ring {
             return Err(err(format!("rank {rank} is outside a group of {world}")));
         }
         if world == 1 {
-            return Ok(Self { rank, world, next: None, prev: None, timeout });
+            return Ok(Self { rank, world, next: None, prev: None, timeout, scratch: Vec::new() });
         }
         let deadline = Instant::now() + timeout;
         let next_rank = (rank + 1) % world;
@@ -89,7 +91,7 @@ impl Ring {
             }
         };
         let next = dial.join().map_err(|_| err("dialer thread panicked".into()))?.map_err(err)?;
-        let mut ring = Self { rank, world, next: Some(next), prev: Some(prev), timeout };
+        let mut ring = Self { rank, world, next: Some(next), prev: Some(prev), timeout, scratch: Vec::new() };
         ring.set_timeout(timeout).map_err(|e| err(e.to_string()))?;
         for s in [&ring.next, &ring.prev].into_iter().flatten() {
             s.set_nodelay(true).map_err(|e| err(e.to_string()))?;
@@ -157,16 +159,70 @@ fn read_msg(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn to_bytes(xs: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(xs.len() * 4);
-    for x in xs {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
-}
+// Values travel in the machine's byte order; every supported target is little-endian.
+#[cfg(target_endian = "big")]
+compile_error!("the TCP ring sends f32 in little-endian byte order");
 
 fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+}
+
+/// Disjoint views of two chunks of `buf`: the one to send and the one to receive into.
+fn split(buf: &mut [f32], send: (usize, usize), recv: (usize, usize)) -> (&[f32], &mut [f32]) {
+    // chunks are adjacent or apart, never overlapping; either may be empty
+    if send.1 <= recv.0 {
+        let (lo, hi) = buf.split_at_mut(recv.0);
+        (&lo[send.0..send.1], &mut hi[..recv.1 - recv.0])
+    } else {
+        let (lo, hi) = buf.split_at_mut(recv.1);
+        (&hi[send.0 - recv.1..send.1 - recv.1], &mut lo[recv.0..recv.1])
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Combine {
+    Add,
+    Copy,
+}
+
+impl Ring {
+    /// Sends `out` to the next rank while receiving `into.len()` values from the previous
+    /// one, combined into `into` segment by segment as they arrive (no copies of the buffer;
+    /// reduction overlaps the transfer).
+    fn exchange_f32(&mut self, op: &'static str, out: &[f32], into: &mut [f32], how: Combine) -> Result<(), CollectiveError> {
+        let rank = self.rank;
+        let next = self.next.as_mut().expect("world > 1");
+        let prev = self.prev.as_mut().expect("world > 1");
+        let scratch = &mut self.scratch;
+        let (sent, got) = std::thread::scope(|sc| {
+            let h = sc.spawn(|| write_msg(next, bytemuck::cast_slice(out)));
+            let got = (|| -> std::io::Result<Result<(), String>> {
+                let mut len = [0u8; 8];
+                prev.read_exact(&mut len)?;
+                let n = u64::from_le_bytes(len) as usize;
+                if n != into.len() * 4 {
+                    return Ok(Err(format!("peer sent {} values, expected {}: the ranks disagree on the buffer", n / 4, into.len())));
+                }
+                match how {
+                    Combine::Copy => prev.read_exact(bytemuck::cast_slice_mut(into))?,
+                    Combine::Add => {
+                        scratch.resize(SEGMENT / 4, 0.0);
+                        for seg in into.chunks_mut(SEGMENT / 4) {
+                            let tmp = &mut scratch[..seg.len()];
+                            prev.read_exact(bytemuck::cast_slice_mut(tmp))?;
+                            for (x, y) in seg.iter_mut().zip(tmp.iter()) {
+                                *x += *y;
+                            }
+                        }
+                    }
+                }
+                Ok(Ok(()))
+            })();
+            (h.join().expect("sender thread"), got)
+        });
+        sent.map_err(|e| self.err(op, e, Dir::Next))?;
+        got.map_err(|e| self.err(op, e, Dir::Prev))?.map_err(|message| CollectiveError { op, rank, message })
+    }
 }
 
 impl Collective for Ring {
@@ -184,40 +240,25 @@ impl Collective for Ring {
         }
         let n = buf.len();
         let bound = |i: usize| (i * n / w, (i + 1) * n / w);
-        let check = |got: &[u8], want: usize, rank: usize| {
-            if got.len() != want * 4 {
-                Err(CollectiveError { op: "all-reduce", rank, message: format!("peer sent {} values, expected {want}: the ranks disagree on the buffer", got.len() / 4) })
-            } else {
-                Ok(())
-            }
-        };
         // reduce-scatter: after W-1 steps rank r holds the full sum of chunk r+1
         for s in 0..w - 1 {
-            let (a, b) = bound((self.rank + w - s) % w);
-            let out = to_bytes(&buf[a..b]);
-            let got = self.exchange("all-reduce", &out)?;
-            let (c, d) = bound((self.rank + 2 * w - s - 1) % w);
-            check(&got, d - c, self.rank)?;
-            for (x, y) in buf[c..d].iter_mut().zip(floats(&got)) {
-                *x += y;
-            }
+            let send = bound((self.rank + w - s) % w);
+            let recv = bound((self.rank + 2 * w - s - 1) % w);
+            let (out, into) = split(buf, send, recv);
+            self.exchange_f32("all-reduce", out, into, Combine::Add)?;
         }
         // all-gather the summed chunks
         for s in 0..w - 1 {
-            let (a, b) = bound((self.rank + 1 + w - s) % w);
-            let out = to_bytes(&buf[a..b]);
-            let got = self.exchange("all-reduce", &out)?;
-            let (c, d) = bound((self.rank + w - s) % w);
-            check(&got, d - c, self.rank)?;
-            for (x, y) in buf[c..d].iter_mut().zip(floats(&got)) {
-                *x = y;
-            }
+            let send = bound((self.rank + 1 + w - s) % w);
+            let recv = bound((self.rank + w - s) % w);
+            let (out, into) = split(buf, send, recv);
+            self.exchange_f32("all-reduce", out, into, Combine::Copy)?;
         }
         Ok(())
     }
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
-        let mut bytes = if self.rank == root { to_bytes(buf) } else { Vec::new() };
+        let mut bytes = if self.rank == root { bytemuck::cast_slice(buf).to_vec() } else { Vec::new() };
         self.broadcast_bytes(&mut bytes, root)?;
         if bytes.len() != buf.len() * 4 {
             return Err(CollectiveError { op: "broadcast", rank: self.rank, message: format!("rank {root} sent {} values, expected {}", bytes.len() / 4, buf.len()) });
