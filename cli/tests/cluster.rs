@@ -101,22 +101,28 @@ impl Cluster {
     }
 
     fn submit(&self, steps: usize, world: u32) -> String {
-        let cfg = job_config(self.dir.path(), steps);
+        self.submit_eval(steps, world, 0)
+    }
+
+    fn submit_eval(&self, steps: usize, world: u32, eval: i64) -> String {
+        let cfg = job_config_eval(self.dir.path(), steps, eval);
         let v: Value = serde_json::from_str(&self.cli(&["submit", cfg.to_str().unwrap(), "--world-size", &world.to_string(), "--output", "json"])).unwrap();
         v["id"].as_str().unwrap().to_string()
     }
 }
 
-fn job_config(dir: &Path, steps: usize) -> PathBuf {
+/// The tiny example, short, with `eval` generated images evaluated at the end.
+fn job_config_eval(dir: &Path, steps: usize, eval: i64) -> PathBuf {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/train-tiny.toml")).unwrap();
     let mut v: toml::Table = text.parse().unwrap();
     v["train"]["steps"] = (steps as i64).into();
     v["train"]["batch_size"] = 2.into();
     v["train"]["checkpoint_every"] = 10.into();
-    v["eval"]["samples"] = 0.into();
+    v["eval"]["samples"] = eval.into();
+    v["eval"]["sampler_steps"] = 4.into();
     v["sample"]["count"] = 2.into();
     v["sample"]["steps"] = 2.into();
-    let p = dir.join(format!("job-{steps}.toml"));
+    let p = dir.join(format!("job-{steps}-{eval}.toml"));
     std::fs::write(&p, toml::to_string(&v).unwrap()).unwrap();
     p
 }
@@ -136,7 +142,7 @@ fn state(v: &Value) -> &str {
 #[test]
 fn a_world_size_two_job_succeeds_with_identical_ranks_and_metrics() {
     let c = Cluster::start(2);
-    let id = c.submit(8, 2);
+    let id = c.submit_eval(8, 2, 8);
     c.wait(300, "job succeeded", |c| state(&c.job(&id)) == "succeeded");
     let j = c.job(&id);
     let sums = j["result"]["rank_checksums"].as_array().unwrap();
@@ -145,6 +151,10 @@ fn a_world_size_two_job_succeeds_with_identical_ranks_and_metrics() {
     let workers: Vec<&str> = j["placement"].as_array().unwrap().iter().map(|p| p["worker"].as_str().unwrap()).collect();
     assert!(workers.contains(&"w0") && workers.contains(&"w1"), "{workers:?}");
     assert_eq!(j["result"]["steps"], 8);
+    // rank 0 evaluated (rank 1 waited at the barrier); the report reaches the job
+    let fd = j["result"]["eval"]["fd_scenes"]["value"].as_f64().expect("final evaluation in the result");
+    assert!(fd.is_finite() && fd > 0.0);
+    assert_eq!(j["result"]["eval"]["fd_scenes"]["protocol"]["samples"], 8);
     // metric points in the API: every step once, with the communication time measured
     let points: Vec<Value> = c.cli(&["jobs", "metrics", &id, "--output", "json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(points.iter().map(|p| p["step"].as_u64().unwrap()).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
@@ -155,7 +165,7 @@ fn a_world_size_two_job_succeeds_with_identical_ranks_and_metrics() {
     // and Prometheus sees the job
     let text = http_get(&c.metrics, "/metrics");
     let loss = format!("ablate_job_train_loss{{job=\"{id}\"");
-    for needle in [loss.as_str(), "ablate_collective_allreduce_seconds_bucket", "ablate_workers{state=\"alive\"} 2", "ablate_rendezvous_duration_seconds_count 1"] {
+    for needle in [loss.as_str(), "ablate_collective_allreduce_seconds_bucket", "ablate_workers{state=\"alive\"} 2", "ablate_rendezvous_duration_seconds_count 1", "ablate_job_fd_scenes{"] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
     match Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
@@ -169,21 +179,47 @@ fn a_world_size_two_job_succeeds_with_identical_ranks_and_metrics() {
     }
 }
 
+/// Whether `pid` has exited (gone, or a zombie its parent has not reaped yet).
+fn exited(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+    }
+}
+
+fn signal(pid: u64, sig: &str) {
+    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
 #[test]
 fn killing_one_rank_fails_the_job_and_frees_the_survivor() {
     let c = Cluster::start(2);
     let id = c.submit(5000, 2);
     c.wait(120, "job training", |c| c.job(&id)["step"].as_u64().unwrap_or(0) >= 2);
     let j = c.job(&id);
-    let victim = j["placement"].as_array().unwrap().iter().find(|p| p["rank"] == 1).unwrap()["pid"].as_u64().unwrap();
+    let rank = |r: u64| j["placement"].as_array().unwrap().iter().find(|p| p["rank"] == r).unwrap().clone();
+    let (victim, survivor) = (rank(1)["pid"].as_u64().unwrap(), rank(0)["pid"].as_u64().unwrap());
+    // freeze the survivor's worker, so only the survivor itself can end its process: the
+    // agent would otherwise stop it as soon as the job fails
+    let w: usize = rank(0)["worker"].as_str().unwrap()[1..].parse().unwrap();
+    let agent = c.workers[w].0.id() as u64;
+    signal(agent, "-STOP");
     let t0 = Instant::now();
-    assert!(Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
-    // the collective deadline is 60 s: failing well inside it shows nobody waited it out
+    signal(victim, "-9");
+    // the collective deadline is 60 s: the survivor leaves its all-reduce with an error and
+    // exits well inside it
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !exited(survivor) {
+        assert!(Instant::now() < deadline, "the surviving rank hangs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let survivor_done = t0.elapsed();
+    signal(agent, "-CONT");
     c.wait(30, "job failed", |c| state(&c.job(&id)) == "failed");
-    assert!(t0.elapsed() < Duration::from_secs(30));
     let reason = c.job(&id)["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("killed by signal 9") || reason.contains("closed the connection"), "{reason}");
-    c.wait(15, "the survivor's collective error logged", |c| c.cli(&["logs", &id]).contains("rank 1 closed the connection"));
+    c.wait(15, "the survivor's collective error logged", |c| c.cli(&["logs", &id]).contains("rank 0 failed: all-reduce on rank 0: rank 1 closed the connection"));
+    eprintln!("survivor exited {survivor_done:?} after its peer was killed");
     // no rank process is left behind
     c.wait(15, "workers idle", |c| c.cli(&["workers", "--output", "json"]).lines().all(|l| l.contains("\"busy\":0")));
 }

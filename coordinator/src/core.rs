@@ -112,18 +112,17 @@ impl Core {
 
     // ------------------------------------------------------------ user operations
 
-    pub fn submit(&self, req: v1::SubmitJobRequest) -> Result<v1::Job, CoordinatorError> {
+    /// Checks a submission and builds its job (not yet stored).
+    fn new_job(&self, req: v1::SubmitJobRequest, seq: u64) -> Result<v1::Job, CoordinatorError> {
         if req.world_size == 0 {
             return Err(CoordinatorError::InvalidJob("world_size must be at least 1".into()));
         }
         let cfg: toml::Value = toml::from_str(&req.config_toml).map_err(|e| CoordinatorError::InvalidJob(format!("config_toml: {e}")))?;
         let total_steps = cfg.get("train").and_then(|t| t.get("steps")).and_then(|s| s.as_integer()).unwrap_or(0).max(0) as u64;
-        let mut g = self.lock();
-        let seq = g.next_sequence;
         let id = format!("j{seq:06}");
-        let job = v1::Job {
+        Ok(v1::Job {
             id: id.clone(),
-            name: if req.name.is_empty() { id.clone() } else { req.name },
+            name: if req.name.is_empty() { id } else { req.name },
             state: JobState::Queued as i32,
             world_size: req.world_size,
             priority: req.priority,
@@ -135,19 +134,47 @@ impl Core {
             sequence: seq,
             max_restarts: self.opts.max_restarts,
             ..Default::default()
-        };
+        })
+    }
+
+    /// Stores `jobs` in one transaction (all or none) and queues them.
+    fn queue(&self, g: &mut Inner, jobs: Vec<v1::Job>) -> Result<Vec<v1::Job>, CoordinatorError> {
         // create-if-absent: a second coordinator on the same store can never overwrite a job
-        let t = self.store.txn(&[Compare::Exists(format!("{JOBS}{id}"), false)], &[Op::Put(format!("{JOBS}{id}"), job.encode_to_vec())], &[])?;
-        if !t.succeeded {
-            return Err(CoordinatorError::InvalidJob(format!("job id {id} is taken in the store (another coordinator?)")));
+        let compares: Vec<Compare> = jobs.iter().map(|j| Compare::Exists(format!("{JOBS}{}", j.id), false)).collect();
+        let puts: Vec<Op> = jobs.iter().map(|j| Op::Put(format!("{JOBS}{}", j.id), j.encode_to_vec())).collect();
+        if !self.store.txn(&compares, &puts, &[])?.succeeded {
+            return Err(CoordinatorError::InvalidJob("job ids are taken in the store (another coordinator on the same store?)".into()));
         }
-        g.next_sequence += 1;
-        g.jobs.insert(id.clone(), job.clone());
-        g.queued_at.insert(id, Instant::now());
-        drop(g);
-        let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::State(job.clone())) }));
-        crate::metrics::job_state_changed(&job);
-        Ok(job)
+        g.next_sequence += jobs.len() as u64;
+        for j in &jobs {
+            g.jobs.insert(j.id.clone(), j.clone());
+            g.queued_at.insert(j.id.clone(), Instant::now());
+            let _ = self.events.send((j.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::State(j.clone())) }));
+            crate::metrics::job_state_changed(j);
+        }
+        Ok(jobs)
+    }
+
+    pub fn submit(&self, req: v1::SubmitJobRequest) -> Result<v1::Job, CoordinatorError> {
+        let mut g = self.lock();
+        let job = self.new_job(req, g.next_sequence)?;
+        Ok(self.queue(&mut g, vec![job])?.remove(0))
+    }
+
+    /// A sweep's jobs, all or none; the sweep id is `s` + the first job's sequence number.
+    pub fn submit_sweep(&self, req: v1::SubmitSweepRequest) -> Result<(String, Vec<v1::Job>), CoordinatorError> {
+        if req.jobs.is_empty() {
+            return Err(CoordinatorError::InvalidJob("a sweep needs at least one job".into()));
+        }
+        let mut g = self.lock();
+        let sweep = format!("s{:06}", g.next_sequence);
+        let mut jobs = Vec::with_capacity(req.jobs.len());
+        for (i, mut r) in req.jobs.into_iter().enumerate() {
+            r.sweep = sweep.clone();
+            let arm = r.arm.clone();
+            jobs.push(self.new_job(r, g.next_sequence + i as u64).map_err(|e| CoordinatorError::InvalidJob(format!("sweep {:?}, job {i} ({arm}): {e}", req.name)))?);
+        }
+        Ok((sweep, self.queue(&mut g, jobs)?))
     }
 
     pub fn get(&self, id: &str) -> Result<v1::Job, CoordinatorError> {
@@ -370,6 +397,7 @@ impl Core {
                 let sums = &job.result.as_ref().expect("set above").rank_checksums;
                 if sums.windows(2).all(|w| w[0] == w[1]) {
                     finish(job, JobState::Succeeded, "");
+                    crate::metrics::job_eval(job);
                 } else {
                     let reason = format!("ranks finished with different parameters (checksums {sums:?}): data parallelism broke");
                     finish(job, JobState::Failed, &reason);

@@ -6,6 +6,8 @@ use crate::store::StoreError;
 pub enum CoordinatorError {
     #[error("no job {0:?}")]
     NoJob(String),
+    #[error("no sweep {0:?}")]
+    NoSweep(String),
     #[error("invalid job: {0}")]
     InvalidJob(String),
     #[error("job {job} is {state}: {what}")]
@@ -29,7 +31,7 @@ impl From<CoordinatorError> for tonic::Status {
         use CoordinatorError::*;
         let msg = e.to_string();
         match e {
-            NoJob(_) => tonic::Status::not_found(msg),
+            NoJob(_) | NoSweep(_) => tonic::Status::not_found(msg),
             InvalidJob(_) => tonic::Status::invalid_argument(msg),
             WrongState { .. } | Protocol { .. } | StaleGeneration { .. } | Rendezvous { .. } => tonic::Status::failed_precondition(msg),
             RendezvousTimeout { .. } => tonic::Status::deadline_exceeded(msg),

@@ -38,6 +38,10 @@ fn describe() {
     metrics::describe_gauge!("ablate_job_step", "Last reported step of a job");
     metrics::describe_gauge!("ablate_job_grad_norm", "Last reported gradient norm of a job");
     metrics::describe_gauge!("ablate_job_learning_rate", "Last reported learning rate of a job");
+    metrics::describe_gauge!("ablate_job_fd_scenes", "Final FD-scenes of a job (scene evaluator features)");
+    metrics::describe_gauge!("ablate_job_mmd", "Final MMD of a job (scene evaluator embedding)");
+    metrics::describe_gauge!("ablate_job_accuracy", "Final compositional accuracy of a job");
+    metrics::describe_gauge!("ablate_job_fid", "Final FID of a job (Inception-v3), when its weights are installed");
     metrics::describe_histogram!("ablate_collective_allreduce_seconds", metrics::Unit::Seconds, "Gradient all-reduce time per step");
     metrics::describe_histogram!("ablate_job_step_seconds", metrics::Unit::Seconds, "Training step time");
     metrics::describe_histogram!("ablate_scheduler_queue_wait_seconds", metrics::Unit::Seconds, "Time from queued to placed");
@@ -64,6 +68,18 @@ pub fn job_points(job: &v1::Job, points: &[v1::MetricPoint]) {
     for p in points {
         metrics::histogram!("ablate_collective_allreduce_seconds").record(p.comm_seconds);
         metrics::histogram!("ablate_job_step_seconds").record(p.step_seconds);
+    }
+}
+
+/// The final evaluation of a finished job (FD-scenes, MMD, accuracy, FID when available).
+pub fn job_eval(job: &v1::Job) {
+    let Some(r) = job.result.as_ref().filter(|r| !r.eval_json.is_empty()) else { return };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.eval_json) else { return };
+    let l = labels(job);
+    for (key, name) in [("fd_scenes", "ablate_job_fd_scenes"), ("mmd_scenes", "ablate_job_mmd"), ("accuracy", "ablate_job_accuracy"), ("fid", "ablate_job_fid")] {
+        if let Some(x) = v[key]["value"].as_f64() {
+            metrics::gauge!(name, &l).set(x);
+        }
     }
 }
 

@@ -24,6 +24,21 @@ impl JobService for Jobs {
         Ok(Response::new(v1::SubmitJobResponse { job: Some(job) }))
     }
 
+    async fn submit_sweep(&self, r: Request<v1::SubmitSweepRequest>) -> Result<Response<v1::SubmitSweepResponse>, Status> {
+        let (sweep, jobs) = self.0.submit_sweep(r.into_inner())?;
+        Ok(Response::new(v1::SubmitSweepResponse { sweep, jobs }))
+    }
+
+    async fn get_sweep_results(&self, r: Request<v1::GetSweepResultsRequest>) -> Result<Response<v1::GetSweepResultsResponse>, Status> {
+        let sweep = r.into_inner().sweep;
+        let mut jobs = self.0.list(&[], &sweep);
+        if jobs.is_empty() {
+            return Err(crate::error::CoordinatorError::NoSweep(sweep).into());
+        }
+        jobs.sort_by_key(|j| j.sequence);
+        Ok(Response::new(v1::GetSweepResultsResponse { sweep, jobs }))
+    }
+
     async fn get_job(&self, r: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
         Ok(Response::new(self.0.get(&r.into_inner().id)?))
     }

@@ -225,3 +225,25 @@ async fn bad_requests_get_clear_errors() {
     assert!(e.message().contains("is cancelled: it cannot be cancelled"), "{}", e.message());
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_is_stored_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start("memory:", dir.path(), 5000, 0).await;
+    let mut j = c.jobs().await;
+    let arm = |name: &str, cfg: &str| v1::SubmitJobRequest { config_toml: cfg.into(), name: name.into(), arm: name.into(), world_size: 1, ..Default::default() };
+    let e = j
+        .submit_sweep(v1::SubmitSweepRequest { name: "bad".into(), jobs: vec![arm("baseline", "[train]\nsteps = 5\n"), arm("repa", "[train\n")] })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("invalid job: sweep \"bad\", job 1 (repa): invalid job: config_toml:"), "{}", e.message());
+    assert!(j.list_jobs(v1::ListJobsRequest::default()).await.unwrap().into_inner().jobs.is_empty(), "nothing of a bad sweep is stored");
+    let r = j.submit_sweep(v1::SubmitSweepRequest { name: "ok".into(), jobs: vec![arm("baseline", "[train]\nsteps = 5\n"), arm("muon", "[train]\nsteps = 5\n")] }).await.unwrap().into_inner();
+    assert_eq!(r.sweep, "s000001");
+    let res = j.get_sweep_results(v1::GetSweepResultsRequest { sweep: r.sweep.clone() }).await.unwrap().into_inner();
+    let arms: Vec<(&str, &str)> = res.jobs.iter().map(|x| (x.arm.as_str(), x.sweep.as_str())).collect();
+    assert_eq!(arms, [("baseline", "s000001"), ("muon", "s000001")]);
+    let e = j.get_sweep_results(v1::GetSweepResultsRequest { sweep: "s9".into() }).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "no sweep \"s9\""));
+    c.shutdown().await;
+}
