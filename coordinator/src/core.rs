@@ -4,9 +4,10 @@
 //! only (they are rebuilt from heartbeats after a restart).
 //!
 //! Job states: queued -> scheduled (placed, ranks launching) -> running (every rank
-//! reported alive) -> succeeded | failed | cancelled. A lost worker sends the job back to
-//! queued with the next generation (up to `max_restarts`, not counted against the user);
-//! a rank's own failure fails the job with the rank's reason.
+//! reported alive) -> succeeded | failed | cancelled. A lost worker, a vanished rank or a
+//! retryable rank failure (killed, stuck, a dead peer) sends the job back to queued; it is
+//! placed again under the next generation, up to `max_restarts` times. A failure that a
+//! restart would repeat (non-finite loss, bad config or data) fails the job at once.
 
 use ablate_proto::v1::{self, JobState};
 use prost::Message;
@@ -64,6 +65,8 @@ pub struct Core {
     /// (job id, event) for watchers.
     pub events: tokio::sync::broadcast::Sender<(String, v1::JobEvent)>,
     pub rendezvous_changed: tokio::sync::Notify,
+    /// Cancelled when the server shuts down: ends open watch streams.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 fn now_ms() -> u64 {
@@ -92,6 +95,7 @@ impl Core {
             started: Instant::now(),
             events,
             rendezvous_changed: tokio::sync::Notify::new(),
+            closing: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -187,13 +191,15 @@ impl Core {
 
     pub fn cancel(&self, id: &str, reason: &str) -> Result<v1::Job, CoordinatorError> {
         let mut g = self.lock();
-        let job = g.jobs.get_mut(id).ok_or_else(|| CoordinatorError::NoJob(id.into()))?;
+        let mut job = g.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::NoJob(id.into()))?;
         if job.state().is_terminal() {
             return Err(CoordinatorError::WrongState { job: id.into(), state: job.state().label(), what: "it cannot be cancelled" });
         }
-        finish(job, JobState::Cancelled, if reason.is_empty() { "cancelled by user" } else { reason });
-        let job = job.clone();
+        finish(&mut job, JobState::Cancelled, if reason.is_empty() { "cancelled by user" } else { reason });
+        // store first, under the lock: memory never runs ahead of the store, writes keep order
         self.persist(&job, true)?;
+        g.queued_at.remove(id);
+        g.jobs.insert(id.to_string(), job.clone());
         Ok(job)
     }
 
@@ -246,12 +252,12 @@ impl Core {
         g.workers.insert(wid.clone(), WorkerEntry { reg, last_seen: Instant::now(), alive: true });
         for r in running {
             if let Some(job) = g.jobs.get_mut(&r.job_id) {
-                if job.generation != r.generation || job.state().is_terminal() {
+                if job.generation != r.generation || job.state().is_terminal() || r.rank >= job.world_size {
                     continue;
                 }
                 job.step = job.step.max(r.step);
                 if let Some(p) = job.placement.iter_mut().find(|p| p.rank == r.rank && p.worker_id == wid) {
-                    if p.pid != r.pid {
+                    if r.pid != 0 && p.pid != r.pid {
                         p.pid = r.pid;
                         changed.push((job.id.clone(), false));
                     }
@@ -263,7 +269,7 @@ impl Core {
                 }
             }
         }
-        let assignments = g
+        let assignments: Vec<v1::Assignment> = g
             .jobs
             .values()
             .filter(|j| matches!(j.state(), JobState::Scheduled | JobState::Running))
@@ -280,15 +286,35 @@ impl Core {
                 })
             })
             .collect();
-        // one write per job; a job that entered a state counts once
+        // A running job's rank that this worker no longer runs (its agent restarted, or lost
+        // the process without a report) will never finish: restart the gang.
+        let vanished: Vec<(String, u32)> = g
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Running)
+            .flat_map(|j| j.placement.iter().filter(|p| p.worker_id == wid && !j.ranks_done.get(p.rank as usize).copied().unwrap_or(false)).map(move |p| (j, p.rank)))
+            .filter(|(j, rank)| !running.iter().any(|r| r.job_id == j.id && r.generation == j.generation && r.rank == *rank))
+            .map(|(j, rank)| (j.id.clone(), rank))
+            .collect();
+        for (id, rank) in vanished {
+            let job = g.jobs.get_mut(&id).expect("listed above");
+            let why = format!("rank {rank} vanished from worker {wid} (its agent restarted or lost the process)");
+            tracing::warn!(job = %id, "{why}");
+            if requeue(job, &why) {
+                g.queued_at.insert(id.clone(), Instant::now());
+            }
+            changed.push((id, true));
+        }
+        // one write per job, under the lock (writes keep their order); an entered state counts once
         changed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         changed.dedup_by(|a, b| a.0 == b.0);
-        let jobs: Vec<(v1::Job, bool)> = changed.iter().filter_map(|(id, e)| g.jobs.get(id).map(|j| (j.clone(), *e))).collect();
-        drop(g);
-        for (j, entered) in &jobs {
+        for (id, entered) in &changed {
+            let j = g.jobs.get(id).expect("changed job exists");
             self.persist(j, *entered)?;
         }
-        Ok(assignments)
+        // ranks of a job requeued just now are no longer assigned
+        let live: Vec<(String, u64)> = g.jobs.values().filter(|j| matches!(j.state(), JobState::Scheduled | JobState::Running)).map(|j| (j.id.clone(), j.generation)).collect();
+        Ok(assignments.into_iter().filter(|a: &v1::Assignment| live.contains(&(a.job_id.clone(), a.generation))).collect())
     }
 
     fn current(&self, g: &Inner, job: &str, generation: u64) -> Result<v1::Job, CoordinatorError> {
@@ -296,7 +322,7 @@ impl Core {
         if j.generation != generation {
             return Err(CoordinatorError::StaleGeneration { job: job.into(), got: generation, current: j.generation });
         }
-        if j.state().is_terminal() {
+        if !matches!(j.state(), JobState::Scheduled | JobState::Running) {
             return Err(CoordinatorError::WrongState { job: job.into(), state: j.state().label(), what: "its ranks must stop" });
         }
         Ok(j.clone())
@@ -354,7 +380,8 @@ impl Core {
             }
             j.clone()
         };
-        if !r.points.is_empty() {
+        // points of another generation (a partitioned old rank 0) would overwrite the curve
+        if !r.points.is_empty() && r.generation == job.generation {
             self.runs.append_metrics(&r.job_id, &r.points)?;
             crate::metrics::job_points(&job, &r.points);
             for p in &r.points {
@@ -369,18 +396,29 @@ impl Core {
 
     pub fn report_completion(&self, r: v1::ReportCompletionRequest) -> Result<(), CoordinatorError> {
         let mut g = self.lock();
-        let Some(job) = g.jobs.get_mut(&r.job_id) else { return Err(CoordinatorError::NoJob(r.job_id)) };
-        if job.generation != r.generation || job.state().is_terminal() {
-            // a late report of a finished or restarted generation: keep it in the log only
+        let Some(current) = g.jobs.get(&r.job_id) else { return Err(CoordinatorError::NoJob(r.job_id)) };
+        if r.rank >= current.world_size {
+            return Err(CoordinatorError::InvalidJob(format!("rank {} reported for job {} of world size {}", r.rank, r.job_id, current.world_size)));
+        }
+        let placed_here = current.placement.iter().any(|p| p.rank == r.rank && p.worker_id == r.worker_id);
+        if current.generation != r.generation || !matches!(current.state(), JobState::Scheduled | JobState::Running) || !placed_here {
+            // a late report (finished, requeued or restarted generation): keep it in the log only
             let line = format!("[coordinator] late report from rank {} (generation {}): {}", r.rank, r.generation, if r.success { "succeeded" } else { &r.reason });
             drop(g);
             return self.runs.append_logs(&r.job_id, &[line]);
         }
+        let mut job = current.clone();
         let world = job.world_size as usize;
         let before = job.state;
+        let mut requeued = false;
         if !r.success {
             let reason = format!("rank {} on worker {}: {}", r.rank, r.worker_id, r.reason);
-            finish(job, JobState::Failed, &reason);
+            if r.retryable {
+                // the whole gang restarts (from rank 0's last checkpoint) under a new generation
+                requeued = requeue(&mut job, &reason);
+            } else {
+                finish(&mut job, JobState::Failed, &reason);
+            }
         } else {
             job.ranks_done.resize(world, false);
             let res = job.result.get_or_insert_with(Default::default);
@@ -396,17 +434,21 @@ impl Core {
             if job.ranks_done.iter().all(|d| *d) {
                 let sums = &job.result.as_ref().expect("set above").rank_checksums;
                 if sums.windows(2).all(|w| w[0] == w[1]) {
-                    finish(job, JobState::Succeeded, "");
-                    crate::metrics::job_eval(job);
+                    finish(&mut job, JobState::Succeeded, "");
+                    crate::metrics::job_eval(&job);
                 } else {
                     let reason = format!("ranks finished with different parameters (checksums {sums:?}): data parallelism broke");
-                    finish(job, JobState::Failed, &reason);
+                    finish(&mut job, JobState::Failed, &reason);
                 }
             }
         }
-        let job = job.clone();
-        drop(g);
-        self.persist(&job, job.state != before)
+        // store first: if the write fails the worker retries the same report
+        self.persist(&job, job.state != before)?;
+        if requeued {
+            g.queued_at.insert(job.id.clone(), Instant::now());
+        }
+        g.jobs.insert(job.id.clone(), job);
+        Ok(())
     }
 
     // ------------------------------------------------------------ the periodic pass
@@ -435,15 +477,8 @@ impl Core {
                 continue;
             }
             let why = format!("worker {} lost (no heartbeat for {:?})", lost[0], expiry);
-            if job.restarts < job.max_restarts {
-                job.restarts += 1;
-                job.state = JobState::Queued as i32;
-                job.placement.clear();
-                job.ranks_done.clear();
-                job.reason = format!("restart {} of {}: {why}", job.restarts, job.max_restarts);
+            if requeue(job, &why) {
                 requeued.push(job.id.clone());
-            } else {
-                finish(job, JobState::Failed, &format!("{why}; no restarts left ({} used)", job.restarts));
             }
             changed.push(job.id.clone());
         }
@@ -480,15 +515,34 @@ impl Core {
         // rendezvous tables of generations that are over
         let live: Vec<(String, u64)> = g.jobs.values().filter(|j| !j.state().is_terminal()).map(|j| (j.id.clone(), j.generation)).collect();
         g.rendezvous.retain(|k, _| live.contains(k));
-        let jobs: Vec<v1::Job> = changed.iter().filter_map(|id| g.jobs.get(id).cloned()).collect();
+        // workers lost long ago with nothing placed on them are forgotten
+        let held = busy_slots(&g.jobs);
+        g.workers.retain(|id, w| w.alive || w.last_seen.elapsed() < expiry * 10 || held.iter().any(|(h, _)| h == id));
+        for id in &changed {
+            let j = g.jobs.get(id).expect("changed job exists");
+            self.persist(j, true)?;
+        }
         let counts = state_counts(&g.jobs);
         let workers = (g.workers.values().filter(|w| w.alive).count(), g.workers.values().filter(|w| !w.alive).count());
         drop(g);
-        for j in &jobs {
-            self.persist(j, true)?;
-        }
         crate::metrics::cluster(&counts, workers);
         Ok(())
+    }
+}
+
+/// Sends a placed job back to the queue after an infrastructure failure (it does not count
+/// against the user), or fails it when its restarts are spent. Returns whether it requeued.
+fn requeue(job: &mut v1::Job, why: &str) -> bool {
+    if job.restarts < job.max_restarts {
+        job.restarts += 1;
+        job.state = JobState::Queued as i32;
+        job.placement.clear();
+        job.ranks_done.clear();
+        job.reason = format!("restart {} of {}: {why}", job.restarts, job.max_restarts);
+        true
+    } else {
+        finish(job, JobState::Failed, &format!("{why}; no restarts left ({} used)", job.restarts));
+        false
     }
 }
 

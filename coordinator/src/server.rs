@@ -21,6 +21,13 @@ pub struct Listeners {
 pub async fn run(store: Arc<dyn Kv>, opts: Options, listeners: Listeners, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
     let handle = crate::metrics::install();
     let core = Arc::new(Core::open(store, opts)?);
+    {
+        let (core, shutdown) = (core.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            core.closing.cancel();
+        });
+    }
     let tasks = tokio_util::task::TaskTracker::new();
     if let Some(l) = listeners.metrics {
         tasks.spawn(crate::metrics::serve(l, handle.clone(), shutdown.clone()));

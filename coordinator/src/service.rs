@@ -62,13 +62,19 @@ impl JobService for Jobs {
         let mut rx = self.0.events.subscribe();
         let first = self.0.get(&id)?;
         let (tx, out) = tokio::sync::mpsc::channel(256);
+        let core = self.0.clone();
         tokio::spawn(async move {
             let done = first.state().is_terminal();
             if tx.send(Ok(v1::JobEvent { event: Some(v1::job_event::Event::State(first)) })).await.is_err() || done {
                 return;
             }
             loop {
-                match rx.recv().await {
+                let got = tokio::select! {
+                    _ = tx.closed() => return,         // the client went away
+                    _ = core.closing.cancelled() => return,
+                    got = rx.recv() => got,
+                };
+                match got {
                     Ok((job, ev)) if job == id => {
                         let end = matches!(&ev.event, Some(v1::job_event::Event::State(j)) if j.state().is_terminal());
                         if tx.send(Ok(ev)).await.is_err() || end {
@@ -76,7 +82,17 @@ impl JobService for Jobs {
                         }
                     }
                     Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!("watcher of {id} skipped {n} events"),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        // events were skipped, maybe the last one: look at the job itself
+                        tracing::warn!("watcher of {id} skipped {n} events");
+                        if let Ok(j) = core.get(&id) {
+                            let end = j.state().is_terminal();
+                            if end {
+                                let _ = tx.send(Ok(v1::JobEvent { event: Some(v1::job_event::Event::State(j)) })).await;
+                                return;
+                            }
+                        }
+                    }
                     Err(_) => return,
                 }
             }

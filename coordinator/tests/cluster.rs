@@ -247,3 +247,54 @@ async fn a_sweep_is_stored_whole_or_not_at_all() {
     assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "no sweep \"s9\""));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_ranks_cannot_fail_a_requeued_job_and_vanished_ranks_restart_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start("memory:", dir.path(), 600, 0).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    beat(&mut w, "a", 1, vec![]).await;
+    beat(&mut w, "b", 1, vec![]).await;
+    let job = submit(&mut j, 2).await;
+    wait_for(5, async || state(&mut j, &job.id).await.state() == JobState::Scheduled).await;
+    let placed = state(&mut j, &job.id).await;
+    let rank_on = |wid: &str| placed.placement.iter().find(|p| p.worker_id == wid).unwrap().rank;
+    let running = |wid: &str, pid| vec![v1::RunningRank { job_id: job.id.clone(), generation: 1, rank: rank_on(wid), pid, step: 1 }];
+    beat(&mut w, "a", 1, running("a", 10)).await;
+    beat(&mut w, "b", 1, running("b", 11)).await;
+    assert_eq!(state(&mut j, &job.id).await.state(), JobState::Running);
+
+    // a rank number outside the world is refused and harms nothing
+    let e = w.report_completion(v1::ReportCompletionRequest { worker_id: "a".into(), job_id: job.id.clone(), generation: 1, rank: 7, success: true, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // worker a goes silent: the gang is requeued and cannot be placed on b alone
+    wait_for(10, async || {
+        beat(&mut w, "b", 1, running("b", 11)).await;
+        state(&mut j, &job.id).await.state() == JobState::Queued
+    })
+    .await;
+    // b's rank saw its peer vanish and reports failure for generation 1: too late to matter
+    let fail = v1::ReportCompletionRequest { worker_id: "b".into(), job_id: job.id.clone(), generation: 1, rank: rank_on("b"), success: false, reason: "peer closed".into(), ..Default::default() };
+    w.report_completion(fail).await.unwrap();
+    let s = state(&mut j, &job.id).await;
+    assert_eq!(s.state(), JobState::Queued, "an old rank's failure must not fail the requeued job: {}", s.reason);
+    assert!(beat(&mut w, "b", 1, vec![]).await.is_empty(), "a queued job has no assignments");
+
+    // a comes back: the gang starts again as generation 2; then a's agent restarts and no
+    // longer lists its rank: the job is requeued (restarts spent -> failed, max_restarts 1)
+    beat(&mut w, "a", 1, vec![]).await;
+    wait_for(5, async || state(&mut j, &job.id).await.generation == 2).await;
+    let g2 = state(&mut j, &job.id).await;
+    for p in &g2.placement {
+        beat(&mut w, &p.worker_id, 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 2, rank: p.rank, pid: 20 + p.rank, step: 0 }]).await;
+    }
+    assert_eq!(state(&mut j, &job.id).await.state(), JobState::Running);
+    let other = g2.placement.iter().find(|p| p.worker_id == "b").unwrap().rank;
+    beat(&mut w, "a", 1, vec![]).await;
+    beat(&mut w, "b", 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 2, rank: other, pid: 21, step: 0 }]).await;
+    let s = state(&mut j, &job.id).await;
+    assert_eq!(s.state(), JobState::Failed);
+    assert!(s.reason.contains("vanished from worker a") && s.reason.contains("no restarts left"), "{}", s.reason);
+    c.shutdown().await;
+}

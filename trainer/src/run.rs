@@ -56,6 +56,9 @@ pub trait Progress {
     fn started(&mut self, _first_step: usize, _total: usize, _params: usize) {}
     fn step(&mut self, _point: &MetricPoint, _total: usize) {}
     fn message(&mut self, _msg: &str) {}
+    /// The run enters "evaluating", "sampling" or (back to) "training": a supervisor
+    /// watching for step progress gives the other phases longer.
+    fn phase(&mut self, _name: &str) {}
 }
 
 pub struct NoProgress;
@@ -244,17 +247,21 @@ pub fn run_distributed(
         history.push(point);
         if world > 1 && !lead && cfg.eval.samples > 0 && cfg.eval.due(trainer.step, total) {
             // rank 0 evaluates alone; wait for it (a dead rank 0 still fails this at once)
+            progress.phase("evaluating");
             group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
+            progress.phase("training");
         }
         if let Some(ev) = evaluator.as_ref().filter(|_| cfg.eval.due(trainer.step, total)) {
             // Checkpoint first: a failed evaluation must not cost training.
             metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
             trainer.save(&ckpt)?;
             progress.message(&format!("evaluating at step {} ({} samples)", trainer.step, cfg.eval.samples));
+            progress.phase("evaluating");
             let result = ev.evaluate(&trainer);
             if world > 1 {
                 group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
             }
+            progress.phase("training");
             let report = match result {
                 Ok(r) => r,
                 Err(e) => {
@@ -290,6 +297,7 @@ pub fn run_distributed(
     let wall = t0.elapsed().as_secs_f64() - eval_seconds;
     if opts.samples && lead {
         progress.message("sampling");
+        progress.phase("sampling");
         let prompts = sample_prompts(&cfg, cfg.sample.count);
         let imgs = trainer.sample(&prompts, cfg.sample.seed, cfg.sample.steps, cfg.sample.guidance)?;
         let n = prompts.len();

@@ -80,9 +80,16 @@ type Key = (String, u64, u32);
 
 struct Running {
     pid: u32,
+    slot: u32,
     step: Arc<AtomicU64>,
     stop: CancellationToken,
 }
+
+/// Per (job, generation) the outbox keeps at most this many points and log lines (the
+/// newest; a coordinator outage must not eat the node's memory), and sends at most
+/// `CHUNK` of each per request (gRPC messages are limited to 4 MiB).
+const OUTBOX_CAP: usize = 50_000;
+const CHUNK: usize = 2_000;
 
 #[derive(Default)]
 struct Outbox {
@@ -141,7 +148,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Wo
         if let Some(c) = client.as_mut() {
             let running: Vec<v1::RunningRank> = {
                 let s = state.lock().expect("agent state");
-                s.running.iter().map(|((job, g, r), x)| v1::RunningRank { job_id: job.clone(), generation: *g, rank: *r, pid: x.pid, step: x.step.load(Ordering::Relaxed) }).collect()
+                let mut v: Vec<v1::RunningRank> =
+                    s.running.iter().map(|((job, g, r), x)| v1::RunningRank { job_id: job.clone(), generation: *g, rank: *r, pid: x.pid, step: x.step.load(Ordering::Relaxed) }).collect();
+                // a finished rank whose report has not landed yet still counts as present
+                v.extend(s.outbox.completions.iter().map(|c| v1::RunningRank { job_id: c.job_id.clone(), generation: c.generation, rank: c.rank, pid: 0, step: 0 }));
+                v
             };
             match c.heartbeat(v1::HeartbeatRequest { registration: Some(registration(&cfg)), running }).await {
                 Ok(r) => reconcile(&cfg, &state, &tasks, r.into_inner().assignments),
@@ -180,7 +191,14 @@ async fn connect(cfg: &AgentConfig) -> Result<(WorkerServiceClient<Channel>, Dur
     Ok((c, Duration::from_millis(r.into_inner().heartbeat_interval_ms.clamp(50, 10_000))))
 }
 
-/// Sends batched points and logs, then completion reports; keeps what did not land.
+/// Errors that retrying cannot fix: the batch is dropped.
+fn permanent(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, NotFound | InvalidArgument | OutOfRange | ResourceExhausted | FailedPrecondition | PermissionDenied | Unimplemented)
+}
+
+/// Sends batched points and logs (in chunks), then completion reports; keeps what did not
+/// land for the next round.
 async fn flush(c: &mut WorkerServiceClient<Channel>, state: &Shared, worker: &str) {
     let (batches, completions) = {
         let mut s = state.lock().expect("agent state");
@@ -188,29 +206,36 @@ async fn flush(c: &mut WorkerServiceClient<Channel>, state: &Shared, worker: &st
     };
     let mut failed = Outbox::default();
     for ((job, generation), (points, log_lines)) in batches {
-        let req = v1::ReportMetricsRequest { worker_id: worker.into(), job_id: job.clone(), generation, points: points.clone(), log_lines: log_lines.clone() };
-        match c.report_metrics(req).await {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(_) => {
-                failed.batches.insert((job, generation), (points, log_lines));
+        let (mut p, mut l) = (points.as_slice(), log_lines.as_slice());
+        while !p.is_empty() || !l.is_empty() {
+            let (pc, lc) = (p.len().min(CHUNK), l.len().min(CHUNK));
+            let req = v1::ReportMetricsRequest { worker_id: worker.into(), job_id: job.clone(), generation, points: p[..pc].to_vec(), log_lines: l[..lc].to_vec() };
+            match c.report_metrics(req).await {
+                Ok(_) => {}
+                Err(s) if permanent(s.code()) => tracing::warn!(job = %job, "metrics dropped: {}", s.message()),
+                Err(_) => {
+                    failed.batches.insert((job.clone(), generation), (p.to_vec(), l.to_vec()));
+                    break;
+                }
             }
+            (p, l) = (&p[pc..], &l[lc..]);
         }
     }
     for req in completions {
         if let Err(s) = c.report_completion(req.clone()).await {
-            if s.code() != tonic::Code::NotFound {
+            if !permanent(s.code()) {
                 failed.completions.push(req);
+            } else {
+                tracing::warn!(job = %req.job_id, "completion report refused: {}", s.message());
             }
         }
     }
     let mut s = state.lock().expect("agent state");
-    for (k, (p, l)) in failed.batches {
+    for (k, (mut p, mut l)) in failed.batches {
         let e = s.outbox.batches.entry(k).or_default();
-        let (mut p2, mut l2) = (p, l);
-        p2.append(&mut e.0);
-        l2.append(&mut e.1);
-        *e = (p2, l2);
+        p.append(&mut e.0);
+        l.append(&mut e.1);
+        *e = (p, l);
     }
     let mut rest = failed.completions;
     rest.append(&mut s.outbox.completions);
@@ -226,15 +251,21 @@ fn reconcile(cfg: &AgentConfig, state: &Shared, tasks: &tokio_util::task::TaskTr
             r.stop.cancel();
         }
     }
+    // a finished rank stays blocked from relaunch only while the coordinator still lists it
+    s.finished.retain(|k| wanted.contains(k));
     for a in assignments {
         let key = (a.job_id.clone(), a.generation, a.rank);
         if s.running.contains_key(&key) || s.finished.contains(&key) {
             continue;
         }
+        // the slot's previous rank is still stopping: start on a later heartbeat
+        if s.running.iter().any(|(k, r)| r.slot == a.slot && *k != key) {
+            continue;
+        }
         let stop = CancellationToken::new();
         let step = Arc::new(AtomicU64::new(0));
         // pid 0 until the process started; the coordinator waits for every rank's pid
-        s.running.insert(key.clone(), Running { pid: 0, step: step.clone(), stop: stop.clone() });
+        s.running.insert(key.clone(), Running { pid: 0, slot: a.slot, step: step.clone(), stop: stop.clone() });
         let (cfg, state) = (cfg.clone(), state.clone());
         tasks.spawn(async move {
             let report = supervise(&cfg, &state, &a, step, stop).await;
@@ -249,7 +280,21 @@ fn reconcile(cfg: &AgentConfig, state: &Shared, tasks: &tokio_util::task::TaskTr
 }
 
 fn push_log(state: &Shared, job: &str, generation: u64, line: String) {
-    state.lock().expect("agent state").outbox.batches.entry((job.to_string(), generation)).or_default().1.push(line);
+    let mut s = state.lock().expect("agent state");
+    let lines = &mut s.outbox.batches.entry((job.to_string(), generation)).or_default().1;
+    if lines.len() >= OUTBOX_CAP {
+        lines.drain(..OUTBOX_CAP / 10);
+    }
+    lines.push(line);
+}
+
+fn push_point(state: &Shared, job: &str, generation: u64, p: &ablate_trainer::run::MetricPoint) {
+    let mut s = state.lock().expect("agent state");
+    let points = &mut s.outbox.batches.entry((job.to_string(), generation)).or_default().0;
+    if points.len() >= OUTBOX_CAP {
+        points.drain(..OUTBOX_CAP / 10);
+    }
+    points.push(wire(p));
 }
 
 fn wire(p: &ablate_trainer::run::MetricPoint) -> v1::MetricPoint {
@@ -269,19 +314,20 @@ fn wire(p: &ablate_trainer::run::MetricPoint) -> v1::MetricPoint {
 /// Runs one rank process to its end. Returns the completion report (None when the agent
 /// stopped it because its assignment went away: the coordinator already knows why).
 async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: Arc<AtomicU64>, stop: CancellationToken) -> Option<v1::ReportCompletionRequest> {
-    let fail = |reason: String| v1::ReportCompletionRequest {
+    let fail = |reason: String, retryable: bool| v1::ReportCompletionRequest {
         worker_id: cfg.worker_id.clone(),
         job_id: a.job_id.clone(),
         generation: a.generation,
         rank: a.rank,
         success: false,
         reason,
+        retryable,
         ..Default::default()
     };
     let dir = cfg.work_dir.join("jobs").join(&a.job_id);
     let config = dir.join(format!("job-g{}-rank{}.toml", a.generation, a.rank));
     if let Err(e) = tokio::fs::create_dir_all(&dir).await.and(tokio::fs::write(&config, &a.config_toml).await) {
-        return Some(fail(format!("cannot write {}: {e}", config.display())));
+        return Some(fail(format!("cannot write {}: {e}", config.display()), true));
     }
     let device = cfg.devices.iter().find(|d| d.index == a.slot).map(|d| if d.kind == v1::DeviceKind::Cuda as i32 { format!("cuda:{}", d.index) } else { "cpu".into() }).unwrap_or_else(|| "cpu".into());
     let mut cmd = tokio::process::Command::new(&cfg.rank_command[0]);
@@ -300,9 +346,20 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    // the rank dies with this agent, even when the agent is SIGKILLed (Linux: the parent-death
+    // signal fires when the spawning runtime thread exits, which lives as long as the agent)
+    // SAFETY: prctl is async-signal-safe and touches nothing but the child's own attributes.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Some(fail(format!("cannot start {}: {e}", cfg.rank_command[0]))),
+        Err(e) => return Some(fail(format!("cannot start {}: {e}", cfg.rank_command[0]), true)),
     };
     let pid = child.id().unwrap_or(0);
     if let Some(r) = state.lock().expect("agent state").running.get_mut(&(a.job_id.clone(), a.generation, a.rank)) {
@@ -337,8 +394,9 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
         }
     });
     let mut last_progress = Instant::now();
+    let mut phase = String::from("training");
     let mut outcome: Option<Outcome> = None;
-    let mut reported: Option<String> = None;
+    let mut reported: Option<(String, bool)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let verdict = loop {
         tokio::select! {
@@ -348,18 +406,24 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
                     step.store(point.step as u64 + 1, Ordering::Relaxed);
                     last_progress = Instant::now();
                     if rank == 0 {
-                        state.lock().expect("agent state").outbox.batches.entry((job.clone(), generation)).or_default().0.push(wire(&point));
+                        push_point(state, &job, generation, &point);
                     }
                 }
                 Event::Started { .. } => last_progress = Instant::now(),
+                Event::Phase { name } => {
+                    last_progress = Instant::now();
+                    phase = name;
+                }
                 Event::Checkpoint { .. } => {}
                 Event::Done(o) => outcome = Some(o),
-                Event::Failed { reason } => reported = Some(reason),
+                Event::Failed { reason, retryable } => reported = Some((reason, retryable)),
             },
             _ = stop.cancelled() => break Err(None),
             _ = tick.tick() => {
-                if last_progress.elapsed() > cfg.stuck_after {
-                    break Err(Some(format!("no step advance within {:?}: the rank is stuck (killed)", cfg.stuck_after)));
+                // evaluation and sampling have no steps: they get an hour (the ranks' barrier deadline)
+                let limit = if phase == "training" { cfg.stuck_after } else { cfg.stuck_after.max(Duration::from_secs(3600)) };
+                if last_progress.elapsed() > limit {
+                    break Err(Some(format!("no progress while {phase} within {limit:?}: the rank is stuck (killed)")));
                 }
             }
         }
@@ -371,7 +435,8 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
             let _ = tokio::time::timeout(Duration::from_secs(5), out_task).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), err_task).await;
             push_log(state, &job, generation, format!("[worker {}] rank {rank} (pid {pid}) stopped: {}", cfg.worker_id, why.as_deref().unwrap_or("assignment withdrawn")));
-            return why.map(fail);
+            // stuck: a restart may help; withdrawn: no report
+            return why.map(|w| fail(w, true));
         }
     };
     // drain what the rank printed before it exited
@@ -380,8 +445,8 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
     while let Ok(e) = events.try_recv() {
         match e {
             Event::Done(o) => outcome = Some(o),
-            Event::Failed { reason } => reported = Some(reason),
-            Event::Step { point } if rank == 0 => state.lock().expect("agent state").outbox.batches.entry((job.clone(), generation)).or_default().0.push(wire(&point)),
+            Event::Failed { reason, retryable } => reported = Some((reason, retryable)),
+            Event::Step { point } if rank == 0 => push_point(state, &job, generation, &point),
             _ => {}
         }
     }
@@ -402,6 +467,7 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
                 eval_json: o.eval_json,
             }),
             reason: String::new(),
+            retryable: false,
         }),
         (Ok(s), _) => {
             let how = match (s.code(), s.signal()) {
@@ -409,11 +475,13 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
                 (Some(c), _) => format!("exited with code {c}"),
                 _ => "exited".into(),
             };
-            Some(fail(match reported {
-                Some(r) => format!("{r} ({how})"),
-                None => format!("rank process {how}"),
-            }))
+            Some(match reported {
+                Some((r, retryable)) => fail(format!("{r} ({how})"), retryable),
+                // killed from outside (OOM killer, an operator): a restart can help; a crash
+                // without a report (a panic) would repeat itself
+                None => fail(format!("rank process {how}"), s.signal().is_some()),
+            })
         }
-        (Err(e), _) => Some(fail(format!("waiting for the rank process: {e}"))),
+        (Err(e), _) => Some(fail(format!("waiting for the rank process: {e}"), true)),
     }
 }

@@ -10,8 +10,15 @@ pub enum Event {
     Started { first_step: usize, total: usize, params: usize },
     Step { point: MetricPoint },
     Checkpoint { step: usize, path: String },
+    /// "training", "evaluating", "sampling".
+    Phase { name: String },
     Done(Outcome),
-    Failed { reason: String },
+    Failed {
+        reason: String,
+        /// A restart can help (the group broke), as opposed to a failure it would repeat.
+        #[serde(default)]
+        retryable: bool,
+    },
 }
 
 /// A rank's result at the end of training.

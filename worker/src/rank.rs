@@ -33,8 +33,11 @@ struct Reporter;
 
 fn emit(e: &Event) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", e.line());
-    let _ = out.flush();
+    // the agent reads these lines: without it nobody supervises this rank, so stop
+    if writeln!(out, "{}", e.line()).and_then(|_| out.flush()).is_err() {
+        eprintln!("the worker agent is gone (stdout closed): stopping");
+        std::process::exit(3);
+    }
 }
 
 impl Progress for Reporter {
@@ -47,6 +50,9 @@ impl Progress for Reporter {
     fn message(&mut self, msg: &str) {
         eprintln!("{msg}");
     }
+    fn phase(&mut self, name: &str) {
+        emit(&Event::Phase { name: name.to_string() });
+    }
 }
 
 /// Runs the rank to its end. Returns the process exit code (0: done).
@@ -56,23 +62,29 @@ pub fn main(a: &RankArgs) -> i32 {
             emit(&Event::Done(o));
             0
         }
-        Err(reason) => {
+        Err((reason, retryable)) => {
             eprintln!("rank {} failed: {reason}", a.rank);
-            emit(&Event::Failed { reason });
+            emit(&Event::Failed { reason, retryable });
             1
         }
     }
 }
 
-fn run(a: &RankArgs) -> Result<Outcome, String> {
-    let cfg = TrainConfig::load(&a.config).map_err(|e| e.to_string())?;
-    let device = ablate_trainer::device::open(&a.device).map_err(|e| e.to_string())?;
+/// Err: (reason, retryable).
+fn run(a: &RankArgs) -> Result<Outcome, (String, bool)> {
+    let cfg = TrainConfig::load(&a.config).map_err(|e| (e.to_string(), false))?;
+    let device = ablate_trainer::device::open(&a.device).map_err(|e| (e.to_string(), false))?;
     let out = if a.rank == 0 { a.job_dir.clone() } else { a.job_dir.join(format!("rank-{}", a.rank)) };
     let mut group = RendezvousRing::new(a.coordinator.clone(), a.job.clone(), a.generation, a.rank, a.world, a.advertise_host.clone(), a.rendezvous_timeout, a.collective_timeout);
     // a restarted generation continues from rank 0's checkpoint
     let opts = RunOptions { out, resume: true, samples: a.rank == 0 };
     eprintln!("rank {}/{} of job {} (generation {}) on {}", a.rank, a.world, a.job, a.generation, a.device);
-    let s = ablate_trainer::run::run_distributed(cfg, &opts, &device, &mut Reporter, &mut group).map_err(|e| e.to_string())?;
+    let s = ablate_trainer::run::run_distributed(cfg, &opts, &device, &mut Reporter, &mut group).map_err(|e| {
+        // the group broke (a peer died, a deadline passed): a restart can help; the rest
+        // (non-finite loss, config, data, files) would happen again
+        let retryable = matches!(e, ablate_trainer::TrainError::Collective(_));
+        (e.to_string(), retryable)
+    })?;
     Ok(Outcome {
         steps: s.steps,
         checksum: s.checksum,
