@@ -6,6 +6,7 @@ mod cluster_cmd;
 mod data_cmd;
 mod eval_cmd;
 mod jobs_cmd;
+mod sweep;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a sweep locally: embedded coordinator and CPU workers, live progress, results table.
+    Run(sweep::run::RunArgs),
+    /// Print the results table of a sweep run (`ablate run --out DIR`).
+    Results(sweep::run::ResultsArgs),
     /// Train one arm in this process (on the CPU, or CUDA with --device).
     Train(train_cmd::TrainArgs),
     /// Benchmarks that print their figures.
@@ -69,6 +74,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Eval(e) => eval_cmd::eval(e),
         Cmd::SelfcheckCuda(a) => train_cmd::selfcheck(a),
         Cmd::Coordinator(a) => cluster_cmd::coordinator(a),
+        Cmd::Run(a) => sweep::run::run(a),
+        Cmd::Results(a) => sweep::run::results_cmd(a),
         Cmd::Worker(a) => cluster_cmd::worker(a),
         Cmd::Rank(a) => cluster_cmd::rank(a),
         Cmd::Submit(a) => jobs_cmd::submit(a),

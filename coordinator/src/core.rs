@@ -203,6 +203,27 @@ impl Core {
         Ok(job)
     }
 
+    /// Queues a failed or cancelled job again (`ablate run --rerun-failed`); its restarts
+    /// start over.
+    pub fn retry(&self, id: &str) -> Result<v1::Job, CoordinatorError> {
+        let mut g = self.lock();
+        let mut job = g.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::NoJob(id.into()))?;
+        if !matches!(job.state(), JobState::Failed | JobState::Cancelled) {
+            return Err(CoordinatorError::WrongState { job: id.into(), state: job.state().label(), what: "only failed or cancelled jobs run again" });
+        }
+        job.state = JobState::Queued as i32;
+        job.reason = format!("rerun after: {}", job.reason);
+        job.restarts = 0;
+        job.placement.clear();
+        job.ranks_done.clear();
+        job.result = None;
+        job.finished_unix_ms = 0;
+        self.persist(&job, true)?;
+        g.queued_at.insert(id.to_string(), Instant::now());
+        g.jobs.insert(id.to_string(), job.clone());
+        Ok(job)
+    }
+
     pub fn metrics(&self, id: &str, from: u64) -> Result<Vec<v1::MetricPoint>, CoordinatorError> {
         self.get(id)?;
         self.runs.metrics(id, from)

@@ -19,8 +19,12 @@ pub struct Listeners {
 
 /// Serves until `shutdown` is cancelled.
 pub async fn run(store: Arc<dyn Kv>, opts: Options, listeners: Listeners, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
+    serve(Arc::new(Core::open(store, opts)?), listeners, shutdown).await
+}
+
+/// Serves `core` (which the caller may also use directly, as `ablate run` does).
+pub async fn serve(core: Arc<Core>, listeners: Listeners, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
     let handle = crate::metrics::install();
-    let core = Arc::new(Core::open(store, opts)?);
     {
         let (core, shutdown) = (core.clone(), shutdown.clone());
         tokio::spawn(async move {

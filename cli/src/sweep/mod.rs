@@ -1,0 +1,6 @@
+//! Sweeps: the file format (`spec`), the all-in-one local runner (`run`: an embedded
+//! coordinator and local CPU workers) and the results table (`results`).
+
+pub mod results;
+pub mod run;
+pub mod spec;

@@ -1,0 +1,207 @@
+//! The results of a sweep: per arm the final evaluation numbers, throughput, loss, steps and
+//! wall time, mean and standard deviation over seeds, and the delta vs baseline (absolute
+//! and %). Printed as a table, markdown, CSV or JSON (stable field names, docs/sweeps.md).
+//!
+//! Not computed yet: bootstrap confidence intervals of the deltas and the iso-compute
+//! comparison (issue 6); the JSON has no `ci95` / `significant` fields until they are.
+
+use ablate_proto::v1::{self, JobState};
+use serde_json::{json, Value};
+
+pub const METRICS: [&str; 7] = ["fd_scenes", "mmd", "accuracy", "fid", "samples_per_sec", "final_loss", "wall_seconds"];
+
+/// Mean and (sample) standard deviation over the seeds that have the number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+fn stat(xs: &[f64]) -> Option<Stat> {
+    if xs.is_empty() {
+        return None;
+    }
+    let n = xs.len();
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let std = if n > 1 { (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+    Some(Stat { mean, std, n })
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub arm: String,
+    pub job_ids: Vec<String>,
+    /// "succeeded" when every seed did, else the worst state seen.
+    pub status: String,
+    pub steps: u64,
+    pub metrics: Vec<(&'static str, Option<Stat>)>,
+}
+
+impl Row {
+    pub fn get(&self, m: &str) -> Option<Stat> {
+        self.metrics.iter().find(|(k, _)| *k == m).and_then(|(_, s)| *s)
+    }
+}
+
+fn value(job: &v1::Job, metric: &str) -> Option<f64> {
+    let r = job.result.as_ref().filter(|_| job.state() == JobState::Succeeded)?;
+    let eval = || serde_json::from_str::<Value>(&r.eval_json).ok();
+    match metric {
+        "samples_per_sec" => Some(r.samples_per_sec),
+        "final_loss" => Some(r.final_loss),
+        "wall_seconds" => Some(r.wall_seconds),
+        "fd_scenes" => eval()?["fd_scenes"]["value"].as_f64(),
+        "mmd" => eval()?["mmd_scenes"]["value"].as_f64(),
+        "accuracy" => eval()?["accuracy"]["value"].as_f64(),
+        "fid" => eval()?["fid"]["value"].as_f64(),
+        _ => None,
+    }
+}
+
+/// Rows in arm order (`arms`), from the sweep's jobs (`(arm, job)` pairs).
+pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
+    arms.iter()
+        .map(|arm| {
+            let mine: Vec<&v1::Job> = jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| j).collect();
+            let rank = |s: JobState| match s {
+                JobState::Failed => 0,
+                JobState::Cancelled => 1,
+                JobState::Running => 2,
+                JobState::Scheduled => 3,
+                JobState::Queued => 4,
+                _ => 5,
+            };
+            let status = mine.iter().map(|j| j.state()).min_by_key(|s| rank(*s)).map(|s| s.label()).unwrap_or("missing").to_string();
+            let metrics = METRICS.iter().map(|m| (*m, stat(&mine.iter().filter_map(|j| value(j, m)).collect::<Vec<_>>()))).collect();
+            let steps = mine.iter().filter_map(|j| j.result.as_ref().map(|r| r.steps)).max().unwrap_or_else(|| mine.iter().map(|j| j.step).max().unwrap_or(0));
+            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics }
+        })
+        .collect()
+}
+
+/// The evaluation protocol, stated once (from the baseline's report).
+pub fn protocol(jobs: &[(String, v1::Job)]) -> Option<String> {
+    let j = jobs.iter().find(|(a, j)| a == "baseline" && j.result.as_ref().is_some_and(|r| !r.eval_json.is_empty()))?;
+    let v: Value = serde_json::from_str(&j.1.result.as_ref()?.eval_json).ok()?;
+    let p = &v["fd_scenes"]["protocol"];
+    Some(format!(
+        "FD-scenes, MMD, accuracy: {} (weights sha256 {}...), {} generated images at step {}, {} sampler steps, guidance {}, seed {}, reference {}{}",
+        p["network"].as_str().unwrap_or("?"),
+        &p["weights_sha256"].as_str().unwrap_or("?").chars().take(12).collect::<String>(),
+        p["samples"],
+        v["step"],
+        p["sampler_steps"],
+        p["guidance"],
+        p["seed"],
+        p["reference"].as_str().unwrap_or("?"),
+        match v["fid"]["value"].as_f64() {
+            Some(_) => String::from("; FID: pytorch-fid Inception-v3"),
+            None => String::from("; FID unavailable (Inception weights not installed)"),
+        }
+    ))
+}
+
+fn delta(row: &Row, base: &Row, m: &str) -> Option<(f64, f64)> {
+    let (a, b) = (row.get(m)?, base.get(m)?);
+    Some((a.mean - b.mean, if b.mean != 0.0 { 100.0 * (a.mean - b.mean) / b.mean.abs() } else { f64::NAN }))
+}
+
+pub fn json(rows: &[Row]) -> Value {
+    let base = rows.iter().find(|r| r.arm == "baseline");
+    Value::Array(
+        rows.iter()
+            .map(|r| {
+                let mut o = json!({"arm": r.arm, "job_id": r.job_ids.first(), "job_ids": r.job_ids, "status": r.status, "steps": r.steps});
+                for m in METRICS {
+                    o[m] = r.get(m).map(|s| json!(s.mean)).unwrap_or(Value::Null);
+                    if r.job_ids.len() > 1 {
+                        o[format!("{m}_std")] = r.get(m).map(|s| json!(s.std)).unwrap_or(Value::Null);
+                    }
+                }
+                if let Some(b) = base {
+                    o["delta_vs_baseline"] = Value::Object(METRICS.iter().map(|m| (m.to_string(), delta(r, b, m).map(|d| json!(d.0)).unwrap_or(Value::Null))).collect());
+                    o["delta_pct_vs_baseline"] = Value::Object(METRICS.iter().map(|m| (m.to_string(), delta(r, b, m).map(|d| json!(d.1)).unwrap_or(Value::Null))).collect());
+                }
+                o
+            })
+            .collect(),
+    )
+}
+
+fn cell(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -> String {
+    let Some(s) = r.get(m) else { return "-".into() };
+    let mut out = format!("{:.*}", digits, s.mean * scale);
+    if s.n > 1 {
+        out.push_str(&format!(" ±{:.*}", digits, s.std * scale));
+    }
+    if let Some(b) = base.filter(|b| b.arm != r.arm) {
+        if let Some((d, pct)) = delta(r, b, m) {
+            out.push_str(&format!(" ({:+.*}, {:+.0}%)", digits, d * scale, pct));
+        }
+    }
+    out
+}
+
+/// "table" (aligned text), "markdown" or "csv".
+pub fn text(rows: &[Row], format: &str) -> String {
+    let base = rows.iter().find(|r| r.arm == "baseline");
+    let head = ["arm", "status", "FD-scenes", "MMD", "accuracy %", "FID", "samples/s", "final loss", "steps", "wall s"];
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.arm.clone(),
+                r.status.clone(),
+                cell(r, base, "fd_scenes", 1.0, 1),
+                cell(r, base, "mmd", 1.0, 3),
+                cell(r, base, "accuracy", 100.0, 1),
+                cell(r, base, "fid", 1.0, 2),
+                cell(r, base, "samples_per_sec", 1.0, 1),
+                cell(r, base, "final_loss", 1.0, 4),
+                r.steps.to_string(),
+                cell(r, None, "wall_seconds", 1.0, 0),
+            ]
+        })
+        .collect();
+    match format {
+        "csv" => {
+            let mut out = String::from("arm,job_ids,status,steps");
+            for m in METRICS {
+                out.push_str(&format!(",{m},{m}_std,{m}_delta"));
+            }
+            out.push('\n');
+            for r in rows {
+                out.push_str(&format!("{},{},{},{}", r.arm, r.job_ids.join(" "), r.status, r.steps));
+                for m in METRICS {
+                    let s = r.get(m);
+                    let d = base.and_then(|b| delta(r, b, m));
+                    out.push_str(&format!(
+                        ",{},{},{}",
+                        s.map(|s| s.mean.to_string()).unwrap_or_default(),
+                        s.map(|s| s.std.to_string()).unwrap_or_default(),
+                        d.map(|d| d.0.to_string()).unwrap_or_default()
+                    ));
+                }
+                out.push('\n');
+            }
+            out
+        }
+        "markdown" => {
+            let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+            for row in body {
+                out.push_str(&format!("| {} |\n", row.join(" | ")));
+            }
+            out
+        }
+        _ => {
+            let widths: Vec<usize> = (0..head.len()).map(|i| body.iter().map(|r| r[i].chars().count()).chain([head[i].len()]).max().unwrap_or(0)).collect();
+            let line = |cells: Vec<String>| cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string() + "\n";
+            let mut out = line(head.iter().map(|s| s.to_string()).collect());
+            for row in body {
+                out.push_str(&line(row));
+            }
+            out
+        }
+    }
+}
