@@ -40,7 +40,8 @@ struct File {
     world_size: u32,
     #[serde(default)]
     priority: i32,
-    baseline: toml::Table,
+    /// Parsed here, so its errors point into the sweep file.
+    baseline: TrainConfig,
     #[serde(default)]
     arm: Vec<ArmSpec>,
     #[serde(default)]
@@ -107,8 +108,15 @@ fn line_col(text: &str, byte: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// The candidate nearest to `word`: a small edit distance, or one a prefix of the other
+/// ("optimizer" -> "optim").
 fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates.into_iter().map(|c| (levenshtein(word, c), c)).filter(|(d, c)| *d <= 2.max(c.len() / 3)).min().map(|(_, c)| c)
+    candidates
+        .into_iter()
+        .map(|c| (levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3) || (c.len() >= 3 && word.len() >= 3 && (word.starts_with(c) || c.starts_with(word))))
+        .min()
+        .map(|(_, c)| c)
 }
 
 /// Rewrites serde's unknown-field message into ours, with a suggestion.
@@ -175,6 +183,28 @@ fn set(root: &mut Value, path: &str, value: Value) -> Result<Option<Value>, Stri
     unreachable!("the loop returns on the last part")
 }
 
+fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(root, |v, part| match v {
+        Value::Table(t) => t.get(part),
+        Value::Array(a) => a.get(part.parse::<usize>().ok()?),
+        _ => None,
+    })
+}
+
+/// `unknown key "a.b.c" (did you mean "a.b.d"?)`, the suggestion from the parent's keys.
+fn unknown_path(root: &Value, path: &str) -> String {
+    let (parent, leaf) = path.rsplit_once('.').unwrap_or(("", path));
+    let siblings: Vec<&str> = match if parent.is_empty() { Some(root) } else { lookup(root, parent) } {
+        Some(Value::Table(t)) => t.keys().map(String::as_str).collect(),
+        _ => vec![],
+    };
+    match closest(leaf, siblings) {
+        Some(b) if parent.is_empty() => format!("unknown key \"{path}\" (did you mean \"{b}\"?)"),
+        Some(b) => format!("unknown key \"{path}\" (did you mean \"{parent}.{b}\"?)"),
+        None => format!("unknown key \"{path}\""),
+    }
+}
+
 fn slug(s: &str) -> String {
     let mut out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '-' }).collect();
     while out.contains("--") {
@@ -199,6 +229,11 @@ impl Sweep {
     pub fn parse(text: &str, path: &str) -> Result<Self, SpecError> {
         let err = |message: String| SpecError { path: path.to_string(), message };
         let file: File = toml::from_str(text).map_err(|e| {
+            // a missing key has no place in the file to point at
+            if let Some(rest) = e.message().trim().strip_prefix("missing field `") {
+                let key = rest.trim_end_matches('`');
+                return err(if key == "baseline" { "missing [baseline]: the training config every arm starts from".into() } else { format!("missing key \"{key}\"") });
+            }
             let at = e.span().map(|s| {
                 let (l, c) = line_col(text, s.start);
                 format!("line {l}, column {c}: ")
@@ -224,8 +259,7 @@ impl Sweep {
             }
         }
         // the baseline, resolved with every default, is what arms override
-        let base_text = toml::to_string(&file.baseline).expect("a table serialises");
-        let mut baseline = TrainConfig::from_toml_str(&base_text, "[baseline]").map_err(|e| err(format!("[baseline]: {}", strip_config_prefix(&e.to_string()))))?;
+        let mut baseline = file.baseline.clone();
         if let Some(s) = file.steps {
             baseline.train.steps = s;
         }
@@ -272,8 +306,23 @@ impl Sweep {
                     return Err(err(format!("arm \"{}\": override \"{k}\" = {} changes nothing (the baseline has the same value)", arm.name, show(val))));
                 }
             }
-            let text = toml::to_string(&v).expect("a table serialises");
-            let cfg = TrainConfig::from_toml_str(&text, "").map_err(|e| err(format!("arm \"{}\": {}", arm.name, strip_config_prefix(&e.to_string()))))?;
+            let parse = |v: &Value| TrainConfig::from_toml_str(&toml::to_string(v).expect("a table serialises"), "").map_err(|e| strip_config_prefix(&e.to_string()));
+            let cfg = match parse(&v) {
+                Ok(c) => c,
+                Err(m) => {
+                    // name the override that does not fit: apply them one at a time
+                    let culprit = arm.overrides.iter().find(|(k, val)| {
+                        let mut one = resolved.clone();
+                        set(&mut one, k, val.clone()).is_ok() && parse(&one).is_err()
+                    });
+                    return Err(err(match culprit {
+                        // a key the resolved config does not have: name it by its full path
+                        Some((k, _)) if m.starts_with("unknown key") && lookup(&resolved, k).is_none() => format!("arm \"{}\": {}", arm.name, unknown_path(&resolved, k)),
+                        Some((k, val)) => format!("arm \"{}\": override \"{k}\" = {}: {m}", arm.name, show(val)),
+                        None => format!("arm \"{}\": {m}", arm.name),
+                    }));
+                }
+            };
             cfg.validate().map_err(|e| err(format!("arm \"{}\": {}", arm.name, strip_config_prefix(&e.to_string()))))?;
             configs.push(cfg);
         }
@@ -291,11 +340,75 @@ impl Sweep {
     }
 }
 
-/// "invalid config X: message" -> "message" (the sweep error names the place itself).
+/// "invalid config X: message (at byte N)" -> "message" (the sweep error names the place
+/// itself; byte offsets into a generated config would mean nothing to the user).
 fn strip_config_prefix(s: &str) -> String {
     let s = s.strip_prefix("invalid config: ").unwrap_or(s);
-    match s.strip_prefix("invalid config ") {
+    let s = match s.strip_prefix("invalid config ") {
         Some(rest) => rest.split_once(": ").map(|(_, m)| m.to_string()).unwrap_or_else(|| rest.to_string()),
         None => s.to_string(),
+    };
+    match s.rfind(" (at byte ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file in cli/tests/sweeps/bad/ starts with `# expect: <the exact message>`.
+    #[test]
+    fn bad_sweep_files_get_the_exact_message() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sweeps/bad");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let want = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| panic!("{} lacks its `# expect:` line", path.display()));
+            let got = Sweep::parse(&text, "x.toml").err().unwrap_or_else(|| panic!("{} was accepted", path.display()));
+            assert_eq!(got.to_string(), format!("x.toml: {want}"), "{}", path.display());
+            n += 1;
+        }
+        assert!(n >= 10, "the corpus has {n} files");
+    }
+
+    #[test]
+    fn the_examples_expand_into_resolved_jobs() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let s = Sweep::load(&root.join("quick.toml")).unwrap();
+        let names: Vec<&str> = s.jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(names, ["baseline", "short-captions", "repa", "muon"]);
+        let base = &s.jobs[0].config;
+        assert_eq!(base.train.steps, 300);
+        let short = &s.jobs[1].config;
+        assert_eq!(short.data.phases[0].captions, ablate_trainer::data::CaptionMode::Short);
+        // an arm differs from the baseline in its overrides (and its name) only
+        let (mut a, mut b) = (base.clone(), short.clone());
+        a.name.clear();
+        b.name.clear();
+        b.data.phases[0].captions = a.data.phases[0].captions;
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn grids_and_seeds_multiply() {
+        let text = r#"
+name = "g"
+seeds = [1, 2]
+[baseline]
+train.steps = 10
+[grid]
+"optim.lr" = [3e-4, 1e-3]
+"train.batch_size" = [4, 8]
+"#;
+        let s = Sweep::parse(text, "g.toml").unwrap();
+        assert_eq!(s.arms.len(), 5);
+        assert_eq!(s.jobs.len(), 10);
+        assert_eq!(s.jobs[2].id, "grid-optim-lr-0-0003-train-batch_size-4-s1");
+        assert_eq!(s.jobs[2].config.optim.lr, 3e-4);
+        assert_eq!(s.jobs[2].config.seed, 1);
+        assert_eq!(s.jobs[3].config.seed, 2);
     }
 }
