@@ -393,6 +393,19 @@ mod tests {
     }
 
     #[test]
+    fn every_example_sweep_is_valid() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for name in ["quick.toml", "prx-part2.toml", "curriculum.toml"] {
+            let s = Sweep::load(&root.join(name)).unwrap_or_else(|e| panic!("{e}"));
+            assert!(s.jobs.len() >= 4, "{name}");
+        }
+        let prx = Sweep::load(&root.join("prx-part2.toml")).unwrap();
+        assert_eq!(prx.arms.len(), 16);
+        let tread = &prx.jobs.iter().find(|j| j.id == "tokens-256-tread").unwrap().config;
+        assert_eq!((tread.latent.image_size, tread.routing.kind), (64, ablate_trainer::routing::RoutingKind::Tread));
+    }
+
+    #[test]
     fn grids_and_seeds_multiply() {
         let text = r#"
 name = "g"
