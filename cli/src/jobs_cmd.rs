@@ -217,6 +217,9 @@ pub fn cancel(a: IdArgs) -> anyhow::Result<()> {
 
 /// Live progress until the job ends; exits non-zero when it did not succeed.
 pub fn watch(a: IdArgs) -> anyhow::Result<()> {
+    if a.id.starts_with('s') {
+        return crate::sweep::remote::watch(&a.id, &a.conn.coordinator);
+    }
     rt()?.block_on(async {
         let mut c = client(&a.conn).await?;
         let mut stream = c.watch_job(v1::WatchJobRequest { id: a.id.clone() }).await.map_err(status)?.into_inner();

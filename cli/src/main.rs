@@ -22,7 +22,10 @@ struct Cli {
 enum Cmd {
     /// Run a sweep locally: embedded coordinator and CPU workers, live progress, results table.
     Run(sweep::run::RunArgs),
-    /// Print the results table of a sweep run (`ablate run --out DIR`).
+    /// Sweeps through a remote coordinator.
+    #[command(subcommand)]
+    Sweep(sweep::remote::SweepCmd),
+    /// Print the results table of a sweep (`ablate run --out DIR`, or a sweep id).
     Results(sweep::run::ResultsArgs),
     /// Train one arm in this process (on the CPU, or CUDA with --device).
     Train(train_cmd::TrainArgs),
@@ -47,7 +50,7 @@ enum Cmd {
     /// List or show jobs.
     #[command(subcommand)]
     Jobs(jobs_cmd::JobsCmd),
-    /// Follow a job live until it ends.
+    /// Follow a job (j000001) or a sweep (s000001) live until it ends.
     Watch(jobs_cmd::IdArgs),
     /// Cancel a job (its ranks are stopped).
     Cancel(jobs_cmd::IdArgs),
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Coordinator(a) => cluster_cmd::coordinator(a),
         Cmd::Run(a) => sweep::run::run(a),
         Cmd::Results(a) => sweep::run::results_cmd(a),
+        Cmd::Sweep(c) => sweep::remote::sweep(c),
         Cmd::Worker(a) => cluster_cmd::worker(a),
         Cmd::Rank(a) => cluster_cmd::rank(a),
         Cmd::Submit(a) => jobs_cmd::submit(a),

@@ -276,3 +276,35 @@ fn a_killed_worker_takes_its_ranks_along_and_the_gang_is_requeued() {
     assert!(j["restarts"].as_u64().unwrap() >= 1, "{j}");
     c.wait(15, "w1 idle", |c| c.cli(&["workers", "--output", "json"]).lines().any(|l| l.contains("\"id\":\"w1\"") && l.contains("\"busy\":0")));
 }
+
+#[test]
+fn a_sweep_submitted_to_the_cluster_runs_to_its_table() {
+    let c = Cluster::start(2);
+    let file = c.dir.path().join("sweep.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "remote"
+steps = 6
+[baseline]
+train = { batch_size = 2 }
+sample = { count = 2, steps = 2 }
+[[arm]]
+name = "muon"
+overrides = { "optim.kind" = "muon" }
+"#,
+    )
+    .unwrap();
+    let v: Value = serde_json::from_str(&c.cli(&["sweep", "submit", file.to_str().unwrap(), "--json"])).unwrap();
+    let id = v["sweep"].as_str().unwrap().to_string();
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 2);
+    // `ablate watch <sweep>` follows it to the end and prints the table
+    let out = Command::new(BIN).args(["watch", &id, "--coordinator", &c.url]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.lines().any(|l| l.starts_with("baseline") && l.contains("succeeded")), "{table}");
+    let rows: Value = serde_json::from_str(&c.cli(&["results", &id, "--format", "json"])).unwrap();
+    assert_eq!(rows[1]["arm"], "muon");
+    assert_eq!(rows[1]["steps"], 6);
+    assert!(rows[1]["delta_vs_baseline"]["samples_per_sec"].as_f64().is_some());
+}

@@ -37,10 +37,13 @@ pub struct RunArgs {
 
 #[derive(clap::Args)]
 pub struct ResultsArgs {
-    /// The --out folder of `ablate run`.
+    /// The --out folder of `ablate run`, or a sweep id (s000001) of --coordinator.
     dir: PathBuf,
     #[arg(long, default_value = "table", value_parser = ["table", "markdown", "csv", "json"])]
     format: String,
+    /// Where to look up a sweep id.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
 }
 
 /// What `<out>/sweep.json` records: which job runs which arm, and a fingerprint of the
@@ -208,50 +211,17 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 
 /// Redraws one line per job until every job ended (false) or Ctrl-C (true).
 async fn progress(core: &Core, rec: &Record) -> anyhow::Result<bool> {
-    let tty = std::io::stderr().is_terminal();
-    let t0 = Instant::now();
-    let mut last_plain = Instant::now() - Duration::from_secs(60);
-    let mut drawn = 0;
-    let width = rec.jobs.iter().map(|j| j.id.len()).max().unwrap_or(8);
+    let mut display = Display::new(rec.jobs.iter().map(|j| j.id.len()).max().unwrap_or(8));
     loop {
         let mut lines = Vec::new();
         let mut done = true;
         for j in &rec.jobs {
             let job = core.get(&j.job)?;
-            let total = job.total_steps.max(1);
-            let step = job.step.min(total);
-            let last = core.metrics(&job.id, step.saturating_sub(1))?.pop();
-            let filled = (20 * step / total) as usize;
-            let bar = format!("{}{}", "#".repeat(filled), ".".repeat(20 - filled));
-            let loss = last.as_ref().map(|p| format!("loss {:.4}", p.loss)).unwrap_or_default();
-            let eta = match (&last, job.state()) {
-                (Some(p), JobState::Running) if p.step_seconds > 0.0 => {
-                    let s = (total - step) as f64 * p.step_seconds;
-                    format!("ETA {}:{:02}", (s / 60.0) as u64, (s % 60.0) as u64)
-                }
-                _ => String::new(),
-            };
-            let state = job.state();
-            done &= state.is_terminal();
-            let why = if matches!(state, JobState::Failed) { format!(": {}", job.reason) } else { String::new() };
-            lines.push(format!("{:<width$} [{bar}] {step:>5}/{total:<5} {loss:<12} {eta:<10} {}{why}", j.id, state.label()));
+            let last = core.metrics(&job.id, job.step.saturating_sub(1))?.pop();
+            done &= job.state().is_terminal();
+            lines.push(display.line(&j.id, &job, last.as_ref()));
         }
-        if tty {
-            let mut err = std::io::stderr().lock();
-            if drawn > 0 {
-                let _ = write!(err, "\x1b[{drawn}A");
-            }
-            for l in &lines {
-                let _ = writeln!(err, "\x1b[K{l}");
-            }
-            drawn = lines.len();
-        } else if last_plain.elapsed() > Duration::from_secs(15) || done {
-            eprintln!("[{:>5.0}s]", t0.elapsed().as_secs_f64());
-            for l in &lines {
-                eprintln!("  {l}");
-            }
-            last_plain = Instant::now();
-        }
+        display.draw(&lines, done);
         if done {
             return Ok(false);
         }
@@ -261,6 +231,58 @@ async fn progress(core: &Core, rec: &Record) -> anyhow::Result<bool> {
                 return Ok(true);
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// The live progress display: one line per job, redrawn in place on a terminal, printed
+/// every 15 s otherwise (logs, CI).
+pub struct Display {
+    tty: bool,
+    t0: Instant,
+    last_plain: Option<Instant>,
+    drawn: usize,
+    width: usize,
+}
+
+impl Display {
+    pub fn new(width: usize) -> Self {
+        Self { tty: std::io::stderr().is_terminal(), t0: Instant::now(), last_plain: None, drawn: 0, width }
+    }
+
+    pub fn line(&self, name: &str, job: &v1::Job, last: Option<&v1::MetricPoint>) -> String {
+        let total = job.total_steps.max(1);
+        let step = job.step.min(total);
+        let filled = (20 * step / total) as usize;
+        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(20 - filled));
+        let loss = last.map(|p| format!("loss {:.4}", p.loss)).unwrap_or_default();
+        let eta = match (last, job.state()) {
+            (Some(p), JobState::Running) if p.step_seconds > 0.0 => {
+                let s = (total - step) as f64 * p.step_seconds;
+                format!("ETA {}:{:02}", (s / 60.0) as u64, (s % 60.0) as u64)
+            }
+            _ => String::new(),
+        };
+        let why = if job.state() == JobState::Failed { format!(": {}", job.reason) } else { String::new() };
+        format!("{name:<w$} [{bar}] {step:>5}/{total:<5} {loss:<12} {eta:<10} {}{why}", job.state().label(), w = self.width)
+    }
+
+    pub fn draw(&mut self, lines: &[String], done: bool) {
+        if self.tty {
+            let mut err = std::io::stderr().lock();
+            if self.drawn > 0 {
+                let _ = write!(err, "\x1b[{}A", self.drawn);
+            }
+            for l in lines {
+                let _ = writeln!(err, "\x1b[K{l}");
+            }
+            self.drawn = lines.len();
+        } else if done || self.last_plain.is_none_or(|t| t.elapsed() > Duration::from_secs(15)) {
+            eprintln!("[{:>5.0}s]", self.t0.elapsed().as_secs_f64());
+            for l in lines {
+                eprintln!("  {l}");
+            }
+            self.last_plain = Some(Instant::now());
         }
     }
 }
@@ -280,6 +302,11 @@ fn report(out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> anyhow::Resul
 }
 
 pub fn results_cmd(a: ResultsArgs) -> anyhow::Result<()> {
+    if !a.dir.exists() {
+        let id = a.dir.display().to_string();
+        anyhow::ensure!(id.starts_with('s') && id[1..].chars().all(|c| c.is_ascii_digit()), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
+        return super::remote::results(&id, &a.coordinator, &a.format);
+    }
     let rec = read_record(&a.dir)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", a.dir.display()))?;
     let core = open_state(&a.dir)?;
     let jobs = jobs_of(&core, &rec)?;

@@ -1,0 +1,124 @@
+//! Sweeps through a remote coordinator: `ablate sweep submit <file>` (validated and expanded
+//! here, stored there all or none), `ablate watch <sweep id>` (the live display of `ablate
+//! run`), `ablate results <sweep id>`.
+
+use ablate_proto::v1::{self, job_service_client::JobServiceClient, JobState};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::results;
+use super::run::Display;
+use super::spec::Sweep;
+
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    /// The sweep file (docs/sweeps.md).
+    file: PathBuf,
+    /// Step budget of every job, overriding the file's.
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    /// Print the sweep as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum SweepCmd {
+    /// Submit every arm x seed of a sweep file to a coordinator.
+    Submit(SubmitArgs),
+}
+
+async fn client(url: &str) -> anyhow::Result<JobServiceClient<tonic::transport::Channel>> {
+    JobServiceClient::connect(url.to_string()).await.with_context(|| format!("cannot reach the coordinator at {url}"))
+}
+
+pub fn sweep(cmd: SweepCmd) -> anyhow::Result<()> {
+    let SweepCmd::Submit(a) = cmd;
+    let mut s = Sweep::load(&a.file)?;
+    if let Some(n) = a.steps {
+        anyhow::ensure!(n > 0, "--steps must be positive");
+        for j in &mut s.jobs {
+            j.config.train.steps = n;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let jobs = s
+            .jobs
+            .iter()
+            .map(|j| v1::SubmitJobRequest { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: s.world_size, priority: s.priority, sweep: String::new(), arm: j.arm.clone() })
+            .collect();
+        let r = client(&a.coordinator).await?.submit_sweep(v1::SubmitSweepRequest { name: s.name.clone(), jobs }).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?.into_inner();
+        if a.json {
+            println!("{}", serde_json::json!({"sweep": r.sweep, "jobs": r.jobs.iter().map(|j| serde_json::json!({"id": j.id, "arm": j.arm, "name": j.name})).collect::<Vec<_>>()}));
+        } else {
+            println!("submitted sweep {} ({}): {} job(s); follow it with `ablate watch {}`", r.sweep, s.name, r.jobs.len(), r.sweep);
+        }
+        Ok(())
+    })
+}
+
+async fn sweep_jobs(c: &mut JobServiceClient<tonic::transport::Channel>, id: &str) -> anyhow::Result<Vec<v1::Job>> {
+    Ok(c.get_sweep_results(v1::GetSweepResultsRequest { sweep: id.into() }).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?.into_inner().jobs)
+}
+
+/// Arms in submission order, and (arm, job) pairs.
+fn arms_of(jobs: &[v1::Job]) -> (Vec<String>, Vec<(String, v1::Job)>) {
+    let mut arms: Vec<String> = Vec::new();
+    for j in jobs {
+        if !arms.contains(&j.arm) {
+            arms.push(j.arm.clone());
+        }
+    }
+    (arms, jobs.iter().map(|j| (j.arm.clone(), j.clone())).collect())
+}
+
+/// `ablate watch s000001`: the live display until every job ended.
+pub fn watch(id: &str, coordinator: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut c = client(coordinator).await?;
+        let first = sweep_jobs(&mut c, id).await?;
+        let mut display = Display::new(first.iter().map(|j| j.name.len()).max().unwrap_or(8));
+        loop {
+            let jobs = sweep_jobs(&mut c, id).await?;
+            let mut lines = Vec::new();
+            for j in &jobs {
+                let last = c.get_metrics(v1::GetMetricsRequest { id: j.id.clone(), from_step: j.step.saturating_sub(1) }).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?.into_inner().points.pop();
+                lines.push(display.line(&j.name, j, last.as_ref()));
+            }
+            let done = jobs.iter().all(|j| j.state().is_terminal());
+            display.draw(&lines, done);
+            if done {
+                let (arms, pairs) = arms_of(&jobs);
+                print!("{}", results::text(&results::rows(&arms, &pairs), "table"));
+                anyhow::ensure!(jobs.iter().all(|j| j.state() == JobState::Succeeded), "some jobs of sweep {id} did not succeed");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// `ablate results s000001 --coordinator URL`.
+pub fn results(id: &str, coordinator: &str, format: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let jobs = rt.block_on(async { sweep_jobs(&mut client(coordinator).await?, id).await })?;
+    let (arms, pairs) = arms_of(&jobs);
+    let rows = results::rows(&arms, &pairs);
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(&results::json(&rows))?),
+        f => {
+            if f != "csv" {
+                if let Some(p) = results::protocol(&pairs) {
+                    println!("{p}\n");
+                }
+            }
+            print!("{}", results::text(&rows, f));
+        }
+    }
+    Ok(())
+}
