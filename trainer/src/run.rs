@@ -10,6 +10,7 @@
 //! - `samples.png`, `samples.txt`: the sample grid and its prompts
 //! - `eval.jsonl`: one `EvalReport` per evaluation (`[eval]`), each number with its protocol
 //! - `eval-cache/`: reference statistics cached by (reference set, network hash, N)
+//! - `eval-samples.safetensors`: per-image embeddings and scores of the latest evaluation
 
 use candle_core::Device;
 use std::io::Write;
@@ -278,6 +279,13 @@ pub fn run_distributed(
                 report.fid.as_ref().map(|f| format!(", FID {:.2}", f.value)).unwrap_or_default(),
                 report.seconds
             ));
+            if let Some(samples) = &report.samples {
+                // the per-image numbers of the latest evaluation, for intervals between runs
+                let p = opts.out.join("eval-samples.safetensors");
+                if let Err(e) = samples.save(&p) {
+                    progress.message(&format!("could not save {}: {e}", p.display()));
+                }
+            }
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&eval_path).map_err(|e| TrainError::io(&eval_path, e))?;
             writeln!(f, "{}", serde_json::to_string(&report).expect("report serialises")).map_err(|e| TrainError::io(&eval_path, e))?;
             eval_seconds += report.seconds;

@@ -2,10 +2,14 @@
 //! wall time, mean and standard deviation over seeds, and the delta vs baseline (absolute
 //! and %). Printed as a table, markdown, CSV or JSON (stable field names, docs/sweeps.md).
 //!
-//! Not computed yet: bootstrap confidence intervals of the deltas and the iso-compute
-//! comparison (issue 6); the JSON has no `ci95` / `significant` fields until they are.
+//! Is a difference real? For FD-scenes, MMD and accuracy, when the runs' per-image
+//! evaluation numbers are at hand (`eval-samples.safetensors`, local runs), a 95% paired
+//! bootstrap interval of the delta vs baseline (`ablate_trainer::eval::bootstrap`); a delta
+//! whose interval excludes zero is marked significant. Not computed yet: the iso-compute
+//! comparison (metrics at equal wall-clock or samples seen).
 
 use ablate_proto::v1::{self, JobState};
+use ablate_trainer::eval::bootstrap::EvalSamples;
 use serde_json::{json, Value};
 
 pub const METRICS: [&str; 7] = ["fd_scenes", "mmd", "accuracy", "fid", "samples_per_sec", "final_loss", "wall_seconds"];
@@ -36,6 +40,8 @@ pub struct Row {
     pub status: String,
     pub steps: u64,
     pub metrics: Vec<(&'static str, Option<Stat>)>,
+    /// 95% interval of the delta vs baseline, per metric that has one.
+    pub ci95: Vec<(&'static str, (f64, f64))>,
 }
 
 impl Row {
@@ -75,9 +81,37 @@ pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
             let status = mine.iter().map(|j| j.state()).min_by_key(|s| rank(*s)).map(|s| s.label()).unwrap_or("missing").to_string();
             let metrics = METRICS.iter().map(|m| (*m, stat(&mine.iter().filter_map(|j| value(j, m)).collect::<Vec<_>>()))).collect();
             let steps = mine.iter().filter_map(|j| j.result.as_ref().map(|r| r.steps)).max().unwrap_or_else(|| mine.iter().map(|j| j.step).max().unwrap_or(0));
-            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics }
+            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![] }
         })
         .collect()
+}
+
+/// Bootstrap resamples per interval.
+pub const REPS: usize = 1000;
+
+/// Fills `ci95` of every arm from the per-image numbers `samples` gives for a job (pairing
+/// seed s of an arm with seed s of the baseline, by position).
+pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn Fn(&v1::Job) -> Option<EvalSamples>) {
+    use ablate_trainer::eval::bootstrap::{paired_interval, Metric};
+    let of = |arm: &str| -> Vec<Option<EvalSamples>> { jobs.iter().filter(|(a, j)| a == arm && j.state() == JobState::Succeeded).map(|(_, j)| samples(j)).collect() };
+    let base = of("baseline");
+    for row in rows.iter_mut().filter(|r| r.arm != "baseline") {
+        let mine = of(&row.arm);
+        let pairs: Vec<(&EvalSamples, &EvalSamples)> = mine.iter().zip(&base).filter_map(|(a, b)| Some((a.as_ref()?, b.as_ref()?))).collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        for (name, m) in [("fd_scenes", Metric::FdScenes), ("mmd", Metric::Mmd), ("accuracy", Metric::Accuracy)] {
+            match paired_interval(&pairs, m, REPS, 0x5eed) {
+                Ok(ci) => row.ci95.push((name, ci)),
+                Err(e) => eprintln!("no interval for {} {name}: {e}", row.arm),
+            }
+        }
+    }
+}
+
+fn significant(r: &Row, m: &str) -> Option<bool> {
+    r.ci95.iter().find(|(k, _)| *k == m).map(|(_, (lo, hi))| *lo > 0.0 || *hi < 0.0)
 }
 
 /// The evaluation protocol, stated once (from the baseline's report).
@@ -123,6 +157,10 @@ pub fn json(rows: &[Row]) -> Value {
                     o["delta_vs_baseline"] = Value::Object(METRICS.iter().map(|m| (m.to_string(), delta(r, b, m).map(|d| json!(d.0)).unwrap_or(Value::Null))).collect());
                     o["delta_pct_vs_baseline"] = Value::Object(METRICS.iter().map(|m| (m.to_string(), delta(r, b, m).map(|d| json!(d.1)).unwrap_or(Value::Null))).collect());
                 }
+                if !r.ci95.is_empty() {
+                    o["ci95"] = Value::Object(r.ci95.iter().map(|(m, (lo, hi))| (m.to_string(), json!([lo, hi]))).collect());
+                    o["significant"] = Value::Object(r.ci95.iter().map(|(m, _)| (m.to_string(), json!(significant(r, m)))).collect());
+                }
                 o
             })
             .collect(),
@@ -137,10 +175,19 @@ fn cell(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -> Stri
     }
     if let Some(b) = base.filter(|b| b.arm != r.arm) {
         if let Some((d, pct)) = delta(r, b, m) {
-            out.push_str(&format!(" ({:+.*}, {:+.0}%)", digits, d * scale, pct));
+            let mark = if significant(r, m) == Some(true) { "*" } else { "" };
+            out.push_str(&format!(" ({:+.*}, {:+.0}%){mark}", digits, d * scale, pct));
         }
     }
     out
+}
+
+fn footnote(rows: &[Row]) -> String {
+    if rows.iter().any(|r| !r.ci95.is_empty()) {
+        format!("* the 95% paired bootstrap interval of the delta excludes 0 ({REPS} resamples of the evaluation images; FD-scenes, MMD, accuracy)\n")
+    } else {
+        String::from("(no confidence intervals: the per-image evaluation numbers are not at hand)\n")
+    }
 }
 
 /// "table" (aligned text), "markdown" or "csv".
@@ -192,6 +239,7 @@ pub fn text(rows: &[Row], format: &str) -> String {
             for row in body {
                 out.push_str(&format!("| {} |\n", row.join(" | ")));
             }
+            out.push_str(&footnote(rows));
             out
         }
         _ => {
@@ -201,6 +249,7 @@ pub fn text(rows: &[Row], format: &str) -> String {
             for row in body {
                 out.push_str(&line(row));
             }
+            out.push_str(&footnote(rows));
             out
         }
     }

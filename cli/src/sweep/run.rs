@@ -287,8 +287,16 @@ impl Display {
     }
 }
 
+/// The table's rows, with intervals from the jobs' `eval-samples.safetensors`.
+fn local_rows(out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> Vec<results::Row> {
+    let mut rows = results::rows(&rec.arms, jobs);
+    let samples = |j: &v1::Job| ablate_trainer::eval::bootstrap::EvalSamples::load(&out.join("work/jobs").join(&j.id).join("eval-samples.safetensors")).ok();
+    results::add_intervals(&mut rows, jobs, &samples);
+    rows
+}
+
 fn report(out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> anyhow::Result<()> {
-    let rows = results::rows(&rec.arms, jobs);
+    let rows = local_rows(out, rec, jobs);
     println!();
     if let Some(p) = results::protocol(jobs) {
         println!("{p}");
@@ -310,7 +318,7 @@ pub fn results_cmd(a: ResultsArgs) -> anyhow::Result<()> {
     let rec = read_record(&a.dir)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", a.dir.display()))?;
     let core = open_state(&a.dir)?;
     let jobs = jobs_of(&core, &rec)?;
-    let rows = results::rows(&rec.arms, &jobs);
+    let rows = local_rows(&a.dir, &rec, &jobs);
     match a.format.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&results::json(&rows))?),
         f => {

@@ -53,7 +53,9 @@ fn covers(read: &[(usize, usize)], want: &[(usize, usize)], key: impl Fn(&(usize
 impl CompositionCounts {
     /// Scores one image: `prompt` is the scene its prompt described, `read` what the
     /// evaluator saw per cell.
-    pub fn add(&mut self, prompt: &Scene, read: &[Option<(usize, usize)>; 4]) {
+    /// Scores one image; returns its own score (the mean of the four categories), whose mean
+    /// over images is `overall`.
+    pub fn add(&mut self, prompt: &Scene, read: &[Option<(usize, usize)>; 4]) -> f32 {
         let want: Vec<(usize, usize)> = prompt.objects.iter().map(|o| (o.shape, o.color)).collect();
         let seen: Vec<(usize, usize)> = read.iter().flatten().copied().collect();
         let object = covers(&seen, &want, |p| (p.0, 0));
@@ -66,6 +68,7 @@ impl CompositionCounts {
         self.count += count as u64;
         self.position += position as u64;
         self.all_correct += (object && color && count && position) as u64;
+        [object, color, count, position].iter().map(|b| *b as u8 as f32).sum::<f32>() / 4.0
     }
 
     pub fn merge(&mut self, o: &CompositionCounts) {

@@ -2,6 +2,7 @@
 //! built-in scene evaluator, MMD, compositional accuracy, and the protocol every number
 //! carries. See `docs/eval.md`.
 
+pub mod bootstrap;
 pub mod composition;
 pub mod detvalues;
 pub mod fd;

@@ -93,6 +93,8 @@ pub struct EvalShard {
     pub embeddings: Vec<(u64, Vec<f32>)>,
     pub composition: CompositionCounts,
     pub inception: Option<FeatureStats>,
+    /// (index, compositional score) per generated image, for confidence intervals.
+    pub scores: Vec<(u64, f32)>,
 }
 
 impl EvalShard {
@@ -100,6 +102,7 @@ impl EvalShard {
         self.scene_stats.merge(&o.scene_stats)?;
         self.embeddings.extend(o.embeddings.iter().cloned());
         self.composition.merge(&o.composition);
+        self.scores.extend(o.scores.iter().copied());
         match (&mut self.inception, &o.inception) {
             (Some(a), Some(b)) => a.merge(b)?,
             (None, None) => {}
@@ -124,6 +127,10 @@ pub struct EvalReport {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fid_unavailable: Option<String>,
     pub seconds: f64,
+    /// The per-image numbers behind FD-scenes, MMD and accuracy (saved next to the report as
+    /// `eval-samples.safetensors`, for confidence intervals of differences between runs).
+    #[serde(skip)]
+    pub samples: Option<super::bootstrap::EvalSamples>,
 }
 
 /// The networks, loaded once per run.
@@ -181,8 +188,9 @@ impl Evaluator {
         }
         if let Some(prompts) = prompts {
             let read = self.scenes.read(images)?;
-            for (scene, cells) in prompts.iter().zip(&read.cells) {
-                shard.composition.add(scene, cells);
+            for ((scene, cells), i) in prompts.iter().zip(&read.cells).zip(indices) {
+                let score = shard.composition.add(scene, cells);
+                shard.scores.push((*i, score));
             }
         }
         if let (Some(net), Some(st)) = (&self.inception, shard.inception.as_mut()) {
@@ -197,6 +205,7 @@ impl Evaluator {
             embeddings: Vec::new(),
             composition: CompositionCounts::default(),
             inception: self.inception.as_ref().map(|_| FeatureStats::new(inception::FEATURE_DIM)),
+            scores: Vec::new(),
         }
     }
 
@@ -240,6 +249,14 @@ impl Evaluator {
         let flat = |e: &[(u64, Vec<f32>)]| e.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<f32>>();
         let mmd = super::mmd::mmd(&flat(&gen.embeddings), &flat(&reference.embeddings), EMBED_DIM)?;
         let composition = gen.composition.finish();
+        gen.scores.sort_by_key(|(i, _)| *i);
+        let samples = super::bootstrap::EvalSamples {
+            dim: EMBED_DIM,
+            generated: flat(&gen.embeddings),
+            reference: flat(&reference.embeddings),
+            scores: gen.scores.iter().map(|(_, s)| *s).collect(),
+            protocol: self.protocol("fd_scenes", scenes::NAME, &self.scenes.weights_hash, SCENE_RESIZE),
+        };
         let fid = match (&self.inception, &gen.inception) {
             (Some(net), Some(g)) => {
                 let p = self.protocol("fid", "pytorch-fid inception-v3 pool3", &net.weights_hash, FID_RESIZE);
@@ -260,6 +277,7 @@ impl Evaluator {
             fid_unavailable: if fid.is_some() { None } else { self.fid_unavailable.clone() },
             fid,
             seconds,
+            samples: Some(samples),
         })
     }
 
