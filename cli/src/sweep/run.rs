@@ -117,7 +117,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     for j in &sweep.jobs {
         std::fs::write(out.join("configs").join(format!("{}.toml", j.id)), j.config.to_toml())?;
     }
-    std::fs::copy(&a.sweep, out.join("sweep.toml")).with_context(|| format!("copying {}", a.sweep.display()))?;
+    // (re-running from the copy itself must not truncate it)
+    let copy = out.join("sweep.toml");
+    if std::fs::canonicalize(&a.sweep).ok() != std::fs::canonicalize(&copy).ok() {
+        std::fs::copy(&a.sweep, &copy).with_context(|| format!("copying {}", a.sweep.display()))?;
+    }
     println!(
         "sweep {}: {} arm(s) x {} seed(s) = {} job(s) of world size {}, {} local worker(s); results in {}",
         sweep.name,
