@@ -114,11 +114,17 @@ pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, 
         };
         let handle = handle.clone();
         tokio::spawn(async move {
+            // read the whole request head (it may arrive in pieces) before answering: closing
+            // on a client still writing would reset its connection
             let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
+            let mut n = 0;
+            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(k)) => n += k,
+                    _ => return,
+                }
+            }
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, ctype, body) = match path {
