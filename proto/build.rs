@@ -9,6 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile([proto], ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("ablate_v1_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // stored as JSON lines by the coordinator (runs/<job>/metrics.jsonl)
+        .type_attribute("ablate.v1.MetricPoint", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -8,19 +8,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::CoordinatorError;
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Line {
-    step: u64,
-    loss: f64,
-    grad_norm: f64,
-    lr: f64,
-    samples_per_sec: f64,
-    step_seconds: f64,
-    data_seconds: f64,
-    compute_seconds: f64,
-    comm_seconds: f64,
-}
-
 pub struct Runs {
     root: PathBuf,
 }
@@ -47,22 +34,7 @@ impl Runs {
     }
 
     pub fn append_metrics(&self, job: &str, points: &[MetricPoint]) -> Result<(), CoordinatorError> {
-        let mut text = String::new();
-        for p in points {
-            let l = Line {
-                step: p.step,
-                loss: p.loss,
-                grad_norm: p.grad_norm,
-                lr: p.lr,
-                samples_per_sec: p.samples_per_sec,
-                step_seconds: p.step_seconds,
-                data_seconds: p.data_seconds,
-                compute_seconds: p.compute_seconds,
-                comm_seconds: p.comm_seconds,
-            };
-            text.push_str(&serde_json::to_string(&l).expect("metric serialises"));
-            text.push('\n');
-        }
+        let text: String = points.iter().map(|p| serde_json::to_string(p).expect("metric serialises") + "\n").collect();
         self.append(job, "metrics.jsonl", &text)
     }
 
@@ -80,21 +52,8 @@ impl Runs {
             Err(e) => return Err(io(&p)(e)),
         };
         let mut by_step = std::collections::BTreeMap::new();
-        for l in text.lines().filter_map(|l| serde_json::from_str::<Line>(l).ok()).filter(|l| l.step >= from_step) {
-            by_step.insert(
-                l.step,
-                MetricPoint {
-                    step: l.step,
-                    loss: l.loss,
-                    grad_norm: l.grad_norm,
-                    lr: l.lr,
-                    samples_per_sec: l.samples_per_sec,
-                    step_seconds: l.step_seconds,
-                    data_seconds: l.data_seconds,
-                    compute_seconds: l.compute_seconds,
-                    comm_seconds: l.comm_seconds,
-                },
-            );
+        for p in text.lines().filter_map(|l| serde_json::from_str::<MetricPoint>(l).ok()).filter(|p| p.step >= from_step) {
+            by_step.insert(p.step, p);
         }
         Ok(by_step.into_values().collect())
     }

@@ -109,16 +109,5 @@ pub fn results(id: &str, coordinator: &str, format: &str) -> anyhow::Result<()> 
     let jobs = rt.block_on(async { sweep_jobs(&mut client(coordinator).await?, id).await })?;
     let (arms, pairs) = arms_of(&jobs);
     let rows = results::rows(&arms, &pairs);
-    match format {
-        "json" => println!("{}", serde_json::to_string_pretty(&results::json(&rows))?),
-        f => {
-            if f != "csv" {
-                if let Some(p) = results::protocol(&pairs) {
-                    println!("{p}\n");
-                }
-            }
-            print!("{}", results::text(&rows, f));
-        }
-    }
-    Ok(())
+    results::print(&rows, &pairs, format)
 }

@@ -190,6 +190,23 @@ fn footnote(rows: &[Row]) -> String {
     }
 }
 
+/// Prints `rows` as `format` ("table", "markdown", "csv" or "json"); the protocol line above
+/// the human formats.
+pub fn print(rows: &[Row], jobs: &[(String, v1::Job)], format: &str) -> anyhow::Result<()> {
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(&json(rows))?),
+        f => {
+            if f != "csv" {
+                if let Some(p) = protocol(jobs) {
+                    println!("{p}\n");
+                }
+            }
+            print!("{}", text(rows, f));
+        }
+    }
+    Ok(())
+}
+
 /// "table" (aligned text), "markdown" or "csv".
 pub fn text(rows: &[Row], format: &str) -> String {
     let base = rows.iter().find(|r| r.arm == "baseline");

@@ -323,16 +323,5 @@ pub fn results_cmd(a: ResultsArgs) -> anyhow::Result<()> {
     let core = open_state(&a.dir)?;
     let jobs = jobs_of(&core, &rec)?;
     let rows = local_rows(&a.dir, &rec, &jobs);
-    match a.format.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&results::json(&rows))?),
-        f => {
-            if f != "csv" {
-                if let Some(p) = results::protocol(&jobs) {
-                    println!("{p}\n");
-                }
-            }
-            print!("{}", results::text(&rows, f));
-        }
-    }
-    Ok(())
+    results::print(&rows, &jobs, &a.format)
 }
