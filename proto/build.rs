@@ -12,8 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // stored as JSON lines by the coordinator (runs/<job>/metrics.jsonl)
-        .type_attribute("ablate.v1.MetricPoint", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // stored as JSON lines by the coordinator (runs/<job>/metrics.jsonl, evals.jsonl)
+        // (missing fields default: lines written before a field existed stay readable)
+        .type_attribute("ablate.v1.MetricPoint", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .type_attribute("ablate.v1.EvalPoint", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
         .compile_fds(fds)?;
     Ok(())
 }

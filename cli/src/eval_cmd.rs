@@ -35,6 +35,16 @@ pub enum EvalCmd {
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
         batch: u16,
     },
+    /// Evaluate a run's checkpoint again under its config's protocol (FD-scenes, MMD,
+    /// compositional accuracy, FID when the weights are installed) and print the report as
+    /// JSON; the run folder is left as it is.
+    Checkpoint {
+        /// A run folder (`ablate train --out`, or `<run>/work/jobs/<job>` of a sweep).
+        dir: PathBuf,
+        /// Generated images to evaluate (default: the config's `eval.samples`).
+        #[arg(long)]
+        samples: Option<usize>,
+    },
     /// Frechet distance between two feature matrices (.npy, N x D, f32 or f64).
     Fd {
         #[arg(long, num_args = 2, value_names = ["A", "B"], required = true)]
@@ -136,8 +146,28 @@ fn stats_of(p: &Path, net: &mut Option<InceptionFid>, weights: &Option<PathBuf>,
     Ok((s, format!("stats {} (sha256 {})", p.display(), &sha256_hex(&bytes)[..12]), proto))
 }
 
+fn checkpoint(dir: &std::path::Path, samples: Option<usize>) -> anyhow::Result<()> {
+    use ablate_trainer::config::TrainConfig;
+    let mut cfg = TrainConfig::load(&dir.join("config.toml")).with_context(|| format!("{} is not a run folder", dir.display()))?;
+    if let Some(n) = samples {
+        anyhow::ensure!(n > 0, "--samples must be positive");
+        cfg.eval.samples = n;
+    }
+    anyhow::ensure!(cfg.eval.samples > 0, "the run's config evaluates no samples (eval.samples = 0): pass --samples N");
+    let device = candle_core::Device::Cpu;
+    let mut trainer = ablate_trainer::train::Trainer::new(cfg.clone(), &device)?;
+    let ckpt = dir.join("checkpoint.safetensors");
+    trainer.load(&ckpt).with_context(|| format!("loading {}", ckpt.display()))?;
+    eprintln!("evaluating {} at step {} ({} samples)", dir.display(), trainer.step, cfg.eval.samples);
+    let ev = ablate_trainer::eval::suite::Evaluator::new(&cfg.eval, cfg.latent.image_size, std::env::temp_dir().join("ablate-eval-cache"), &device)?;
+    let report = ev.evaluate(&trainer)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
 pub fn eval(cmd: EvalCmd) -> anyhow::Result<()> {
     match cmd {
+        EvalCmd::Checkpoint { dir, samples } => checkpoint(&dir, samples)?,
         EvalCmd::Fid { a, b, weights, batch, output } => {
             let mut net = None;
             let (sa, da, pa) = stats_of(&a, &mut net, &weights, batch as usize)?;

@@ -4,7 +4,7 @@
 use ablate_proto::v1::{self, job_service_client::JobServiceClient, JobState};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -242,6 +242,16 @@ pub fn watch(a: IdArgs) -> anyhow::Result<()> {
                         let _ = std::io::stderr().flush();
                     }
                 },
+                Some(v1::job_event::Event::Eval(e)) => {
+                    let v: Value = serde_json::from_str(&e.eval_json).unwrap_or(Value::Null);
+                    match a.conn.output {
+                        Output::Json => println!("{}", json!({"eval": v})),
+                        Output::Text => {
+                            let num = |k: &str| v[k]["value"].as_f64().unwrap_or(f64::NAN);
+                            eprintln!("\r\x1b[Kevaluation at step {}: FD-scenes {:.1}, MMD {:.3}, accuracy {:.1}%", e.step, num("fd_scenes"), num("mmd_scenes"), num("accuracy") * 100.0);
+                        }
+                    }
+                }
                 None => {}
             }
         }

@@ -27,6 +27,8 @@ enum Cmd {
     Sweep(sweep::remote::SweepCmd),
     /// Print the results table of a sweep (`ablate run --out DIR`, or a sweep id).
     Results(sweep::run::ResultsArgs),
+    /// Write a self-contained HTML report of a sweep (table, curves, samples, config diffs).
+    Report(sweep::report::ReportArgs),
     /// Train one arm in this process (on the CPU, or CUDA with --device).
     Train(train_cmd::TrainArgs),
     /// Benchmarks that print their figures.
@@ -79,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Coordinator(a) => cluster_cmd::coordinator(a),
         Cmd::Run(a) => sweep::run::run(a),
         Cmd::Results(a) => sweep::run::results_cmd(a),
+        Cmd::Report(a) => sweep::report::report_cmd(a),
         Cmd::Sweep(c) => sweep::remote::sweep(c),
         Cmd::Worker(a) => cluster_cmd::worker(a),
         Cmd::Rank(a) => cluster_cmd::rank(a),

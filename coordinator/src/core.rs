@@ -229,6 +229,11 @@ impl Core {
         self.runs.metrics(id, from)
     }
 
+    pub fn evals(&self, id: &str) -> Result<Vec<v1::EvalPoint>, CoordinatorError> {
+        self.get(id)?;
+        self.runs.evals(id)
+    }
+
     pub fn logs(&self, id: &str, from: u64) -> Result<(Vec<String>, u64), CoordinatorError> {
         self.get(id)?;
         self.runs.logs(id, from)
@@ -407,6 +412,12 @@ impl Core {
             crate::metrics::job_points(&job, &r.points);
             for p in &r.points {
                 let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::Metric(*p)) }));
+            }
+        }
+        if !r.evals.is_empty() && r.generation == job.generation {
+            self.runs.append_evals(&r.job_id, &r.evals)?;
+            for e in r.evals {
+                let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::Eval(e)) }));
             }
         }
         if !r.log_lines.is_empty() {

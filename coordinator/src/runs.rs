@@ -1,8 +1,9 @@
 //! Per-job run directories on the coordinator (`<runs>/<job>/`): the metric points the
-//! workers report (`metrics.jsonl`, one JSON object per line) and the ranks' log lines
-//! (`log.txt`). Metric history lives here, not in the store.
+//! workers report (`metrics.jsonl`, one JSON object per line), the evaluations along the run
+//! (`evals.jsonl`) and the ranks' log lines (`log.txt`). Metric history lives here, not in
+//! the store.
 
-use ablate_proto::v1::MetricPoint;
+use ablate_proto::v1::{EvalPoint, MetricPoint};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -38,33 +39,45 @@ impl Runs {
         self.append(job, "metrics.jsonl", &text)
     }
 
+    pub fn append_evals(&self, job: &str, evals: &[EvalPoint]) -> Result<(), CoordinatorError> {
+        let text: String = evals.iter().map(|e| serde_json::to_string(e).expect("eval serialises") + "\n").collect();
+        self.append(job, "evals.jsonl", &text)
+    }
+
     pub fn append_logs(&self, job: &str, lines: &[String]) -> Result<(), CoordinatorError> {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         self.append(job, "log.txt", &text)
     }
 
+    fn read(&self, job: &str, file: &str) -> Result<String, CoordinatorError> {
+        let p = self.root.join(job).join(file);
+        match std::fs::read_to_string(&p) {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
     /// Points from `from_step` on; a restarted generation's repeats replace earlier ones.
     pub fn metrics(&self, job: &str, from_step: u64) -> Result<Vec<MetricPoint>, CoordinatorError> {
-        let p = self.root.join(job).join("metrics.jsonl");
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(io(&p)(e)),
-        };
         let mut by_step = std::collections::BTreeMap::new();
-        for p in text.lines().filter_map(|l| serde_json::from_str::<MetricPoint>(l).ok()).filter(|p| p.step >= from_step) {
+        for p in self.read(job, "metrics.jsonl")?.lines().filter_map(|l| serde_json::from_str::<MetricPoint>(l).ok()).filter(|p| p.step >= from_step) {
             by_step.insert(p.step, p);
         }
         Ok(by_step.into_values().collect())
     }
 
+    /// Every evaluation by step; a restart's repeat replaces the earlier one.
+    pub fn evals(&self, job: &str) -> Result<Vec<EvalPoint>, CoordinatorError> {
+        let mut by_step = std::collections::BTreeMap::new();
+        for e in self.read(job, "evals.jsonl")?.lines().filter_map(|l| serde_json::from_str::<EvalPoint>(l).ok()) {
+            by_step.insert(e.step, e);
+        }
+        Ok(by_step.into_values().collect())
+    }
+
     pub fn logs(&self, job: &str, from_line: u64) -> Result<(Vec<String>, u64), CoordinatorError> {
-        let p = self.root.join(job).join("log.txt");
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], 0)),
-            Err(e) => return Err(io(&p)(e)),
-        };
+        let text = self.read(job, "log.txt")?;
         let all: Vec<&str> = text.lines().collect();
         let from = (from_line as usize).min(all.len());
         Ok((all[from..].iter().map(|s| s.to_string()).collect(), all.len() as u64))

@@ -102,7 +102,7 @@ impl JobService for Jobs {
 
     async fn get_metrics(&self, r: Request<v1::GetMetricsRequest>) -> Result<Response<v1::GetMetricsResponse>, Status> {
         let r = r.into_inner();
-        Ok(Response::new(v1::GetMetricsResponse { points: self.0.metrics(&r.id, r.from_step)? }))
+        Ok(Response::new(v1::GetMetricsResponse { points: self.0.metrics(&r.id, r.from_step)?, evals: self.0.evals(&r.id)? }))
     }
 
     async fn get_logs(&self, r: Request<v1::GetLogsRequest>) -> Result<Response<v1::GetLogsResponse>, Status> {

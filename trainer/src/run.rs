@@ -60,6 +60,9 @@ pub trait Progress {
     /// The run enters "evaluating", "sampling" or (back to) "training": a supervisor
     /// watching for step progress gives the other phases longer.
     fn phase(&mut self, _name: &str) {}
+    /// An evaluation finished: its `EvalReport` as JSON (also re-announced on resume for the
+    /// evaluations the checkpoint covers, so a supervisor that missed one still gets it).
+    fn evaluated(&mut self, _step: usize, _report_json: &str) {}
 }
 
 pub struct NoProgress;
@@ -209,6 +212,11 @@ pub fn run_distributed(
             let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
             write_atomic(&eval_path, body.as_bytes())?;
         }
+        for l in &kept {
+            if let Some(s) = step_of(l) {
+                progress.evaluated(s as usize, l);
+            }
+        }
     }
 
     let spec = BatchSpec::new(&cfg, rank, world).map_err(|e| TrainError::Data(e.to_string()))?;
@@ -286,8 +294,10 @@ pub fn run_distributed(
                     progress.message(&format!("could not save {}: {e}", p.display()));
                 }
             }
+            let line = serde_json::to_string(&report).expect("report serialises");
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&eval_path).map_err(|e| TrainError::io(&eval_path, e))?;
-            writeln!(f, "{}", serde_json::to_string(&report).expect("report serialises")).map_err(|e| TrainError::io(&eval_path, e))?;
+            writeln!(f, "{line}").map_err(|e| TrainError::io(&eval_path, e))?;
+            progress.evaluated(report.step, &line);
             eval_seconds += report.seconds;
             final_eval = Some(report);
         }

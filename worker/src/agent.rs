@@ -91,10 +91,19 @@ struct Running {
 const OUTBOX_CAP: usize = 50_000;
 const CHUNK: usize = 2_000;
 
+/// What waits to be sent for one (job, generation).
+#[derive(Default)]
+struct Batch {
+    /// rank 0 only
+    points: Vec<v1::MetricPoint>,
+    /// rank 0 only; a handful per run, sent with the first chunk
+    evals: Vec<v1::EvalPoint>,
+    logs: Vec<String>,
+}
+
 #[derive(Default)]
 struct Outbox {
-    /// (job, generation) -> points (rank 0 only) and log lines
-    batches: HashMap<(String, u64), (Vec<v1::MetricPoint>, Vec<String>)>,
+    batches: HashMap<(String, u64), Batch>,
     completions: Vec<v1::ReportCompletionRequest>,
 }
 
@@ -205,20 +214,20 @@ async fn flush(c: &mut WorkerServiceClient<Channel>, state: &Shared, worker: &st
         (std::mem::take(&mut s.outbox.batches), std::mem::take(&mut s.outbox.completions))
     };
     let mut failed = Outbox::default();
-    for ((job, generation), (points, log_lines)) in batches {
-        let (mut p, mut l) = (points.as_slice(), log_lines.as_slice());
-        while !p.is_empty() || !l.is_empty() {
+    for ((job, generation), b) in batches {
+        let (mut p, mut l, mut e) = (b.points.as_slice(), b.logs.as_slice(), b.evals.as_slice());
+        while !p.is_empty() || !l.is_empty() || !e.is_empty() {
             let (pc, lc) = (p.len().min(CHUNK), l.len().min(CHUNK));
-            let req = v1::ReportMetricsRequest { worker_id: worker.into(), job_id: job.clone(), generation, points: p[..pc].to_vec(), log_lines: l[..lc].to_vec() };
+            let req = v1::ReportMetricsRequest { worker_id: worker.into(), job_id: job.clone(), generation, points: p[..pc].to_vec(), log_lines: l[..lc].to_vec(), evals: e.to_vec() };
             match c.report_metrics(req).await {
                 Ok(_) => {}
                 Err(s) if permanent(s.code()) => tracing::warn!(job = %job, "metrics dropped: {}", s.message()),
                 Err(_) => {
-                    failed.batches.insert((job.clone(), generation), (p.to_vec(), l.to_vec()));
+                    failed.batches.insert((job.clone(), generation), Batch { points: p.to_vec(), evals: e.to_vec(), logs: l.to_vec() });
                     break;
                 }
             }
-            (p, l) = (&p[pc..], &l[lc..]);
+            (p, l, e) = (&p[pc..], &l[lc..], &e[e.len()..]);
         }
     }
     for req in completions {
@@ -231,11 +240,12 @@ async fn flush(c: &mut WorkerServiceClient<Channel>, state: &Shared, worker: &st
         }
     }
     let mut s = state.lock().expect("agent state");
-    for (k, (mut p, mut l)) in failed.batches {
+    for (k, mut b) in failed.batches {
         let e = s.outbox.batches.entry(k).or_default();
-        p.append(&mut e.0);
-        l.append(&mut e.1);
-        *e = (p, l);
+        b.points.append(&mut e.points);
+        b.evals.append(&mut e.evals);
+        b.logs.append(&mut e.logs);
+        *e = b;
     }
     let mut rest = failed.completions;
     rest.append(&mut s.outbox.completions);
@@ -281,7 +291,7 @@ fn reconcile(cfg: &AgentConfig, state: &Shared, tasks: &tokio_util::task::TaskTr
 
 fn push_log(state: &Shared, job: &str, generation: u64, line: String) {
     let mut s = state.lock().expect("agent state");
-    let lines = &mut s.outbox.batches.entry((job.to_string(), generation)).or_default().1;
+    let lines = &mut s.outbox.batches.entry((job.to_string(), generation)).or_default().logs;
     if lines.len() >= OUTBOX_CAP {
         lines.drain(..OUTBOX_CAP / 10);
     }
@@ -290,11 +300,20 @@ fn push_log(state: &Shared, job: &str, generation: u64, line: String) {
 
 fn push_point(state: &Shared, job: &str, generation: u64, p: &ablate_trainer::run::MetricPoint) {
     let mut s = state.lock().expect("agent state");
-    let points = &mut s.outbox.batches.entry((job.to_string(), generation)).or_default().0;
+    let points = &mut s.outbox.batches.entry((job.to_string(), generation)).or_default().points;
     if points.len() >= OUTBOX_CAP {
         points.drain(..OUTBOX_CAP / 10);
     }
     points.push(wire(p));
+}
+
+fn push_eval(state: &Shared, job: &str, generation: u64, step: usize, eval_json: String) {
+    let mut s = state.lock().expect("agent state");
+    let evals = &mut s.outbox.batches.entry((job.to_string(), generation)).or_default().evals;
+    if evals.len() >= OUTBOX_CAP / 100 {
+        evals.remove(0);
+    }
+    evals.push(v1::EvalPoint { step: step as u64, eval_json });
 }
 
 fn wire(p: &ablate_trainer::run::MetricPoint) -> v1::MetricPoint {
@@ -308,6 +327,7 @@ fn wire(p: &ablate_trainer::run::MetricPoint) -> v1::MetricPoint {
         data_seconds: p.data_seconds,
         compute_seconds: p.compute_seconds,
         comm_seconds: p.comm_seconds,
+        mse: p.mse,
     }
 }
 
@@ -415,6 +435,12 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
                     phase = name;
                 }
                 Event::Checkpoint { .. } => {}
+                Event::Evaluated { step, eval_json } => {
+                    last_progress = Instant::now();
+                    if rank == 0 {
+                        push_eval(state, &job, generation, step, eval_json);
+                    }
+                }
                 Event::Done(o) => outcome = Some(o),
                 Event::Failed { reason, retryable } => reported = Some((reason, retryable)),
             },
@@ -447,6 +473,7 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
             Event::Done(o) => outcome = Some(o),
             Event::Failed { reason, retryable } => reported = Some((reason, retryable)),
             Event::Step { point } if rank == 0 => push_point(state, &job, generation, &point),
+            Event::Evaluated { step, eval_json } if rank == 0 => push_eval(state, &job, generation, step, eval_json),
             _ => {}
         }
     }

@@ -12,6 +12,8 @@ pub enum Event {
     Checkpoint { step: usize, path: String },
     /// "training", "evaluating", "sampling".
     Phase { name: String },
+    /// An evaluation report (JSON) at `step` (rank 0).
+    Evaluated { step: usize, eval_json: String },
     Done(Outcome),
     Failed {
         reason: String,

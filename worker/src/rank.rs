@@ -53,6 +53,9 @@ impl Progress for Reporter {
     fn phase(&mut self, name: &str) {
         emit(&Event::Phase { name: name.to_string() });
     }
+    fn evaluated(&mut self, step: usize, report_json: &str) {
+        emit(&Event::Evaluated { step, eval_json: report_json.to_string() });
+    }
 }
 
 /// Runs the rank to its end. Returns the process exit code (0: done).

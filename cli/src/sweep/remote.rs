@@ -7,7 +7,9 @@ use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::iso::Series;
 use super::results;
+use std::collections::HashMap;
 use super::run::Display;
 use super::spec::Sweep;
 
@@ -103,11 +105,34 @@ pub fn watch(id: &str, coordinator: &str) -> anyhow::Result<()> {
     })
 }
 
-/// `ablate results s000001 --coordinator URL`.
-pub fn results(id: &str, coordinator: &str, format: &str) -> anyhow::Result<()> {
+/// Every job's metric points and evaluations from the coordinator.
+async fn series_of(c: &mut JobServiceClient<tonic::transport::Channel>, jobs: &[v1::Job]) -> anyhow::Result<HashMap<String, Series>> {
+    let mut all = HashMap::new();
+    for j in jobs {
+        let r = c.get_metrics(v1::GetMetricsRequest { id: j.id.clone(), from_step: 0 }).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?.into_inner();
+        all.insert(j.id.clone(), Series { points: r.points, evals: r.evals });
+    }
+    Ok(all)
+}
+
+/// A remote sweep's jobs (arm, job), its arms in order and every job's history.
+pub fn fetch(id: &str, coordinator: &str) -> anyhow::Result<(Vec<String>, Vec<(String, v1::Job)>, HashMap<String, Series>)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let jobs = rt.block_on(async { sweep_jobs(&mut client(coordinator).await?, id).await })?;
-    let (arms, pairs) = arms_of(&jobs);
-    let rows = results::rows(&arms, &pairs);
+    rt.block_on(async {
+        let mut c = client(coordinator).await?;
+        let jobs = sweep_jobs(&mut c, id).await?;
+        anyhow::ensure!(!jobs.is_empty(), "sweep {id} has no jobs on {coordinator}");
+        let series = series_of(&mut c, &jobs).await?;
+        let (arms, pairs) = arms_of(&jobs);
+        Ok((arms, pairs, series))
+    })
+}
+
+/// `ablate results s000001 --coordinator URL` (no intervals: the per-image evaluation numbers
+/// stay with the workers).
+pub fn results(id: &str, coordinator: &str, format: &str) -> anyhow::Result<()> {
+    let (arms, pairs, series) = fetch(id, coordinator)?;
+    let mut rows = results::rows(&arms, &pairs);
+    results::add_iso(&mut rows, &pairs, &series);
     results::print(&rows, &pairs, format)
 }

@@ -5,12 +5,17 @@
 //! Is a difference real? For FD-scenes, MMD and accuracy, when the runs' per-image
 //! evaluation numbers are at hand (`eval-samples.safetensors`, local runs), a 95% paired
 //! bootstrap interval of the delta vs baseline (`ablate_trainer::eval::bootstrap`); a delta
-//! whose interval excludes zero is marked significant. Not computed yet: the iso-compute
-//! comparison (metrics at equal wall-clock or samples seen).
+//! whose interval excludes zero is marked significant.
+//!
+//! Iso-compute (`iso`): the same metrics at an equal training-time budget and an equal number
+//! of samples seen, from the evaluations along the runs.
 
 use ablate_proto::v1::{self, JobState};
 use ablate_trainer::eval::bootstrap::EvalSamples;
 use serde_json::{json, Value};
+use std::collections::HashMap;
+
+use super::iso::{self, AtBudget, Axis, Series};
 
 pub const METRICS: [&str; 7] = ["fd_scenes", "mmd", "accuracy", "fid", "samples_per_sec", "final_loss", "wall_seconds"];
 
@@ -22,7 +27,7 @@ pub struct Stat {
     pub n: usize,
 }
 
-fn stat(xs: &[f64]) -> Option<Stat> {
+pub fn stat(xs: &[f64]) -> Option<Stat> {
     if xs.is_empty() {
         return None;
     }
@@ -42,6 +47,8 @@ pub struct Row {
     pub metrics: Vec<(&'static str, Option<Stat>)>,
     /// 95% interval of the delta vs baseline, per metric that has one.
     pub ci95: Vec<(&'static str, (f64, f64))>,
+    /// The metrics at equal training time and at equal samples seen.
+    pub iso: Vec<AtBudget>,
 }
 
 impl Row {
@@ -81,7 +88,7 @@ pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
             let status = mine.iter().map(|j| j.state()).min_by_key(|s| rank(*s)).map(|s| s.label()).unwrap_or("missing").to_string();
             let metrics = METRICS.iter().map(|m| (*m, stat(&mine.iter().filter_map(|j| value(j, m)).collect::<Vec<_>>()))).collect();
             let steps = mine.iter().filter_map(|j| j.result.as_ref().map(|r| r.steps)).max().unwrap_or_else(|| mine.iter().map(|j| j.step).max().unwrap_or(0));
-            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![] }
+            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![], iso: vec![] }
         })
         .collect()
 }
@@ -107,6 +114,17 @@ pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn
                 Err(e) => eprintln!("no interval for {} {name}: {e}", row.arm),
             }
         }
+    }
+}
+
+/// Fills `iso` of every arm from the runs' histories (`series` by job id; succeeded jobs only).
+pub fn add_iso(rows: &mut [Row], jobs: &[(String, v1::Job)], series: &HashMap<String, Series>) {
+    let placed: Vec<Vec<Vec<iso::Placed>>> = rows
+        .iter()
+        .map(|r| jobs.iter().filter(|(a, j)| *a == r.arm && j.state() == JobState::Succeeded).filter_map(|(_, j)| series.get(&j.id)).map(iso::place).filter(|p| !p.is_empty()).collect())
+        .collect();
+    for (row, at) in rows.iter_mut().zip(iso::compare(&placed)) {
+        row.iso = at;
     }
 }
 
@@ -157,6 +175,20 @@ pub fn json(rows: &[Row]) -> Value {
                     o["delta_vs_baseline"] = Value::Object(METRICS.iter().map(|m| (m.to_string(), delta(r, b, m).map(|d| json!(d.0)).unwrap_or(Value::Null))).collect());
                     o["delta_pct_vs_baseline"] = Value::Object(METRICS.iter().map(|m| (m.to_string(), delta(r, b, m).map(|d| json!(d.1)).unwrap_or(Value::Null))).collect());
                 }
+                if !r.iso.is_empty() {
+                    o["iso_compute"] = Value::Object(
+                        r.iso
+                            .iter()
+                            .map(|a| {
+                                let mut v = json!({"budget": a.budget, "step": a.step.map(|s| s.mean)});
+                                for (m, st) in &a.metrics {
+                                    v[*m] = st.map(|s| json!(s.mean)).unwrap_or(Value::Null);
+                                }
+                                (a.axis.key().to_string(), v)
+                            })
+                            .collect(),
+                    );
+                }
                 if !r.ci95.is_empty() {
                     o["ci95"] = Value::Object(r.ci95.iter().map(|(m, (lo, hi))| (m.to_string(), json!([lo, hi]))).collect());
                     o["significant"] = Value::Object(r.ci95.iter().map(|(m, _)| (m.to_string(), json!(significant(r, m)))).collect());
@@ -188,6 +220,57 @@ fn footnote(rows: &[Row]) -> String {
     } else {
         String::from("(no confidence intervals: the per-image evaluation numbers are not at hand)\n")
     }
+}
+
+/// The iso-compute tables (one per axis) for "table" or "markdown"; empty without evaluations.
+pub fn iso_text(rows: &[Row], format: &str) -> String {
+    let mut out = String::new();
+    for axis in Axis::ALL {
+        let ats: Vec<(&Row, &AtBudget)> = rows.iter().filter_map(|r| Some((r, r.iso.iter().find(|a| a.axis == axis)?))).collect();
+        let Some((_, first)) = ats.first() else { continue };
+        let base = ats.iter().find(|(r, _)| r.arm == "baseline").map(|(_, a)| *a);
+        let title = match axis {
+            Axis::TrainSeconds => format!("At equal training time ({:.0} s, the shortest run's; linear between evaluations):", first.budget),
+            Axis::SamplesSeen => format!("At equal samples seen ({:.0}, the fewest of any run; linear between evaluations):", first.budget),
+        };
+        let head = ["arm", "step", "FD-scenes", "MMD", "accuracy %"];
+        let cellf = |a: &AtBudget, m: &str, scale: f64, digits: usize| -> String {
+            let Some(s) = a.get(m) else { return "- (no evaluation by then)".into() };
+            let mut c = format!("{:.*}", digits, s.mean * scale);
+            if let Some(b) = base.filter(|b| !std::ptr::eq(*b, a)).and_then(|b| b.get(m)) {
+                let d = s.mean - b.mean;
+                c.push_str(&format!(" ({:+.*}, {:+.0}%)", digits, d * scale, if b.mean != 0.0 { 100.0 * d / b.mean.abs() } else { f64::NAN }));
+            }
+            c
+        };
+        let body: Vec<Vec<String>> = ats
+            .iter()
+            .map(|(r, a)| vec![r.arm.clone(), a.step.map(|s| format!("{:.0}", s.mean)).unwrap_or("-".into()), cellf(a, "fd_scenes", 1.0, 1), cellf(a, "mmd", 1.0, 3), cellf(a, "accuracy", 100.0, 1)])
+            .collect();
+        out.push('\n');
+        out.push_str(&title);
+        out.push('\n');
+        out.push_str(&grid(&head, &body, format));
+    }
+    out
+}
+
+/// `head` and `body` as an aligned text table or a markdown table.
+fn grid(head: &[&str], body: &[Vec<String>], format: &str) -> String {
+    if format == "markdown" {
+        let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+        for row in body {
+            out.push_str(&format!("| {} |\n", row.join(" | ")));
+        }
+        return out;
+    }
+    let widths: Vec<usize> = (0..head.len()).map(|i| body.iter().map(|r| r[i].chars().count()).chain([head[i].len()]).max().unwrap_or(0)).collect();
+    let line = |cells: Vec<String>| cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string() + "\n";
+    let mut out = line(head.iter().map(|s| s.to_string()).collect());
+    for row in body {
+        out.push_str(&line(row.clone()));
+    }
+    out
 }
 
 /// Prints `rows` as `format` ("table", "markdown", "csv" or "json"); the protocol line above
@@ -251,22 +334,10 @@ pub fn text(rows: &[Row], format: &str) -> String {
             }
             out
         }
-        "markdown" => {
-            let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
-            for row in body {
-                out.push_str(&format!("| {} |\n", row.join(" | ")));
-            }
+        f => {
+            let mut out = grid(&head, &body, f);
             out.push_str(&footnote(rows));
-            out
-        }
-        _ => {
-            let widths: Vec<usize> = (0..head.len()).map(|i| body.iter().map(|r| r[i].chars().count()).chain([head[i].len()]).max().unwrap_or(0)).collect();
-            let line = |cells: Vec<String>| cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string() + "\n";
-            let mut out = line(head.iter().map(|s| s.to_string()).collect());
-            for row in body {
-                out.push_str(&line(row));
-            }
-            out.push_str(&footnote(rows));
+            out.push_str(&iso_text(rows, f));
             out
         }
     }

@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::iso::Series;
 use super::results;
 use super::spec::Sweep;
+use std::collections::HashMap;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -205,7 +207,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         server.await??;
         let jobs = jobs_of(&core, &record)?;
-        report(&out, &record, &jobs)?;
+        report(&core, &out, &record, &jobs)?;
         if interrupted {
             println!("interrupted: run the same command again to continue (finished jobs are kept, the others resume from their checkpoints)");
         }
@@ -291,37 +293,87 @@ impl Display {
     }
 }
 
-/// The table's rows, with intervals from the jobs' `eval-samples.safetensors`.
-fn local_rows(out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> Vec<results::Row> {
+/// Every job's metric points and evaluations, as the coordinator keeps them (evaluations from
+/// the job's own `eval.jsonl` for runs the coordinator has none of).
+fn local_series(core: &Core, out: &Path, jobs: &[(String, v1::Job)]) -> anyhow::Result<HashMap<String, Series>> {
+    let mut all = HashMap::new();
+    for (_, j) in jobs {
+        let mut evals = core.evals(&j.id)?;
+        if evals.is_empty() {
+            let p = out.join("work/jobs").join(&j.id).join("eval.jsonl");
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let step = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64();
+            evals = text.lines().filter_map(|l| Some(v1::EvalPoint { step: step(l)?, eval_json: l.to_string() })).collect();
+        }
+        all.insert(j.id.clone(), Series { points: core.metrics(&j.id, 0)?, evals });
+    }
+    Ok(all)
+}
+
+/// The table's rows, with intervals from the jobs' `eval-samples.safetensors` and the
+/// iso-compute comparison.
+fn local_rows(out: &Path, rec: &Record, jobs: &[(String, v1::Job)], series: &HashMap<String, Series>) -> Vec<results::Row> {
     let mut rows = results::rows(&rec.arms, jobs);
     let samples = |j: &v1::Job| ablate_trainer::eval::bootstrap::EvalSamples::load(&out.join("work/jobs").join(&j.id).join("eval-samples.safetensors")).ok();
     results::add_intervals(&mut rows, jobs, &samples);
+    results::add_iso(&mut rows, jobs, series);
     rows
 }
 
-fn report(out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> anyhow::Result<()> {
-    let rows = local_rows(out, rec, jobs);
+pub fn is_sweep_id(s: &str) -> bool {
+    s.len() > 1 && s.starts_with('s') && s[1..].chars().all(|c| c.is_ascii_digit())
+}
+
+/// What the report of the run in `out` shows, with the state open (the jobs' sample grids
+/// from their work folders).
+fn data(core: &Core, out: &Path, rec: &Record, jobs: Vec<(String, v1::Job)>) -> anyhow::Result<super::report::SweepData> {
+    let series = local_series(core, out, &jobs)?;
+    let rows = local_rows(out, rec, &jobs, &series);
+    let description = std::fs::read_to_string(out.join("sweep.toml")).ok().and_then(|t| t.parse::<toml::Table>().ok()).and_then(|t| t.get("description")?.as_str().map(String::from)).unwrap_or_default();
+    let mut samples = HashMap::new();
+    for (_, j) in &jobs {
+        let dir = out.join("work/jobs").join(&j.id);
+        if let Ok(png) = std::fs::read(dir.join("samples.png")) {
+            samples.insert(j.id.clone(), (png, std::fs::read_to_string(dir.join("samples.txt")).unwrap_or_default()));
+        }
+    }
+    Ok(super::report::SweepData { name: rec.name.clone(), description, source: format!("ablate run --out {}", out.display()), jobs, rows, series, samples })
+}
+
+/// The report data of the `ablate run` folder `out`.
+pub fn load(out: &Path) -> anyhow::Result<super::report::SweepData> {
+    let rec = read_record(out)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", out.display()))?;
+    let core = open_state(out)?;
+    let jobs = jobs_of(&core, &rec)?;
+    data(&core, out, &rec, jobs)
+}
+
+fn report(core: &Core, out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> anyhow::Result<()> {
+    let d = data(core, out, rec, jobs.to_vec())?;
+    let rows = &d.rows;
     println!();
     if let Some(p) = results::protocol(jobs) {
         println!("{p}");
     }
-    print!("{}", results::text(&rows, "table"));
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results::json(&rows))?)?;
-    std::fs::write(out.join("results.md"), results::text(&rows, "markdown"))?;
-    std::fs::write(out.join("results.csv"), results::text(&rows, "csv"))?;
-    println!("wrote {}/results.json, results.md, results.csv", out.display());
+    print!("{}", results::text(rows, "table"));
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results::json(rows))?)?;
+    std::fs::write(out.join("results.md"), results::text(rows, "markdown"))?;
+    std::fs::write(out.join("results.csv"), results::text(rows, "csv"))?;
+    super::report::write(&d, out)?;
+    println!("wrote {}/results.json, results.md, results.csv, report.html", out.display());
     Ok(())
 }
 
 pub fn results_cmd(a: ResultsArgs) -> anyhow::Result<()> {
     if !a.dir.exists() {
         let id = a.dir.display().to_string();
-        anyhow::ensure!(id.starts_with('s') && id[1..].chars().all(|c| c.is_ascii_digit()), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
+        anyhow::ensure!(is_sweep_id(&id), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
         return super::remote::results(&id, &a.coordinator, &a.format);
     }
     let rec = read_record(&a.dir)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", a.dir.display()))?;
     let core = open_state(&a.dir)?;
     let jobs = jobs_of(&core, &rec)?;
-    let rows = local_rows(&a.dir, &rec, &jobs);
+    let series = local_series(&core, &a.dir, &jobs)?;
+    let rows = local_rows(&a.dir, &rec, &jobs, &series);
     results::print(&rows, &jobs, &a.format)
 }

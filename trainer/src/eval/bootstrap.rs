@@ -27,7 +27,7 @@ pub struct EvalSamples {
     pub generated: Vec<f32>,
     /// The same for the reference renders.
     pub reference: Vec<f32>,
-    /// Compositional score per generated image (mean of object, colour, count, position).
+    /// Compositional score per generated image (mean of the six categories of `composition`).
     pub scores: Vec<f32>,
     pub protocol: Protocol,
 }
