@@ -289,6 +289,7 @@ steps = 6
 [baseline]
 train = { batch_size = 2 }
 sample = { count = 2, steps = 2 }
+eval = { samples = 4, every = 3, sampler_steps = 2 }
 [[arm]]
 name = "muon"
 overrides = { "optim.kind" = "muon" }
@@ -307,4 +308,16 @@ overrides = { "optim.kind" = "muon" }
     assert_eq!(rows[1]["arm"], "muon");
     assert_eq!(rows[1]["steps"], 6);
     assert!(rows[1]["delta_vs_baseline"]["samples_per_sec"].as_f64().is_some());
+    // the evaluations along the runs (steps 3 and 6) reached the coordinator: iso-compute
+    let iso = &rows[1]["iso_compute"];
+    assert!(iso["train_seconds"]["budget"].as_f64().unwrap() > 0.0, "{iso}");
+    assert_eq!(iso["samples_seen"]["budget"].as_f64(), Some(12.0), "{iso}");
+    assert!(iso["samples_seen"]["fd_scenes"].as_f64().unwrap() > 0.0, "{iso}");
+    // and the report of the remote sweep is written from the API alone
+    let out = c.dir.path().join("report");
+    c.cli(&["report", &id, "--out", out.to_str().unwrap()]);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for needle in ["<svg", "muon", "optim.kind", "At equal samples seen: 12", "No sample grids at hand"] {
+        assert!(html.contains(needle), "report.html lacks {needle}");
+    }
 }

@@ -180,7 +180,9 @@ fn table(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
                 Some(s) => {
                     let spread = if s.n > 1 { format!(" &plusmn;{:.*}", digits, s.std * scale) } else { String::new() };
                     let dl = if m == "wall_seconds" { String::new() } else { delta_html(r, base, m, scale, digits) };
-                    let _ = write!(h, "<td>{:.*}{spread}{dl}</td>", digits, s.mean * scale);
+                    // the best evaluation along the run, when it was not the last
+                    let best = r.best.iter().find(|(k, _)| *k == m).filter(|(_, b)| (b.mean - s.mean).abs() > 1e-12 * s.mean.abs().max(1.0)).map(|(_, b)| format!(r#"<span class="d">best {:.*}</span>"#, digits, b.mean * scale)).unwrap_or_default();
+                    let _ = write!(h, "<td>{:.*}{spread}{dl}{best}</td>", digits, s.mean * scale);
                 }
                 None => h.push_str("<td>-</td>"),
             }

@@ -49,6 +49,9 @@ pub struct Row {
     pub ci95: Vec<(&'static str, (f64, f64))>,
     /// The metrics at equal training time and at equal samples seen.
     pub iso: Vec<AtBudget>,
+    /// The best value of each evaluation metric over the evaluations along the runs (mean
+    /// over seeds of each seed's best).
+    pub best: Vec<(&'static str, Stat)>,
 }
 
 impl Row {
@@ -88,7 +91,7 @@ pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
             let status = mine.iter().map(|j| j.state()).min_by_key(|s| rank(*s)).map(|s| s.label()).unwrap_or("missing").to_string();
             let metrics = METRICS.iter().map(|m| (*m, stat(&mine.iter().filter_map(|j| value(j, m)).collect::<Vec<_>>()))).collect();
             let steps = mine.iter().filter_map(|j| j.result.as_ref().map(|r| r.steps)).max().unwrap_or_else(|| mine.iter().map(|j| j.step).max().unwrap_or(0));
-            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![], iso: vec![] }
+            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![], iso: vec![], best: vec![] }
         })
         .collect()
 }
@@ -123,8 +126,16 @@ pub fn add_iso(rows: &mut [Row], jobs: &[(String, v1::Job)], series: &HashMap<St
         .iter()
         .map(|r| jobs.iter().filter(|(a, j)| *a == r.arm && j.state() == JobState::Succeeded).filter_map(|(_, j)| series.get(&j.id)).map(iso::place).filter(|p| !p.is_empty()).collect())
         .collect();
-    for (row, at) in rows.iter_mut().zip(iso::compare(&placed)) {
+    for ((row, at), seeds) in rows.iter_mut().zip(iso::compare(&placed)).zip(&placed) {
         row.iso = at;
+        row.best = iso::METRICS
+            .iter()
+            .filter_map(|m| {
+                let pick = |a: f64, b: f64| if *m == "accuracy" { a.max(b) } else { a.min(b) };
+                let per_seed: Vec<f64> = seeds.iter().filter_map(|p| p.iter().filter_map(|e| e.value(m)).reduce(pick)).collect();
+                Some((*m, stat(&per_seed)?))
+            })
+            .collect();
     }
 }
 
@@ -174,6 +185,9 @@ pub fn json(rows: &[Row]) -> Value {
                 if let Some(b) = base {
                     o["delta_vs_baseline"] = Value::Object(METRICS.iter().map(|m| (m.to_string(), delta(r, b, m).map(|d| json!(d.0)).unwrap_or(Value::Null))).collect());
                     o["delta_pct_vs_baseline"] = Value::Object(METRICS.iter().map(|m| (m.to_string(), delta(r, b, m).map(|d| json!(d.1)).unwrap_or(Value::Null))).collect());
+                }
+                if !r.best.is_empty() {
+                    o["best"] = Value::Object(r.best.iter().map(|(m, s)| (m.to_string(), json!(s.mean))).collect());
                 }
                 if !r.iso.is_empty() {
                     o["iso_compute"] = Value::Object(

@@ -381,7 +381,7 @@ mod tests {
         let names: Vec<&str> = s.jobs.iter().map(|j| j.id.as_str()).collect();
         assert_eq!(names, ["baseline", "short-captions", "repa", "muon"]);
         let base = &s.jobs[0].config;
-        assert_eq!(base.train.steps, 300);
+        assert_eq!((base.train.steps, base.model.hidden, base.eval.every), (400, Some(128), 200));
         let short = &s.jobs[1].config;
         assert_eq!(short.data.phases[0].captions, ablate_trainer::data::CaptionMode::Short);
         // an arm differs from the baseline in its overrides (and its name) only
@@ -401,8 +401,8 @@ mod tests {
         }
         let prx = Sweep::load(&root.join("prx-part2.toml")).unwrap();
         assert_eq!(prx.arms.len(), 16);
-        let tread = &prx.jobs.iter().find(|j| j.id == "tokens-256-tread").unwrap().config;
-        assert_eq!((tread.latent.image_size, tread.routing.kind), (64, ablate_trainer::routing::RoutingKind::Tread));
+        let tread = &prx.jobs.iter().find(|j| j.id == "tokens-144-tread").unwrap().config;
+        assert_eq!((tread.latent.image_size, tread.routing.kind), (48, ablate_trainer::routing::RoutingKind::Tread));
     }
 
     #[test]

@@ -164,7 +164,7 @@ pub fn bars(title: &str, unit: &str, items: &[(String, &'static str, f64)], refe
     if items.is_empty() || max <= 0.0 {
         return frame(title, r##"<text x="20" y="60" fill="#777">no data</text>"##);
     }
-    let (left, pw) = (150.0, W - 150.0 - 90.0);
+    let (left, pw) = (150.0, W - 150.0 - 120.0);
     let sx = |v: f64| left + v / max * pw;
     let mut b = String::new();
     for (i, (name, color, v)) in items.iter().enumerate() {
