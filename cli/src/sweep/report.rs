@@ -139,18 +139,12 @@ pub fn html(d: &SweepData) -> String {
 
 fn delta_html(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -> String {
     let Some(b) = base.filter(|b| b.arm != r.arm) else { return String::new() };
-    let (Some(a), Some(bs)) = (r.get(m), b.get(m)) else { return String::new() };
-    let dv = a.mean - bs.mean;
-    let pct = if bs.mean != 0.0 { format!(", {:+.0}%", 100.0 * dv / bs.mean.abs()) } else { String::new() };
+    let Some((dv, pct)) = results::delta(r, b, m) else { return String::new() };
+    let pct = if pct.is_finite() { format!(", {pct:+.0}%") } else { String::new() };
     let ci = r.ci95.iter().find(|(k, _)| *k == m).map(|(_, c)| *c);
-    let class = match ci {
-        Some((lo, hi)) if lo > 0.0 || hi < 0.0 => {
-            if (dv < 0.0) == lower_is_better(m) {
-                "better"
-            } else {
-                "worse"
-            }
-        }
+    let class = match results::significant(r, m) {
+        Some(true) if (dv < 0.0) == lower_is_better(m) => "better",
+        Some(true) => "worse",
         _ => "",
     };
     let ci_text = ci.map(|(lo, hi)| format!("<br>95% CI [{:+.*}, {:+.*}]{}", digits, lo * scale, digits, hi * scale, if class.is_empty() { " n.s." } else { "" })).unwrap_or_default();

@@ -139,7 +139,7 @@ pub fn add_iso(rows: &mut [Row], jobs: &[(String, v1::Job)], series: &HashMap<St
     }
 }
 
-fn significant(r: &Row, m: &str) -> Option<bool> {
+pub fn significant(r: &Row, m: &str) -> Option<bool> {
     r.ci95.iter().find(|(k, _)| *k == m).map(|(_, (lo, hi))| *lo > 0.0 || *hi < 0.0)
 }
 
@@ -165,7 +165,8 @@ pub fn protocol(jobs: &[(String, v1::Job)]) -> Option<String> {
     ))
 }
 
-fn delta(row: &Row, base: &Row, m: &str) -> Option<(f64, f64)> {
+/// (absolute, %) change of `m` against `base`; the % is NaN when the baseline is 0.
+pub fn delta(row: &Row, base: &Row, m: &str) -> Option<(f64, f64)> {
     let (a, b) = (row.get(m)?, base.get(m)?);
     Some((a.mean - b.mean, if b.mean != 0.0 { 100.0 * (a.mean - b.mean) / b.mean.abs() } else { f64::NAN }))
 }
