@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, with_f32};
 
 const C: f32 = 0.797_884_6; // sqrt(2 / pi)
 const A: f32 = 0.044_715;
@@ -63,6 +63,44 @@ impl CustomOp2 for GatedGelu {
         let dev = gate.device();
         Ok((Some(Tensor::from_vec(dg, gate.shape(), dev)?), Some(Tensor::from_vec(du, up.shape(), dev)?)))
     }
+}
+
+struct Gelu;
+
+impl candle_core::CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "ablate-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(yc, xc)| {
+            yc.iter_mut().zip(xc).for_each(|(o, &a)| *o = gelu_and_grad(a).0);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with_f32(x, self.name(), |xs| {
+            with_f32(dy, self.name(), |ds| {
+                let mut dx = vec![0f32; xs.len()];
+                dx.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(ds.par_chunks(CHUNK))).for_each(|(o, (xc, dc))| {
+                    for ((o, &a), &d) in o.iter_mut().zip(xc).zip(dc) {
+                        *o = d * gelu_and_grad(a).1;
+                    }
+                });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// `gelu_tanh(x)` for an f32 CPU tensor, with backward (candle's own backward of `gelu`
+/// evaluates `powf` twice per element).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod gelu;
+pub mod linear;
 pub mod norm;
 pub mod rms;
 pub mod rope;
@@ -32,6 +33,17 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: fused kernel expects f32") };
     let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: fused kernel expects a contiguous tensor")))?;
     Ok(&v[start..end])
+}
+
+/// Runs `f` on the f32 data of a CPU tensor without copying it when it is contiguous (a
+/// contiguous copy is made otherwise).
+pub(crate) fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = if t.is_contiguous() { t.clone() } else { t.contiguous()? };
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => f(f32_slice(s, layout, what)?),
+        _ => candle_core::bail!("{what}: fused kernel expects a CPU tensor"),
+    }
 }
 
 /// Rows processed per rayon task: enough work to amortise scheduling.
@@ -106,6 +118,43 @@ mod tests {
     }
 
     #[test]
+    fn fused_linear_matches_composed_with_and_without_bias() -> Result<()> {
+        use crate::model::Params;
+        use candle_nn::VarMap;
+        for bias in [false, true] {
+            let p = Params::new(VarMap::new(), 5, candle_core::DType::F32, &Device::Cpu);
+            let lin = crate::model::params::Lin::new(&p.pp("l"), 24, 40, bias)?;
+            let x = Var::from_tensor(&randn(&[3, 11, 24], 51, 1.0)?)?;
+            let w = randn(&[3, 11, 40], 52, 1.0)?;
+            let (yf, gf) = value_and_grads(|t| lin.forward(&t[0]), &[x.clone()], &w)?;
+            let (yc, gc) = value_and_grads(|t| lin.forward_composed(&t[0]), &[x.clone()], &w)?;
+            assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
+            assert!(max_diff(&gf[0], &gc[0])? < 1e-4, "dx {}", max_diff(&gf[0], &gc[0])?);
+            let gw = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Vec<Tensor>> {
+                let g = (f(x.as_tensor())? * &w)?.sum_all()?.backward()?;
+                let mut out = vec![g.get(&lin.weight).expect("weight grad").clone()];
+                if let Some(b) = &lin.bias {
+                    out.push(g.get(b).expect("bias grad").clone());
+                }
+                Ok(out)
+            };
+            let (a, c) = (gw(&|t| lin.forward(t))?, gw(&|t| lin.forward_composed(t))?);
+            assert_eq!(a.len(), if bias { 2 } else { 1 });
+            for (i, (a, c)) in a.iter().zip(&c).enumerate() {
+                assert!(max_diff(a, c)? < 1e-4, "parameter grad {i}: {}", max_diff(a, c)?);
+            }
+        }
+        // 2-D input and an input that does not fit the weight
+        let p = Params::new(VarMap::new(), 6, candle_core::DType::F32, &Device::Cpu);
+        let lin = crate::model::params::Lin::new(&p.pp("l"), 8, 5, true)?;
+        let x = randn(&[4, 8], 53, 1.0)?;
+        assert!(max_diff(&lin.forward(&x)?, &lin.forward_composed(&x)?)? < 1e-5);
+        let err = lin.forward(&randn(&[4, 7], 54, 1.0)?).unwrap_err().to_string();
+        assert!(err.contains("does not fit"), "{err}");
+        Ok(())
+    }
+
+    #[test]
     fn fused_rms_norm_matches_composed() -> Result<()> {
         use crate::model::layers::rms_norm_composed;
         let x = Var::from_tensor(&randn(&[2, 3, 5, 8], 41, 2.0)?)?;
@@ -126,11 +175,15 @@ mod tests {
         let b = Var::from_tensor(&randn(&[4, 9, 33], 8, 1.0)?)?;
         let w = randn(&[4, 9, 33], 9, 1.0)?;
         let (yf, gf) = value_and_grads(|t| super::gelu::gated_gelu(&t[0], &t[1]), &[a.clone(), b.clone()], &w)?;
-        let (yc, gc) = value_and_grads(|t| t[0].gelu()? * &t[1], &[a, b], &w)?;
+        let (yc, gc) = value_and_grads(|t| t[0].gelu()? * &t[1], &[a.clone(), b], &w)?;
         assert!(max_diff(&yf, &yc)? < 1e-5);
         for (f, c) in gf.iter().zip(&gc) {
             assert!(max_diff(f, c)? < 1e-4, "{}", max_diff(f, c)?);
         }
+        let (yf, gf) = value_and_grads(|t| super::gelu::gelu(&t[0]), &[a.clone()], &w)?;
+        let (yc, gc) = value_and_grads(|t| t[0].gelu(), &[a], &w)?;
+        assert!(max_diff(&yf, &yc)? < 1e-5);
+        assert!(max_diff(&gf[0], &gc[0])? < 1e-4, "{}", max_diff(&gf[0], &gc[0])?);
         Ok(())
     }
 

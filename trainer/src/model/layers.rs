@@ -44,6 +44,14 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&scale)?.broadcast_add(&shift.unsqueeze(1)?)
 }
 
+/// `gelu_tanh(x)`, fused on CPU f32 (`kernels::gelu`).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if crate::kernels::applies(x) {
+        return crate::kernels::gelu::gelu(x);
+    }
+    x.gelu()
+}
+
 /// `gelu_tanh(gate) * up`, fused on CPU f32 (`kernels::gelu`).
 pub fn gated_gelu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if crate::kernels::applies(gate) {

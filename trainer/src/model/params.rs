@@ -145,6 +145,14 @@ impl Lin {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::kernels::applies(x) && crate::kernels::applies(&self.weight) && self.bias.as_ref().is_none_or(crate::kernels::applies) {
+            return crate::kernels::linear::linear(x, &self.weight, self.bias.as_ref());
+        }
+        self.forward_composed(x)
+    }
+
+    /// The candle composition `forward` falls back to (and is tested against).
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let w = if self.weight.dtype() == dt { self.weight.clone() } else { self.weight.to_dtype(dt)? };
         let y = match x.dims() {

@@ -4,7 +4,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::layers::{attention, padding_bias};
+use super::layers::{attention, gelu, padding_bias};
 use super::params::{Init, Lin, Params};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -90,7 +90,7 @@ impl LearnedTextEncoder {
             let a = a.transpose(1, 2)?.reshape((b, t, w))?;
             x = (x + l.proj.forward(&a)?)?;
             let h = ln(&x, &l.ln2)?;
-            x = (&x + l.fc2.forward(&l.fc1.forward(&h)?.gelu()?)?)?;
+            x = (&x + l.fc2.forward(&gelu(&l.fc1.forward(&h)?)?)?)?;
         }
         ln(&x, &self.ln_out)
     }
