@@ -155,7 +155,9 @@ impl Reference {
         let scale = 1.0 / (n - 1) as f64;
         let trace_g: f64 = (0..n).map(|r| (0..dim).map(|c| xc[(r, c)] * xc[(r, c)]).sum::<f64>()).sum::<f64>() * scale;
         let m = (&xc * &self.sigma) * xc.transpose() * scale;
-        let lambda = m.self_adjoint_eigenvalues(Side::Lower).map_err(|e| EvalError::Shape(format!("eigenvalues: {e:?}")))?;
+        let lambda = m.self_adjoint_eigenvalues(Side::Lower).map_err(|e| EvalError::Shape(format!("eigenvalues: {e:?}")));
+        crate::kernels::clear_upper_vector_state();
+        let lambda = lambda?;
         // rank <= min(N-1, D): the rest are zeros up to rounding, whose square roots would add up
         let top = lambda.iter().cloned().fold(0f64, f64::max);
         let tsqrt: f64 = lambda.iter().filter(|l| **l > top * 1e-12).map(|l| l.sqrt()).sum();

@@ -63,6 +63,12 @@ pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<FrechetD
 /// where columns with `w <= 0` are dropped (they contribute exactly nothing): two products
 /// instead of three, and for N < D only rank(S1) columns remain.
 fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize, eps: f64) -> Option<f64> {
+    let t = trace_sqrt_product_faer(s1, s2, d, eps);
+    crate::kernels::clear_upper_vector_state_everywhere();
+    t
+}
+
+fn trace_sqrt_product_faer(s1: &[f64], s2: &[f64], d: usize, eps: f64) -> Option<f64> {
     let sym = |s: &[f64]| Mat::<f64>::from_fn(d, d, |i, j| 0.5 * (s[i * d + j] + s[j * d + i]) + if i == j { eps } else { 0.0 });
     let (m1, m2) = (sym(s1), sym(s2));
     // Positive definite S1 (N > D, the usual case): with S1 = L L^T, the symmetric L^T S2 L is

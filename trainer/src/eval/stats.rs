@@ -79,6 +79,7 @@ impl FeatureStats {
             1.0,
             faer::get_global_parallelism(),
         );
+        crate::kernels::clear_upper_vector_state_everywhere();
         let mut comoment = vec![0.0f64; d * d];
         for j in 0..d {
             for i in j..d {

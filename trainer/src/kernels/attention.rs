@@ -15,7 +15,7 @@ use super::f32_slice;
 
 /// `dst (m x n, row-major) = scale * A (m x k) B (k x n)` with explicit strides.
 #[allow(clippy::too_many_arguments)]
-fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize, scale: f32) {
+pub(super) fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize, scale: f32) {
     debug_assert!(dst.len() >= m * n);
     // SAFETY: every index the strides reach lies inside the slices (m, n, k and strides come
     // from the same shapes as the slices), and dst does not alias a or b.
@@ -45,7 +45,7 @@ fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs: isize, a_c
 }
 
 /// Row softmax of `s` (rows of `nk`) in place, in f32 with the max subtracted.
-fn softmax_rows(s: &mut [f32], nk: usize) {
+pub(super) fn softmax_rows(s: &mut [f32], nk: usize) {
     for row in s.chunks_mut(nk) {
         let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let mut sum = 0.0;

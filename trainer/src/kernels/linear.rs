@@ -23,28 +23,9 @@ fn zeroed(len: usize) -> Vec<f32> {
     vec![0f32; len]
 }
 
-/// faer's AVX-512 kernels return with the upper halves of the vector registers dirty. Until
-/// a `vzeroupper`, every SSE instruction on that thread (all of Rust's scalar float code for
-/// the baseline target, glibc's non-VEX math) pays a transition penalty: measured, it made the
-/// rest of a training step several times slower. Each product therefore ends with one.
-#[inline]
-fn clear_upper_vector_state() {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx")]
-        unsafe fn zeroupper() {
-            std::arch::x86_64::_mm256_zeroupper();
-        }
-        if std::arch::is_x86_feature_detected!("avx") {
-            // SAFETY: the CPU supports AVX (checked above); vzeroupper has no other effect.
-            unsafe { zeroupper() }
-        }
-    }
-}
-
 fn mm_seq(dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
     matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
-    clear_upper_vector_state();
+    super::clear_upper_vector_state();
 }
 
 /// `dst (m x n, row-major) = lhs (m x k) rhs (k x n)`, split into row blocks over rayon's

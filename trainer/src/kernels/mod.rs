@@ -6,6 +6,7 @@
 //! case (bf16, CUDA until CUDA kernels are added behind the same ops).
 
 pub mod attention;
+pub mod attn_core;
 pub mod gelu;
 pub mod linear;
 pub mod norm;
@@ -44,6 +45,33 @@ pub(crate) fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Resu
         candle_core::Storage::Cpu(s) => f(f32_slice(s, layout, what)?),
         _ => candle_core::bail!("{what}: fused kernel expects a CPU tensor"),
     }
+}
+
+/// faer's AVX-512 kernels return with the upper halves of the vector registers dirty. Until
+/// a `vzeroupper`, every SSE instruction on that thread (all of Rust's scalar float code for
+/// the baseline target, glibc's non-VEX math) pays a transition penalty: measured, it made the
+/// rest of a training step several times slower. Every caller of faer's
+/// kernels therefore ends with one on the calling thread.
+#[inline]
+pub(crate) fn clear_upper_vector_state() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        unsafe fn zeroupper() {
+            std::arch::x86_64::_mm256_zeroupper();
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU supports AVX (checked above); vzeroupper has no other effect.
+            unsafe { zeroupper() }
+        }
+    }
+}
+
+/// [`clear_upper_vector_state`] on this thread and on every rayon worker, after faer calls
+/// that may have run on the pool (the evaluation's statistics).
+pub fn clear_upper_vector_state_everywhere() {
+    rayon::broadcast(|_| clear_upper_vector_state());
+    clear_upper_vector_state();
 }
 
 /// Rows processed per rayon task: enough work to amortise scheduling.
@@ -151,6 +179,54 @@ mod tests {
         assert!(max_diff(&lin.forward(&x)?, &lin.forward_composed(&x)?)? < 1e-5);
         let err = lin.forward(&randn(&[4, 7], 54, 1.0)?).unwrap_err().to_string();
         assert!(err.contains("does not fit"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn fused_attention_core_matches_composed_with_shared_and_per_sample_rope() -> Result<()> {
+        use crate::model::layers::{attention_core, attention_core_composed, padding_bias, rope_tables};
+        let (b, n, t, heads, dh) = (2, 6, 4, 3, 8);
+        let h = heads * dh;
+        let (cos, sin) = rope_tables(2, 3, dh, 10000.0, &Device::Cpu)?;
+        // per-sample tables: sample 1 sees the tokens in reverse order (as after routing)
+        let idx = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 5, 4, 3, 2, 1, 0], &Device::Cpu)?;
+        let (pc, ps) = (cos.index_select(&idx, 0)?.reshape((b, n, dh / 2))?, sin.index_select(&idx, 0)?.reshape((b, n, dh / 2))?);
+        let bias = padding_bias(n, &[4, 2], t, &Device::Cpu)?; // sample 1: two padded text keys
+        let qkv = Var::from_tensor(&randn(&[b, n, 3 * h], 61, 1.5)?)?;
+        let tkv = Var::from_tensor(&randn(&[b, t, 2 * h], 62, 1.5)?)?;
+        let wq = Var::from_tensor(&(randn(&[dh], 63, 0.3)? + 1.0)?)?;
+        let wk = Var::from_tensor(&(randn(&[dh], 64, 0.3)? + 1.0)?)?;
+        let wt = Var::from_tensor(&(randn(&[dh], 65, 0.3)? + 1.0)?)?;
+        let w = randn(&[b, n, h], 66, 1.0)?;
+        let inputs = [qkv.clone(), tkv.clone(), wq, wk, wt];
+        for (c, s) in [(&cos, &sin), (&pc, &ps)] {
+            let fused = |x: &[Tensor]| attention_core(&x[0], &x[1], [&x[2], &x[3], &x[4]], c, s, &bias, heads, 1e-6);
+            let composed = |x: &[Tensor]| attention_core_composed(&x[0], &x[1], [&x[2], &x[3], &x[4]], c, s, &bias, heads, 1e-6);
+            let (yf, gf) = value_and_grads(fused, &inputs, &w)?;
+            let (yc, gc) = value_and_grads(composed, &inputs, &w)?;
+            assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
+            for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
+                assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
+            }
+            // padded text keys and values get exactly zero gradient
+            let padded = gf[1].narrow(0, 1, 1)?.narrow(1, 2, 2)?;
+            assert_eq!(padded.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?, 0.0);
+        }
+        // a finite difference on one element of qkv (a query of head 1)
+        let f = |x: &Tensor| -> Result<f32> {
+            (attention_core(x, tkv.as_tensor(), [inputs[2].as_tensor(), inputs[3].as_tensor(), inputs[4].as_tensor()], &cos, &sin, &bias, heads, 1e-6)? * &w)?.sum_all()?.to_scalar::<f32>()
+        };
+        let (_, g) = value_and_grads(|x| attention_core(&x[0], tkv.as_tensor(), [inputs[2].as_tensor(), inputs[3].as_tensor(), inputs[4].as_tensor()], &cos, &sin, &bias, heads, 1e-6), &[qkv.clone()], &w)?;
+        let base = qkv.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let i = 3 * h + dh + 2; // token 1, head 1, dim 2 of the queries
+        let bump = |delta: f32| -> Result<f32> {
+            let mut v = base.clone();
+            v[i] += delta;
+            f(&Tensor::from_vec(v, (b, n, 3 * h), &Device::Cpu)?)
+        };
+        let fd = (bump(1e-2)? - bump(-1e-2)?) / 2e-2;
+        let an = g[0].flatten_all()?.to_vec1::<f32>()?[i];
+        assert!((fd - an).abs() < 2e-2 * an.abs().max(1.0), "finite difference {fd} vs analytic {an}");
         Ok(())
     }
 

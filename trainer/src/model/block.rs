@@ -10,7 +10,7 @@
 use candle_core::{Result, Tensor};
 
 use super::config::DenoiserConfig;
-use super::layers::{apply_rope, attention, gated_gelu, norm_modulate, rms_norm};
+use super::layers::{attention_core, gated_gelu, norm_modulate};
 use super::params::{Init, Lin, Params};
 
 pub const NORM_EPS: f64 = 1e-6;
@@ -66,29 +66,17 @@ impl PrxBlock {
 
     /// `x`: image tokens (B, N, hidden) in the stream dtype; returns the same shape.
     pub fn forward(&self, x: &Tensor, ctx: &BlockCtx) -> Result<Tensor> {
-        let (b, n, h) = x.dims3()?;
-        let t = ctx.txt.dim(1)?;
         let nh = self.heads;
-        let dh = h / nh;
         let cdt = ctx.cond.dtype();
         let m = self.ada.forward(ctx.cond)?.chunk(6, 1)?;
         let (shift1, scale1, gate1, shift2, scale2, gate2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
 
         // attention branch
         let hx = norm_modulate(&x.to_dtype(cdt)?, shift1, scale1, NORM_EPS)?;
-        let qkv = self.qkv.forward(&hx)?.reshape((b, n, 3, nh, dh))?;
-        let heads_first = |t: Tensor| t.squeeze(2)?.transpose(1, 2)?.contiguous(); // (B, H, N, Dh)
-        let q = heads_first(qkv.narrow(2, 0, 1)?)?;
-        let k = heads_first(qkv.narrow(2, 1, 1)?)?;
-        let v = heads_first(qkv.narrow(2, 2, 1)?)?;
-        let q = apply_rope(&rms_norm(&q, &self.q_norm, NORM_EPS)?, ctx.cos, ctx.sin)?;
-        let k = apply_rope(&rms_norm(&k, &self.k_norm, NORM_EPS)?, ctx.cos, ctx.sin)?;
-        let tkv = self.txt_kv.forward(&ctx.txt.to_dtype(cdt)?)?.reshape((b, t, 2, nh, dh))?;
-        let tk = rms_norm(&heads_first(tkv.narrow(2, 0, 1)?)?, &self.txt_k_norm, NORM_EPS)?;
-        let tv = heads_first(tkv.narrow(2, 1, 1)?)?;
-        let k = Tensor::cat(&[&k, &tk], 2)?;
-        let v = Tensor::cat(&[&v, &tv], 2)?;
-        let a = attention(&q, &k, &v, Some(ctx.bias))?.transpose(1, 2)?.reshape((b, n, h))?;
+        let qkv = self.qkv.forward(&hx)?;
+        let tkv = self.txt_kv.forward(&ctx.txt.to_dtype(cdt)?)?;
+        let norms = [&self.q_norm, &self.k_norm, &self.txt_k_norm];
+        let a = attention_core(&qkv, &tkv, norms, ctx.cos, ctx.sin, ctx.bias, nh, NORM_EPS)?;
         let a = self.proj.forward(&a)?.broadcast_mul(&gate1.unsqueeze(1)?)?;
         let x = (x + a.to_dtype(x.dtype())?)?;
 

@@ -100,6 +100,45 @@ pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tens
     softmax_f32(&scores)?.to_dtype(v.dtype())?.matmul(v)
 }
 
+/// The attention of a PRX block from its projections: `qkv` (B, N, 3 hidden) of the image
+/// tokens, `tkv` (B, T, 2 hidden) of the text tokens, `norms` the QK RMSNorm weights of
+/// queries, image keys and text keys (Dh each). Queries and image keys are normalised and
+/// rotated, text keys normalised; image queries attend over image + text keys with the
+/// padding `bias` (B, 1, 1, N + T). Returns (B, N, hidden). Fused on CPU f32
+/// (`kernels::attn_core`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_core(qkv: &Tensor, tkv: &Tensor, norms: [&Tensor; 3], cos: &Tensor, sin: &Tensor, bias: &Tensor, heads: usize, eps: f64) -> Result<Tensor> {
+    if crate::kernels::applies(qkv) && crate::kernels::applies(tkv) && norms.iter().all(|w| crate::kernels::applies(w)) && crate::kernels::applies(bias) {
+        let stacked = Tensor::stack(&norms, 0)?;
+        if let Some(out) = crate::kernels::attn_core::attn_core(qkv, tkv, &stacked, cos, sin, Some(bias), heads, eps)? {
+            return Ok(out);
+        }
+    }
+    attention_core_composed(qkv, tkv, norms, cos, sin, bias, heads, eps)
+}
+
+/// The composition `attention_core` falls back to (and is tested against).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_core_composed(qkv: &Tensor, tkv: &Tensor, norms: [&Tensor; 3], cos: &Tensor, sin: &Tensor, bias: &Tensor, heads: usize, eps: f64) -> Result<Tensor> {
+    let (b, n, h3) = qkv.dims3()?;
+    let t = tkv.dim(1)?;
+    let (h, nh) = (h3 / 3, heads);
+    let dh = h / nh;
+    let qkv = qkv.reshape((b, n, 3, nh, dh))?;
+    let heads_first = |t: Tensor| t.squeeze(2)?.transpose(1, 2)?.contiguous(); // (B, H, N, Dh)
+    let q = heads_first(qkv.narrow(2, 0, 1)?)?;
+    let k = heads_first(qkv.narrow(2, 1, 1)?)?;
+    let v = heads_first(qkv.narrow(2, 2, 1)?)?;
+    let q = apply_rope(&rms_norm(&q, norms[0], eps)?, cos, sin)?;
+    let k = apply_rope(&rms_norm(&k, norms[1], eps)?, cos, sin)?;
+    let tkv = tkv.reshape((b, t, 2, nh, dh))?;
+    let tk = rms_norm(&heads_first(tkv.narrow(2, 0, 1)?)?, norms[2], eps)?;
+    let tv = heads_first(tkv.narrow(2, 1, 1)?)?;
+    let k = Tensor::cat(&[&k, &tk], 2)?;
+    let v = Tensor::cat(&[&v, &tv], 2)?;
+    attention(&q, &k, &v, Some(bias))?.transpose(1, 2)?.reshape((b, n, h))
+}
+
 /// Rotary tables for a 2-axis (row, column) RoPE over a `gh` x `gw` token grid.
 ///
 /// The head dimension is split into two halves: the first rotates with the row index, the
