@@ -10,6 +10,7 @@ pub mod attn_core;
 pub mod gelu;
 pub mod linear;
 pub mod norm;
+pub mod residual;
 pub mod rms;
 pub mod rope;
 pub mod softmax;
@@ -227,6 +228,23 @@ mod tests {
         let fd = (bump(1e-2)? - bump(-1e-2)?) / 2e-2;
         let an = g[0].flatten_all()?.to_vec1::<f32>()?[i];
         assert!((fd - an).abs() < 2e-2 * an.abs().max(1.0), "finite difference {fd} vs analytic {an}");
+        Ok(())
+    }
+
+    #[test]
+    fn fused_gated_residual_matches_composed() -> Result<()> {
+        use crate::model::layers::{gated_residual, gated_residual_composed};
+        let x = Var::from_tensor(&randn(&[3, 5, 12], 71, 1.0)?)?;
+        let y = Var::from_tensor(&randn(&[3, 5, 12], 72, 1.0)?)?;
+        let g = Var::from_tensor(&randn(&[3, 12], 73, 1.0)?)?;
+        let w = randn(&[3, 5, 12], 74, 1.0)?;
+        let inputs = [x, y, g];
+        let (yf, gf) = value_and_grads(|t| gated_residual(&t[0], &t[1], &t[2]), &inputs, &w)?;
+        let (yc, gc) = value_and_grads(|t| gated_residual_composed(&t[0], &t[1], &t[2]), &inputs, &w)?;
+        assert!(max_diff(&yf, &yc)? < 1e-6);
+        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
+            assert!(max_diff(a, c)? < 1e-5, "grad {i}: {}", max_diff(a, c)?);
+        }
         Ok(())
     }
 

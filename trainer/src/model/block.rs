@@ -10,7 +10,7 @@
 use candle_core::{Result, Tensor};
 
 use super::config::DenoiserConfig;
-use super::layers::{attention_core, gated_gelu, norm_modulate};
+use super::layers::{attention_core, gated_gelu, gated_residual, norm_modulate};
 use super::params::{Init, Lin, Params};
 
 pub const NORM_EPS: f64 = 1e-6;
@@ -77,14 +77,11 @@ impl PrxBlock {
         let tkv = self.txt_kv.forward(&ctx.txt.to_dtype(cdt)?)?;
         let norms = [&self.q_norm, &self.k_norm, &self.txt_k_norm];
         let a = attention_core(&qkv, &tkv, norms, ctx.cos, ctx.sin, ctx.bias, nh, NORM_EPS)?;
-        let a = self.proj.forward(&a)?.broadcast_mul(&gate1.unsqueeze(1)?)?;
-        let x = (x + a.to_dtype(x.dtype())?)?;
+        let x = gated_residual(x, &self.proj.forward(&a)?, gate1)?;
 
         // MLP branch
         let hx = norm_modulate(&x.to_dtype(cdt)?, shift2, scale2, NORM_EPS)?;
         let g = gated_gelu(&self.mlp_gate.forward(&hx)?, &self.mlp_up.forward(&hx)?)?;
-        let y = self.mlp_down.forward(&g)?.broadcast_mul(&gate2.unsqueeze(1)?)?;
-        let y = y.to_dtype(x.dtype())?;
-        x + y
+        gated_residual(&x, &self.mlp_down.forward(&g)?, gate2)
     }
 }

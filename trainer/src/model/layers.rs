@@ -44,6 +44,20 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&scale)?.broadcast_add(&shift.unsqueeze(1)?)
 }
 
+/// The adaLN-zero gated residual `x + y * gate` with `x`, `y` (B, N, D) and `gate` (B, D),
+/// fused on CPU f32 (`kernels::residual`). `y` is cast to `x`'s dtype first.
+pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if crate::kernels::applies(x) && crate::kernels::applies(y) && crate::kernels::applies(gate) {
+        return crate::kernels::residual::gated_residual(x, y, gate);
+    }
+    gated_residual_composed(x, y, gate)
+}
+
+/// The composition `gated_residual` falls back to (and is tested against).
+pub fn gated_residual_composed(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    x + y.broadcast_mul(&gate.unsqueeze(1)?)?.to_dtype(x.dtype())?
+}
+
 /// `gelu_tanh(x)`, fused on CPU f32 (`kernels::gelu`).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if crate::kernels::applies(x) {
