@@ -71,6 +71,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     ablate_trainer::device::keep_freed_memory();
+    ablate_trainer::device::candle_ops_on_calling_thread();
     match Cli::parse().cmd {
         Cmd::Train(a) => train_cmd::train(a),
         Cmd::Bench(b) => train_cmd::bench(b),

@@ -23,6 +23,10 @@ use crate::rng::Rng;
 use crate::routing::{RoutePlan, RoutingKind};
 use crate::teacher::Teacher;
 use crate::TrainError;
+use rayon::prelude::*;
+
+/// The smallest micro-batch `compute_grads` splits a CPU batch into.
+const MIN_MICRO_BATCH: usize = 4;
 
 /// The text encoder of a run.
 enum TextEncoder {
@@ -129,7 +133,77 @@ impl Trainer {
 
     /// Forward and backward for one batch at the current step. Returns the gradients (not
     /// yet applied) and the loss terms.
+    ///
+    /// On CPU the batch is split into micro-batches, one per rayon thread (at least
+    /// `MIN_MICRO_BATCH` samples each), whose forward and backward passes run concurrently and
+    /// whose gradients are summed: candle runs many of its ops on one thread, so whole
+    /// micro-batches per core use the cores better than splitting every op. Every sample draws
+    /// the same noise, timestep and routing as in one pass over the batch, so only float
+    /// rounding differs. Arms whose loss couples samples (the contrastive flow-matching term,
+    /// REPA-E's batch statistics) always run as one pass. `ABLATE_MICRO_BATCH=0` turns it off.
     pub fn compute_grads(&self, batch: &Batch) -> Result<(GradStore, StepStats), TrainError> {
+        let cfg = &self.cfg;
+        let b = batch.size;
+        // routing draws stay per rank and are made for the whole batch
+        let mut rng = Rng::derive(cfg.seed, &[0x7ead, self.step as u64, self.rank as u64]);
+        let tokens = (cfg.latent_size() / self.denoiser.cfg.patch).pow(2);
+        let route = if cfg.routing.enabled() { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
+        let parts = self.micro_batches(b);
+        if parts.len() <= 1 {
+            return self.batch_grads(batch, 0, b, route.as_ref(), 1.0);
+        }
+        let results: Vec<Result<(GradStore, StepStats), TrainError>> = parts
+            .par_iter()
+            .map(|r| {
+                let plan = route.as_ref().map(|p| p.slice(r.clone())).transpose()?;
+                self.batch_grads(&batch.slice(r.clone()), r.start, b, plan.as_ref(), r.len() as f64 / b as f64)
+            })
+            .collect();
+        let mut merged: Option<GradStore> = None;
+        let mut stats = StepStats { step: self.step, loss: 0.0, mse: 0.0, repa: None, grad_norm: 0.0, lr: 0.0 };
+        for (r, res) in parts.iter().zip(results) {
+            let (g, s) = res?;
+            let w = r.len() as f64 / b as f64;
+            stats.loss += w * s.loss;
+            stats.mse += w * s.mse;
+            stats.repa = s.repa.map(|v| stats.repa.unwrap_or(0.0) + w * v);
+            merged = Some(match merged {
+                None => g,
+                Some(mut m) => {
+                    for p in &self.params {
+                        let t = p.var.as_tensor();
+                        if let Some(gp) = g.get(t) {
+                            let sum = match m.get(t) {
+                                Some(acc) => (acc + gp)?,
+                                None => gp.clone(),
+                            };
+                            m.insert(t, sum);
+                        }
+                    }
+                    m
+                }
+            });
+        }
+        Ok((merged.expect("at least two micro-batches"), stats))
+    }
+
+    /// The micro-batches `compute_grads` splits a batch of `b` into (one range: no split).
+    pub fn micro_batches(&self, b: usize) -> Vec<std::ops::Range<usize>> {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("ABLATE_MICRO_BATCH").map(|v| v != "0").unwrap_or(true));
+        let separable = !self.cfg.latent.end_to_end && self.cfg.objective.contrastive_lambda == 0.0;
+        let n = if on && separable && self.device.is_cpu() && crate::kernels::enabled() {
+            rayon::current_num_threads().min(b / MIN_MICRO_BATCH).max(1)
+        } else {
+            1
+        };
+        (0..n).map(|i| i * b / n..(i + 1) * b / n).collect()
+    }
+
+    /// Forward and backward for samples `first..first + batch.size` of a batch of `full`
+    /// samples, with the routing plan of these samples; the loss is scaled by `weight` (the
+    /// micro-batch's share of the batch) before backward. Stats are this part's own.
+    fn batch_grads(&self, batch: &Batch, first: usize, full: usize, route: Option<&RoutePlan>, weight: f64) -> Result<(GradStore, StepStats), TrainError> {
         let cfg = &self.cfg;
         let step = self.step;
         let b = batch.size;
@@ -155,19 +229,15 @@ impl Trainer {
         let mut eps = Vec::with_capacity(x0.elem_count());
         let mut ts = Vec::with_capacity(b);
         for i in 0..b {
-            let global = ((step * self.world + self.rank) * b + i) as u64;
+            let global = ((step * self.world + self.rank) * full + first + i) as u64;
             let mut r = Rng::derive(cfg.seed, &[0x57e9, global]);
             eps.extend(r.normal_vec(per_sample));
             ts.extend(cfg.objective.timesteps.sample(&mut r, 1));
         }
         let eps = Tensor::from_vec(eps, x0.shape(), &self.device)?;
         let t = Tensor::from_vec(ts, b, &self.device)?;
-        // routing draws stay per rank
-        let mut rng = Rng::derive(cfg.seed, &[0x7ead, step as u64, self.rank as u64]);
         let xt = interpolate(&z, &eps, &t)?;
         let (txt, txt_lens) = self.text_features(&batch.captions, Some((&batch.ids, &batch.lens)))?;
-        let tokens = (cfg.latent_size() / self.denoiser.cfg.patch).pow(2);
-        let route = if cfg.routing.enabled() { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
         let repa_on = cfg.repa.active_at(step);
         let out = self.denoiser.forward(
             &xt.to_dtype(stream)?,
@@ -175,7 +245,7 @@ impl Trainer {
             &txt.to_dtype(stream)?,
             &txt_lens,
             self.policy.compute(),
-            route.as_ref(),
+            route,
             repa_on.then(|| cfg.repa.block - 1),
         )?;
         let (mut loss, mse) = flow_loss(&cfg.objective, &out.pred, &x0, &eps, &xt, &t)?;
@@ -214,7 +284,7 @@ impl Trainer {
         if !loss_v.is_finite() {
             return Err(TrainError::NonFinite { step, what: "loss".into() });
         }
-        let mut grads = loss.backward()?;
+        let mut grads = if weight == 1.0 { loss.backward()? } else { (loss * weight)?.backward()? };
         if let Some((_, ae_obj)) = ae_loss {
             let mut ae_grads = ae_obj.backward()?;
             for p in self.params.iter().filter(|p| p.name.starts_with("ae.")) {

@@ -24,6 +24,59 @@ fn assert_every_param_moves(cfg: ablate_trainer::TrainConfig) {
     }
 }
 
+/// Micro-batches on CPU (one per rayon thread) give the gradients and loss of one pass over
+/// the batch, up to float rounding, with routing and REPA too (same noise, same routing draws).
+#[test]
+fn micro_batches_give_the_gradients_of_one_pass() {
+    let configs = {
+        let base = || {
+            let mut c = small_config();
+            c.train.batch_size = 8;
+            c
+        };
+        let mut tread = base();
+        tread.routing.kind = RoutingKind::Tread;
+        tread.routing.rate = 0.5;
+        let mut repa = base();
+        repa.repa.enabled = true;
+        [("baseline", base()), ("tread", tread), ("repa", repa)]
+    };
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for (name, cfg) in configs {
+        let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
+        let data = batches(&t.cfg, 3);
+        // two steps first, so the zero-initialised adaLN layers no longer zero most gradients
+        for b in &data[..2] {
+            one.install(|| t.train_step(b)).unwrap();
+        }
+        let b = &data[2];
+        assert_eq!(one.install(|| t.micro_batches(8)), vec![0..8]);
+        assert_eq!(two.install(|| t.micro_batches(8)), vec![0..4, 4..8], "{name}");
+        let (g1, s1) = one.install(|| t.compute_grads(b)).unwrap();
+        let (g2, s2) = two.install(|| t.compute_grads(b)).unwrap();
+        assert!((s1.loss - s2.loss).abs() < 1e-6 * s1.loss.abs().max(1.0), "{name}: loss {} vs {}", s1.loss, s2.loss);
+        assert!((s1.mse - s2.mse).abs() < 1e-6, "{name}: mse {} vs {}", s1.mse, s2.mse);
+        assert_eq!(s1.repa.is_some(), s2.repa.is_some());
+        for p in &t.params {
+            let (a, c) = (g1.get(p.var.as_tensor()), g2.get(p.var.as_tensor()));
+            let (Some(a), Some(c)) = (a, c) else {
+                assert!(a.is_none() && c.is_none(), "{name}: {} has a gradient in only one of the two", p.name);
+                continue;
+            };
+            let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+            let d = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-4 * scale, "{name}: gradient of {} differs by {d} (largest {scale})", p.name);
+        }
+    }
+    // a coupled loss (the contrastive term) is never split
+    let mut c = small_config();
+    c.train.batch_size = 8;
+    c.objective.contrastive_lambda = 0.05;
+    let t = Trainer::new(c, &Device::Cpu).unwrap();
+    assert_eq!(two.install(|| t.micro_batches(8)), vec![0..8]);
+}
+
 #[test]
 fn every_parameter_moves_baseline() {
     assert_every_param_moves(small_config());

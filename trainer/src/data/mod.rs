@@ -146,6 +146,23 @@ pub struct Batch {
     pub skipped: u64,
 }
 
+impl Batch {
+    /// Samples `range` of this batch (a micro-batch).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Batch {
+        let per_image = self.images.len() / self.size.max(1);
+        let per_ids = self.ids.len() / self.size.max(1);
+        Batch {
+            step: self.step,
+            size: range.len(),
+            images: self.images[range.start * per_image..range.end * per_image].to_vec(),
+            ids: self.ids[range.start * per_ids..range.end * per_ids].to_vec(),
+            lens: self.lens[range.clone()].to_vec(),
+            captions: self.captions[range].to_vec(),
+            skipped: self.skipped,
+        }
+    }
+}
+
 /// Everything needed to build batches; cheap to clone into the loader thread.
 #[derive(Debug, Clone)]
 pub struct BatchSpec {

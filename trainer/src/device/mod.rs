@@ -203,6 +203,20 @@ mod tests {
     }
 }
 
+/// Runs candle's element-wise CPU ops on the calling thread (`CANDLE_NUM_THREADS=1`) unless
+/// the environment already sets `CANDLE_NUM_THREADS`. Call at start-up, before other threads.
+///
+/// candle splits large element-wise ops over its own barrier pool, guarded by one lock. The
+/// trainer instead runs one micro-batch per core (`Trainer::compute_grads`), and two
+/// micro-batches contending for that pool were slower than none: `ablate bench train --batch
+/// 32` (2 cores) took 867 ms per step with the pool and 613 ms without. Parallelism then comes
+/// from the micro-batches, the fused kernels and the matrix products (rayon).
+pub fn candle_ops_on_calling_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Makes glibc's allocator keep freed memory for reuse instead of returning it to the kernel.
 ///
 /// candle allocates a fresh buffer for every intermediate tensor; with glibc's defaults every

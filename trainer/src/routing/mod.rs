@@ -80,34 +80,52 @@ pub struct RoutePlan {
     pub inv: Tensor,
     /// Per-sample kept token positions (B, keep), 0..N, for RoPE tables and REPA targets.
     pub kept: Vec<Vec<u32>>,
+    /// Per-sample token order (N): kept tokens first, each part in raster order.
+    orders: Vec<Vec<u32>>,
 }
 
 impl RoutePlan {
     pub fn draw(cfg: &RoutingConfig, batch: usize, tokens: usize, rng: &mut Rng, device: &Device) -> Result<Self> {
         let keep = ((tokens as f64) * (1.0 - cfg.rate)).round().clamp(1.0, tokens as f64) as usize;
+        let orders = (0..batch)
+            .map(|_| {
+                let mut p: Vec<u32> = (0..tokens as u32).collect();
+                rng.shuffle(&mut p);
+                // kept tokens in raster order: deterministic layout, easier to reason about
+                p[..keep].sort_unstable();
+                p[keep..].sort_unstable();
+                p
+            })
+            .collect();
+        Self::from_orders(cfg.kind, cfg.start - 1, cfg.end - 1, keep, orders, device)
+    }
+
+    /// The plan of samples `range` only, with the same draws (a micro-batch of this batch).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        Self::from_orders(self.kind, self.first, self.last, self.keep, self.orders[range].to_vec(), self.perm.device())
+    }
+
+    /// A plan from each sample's token order (kept tokens first).
+    fn from_orders(kind: RoutingKind, first: usize, last: usize, keep: usize, orders: Vec<Vec<u32>>, device: &Device) -> Result<Self> {
+        let batch = orders.len();
+        let tokens = orders.first().map_or(0, Vec::len);
         let mut perm = Vec::with_capacity(batch * tokens);
         let mut inv = vec![0u32; batch * tokens];
-        let mut kept = Vec::with_capacity(batch);
-        for b in 0..batch {
-            let mut p: Vec<u32> = (0..tokens as u32).collect();
-            rng.shuffle(&mut p);
-            // kept tokens in raster order: deterministic layout, easier to reason about
-            p[..keep].sort_unstable();
-            p[keep..].sort_unstable();
+        for (b, p) in orders.iter().enumerate() {
             for (j, &src) in p.iter().enumerate() {
                 perm.push((b * tokens) as u32 + src);
                 inv[b * tokens + src as usize] = (b * tokens + j) as u32;
             }
-            kept.push(p[..keep].to_vec());
         }
         Ok(Self {
-            kind: cfg.kind,
-            first: cfg.start - 1,
-            last: cfg.end - 1,
+            kind,
+            first,
+            last,
             keep,
             perm: Tensor::from_vec(perm, batch * tokens, device)?,
             inv: Tensor::from_vec(inv, batch * tokens, device)?,
-            kept,
+            kept: orders.iter().map(|p| p[..keep].to_vec()).collect(),
+            orders,
         })
     }
 
@@ -159,6 +177,21 @@ mod tests {
         assert_eq!(back.to_vec3::<f32>()?, x.to_vec3::<f32>()?);
         // different samples drop different tokens
         assert_ne!(plan.kept[0], plan.kept[1]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_slice_is_the_plan_of_those_samples() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = RoutingConfig { kind: RoutingKind::Tread, start: 2, end: 4, rate: 0.5 };
+        let plan = RoutePlan::draw(&cfg, 4, 16, &mut Rng::new(9), &dev)?;
+        let part = plan.slice(1..3)?;
+        assert_eq!(part.kept, plan.kept[1..3].to_vec());
+        let x = Tensor::arange(0f32, (4 * 16 * 2) as f32, &dev)?.reshape((4, 16, 2))?;
+        let (kept, _) = plan.split(&x)?;
+        let (kept_part, skipped_part) = part.split(&x.narrow(0, 1, 2)?)?;
+        assert_eq!(kept_part.to_vec3::<f32>()?, kept.narrow(0, 1, 2)?.to_vec3::<f32>()?);
+        assert_eq!(part.merge(&kept_part, &skipped_part)?.to_vec3::<f32>()?, x.narrow(0, 1, 2)?.to_vec3::<f32>()?);
         Ok(())
     }
 
