@@ -33,16 +33,7 @@ pub(super) fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs:
 
 /// Row softmax of `s` (rows of `nk`) in place, in f32 with the max subtracted.
 pub(super) fn softmax_rows(s: &mut [f32], nk: usize) {
-    for row in s.chunks_mut(nk) {
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0.0;
-        for x in row.iter_mut() {
-            *x = (*x - m).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|x| *x *= inv);
-    }
+    s.chunks_mut(nk).for_each(super::fastmath::softmax_row);
 }
 
 struct Attention {

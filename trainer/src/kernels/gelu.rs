@@ -14,7 +14,7 @@ const CHUNK: usize = 16_384;
 /// Absolute error at most 1.2e-7 (one ulp of 1.0), which is all GELU needs (its output is `0.5 a (1 + tanh)`).
 #[inline]
 fn fast_tanh(u: f32) -> f32 {
-    let e = (-2.0 * u.abs()).exp();
+    let e = super::fastmath::exp(-2.0 * u.abs());
     ((1.0 - e) / (1.0 + e)).copysign(u)
 }
 

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod attn_core;
+pub mod fastmath;
 pub mod gelu;
 pub mod linear;
 pub mod norm;
