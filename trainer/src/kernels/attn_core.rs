@@ -7,9 +7,10 @@
 //! copy in forward and a zero-filled gradient plus an addition in backward. Here, for each
 //! sample and head: gather the head's rows, RMSNorm them with their weight (queries, image
 //! keys, text keys), rotate image queries and keys, attend over image + text keys with the
-//! padding bias, and write the head's output columns. Backward recomputes all of that
-//! (nothing but the output is kept) and writes the gradients straight into the packed
-//! layouts. One rayon task per sample, so each task owns whole rows of every output.
+//! padding bias, and write the head's output columns. Backward reuses forward's normalised
+//! heads and probabilities (the op keeps them; on CPU a few MB per block cost less than
+//! computing them again) and writes the gradients straight into the packed layouts. One
+//! rayon task per sample, so each task owns whole rows of every output.
 //!
 //! Layouts: `qkv` (B, N, 3 H Dh) with (part, head, dim) fastest, `tkv` (B, T, 2 H Dh) the
 //! same with parts (k, v), `norms` (3, Dh) the weights of q, k and text k, output
@@ -31,6 +32,10 @@ struct AttnCore {
     per_sample_rope: bool,
     /// (B, N + T) additive key bias (text padding).
     bias: Option<Arc<Vec<f32>>>,
+    /// What forward computed, per sample and head, for backward to reuse instead of
+    /// recomputing: the normalised heads and the probabilities (B H N (N + T) floats, a few
+    /// MB per block at CPU sizes).
+    saved: std::sync::Mutex<Option<Vec<Vec<(Head, Vec<f32>)>>>>,
 }
 
 /// Shapes of one call.
@@ -185,17 +190,25 @@ impl CustomOp3 for AttnCore {
         let (qkv, tkv, norms) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
         let (n, dh, w) = (d.n, d.dh, d.width());
         let mut out = vec![0f32; d.b * n * w];
-        out.par_chunks_mut((n * w).max(1)).enumerate().for_each(|(b, ob)| {
-            let mut o = vec![0f32; n * dh];
-            for head in 0..d.h {
-                let hd = self.head(d, qkv, tkv, norms, b, head);
-                let p = self.probs(d, &hd, b);
-                mm(n, dh, d.nk(), &mut o, &p, d.nk() as isize, 1, &hd.v, dh as isize, 1, 1.0);
-                for i in 0..n {
-                    ob[i * w + head * dh..i * w + (head + 1) * dh].copy_from_slice(&o[i * dh..(i + 1) * dh]);
+        let saved: Vec<Vec<(Head, Vec<f32>)>> = out
+            .par_chunks_mut((n * w).max(1))
+            .enumerate()
+            .map(|(b, ob)| {
+                let mut o = vec![0f32; n * dh];
+                let mut keep = Vec::with_capacity(d.h);
+                for head in 0..d.h {
+                    let hd = self.head(d, qkv, tkv, norms, b, head);
+                    let p = self.probs(d, &hd, b);
+                    mm(n, dh, d.nk(), &mut o, &p, d.nk() as isize, 1, &hd.v, dh as isize, 1, 1.0);
+                    for i in 0..n {
+                        ob[i * w + head * dh..i * w + (head + 1) * dh].copy_from_slice(&o[i * dh..(i + 1) * dh]);
+                    }
+                    keep.push((hd, p));
                 }
-            }
-        });
+                keep
+            })
+            .collect();
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
         Ok((CpuStorage::F32(out), Shape::from((d.b, n, w))))
     }
 
@@ -229,18 +242,28 @@ impl AttnCore {
         let mut dqkv = vec![0f32; d.b * n * 3 * w];
         let mut dtkv = vec![0f32; d.b * t * 2 * w];
         let (wq, wk, wt) = (&norms[..dh], &norms[dh..2 * dh], &norms[2 * dh..3 * dh]);
+        // forward's heads and probabilities, or nothing (then recomputed)
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take().filter(|s| s.len() == d.b).unwrap_or_else(|| (0..d.b).map(|_| Vec::new()).collect());
         let partial: Vec<Vec<f64>> = dqkv
             .par_chunks_mut((n * 3 * w).max(1))
             .zip(dtkv.par_chunks_mut((t * 2 * w).max(1)))
+            .zip(saved.into_par_iter())
             .enumerate()
-            .map(|(b, (dq_b, dt_b))| {
+            .map(|(b, ((dq_b, dt_b), saved_b))| {
+                let mut saved_b = saved_b.into_iter();
                 let mut dnorm = vec![0f64; 3 * dh];
                 let (mut o, mut g) = (vec![0f32; n * dh], vec![0f32; n * dh]);
                 let (mut dv, mut dp, mut dq, mut dk) = (vec![0f32; nk * dh], vec![0f32; n * nk], vec![0f32; n * dh], vec![0f32; nk * dh]);
                 for head in 0..d.h {
                     let col = head * dh;
-                    let hd = self.head(d, qkv, tkv, norms, b, head);
-                    let mut p = self.probs(d, &hd, b);
+                    let (hd, mut p) = match saved_b.next() {
+                        Some(kept) => kept,
+                        None => {
+                            let hd = self.head(d, qkv, tkv, norms, b, head);
+                            let p = self.probs(d, &hd, b);
+                            (hd, p)
+                        }
+                    };
                     for i in 0..n {
                         let at = (b * n + i) * w + col;
                         o[i * dh..(i + 1) * dh].copy_from_slice(&out[at..at + dh]);
@@ -308,6 +331,7 @@ pub fn attn_core(qkv: &Tensor, tkv: &Tensor, norms: &Tensor, cos: &Tensor, sin: 
         sin: Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
         per_sample_rope: cos.rank() == 3,
         bias,
+        saved: std::sync::Mutex::new(None),
     };
     Ok(Some(qkv.contiguous()?.apply_op3(&tkv.contiguous()?, &norms.contiguous()?, op)?))
 }

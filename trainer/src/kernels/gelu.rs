@@ -65,6 +65,68 @@ impl CustomOp2 for GatedGelu {
     }
 }
 
+/// `gelu_tanh(gate) * up` from one packed projection (.., 2M): gate in the first M columns,
+/// up in the last M (the MLP's two input projections as one product). Output (.., M).
+struct GatedGeluPacked;
+
+impl candle_core::CustomOp1 for GatedGeluPacked {
+    fn name(&self) -> &'static str {
+        "ablate-gated-gelu-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let two_m = *l.dims().last().unwrap_or(&0);
+        if two_m % 2 != 0 {
+            candle_core::bail!("{}: last dimension {two_m} is not even", self.name());
+        }
+        let m = two_m / 2;
+        let rows = x.len() / two_m.max(1);
+        let mut y = vec![0f32; rows * m];
+        let per_task = super::rows_per_task(two_m);
+        y.par_chunks_mut((per_task * m).max(1)).zip(x.par_chunks((per_task * two_m).max(1))).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(m).zip(xc.chunks(two_m)) {
+                let (g, u) = xr.split_at(m);
+                for ((o, &a), &b) in yr.iter_mut().zip(g).zip(u) {
+                    *o = gelu_and_grad(a).0 * b;
+                }
+            }
+        });
+        let mut dims = l.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = m;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let two_m = x.dim(candle_core::D::Minus1)?;
+        let m = two_m / 2;
+        let dx = with_f32(x, self.name(), |xs| {
+            with_f32(dy, self.name(), |ds| {
+                let mut dx = vec![0f32; xs.len()];
+                let per_task = super::rows_per_task(two_m);
+                dx.par_chunks_mut((per_task * two_m).max(1)).zip(xs.par_chunks((per_task * two_m).max(1)).zip(ds.par_chunks((per_task * m).max(1)))).for_each(|(dxc, (xc, dc))| {
+                    for ((dxr, xr), dr) in dxc.chunks_mut(two_m).zip(xc.chunks(two_m)).zip(dc.chunks(m)) {
+                        let (g, u) = xr.split_at(m);
+                        let (dg, du) = dxr.split_at_mut(m);
+                        for k in 0..m {
+                            let (val, grad) = gelu_and_grad(g[k]);
+                            dg[k] = dr[k] * u[k] * grad;
+                            du[k] = dr[k] * val;
+                        }
+                    }
+                });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// `gelu_tanh(gate) * up` with gate and up packed in the last dimension of `x` (.., 2M).
+pub fn gated_gelu_packed(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GatedGeluPacked)
+}
+
 struct Gelu;
 
 impl candle_core::CustomOp1 for Gelu {

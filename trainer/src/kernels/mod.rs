@@ -210,6 +210,15 @@ mod tests {
             for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
                 assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
             }
+            // a second backward through the same graph (REPA-E does one per objective) finds
+            // forward's kept heads already used and recomputes them: same gradients
+            let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+            let loss = (fused(&ts)? * &w)?.sum_all()?;
+            let (first, second) = (loss.backward()?, loss.backward()?);
+            for v in &inputs {
+                let (a, c) = (first.get(v.as_tensor()).expect("grad"), second.get(v.as_tensor()).expect("grad"));
+                assert_eq!(max_diff(a, c)?, 0.0, "recomputed backward differs");
+            }
             // padded text keys and values get exactly zero gradient
             let padded = gf[1].narrow(0, 1, 1)?.narrow(1, 2, 2)?;
             assert_eq!(padded.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?, 0.0);
@@ -245,6 +254,29 @@ mod tests {
         assert!(max_diff(&yf, &yc)? < 1e-6);
         for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
             assert!(max_diff(a, c)? < 1e-5, "grad {i}: {}", max_diff(a, c)?);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn packed_gated_mlp_matches_two_projections() -> Result<()> {
+        use crate::model::layers::gated_mlp_hidden;
+        use crate::model::{Lin, Params};
+        let p = Params::new(candle_nn::VarMap::new(), 8, candle_core::DType::F32, &Device::Cpu);
+        let (gate, up) = (Lin::new(&p.pp("gate"), 16, 28, false)?, Lin::new(&p.pp("up"), 16, 28, false)?);
+        let x = Var::from_tensor(&randn(&[2, 5, 16], 81, 1.0)?)?;
+        let w = randn(&[2, 5, 28], 82, 1.0)?;
+        let all = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
+            let y = f(x.as_tensor())?;
+            let g = (&y * &w)?.sum_all()?.backward()?;
+            let grads = [x.as_tensor(), &gate.weight, &up.weight].iter().map(|t| g.get(t).expect("gradient").clone()).collect();
+            Ok((y, grads))
+        };
+        let (yf, gf) = all(&|t| gated_mlp_hidden(t, &gate, &up))?;
+        let (yc, gc) = all(&|t| gate.forward_composed(t)?.gelu()? * up.forward_composed(t)?)?;
+        assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
+        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
+            assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
         }
         Ok(())
     }

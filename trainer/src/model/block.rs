@@ -10,7 +10,7 @@
 use candle_core::{Result, Tensor};
 
 use super::config::DenoiserConfig;
-use super::layers::{attention_core, gated_gelu, gated_residual, norm_modulate};
+use super::layers::{attention_core, gated_mlp_hidden, gated_residual, norm_modulate};
 use super::params::{Init, Lin, Params};
 
 pub const NORM_EPS: f64 = 1e-6;
@@ -81,7 +81,7 @@ impl PrxBlock {
 
         // MLP branch
         let hx = norm_modulate(&x.to_dtype(cdt)?, shift2, scale2, NORM_EPS)?;
-        let g = gated_gelu(&self.mlp_gate.forward(&hx)?, &self.mlp_up.forward(&hx)?)?;
+        let g = gated_mlp_hidden(&hx, &self.mlp_gate, &self.mlp_up)?;
         gated_residual(&x, &self.mlp_down.forward(&g)?, gate2)
     }
 }

@@ -58,6 +58,18 @@ pub fn gated_residual_composed(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<
     x + y.broadcast_mul(&gate.unsqueeze(1)?)?.to_dtype(x.dtype())?
 }
 
+/// The gated MLP's hidden activations `gelu_tanh(gate(x)) * up(x)` for bias-free linears.
+/// On CPU f32 the two projections run as one product with the weights stacked, followed by
+/// the fused activation reading the packed result (one pass over `x` in backward, not two).
+pub fn gated_mlp_hidden(x: &Tensor, gate: &super::params::Lin, up: &super::params::Lin) -> Result<Tensor> {
+    let fits = gate.bias.is_none() && up.bias.is_none() && gate.weight.dims() == up.weight.dims();
+    if fits && crate::kernels::applies(x) && crate::kernels::applies(&gate.weight) && crate::kernels::applies(&up.weight) {
+        let w = Tensor::cat(&[&gate.weight, &up.weight], 0)?;
+        return crate::kernels::gelu::gated_gelu_packed(&crate::kernels::linear::linear(x, &w, None)?);
+    }
+    gated_gelu(&gate.forward(x)?, &up.forward(x)?)
+}
+
 /// `gelu_tanh(x)`, fused on CPU f32 (`kernels::gelu`).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if crate::kernels::applies(x) {
