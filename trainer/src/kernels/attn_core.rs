@@ -23,6 +23,10 @@ use std::sync::Arc;
 use super::attention::{mm, softmax_rows};
 use super::{f32_slice, with_f32};
 
+/// The most forward keeps per op for backward (heads and probabilities); above it, backward
+/// recomputes them.
+const KEEP_LIMIT_BYTES: usize = 256 << 20;
+
 struct AttnCore {
     heads: usize,
     eps: f64,
@@ -153,11 +157,11 @@ impl AttnCore {
 
 /// Backward of `y = rope(x * r * w)` (rope optional) for one row: `g` is dL/dy. Writes dL/dx
 /// into `dx` and adds dL/dw into `dw`.
-fn norm_row_backward(x: &[f32], r: f32, w: &[f32], g: &[f32], rope: Option<(&[f32], &[f32])>, dx: &mut [f32], dw: &mut [f64]) {
+/// `gu` is scratch of the row's length.
+#[allow(clippy::too_many_arguments)]
+fn norm_row_backward(x: &[f32], r: f32, w: &[f32], g: &[f32], rope: Option<(&[f32], &[f32])>, dx: &mut [f32], dw: &mut [f64], gu: &mut [f32]) {
     let dh = x.len();
     // un-rotate the gradient: the rotation is orthogonal, its transpose rotates back
-    let mut gu = [0f32; 512];
-    let gu = &mut gu[..dh];
     match rope {
         Some((cos, sin)) => {
             for p in 0..dh / 2 {
@@ -190,6 +194,8 @@ impl CustomOp3 for AttnCore {
         let (qkv, tkv, norms) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
         let (n, dh, w) = (d.n, d.dh, d.width());
         let mut out = vec![0f32; d.b * n * w];
+        // keep what backward needs unless it is large (long sequences): then recompute
+        let keep_all = d.b * d.h * (n * d.nk() + 3 * d.nk() * dh) * 4 <= KEEP_LIMIT_BYTES;
         let saved: Vec<Vec<(Head, Vec<f32>)>> = out
             .par_chunks_mut((n * w).max(1))
             .enumerate()
@@ -203,7 +209,9 @@ impl CustomOp3 for AttnCore {
                     for i in 0..n {
                         ob[i * w + head * dh..i * w + (head + 1) * dh].copy_from_slice(&o[i * dh..(i + 1) * dh]);
                     }
-                    keep.push((hd, p));
+                    if keep_all {
+                        keep.push((hd, p));
+                    }
                 }
                 keep
             })
@@ -252,6 +260,7 @@ impl AttnCore {
             .map(|(b, ((dq_b, dt_b), saved_b))| {
                 let mut saved_b = saved_b.into_iter();
                 let mut dnorm = vec![0f64; 3 * dh];
+                let mut scratch = vec![0f32; dh];
                 let (mut o, mut g) = (vec![0f32; n * dh], vec![0f32; n * dh]);
                 let (mut dv, mut dp, mut dq, mut dk) = (vec![0f32; nk * dh], vec![0f32; n * nk], vec![0f32; n * dh], vec![0f32; nk * dh]);
                 for head in 0..d.h {
@@ -287,15 +296,15 @@ impl AttnCore {
                         let row = &qkv[(b * n + i) * 3 * w..(b * n + i + 1) * 3 * w];
                         let drow = &mut dq_b[i * 3 * w..(i + 1) * 3 * w];
                         let rope = Some(self.table(d, b, i));
-                        norm_row_backward(&row[col..col + dh], hd.rq[i], wq, &dq[i * dh..(i + 1) * dh], rope, &mut drow[col..col + dh], dn_q);
-                        norm_row_backward(&row[w + col..w + col + dh], hd.rk[i], wk, &dk[i * dh..(i + 1) * dh], rope, &mut drow[w + col..w + col + dh], dn_k);
+                        norm_row_backward(&row[col..col + dh], hd.rq[i], wq, &dq[i * dh..(i + 1) * dh], rope, &mut drow[col..col + dh], dn_q, &mut scratch);
+                        norm_row_backward(&row[w + col..w + col + dh], hd.rk[i], wk, &dk[i * dh..(i + 1) * dh], rope, &mut drow[w + col..w + col + dh], dn_k, &mut scratch);
                         drow[2 * w + col..2 * w + col + dh].copy_from_slice(&dv[i * dh..(i + 1) * dh]);
                     }
                     for j in 0..t {
                         let row = &tkv[(b * t + j) * 2 * w..(b * t + j + 1) * 2 * w];
                         let drow = &mut dt_b[j * 2 * w..(j + 1) * 2 * w];
                         let kj = n + j;
-                        norm_row_backward(&row[col..col + dh], hd.rk[kj], wt, &dk[kj * dh..(kj + 1) * dh], None, &mut drow[col..col + dh], dn_t);
+                        norm_row_backward(&row[col..col + dh], hd.rk[kj], wt, &dk[kj * dh..(kj + 1) * dh], None, &mut drow[col..col + dh], dn_t, &mut scratch);
                         drow[w + col..w + col + dh].copy_from_slice(&dv[kj * dh..(kj + 1) * dh]);
                     }
                 }
@@ -310,13 +319,13 @@ impl AttnCore {
 /// The attention core for f32 CPU tensors: `qkv` (B, N, 3 H Dh), `tkv` (B, T, 2 H Dh),
 /// `norms` (3, Dh) = the RMSNorm weights of queries, image keys and text keys, RoPE tables
 /// `cos`, `sin` of (N, Dh/2) or (B, N, Dh/2), `bias` (B, 1, 1, N + T) or None. Returns
-/// (B, N, H Dh). Head dims above 512 are refused (None: the caller composes instead).
+/// (B, N, H Dh). Odd head dims are refused (None: the caller composes instead).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_core(qkv: &Tensor, tkv: &Tensor, norms: &Tensor, cos: &Tensor, sin: &Tensor, bias: Option<&Tensor>, heads: usize, eps: f64) -> Result<Option<Tensor>> {
     let (b, n, _) = qkv.dims3()?;
     let t = tkv.dim(1)?;
     let dh = norms.dim(1)?;
-    if dh > 512 || dh % 2 != 0 {
+    if dh % 2 != 0 {
         return Ok(None);
     }
     let bias = match bias {
