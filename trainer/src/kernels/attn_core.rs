@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 use super::attention::{mm, softmax_rows};
+use super::rms::rstd;
 use super::{f32_slice, with_f32};
 
 /// The most forward keeps per op for backward (heads and probabilities); above it, backward
@@ -59,11 +60,6 @@ impl Dims {
     fn width(&self) -> usize {
         self.h * self.dh
     }
-}
-
-fn rstd(row: &[f32], eps: f64) -> f32 {
-    let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / row.len() as f64;
-    (1.0 / (ms + eps).sqrt()) as f32
 }
 
 /// One sample and head, normalised and rotated: queries (N, Dh), keys and values of image

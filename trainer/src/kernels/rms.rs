@@ -12,7 +12,8 @@ struct RmsNorm {
     eps: f64,
 }
 
-fn rstd(row: &[f32], eps: f64) -> f32 {
+/// 1 / sqrt(mean(row^2) + eps), accumulated in f64.
+pub(super) fn rstd(row: &[f32], eps: f64) -> f32 {
     let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / row.len() as f64;
     (1.0 / (ms + eps).sqrt()) as f32
 }
