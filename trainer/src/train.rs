@@ -170,14 +170,13 @@ impl Trainer {
             merged = Some(match merged {
                 None => g,
                 Some(mut m) => {
-                    for p in &self.params {
+                    let sums = crate::optim::per_param(&self.params, |_, p| {
                         let t = p.var.as_tensor();
-                        if let Some(gp) = g.get(t) {
-                            let sum = match m.get(t) {
-                                Some(acc) => (acc + gp)?,
-                                None => gp.clone(),
-                            };
-                            m.insert(t, sum);
+                        g.get(t).map(|gp| m.get(t).map_or_else(|| Ok(gp.clone()), |acc| acc + gp)).transpose()
+                    })?;
+                    for (p, sum) in self.params.iter().zip(sums) {
+                        if let Some(sum) = sum {
+                            m.insert(p.var.as_tensor(), sum);
                         }
                     }
                     m

@@ -27,21 +27,85 @@ impl AdamW {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
-        for (i, p) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+        let this = &*self;
+        let moments = super::per_param(&self.params, |i, p| {
+            let Some(g) = grads.get(p.var.as_tensor()) else { return Ok(None) };
             let w = p.var.as_tensor();
             // detach: gradients carry the backward graph, which the moments would keep alive
             let g = g.to_dtype(w.dtype())?.detach();
-            let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
-            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
-            let update = ((&m / bc1)? / denom)?;
-            let decayed = if self.wd > 0.0 { (w * (1.0 - lr * self.wd))? } else { w.clone() };
-            p.var.set(&(decayed - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            let (nw, nm, nv) = if crate::kernels::applies(w) && g.dims() == w.dims() {
+                this.fused(w, &g, &this.m[i], &this.v[i], lr, bc1, bc2)?
+            } else {
+                this.composed(w, &g, &this.m[i], &this.v[i], lr, bc1, bc2)?
+            };
+            p.var.set(&nw)?;
+            Ok(Some((nm, nv)))
+        })?;
+        for (i, mv) in moments.into_iter().enumerate() {
+            if let Some((m, v)) = mv {
+                self.m[i] = m;
+                self.v[i] = v;
+            }
         }
         Ok(())
+    }
+
+    /// One parameter's update as candle ops: (new weight, m, v).
+    #[allow(clippy::too_many_arguments)]
+    fn composed(&self, w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, lr: f64, bc1: f64, bc2: f64) -> Result<(Tensor, Tensor, Tensor)> {
+        let m = ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+        let v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+        let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
+        let update = ((&m / bc1)? / denom)?;
+        let decayed = if self.wd > 0.0 { (w * (1.0 - lr * self.wd))? } else { w.clone() };
+        Ok(((decayed - (update * lr)?)?, m, v))
+    }
+
+    /// One parameter's update in one pass over (w, g, m, v) for f32 CPU tensors: the same
+    /// f32 operations in the same order as the composed update above (candle's `x * f64`,
+    /// `x / f64` and `x + f64` are `x * c + 0` with c rounded to f32), so the results agree
+    /// bit for bit, without the nine intermediate tensors.
+    #[allow(clippy::too_many_arguments)]
+    fn fused(&self, w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, lr: f64, bc1: f64, bc2: f64) -> Result<(Tensor, Tensor, Tensor)> {
+        use crate::kernels::with_f32;
+        use rayon::prelude::*;
+        let (b1, c1) = (self.beta1 as f32, (1.0 - self.beta1) as f32);
+        let (b2, c2) = (self.beta2 as f32, (1.0 - self.beta2) as f32);
+        let (inv_bc1, inv_bc2) = ((1.0 / bc1) as f32, (1.0 / bc2) as f32);
+        let eps = self.eps as f32;
+        let decay = (self.wd > 0.0).then_some((1.0 - lr * self.wd) as f32);
+        let lr = lr as f32;
+        let n = w.elem_count();
+        let (mut nw, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        with_f32(w, "adamw", |ws| {
+            with_f32(g, "adamw", |gs| {
+                with_f32(m, "adamw", |ms| {
+                    with_f32(v, "adamw", |vs| {
+                        const CHUNK: usize = 16_384;
+                        nw.par_chunks_mut(CHUNK).zip(nm.par_chunks_mut(CHUNK)).zip(nv.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((ow, om), ov))| {
+                            let at = c * CHUNK;
+                            for k in 0..ow.len() {
+                                let (wk, gk) = (ws[at + k], gs[at + k]);
+                                let mk = ms[at + k] * b1 + 0.0 + (gk * c1 + 0.0);
+                                let vk = vs[at + k] * b2 + 0.0 + ((gk * gk) * c2 + 0.0);
+                                let denom = (vk * inv_bc2 + 0.0).sqrt() * 1.0 + eps;
+                                let update = (mk * inv_bc1 + 0.0) / denom;
+                                let decayed = match decay {
+                                    Some(d) => wk * d + 0.0,
+                                    None => wk,
+                                };
+                                ow[k] = decayed - (update * lr + 0.0);
+                                om[k] = mk;
+                                ov[k] = vk;
+                            }
+                        });
+                        Ok(())
+                    })
+                })
+            })
+        })?;
+        let dev = w.device();
+        Ok((Tensor::from_vec(nw, w.shape(), dev)?, Tensor::from_vec(nm, w.shape(), dev)?, Tensor::from_vec(nv, w.shape(), dev)?))
     }
 
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
@@ -102,6 +166,25 @@ mod tests {
         // the moments must not keep the backward graph of past steps alive (memory leak)
         for (k, t) in opt.state()? {
             assert!(!t.track_op(), "optimizer state {k} holds a graph");
+        }
+        Ok(())
+    }
+
+    /// The fused f32 update is the composed one, bit for bit, with and without weight decay.
+    #[test]
+    fn fused_update_equals_the_composed_one_exactly() -> Result<()> {
+        let dev = Device::Cpu;
+        let rand = |seed: u64, scale: f64| -> Result<Tensor> { Tensor::from_vec(crate::rng::Rng::new(seed).normal_vec(40_000), 40_000, &dev)? * scale };
+        for wd in [0.0, 0.1] {
+            let cfg = OptimConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-15, weight_decay: wd, ..Default::default() };
+            let opt = AdamW::new(&cfg, vec![])?;
+            let (w, g, m) = (rand(1, 1.0)?, rand(2, 0.1)?, rand(3, 0.01)?);
+            let v = rand(4, 0.01)?.sqr()?;
+            let a = opt.fused(&w, &g, &m, &v, 1e-3, 0.3, 0.2)?;
+            let b = opt.composed(&w, &g, &m, &v, 1e-3, 0.3, 0.2)?;
+            for (x, y) in [(a.0, b.0), (a.1, b.1), (a.2, b.2)] {
+                assert_eq!(x.to_vec1::<f32>()?, y.to_vec1::<f32>()?);
+            }
         }
         Ok(())
     }

@@ -118,15 +118,31 @@ pub fn is_muon_param(name: &str, dims: &[usize]) -> bool {
     dims.len() == 2 && name.contains("blocks.") && name.ends_with(".weight")
 }
 
+/// `f` for every parameter, in order. On CPU the parameters are shared among the rayon
+/// threads: candle's own CPU ops run on the calling thread (see
+/// `device::candle_ops_on_calling_thread`), so without this the optimizer would run on one
+/// core while the others wait. Each parameter's arithmetic is unchanged, so the results are
+/// the same bit for bit. Other devices go through the parameters one by one.
+pub fn per_param<T, F>(params: &[Param], f: F) -> Result<Vec<T>>
+where
+    T: Send,
+    F: Fn(usize, &Param) -> Result<T> + Sync + Send,
+{
+    use rayon::prelude::*;
+    let on_cpu = params.first().is_some_and(|p| p.var.device().is_cpu());
+    if on_cpu && rayon::current_num_threads() > 1 {
+        params.par_iter().enumerate().map(|(i, p)| f(i, p)).collect()
+    } else {
+        params.iter().enumerate().map(|(i, p)| f(i, p)).collect()
+    }
+}
+
 /// Global L2 norm of all gradients (f64 accumulation of the per-tensor f32 sums of squares).
 /// The per-tensor sums stay on the device and come back in one transfer, so a GPU step
 /// synchronises once here rather than once per parameter.
 pub fn grad_norm(params: &[Param], grads: &GradStore) -> Result<f64> {
-    let sums = params
-        .iter()
-        .filter_map(|p| grads.get(p.var.as_tensor()))
-        .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(1))
-        .collect::<Result<Vec<_>>>()?;
+    let sums = per_param(params, |_, p| grads.get(p.var.as_tensor()).map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(1)).transpose())?;
+    let sums: Vec<Tensor> = sums.into_iter().flatten().collect();
     if sums.is_empty() {
         return Ok(0.0);
     }
@@ -140,9 +156,10 @@ pub fn clip_grad_norm(params: &[Param], grads: &mut GradStore, max_norm: f64) ->
     let norm = grad_norm(params, grads)?;
     if max_norm > 0.0 && norm > max_norm {
         let s = max_norm / (norm + 1e-6);
-        for p in params {
-            if let Some(g) = grads.remove(p.var.as_tensor()) {
-                grads.insert(p.var.as_tensor(), (g * s)?);
+        let scaled = per_param(params, |_, p| grads.get(p.var.as_tensor()).map(|g| g * s).transpose())?;
+        for (p, g) in params.iter().zip(scaled) {
+            if let Some(g) = g {
+                grads.insert(p.var.as_tensor(), g);
             }
         }
     }
@@ -209,9 +226,59 @@ impl Ema {
     }
 
     pub fn update(&mut self, params: &[Param]) -> Result<()> {
-        for ((_, s), p) in self.shadow.iter_mut().zip(params) {
-            *s = ((&*s * self.decay)? + (p.var.as_tensor().to_dtype(DType::F32)? * (1.0 - self.decay))?)?.detach();
+        let d = self.decay;
+        let shadow = &self.shadow;
+        let next = per_param(params, |i, p| ((&shadow[i].1 * d)? + (p.var.as_tensor().to_dtype(DType::F32)? * (1.0 - d))?).map(|t| t.detach()))?;
+        for ((_, s), n) in self.shadow.iter_mut().zip(next) {
+            *s = n;
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Three steps of AdamW + Muon, clipping and EMA over a few dozen parameters: in a
+    /// one-thread pool (parameters one by one) and a four-thread pool (shared among threads)
+    /// the weights and the norm agree bit for bit.
+    #[test]
+    fn parameters_shared_among_threads_update_exactly_as_one_by_one() -> Result<()> {
+        let run = |threads: usize| -> Result<(Vec<Vec<f32>>, f64)> {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let dev = Device::Cpu;
+                let mut params = Vec::new();
+                for i in 0..24u64 {
+                    let name = if i % 2 == 0 { format!("blocks.{i}.mlp.weight") } else { format!("head.{i}.bias") };
+                    let dims: Vec<usize> = if i % 2 == 0 { vec![16 + i as usize, 24] } else { vec![40] };
+                    let n = dims.iter().product();
+                    let t = Tensor::from_vec(crate::rng::Rng::new(i).normal_vec(n), dims, &dev)?;
+                    params.push(Param { name, var: Var::from_tensor(&t)? });
+                }
+                let cfg = OptimConfig { kind: OptimKind::Muon, weight_decay: 0.01, grad_clip: 0.5, ..Default::default() };
+                let mut opt = Optimizer::new(&cfg, params.clone())?;
+                let mut ema = Ema::new(0.9, &params)?;
+                let mut norm = 0.0;
+                for step in 0..3u64 {
+                    let loss = params.iter().map(|p| p.var.as_tensor().sqr()?.sum_all()? * (step + 1) as f64).collect::<Result<Vec<_>>>()?;
+                    let loss = loss.iter().try_fold(Tensor::new(0f32, &dev)?, |a, b| a + b)?;
+                    let mut grads = loss.backward()?;
+                    norm = clip_grad_norm(&params, &mut grads, cfg.grad_clip)?;
+                    opt.step(&grads, cfg.lr_at(step as usize))?;
+                    ema.update(&params)?;
+                }
+                let mut out: Vec<Vec<f32>> = params.iter().map(|p| p.var.as_tensor().flatten_all()?.to_vec1::<f32>()).collect::<Result<_>>()?;
+                out.extend(ema.shadow.iter().map(|(_, s)| s.flatten_all()?.to_vec1::<f32>()).collect::<Result<Vec<_>>>()?);
+                Ok((out, norm))
+            })
+        };
+        let (one, n1) = run(1)?;
+        let (four, n4) = run(4)?;
+        assert_eq!(n1.to_bits(), n4.to_bits());
+        assert_eq!(one, four);
         Ok(())
     }
 }

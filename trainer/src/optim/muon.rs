@@ -49,18 +49,25 @@ impl Muon {
     }
 
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
-        for (i, p) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+        let (mu, wd, momentum) = (self.mu, self.wd, &self.momentum);
+        // one Newton-Schulz per matrix, the matrices shared among the cores
+        let bufs = super::per_param(&self.params, |i, p| {
+            let Some(g) = grads.get(p.var.as_tensor()) else { return Ok(None) };
             let w = p.var.as_tensor();
             let g = g.to_dtype(w.dtype())?.detach();
-            let buf = ((&self.momentum[i] * self.mu)? + &g)?;
-            let nesterov = (&g + (&buf * self.mu)?)?;
+            let buf = ((&momentum[i] * mu)? + &g)?;
+            let nesterov = (&g + (&buf * mu)?)?;
             let (rows, cols) = w.dims2()?;
             let scale = 0.2 * (rows.max(cols) as f64).sqrt();
             let update = newton_schulz5(&nesterov)?.to_dtype(w.dtype())?;
-            let decayed = if self.wd > 0.0 { (w * (1.0 - lr * self.wd))? } else { w.clone() };
+            let decayed = if wd > 0.0 { (w * (1.0 - lr * wd))? } else { w.clone() };
             p.var.set(&(decayed - (update * (lr * scale))?)?)?;
-            self.momentum[i] = buf;
+            Ok(Some(buf))
+        })?;
+        for (slot, buf) in self.momentum.iter_mut().zip(bufs) {
+            if let Some(b) = buf {
+                *slot = b;
+            }
         }
         Ok(())
     }
