@@ -114,10 +114,10 @@ impl AttnCore {
                 let r = rstd(x, self.eps);
                 rs[i] = r;
                 let o = &mut dst[i * dh..(i + 1) * dh];
-                for p in 0..dh / 2 {
-                    let (a0, a1) = (x[2 * p] * r * wt_[2 * p], x[2 * p + 1] * r * wt_[2 * p + 1]);
-                    o[2 * p] = a0 * cos[p] - a1 * sin[p];
-                    o[2 * p + 1] = a0 * sin[p] + a1 * cos[p];
+                for (((o, xp), wp), (&c, &s)) in o.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(wt_.chunks_exact(2)).zip(cos.iter().zip(sin)) {
+                    let (a0, a1) = (xp[0] * r * wp[0], xp[1] * r * wp[1]);
+                    o[0] = a0 * c - a1 * s;
+                    o[1] = a0 * s + a1 * c;
                 }
             }
             hd.v[i * dh..(i + 1) * dh].copy_from_slice(&row[2 * w + col..2 * w + col + dh]);
@@ -160,23 +160,22 @@ fn norm_row_backward(x: &[f32], r: f32, w: &[f32], g: &[f32], rope: Option<(&[f3
     // un-rotate the gradient: the rotation is orthogonal, its transpose rotates back
     match rope {
         Some((cos, sin)) => {
-            for p in 0..dh / 2 {
-                let (g0, g1) = (g[2 * p], g[2 * p + 1]);
-                gu[2 * p] = g0 * cos[p] + g1 * sin[p];
-                gu[2 * p + 1] = -g0 * sin[p] + g1 * cos[p];
+            for ((o, gp), (&c, &s)) in gu.chunks_exact_mut(2).zip(g.chunks_exact(2)).zip(cos.iter().zip(sin)) {
+                o[0] = gp[0] * c + gp[1] * s;
+                o[1] = -gp[0] * s + gp[1] * c;
             }
         }
         None => gu.copy_from_slice(g),
     }
-    let mut m = 0f64;
-    for k in 0..dh {
-        let xh = x[k] * r;
-        m += (gu[k] * w[k]) as f64 * xh as f64;
-        dw[k] += (gu[k] * xh) as f64;
+    // gu becomes dL/d(x_hat) = gu * w; dx holds x_hat until the last loop
+    for ((((gk, xh), dw), &xk), &wk) in gu.iter_mut().zip(dx.iter_mut()).zip(dw.iter_mut()).zip(x).zip(w) {
+        *xh = xk * r;
+        *dw += (*gk * *xh) as f64;
+        *gk *= wk;
     }
-    let m = (m / dh as f64) as f32;
-    for k in 0..dh {
-        dx[k] = r * (gu[k] * w[k] - x[k] * r * m);
+    let m = (super::reduce::dot(gu, dx) / dh as f64) as f32;
+    for (o, &gk) in dx.iter_mut().zip(gu.iter()) {
+        *o = r * (gk - *o * m);
     }
 }
 

@@ -16,7 +16,11 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    // n as an integer, read from t's low mantissa bits: `n as i32` saturates, and that
+    // check kept the compiler from vectorising the conversion (one scalar convert per lane)
+    let ni = t.to_bits().wrapping_sub(ROUND.to_bits());
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -24,7 +28,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
-    let y = (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    let y = (p * r * r + r + 1.0) * f32::from_bits(ni.wrapping_add(127) << 23);
     if x < -87.0 {
         0.0
     } else {

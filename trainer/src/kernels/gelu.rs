@@ -54,10 +54,11 @@ impl CustomOp2 for GatedGelu {
         let mut du = vec![0f32; g.len()];
         dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(ci, (dgc, duc))| {
             let off = ci * CHUNK;
-            for k in 0..dgc.len() {
-                let (val, grad) = gelu_and_grad(g[off + k]);
-                dgc[k] = d[off + k] * u[off + k] * grad;
-                duc[k] = d[off + k] * val;
+            let n = dgc.len();
+            for ((((dg, du), &a), &b), &dy) in dgc.iter_mut().zip(duc.iter_mut()).zip(&g[off..off + n]).zip(&u[off..off + n]).zip(&d[off..off + n]) {
+                let (val, grad) = gelu_and_grad(a);
+                *dg = dy * b * grad;
+                *du = dy * val;
             }
         });
         let dev = gate.device();
@@ -108,10 +109,11 @@ impl candle_core::CustomOp1 for GatedGeluPacked {
                     for ((dxr, xr), dr) in dxc.chunks_mut(two_m).zip(xc.chunks(two_m)).zip(dc.chunks(m)) {
                         let (g, u) = xr.split_at(m);
                         let (dg, du) = dxr.split_at_mut(m);
-                        for k in 0..m {
-                            let (val, grad) = gelu_and_grad(g[k]);
-                            dg[k] = dr[k] * u[k] * grad;
-                            du[k] = dr[k] * val;
+                        // iterators, not indices: bounds checks kept this loop from vectorising
+                        for ((((dg, du), &a), &b), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dr) {
+                            let (val, grad) = gelu_and_grad(a);
+                            *dg = d * b * grad;
+                            *du = d * val;
                         }
                     }
                 });

@@ -11,6 +11,7 @@ pub mod fastmath;
 pub mod gelu;
 pub mod linear;
 pub mod norm;
+pub mod reduce;
 pub mod residual;
 pub mod rms;
 pub mod rope;

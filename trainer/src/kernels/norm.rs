@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, reduce, with_f32};
 
 struct LnModulate {
     eps: f64,
@@ -17,8 +17,8 @@ struct LnModulate {
 /// mean and 1/std of one row.
 fn stats(row: &[f32], eps: f64) -> (f32, f32) {
     let d = row.len() as f64;
-    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d;
-    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d;
+    let mean = reduce::sum(row) / d;
+    let var = reduce::sum_sq_dev(row, mean) / d;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
@@ -38,8 +38,8 @@ impl CustomOp3 for LnModulate {
             let sc = &scale[bi * d..(bi + 1) * d];
             for (yr, xr) in yb.chunks_mut(d).zip(xb.chunks(d)) {
                 let (mean, rstd) = stats(xr, self.eps);
-                for k in 0..d {
-                    yr[k] = (xr[k] - mean) * rstd * (1.0 + sc[k]) + sh[k];
+                for (((o, &xk), &ck), &hk) in yr.iter_mut().zip(xr).zip(sc).zip(sh) {
+                    *o = (xk - mean) * rstd * (1.0 + ck) + hk;
                 }
             }
         });
@@ -48,42 +48,41 @@ impl CustomOp3 for LnModulate {
 
     fn bwd(&self, x: &Tensor, shift: &Tensor, scale: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, n, d) = x.dims3()?;
-        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let sc = scale.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let g = dy.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let mut dx = vec![0f32; xv.len()];
+        let (x, scale, dy) = (x.contiguous()?, scale.contiguous()?, dy.contiguous()?);
+        let mut dx = vec![0f32; b * n * d];
         // per sample: (dshift, dscale) partial sums
-        let per_sample: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(n * d)
-            .enumerate()
-            .map(|(bi, dxb)| {
-                let scb = &sc[bi * d..(bi + 1) * d];
-                let mut dsh = vec![0f32; d];
-                let mut dsc = vec![0f32; d];
-                let mut gm = vec![0f32; d];
-                for r in 0..n {
-                    let off = (bi * n + r) * d;
-                    let (xr, gr) = (&xv[off..off + d], &g[off..off + d]);
-                    let (mean, rstd) = stats(xr, self.eps);
-                    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-                    for k in 0..d {
-                        let xh = (xr[k] - mean) * rstd;
-                        dsh[k] += gr[k];
-                        dsc[k] += gr[k] * xh;
-                        gm[k] = gr[k] * (1.0 + scb[k]);
-                        sum_g += gm[k] as f64;
-                        sum_gx += (gm[k] * xh) as f64;
-                    }
-                    let (mg, mgx) = ((sum_g / d as f64) as f32, (sum_gx / d as f64) as f32);
-                    let dxr = &mut dxb[r * d..(r + 1) * d];
-                    for k in 0..d {
-                        let xh = (xr[k] - mean) * rstd;
-                        dxr[k] = rstd * (gm[k] - mg - xh * mgx);
-                    }
-                }
-                (dsh, dsc)
+        let per_sample: Vec<(Vec<f32>, Vec<f32>)> = with_f32(&x, self.name(), |xv| {
+            with_f32(&scale, self.name(), |sc| {
+                with_f32(&dy, self.name(), |g| {
+                    Ok(dx
+                        .par_chunks_mut(n * d)
+                        .enumerate()
+                        .map(|(bi, dxb)| {
+                            let scb = &sc[bi * d..(bi + 1) * d];
+                            let mut dsh = vec![0f32; d];
+                            let mut dsc = vec![0f32; d];
+                            let (mut gm, mut xh) = (vec![0f32; d], vec![0f32; d]);
+                            for (r, dxr) in dxb.chunks_mut(d).enumerate() {
+                                let off = (bi * n + r) * d;
+                                let (xr, gr) = (&xv[off..off + d], &g[off..off + d]);
+                                let (mean, rstd) = stats(xr, self.eps);
+                                for (((((xh, gm), dsh), dsc), (&xk, &gk)), &sk) in xh.iter_mut().zip(gm.iter_mut()).zip(dsh.iter_mut()).zip(dsc.iter_mut()).zip(xr.iter().zip(gr)).zip(scb) {
+                                    *xh = (xk - mean) * rstd;
+                                    *dsh += gk;
+                                    *dsc += gk * *xh;
+                                    *gm = gk * (1.0 + sk);
+                                }
+                                let (mg, mgx) = ((reduce::sum(&gm) / d as f64) as f32, (reduce::dot(&gm, &xh) / d as f64) as f32);
+                                for ((o, &gk), &xk) in dxr.iter_mut().zip(&gm).zip(&xh) {
+                                    *o = rstd * (gk - mg - xk * mgx);
+                                }
+                            }
+                            (dsh, dsc)
+                        })
+                        .collect())
+                })
             })
-            .collect();
+        })?;
         let dev = x.device();
         let dshift: Vec<f32> = per_sample.iter().flat_map(|(s, _)| s.iter().copied()).collect();
         let dscale: Vec<f32> = per_sample.iter().flat_map(|(_, s)| s.iter().copied()).collect();

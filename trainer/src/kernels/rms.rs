@@ -14,7 +14,7 @@ struct RmsNorm {
 
 /// 1 / sqrt(mean(row^2) + eps), accumulated in f64.
 pub(super) fn rstd(row: &[f32], eps: f64) -> f32 {
-    let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / row.len() as f64;
+    let ms = super::reduce::dot(row, row) / row.len() as f64;
     (1.0 / (ms + eps).sqrt()) as f32
 }
 
@@ -53,16 +53,17 @@ impl CustomOp2 for RmsNorm {
             .zip(xs.par_chunks(rows * d).zip(ds.par_chunks(rows * d)))
             .map(|(dxc, (xc, dc))| {
                 let mut dw = vec![0f64; d];
+                let (mut g, mut xh) = (vec![0f32; d], vec![0f32; d]);
                 for ((dxr, xr), dr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(dc.chunks(d)) {
                     let r = rstd(xr, self.eps);
-                    let mut m = 0f64;
-                    for k in 0..d {
-                        m += (dr[k] * ws[k]) as f64 * (xr[k] * r) as f64;
-                        dw[k] += (dr[k] * xr[k] * r) as f64;
+                    for ((((g, xh), dw), (&xk, &dk)), &wk) in g.iter_mut().zip(xh.iter_mut()).zip(dw.iter_mut()).zip(xr.iter().zip(dr)).zip(&ws) {
+                        *xh = xk * r;
+                        *g = dk * wk;
+                        *dw += (dk * xk * r) as f64;
                     }
-                    let m = (m / d as f64) as f32;
-                    for k in 0..d {
-                        dxr[k] = r * (dr[k] * ws[k] - xr[k] * r * m);
+                    let m = (super::reduce::dot(&g, &xh) / d as f64) as f32;
+                    for ((o, &gk), &xk) in dxr.iter_mut().zip(&g).zip(&xh) {
+                        *o = r * (gk - xk * m);
                     }
                 }
                 dw
