@@ -15,7 +15,7 @@ use crate::data::{Batch, Tokenizer};
 use crate::latent::Latent;
 use crate::model::text::LearnedTextEncoder;
 use crate::model::{Denoiser, Params};
-use crate::objective::flow::{flow_loss, interpolate, velocity_of};
+use crate::objective::flow::{flow_loss, interpolate, velocity_of, velocity_target};
 use crate::objective::repa::{repa_loss, select_tokens, Projector};
 use crate::optim::{clip_grad_norm, Ema, Optimizer, Param};
 use crate::precision::PrecisionPolicy;
@@ -139,8 +139,10 @@ impl Trainer {
     /// whose gradients are summed: candle runs many of its ops on one thread, so whole
     /// micro-batches per core use the cores better than splitting every op. Every sample draws
     /// the same noise, timestep and routing as in one pass over the batch, so only float
-    /// rounding differs. Arms whose loss couples samples (the contrastive flow-matching term,
-    /// REPA-E's batch statistics) always run as one pass. `ABLATE_MICRO_BATCH=0` turns it off.
+    /// rounding differs. The contrastive flow-matching term pairs each part's first sample
+    /// with the target of the sample before it, recomputed from that sample's image, noise and
+    /// timestep. REPA-E normalises latents with the batch's statistics and always runs as one
+    /// pass. `ABLATE_MICRO_BATCH=0` turns the split off.
     pub fn compute_grads(&self, batch: &Batch) -> Result<(GradStore, StepStats), TrainError> {
         let cfg = &self.cfg;
         let b = batch.size;
@@ -150,13 +152,16 @@ impl Trainer {
         let route = if cfg.routing.enabled() { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
         let parts = self.micro_batches(b);
         if parts.len() <= 1 {
-            return self.batch_grads(batch, 0, b, route.as_ref(), 1.0);
+            return self.batch_grads(batch, 0, b, route.as_ref(), None, 1.0);
         }
+        let contrastive = self.cfg.objective.contrastive_lambda != 0.0;
         let results: Vec<Result<(GradStore, StepStats), TrainError>> = parts
             .par_iter()
             .map(|r| {
                 let plan = route.as_ref().map(|p| p.slice(r.clone())).transpose()?;
-                self.batch_grads(&batch.slice(r.clone()), r.start, b, plan.as_ref(), r.len() as f64 / b as f64)
+                // the contrastive term's pair for this part's first sample lies in the part before
+                let before = if contrastive { Some(self.velocity_target_of(batch, (r.start + b - 1) % b, b)?) } else { None };
+                self.batch_grads(&batch.slice(r.clone()), r.start, b, plan.as_ref(), before.as_ref(), r.len() as f64 / b as f64)
             })
             .collect();
         let mut merged: Option<GradStore> = None;
@@ -190,7 +195,7 @@ impl Trainer {
     pub fn micro_batches(&self, b: usize) -> Vec<std::ops::Range<usize>> {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let on = *ON.get_or_init(|| std::env::var("ABLATE_MICRO_BATCH").map(|v| v != "0").unwrap_or(true));
-        let separable = !self.cfg.latent.end_to_end && self.cfg.objective.contrastive_lambda == 0.0;
+        let separable = !self.cfg.latent.end_to_end;
         let n = if on && separable && self.device.is_cpu() && crate::kernels::enabled() {
             rayon::current_num_threads().min(b / MIN_MICRO_BATCH).max(1)
         } else {
@@ -202,10 +207,36 @@ impl Trainer {
     /// Forward and backward for samples `first..first + batch.size` of a batch of `full`
     /// samples, with the routing plan of these samples; the loss is scaled by `weight` (the
     /// micro-batch's share of the batch) before backward. Stats are this part's own.
-    fn batch_grads(&self, batch: &Batch, first: usize, full: usize, route: Option<&RoutePlan>, weight: f64) -> Result<(GradStore, StepStats), TrainError> {
+    /// Noise (shaped like `x0`) and timesteps (B,) of samples `first..first + B` of a batch
+    /// of `full`, drawn per global sample (the loader's numbering), so W ranks x batch b draw
+    /// exactly what one rank x batch W*b draws: data parallelism changes nothing.
+    fn noise(&self, x0: &Tensor, first: usize, full: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let b = x0.dim(0)?;
+        let per_sample = x0.elem_count() / b.max(1);
+        let mut eps = Vec::with_capacity(x0.elem_count());
+        let mut ts = Vec::with_capacity(b);
+        for i in 0..b {
+            let global = ((self.step * self.world + self.rank) * full + first + i) as u64;
+            let mut r = Rng::derive(self.cfg.seed, &[0x57e9, global]);
+            eps.extend(r.normal_vec(per_sample));
+            ts.extend(self.cfg.objective.timesteps.sample(&mut r, 1));
+        }
+        Ok((Tensor::from_vec(eps, x0.shape(), &self.device)?, Tensor::from_vec(ts, b, &self.device)?))
+    }
+
+    /// The velocity target (1, ..) of sample `i` of `batch` (`full` samples), as the pass
+    /// over the part holding it computes it. Only for fixed latents: REPA-E's batch
+    /// statistics make its latents depend on the part, and it is never split.
+    fn velocity_target_of(&self, batch: &Batch, i: usize, full: usize) -> Result<Tensor, TrainError> {
+        let x0 = self.latent.encode(&self.images(&batch.slice(i..i + 1))?)?;
+        let (eps, t) = self.noise(&x0, i, full)?;
+        let xt = interpolate(&x0, &eps, &t)?;
+        Ok(velocity_target(&self.cfg.objective, &x0, &eps, &xt, &t)?)
+    }
+
+    fn batch_grads(&self, batch: &Batch, first: usize, full: usize, route: Option<&RoutePlan>, before: Option<&Tensor>, weight: f64) -> Result<(GradStore, StepStats), TrainError> {
         let cfg = &self.cfg;
         let step = self.step;
-        let b = batch.size;
         let stream = self.policy.stream();
         let images = self.images(batch)?;
         let end_to_end = cfg.latent.end_to_end;
@@ -222,19 +253,7 @@ impl Trainer {
         };
         // REPA-E: the diffusion loss must not reach the autoencoder (stop-gradient)
         let x0 = if end_to_end { z.detach() } else { z.clone() };
-        // Noise and timestep per global sample (the loader's numbering), so W ranks x batch b
-        // draw exactly what one rank x batch W*b draws: data parallelism changes nothing.
-        let per_sample = x0.elem_count() / b.max(1);
-        let mut eps = Vec::with_capacity(x0.elem_count());
-        let mut ts = Vec::with_capacity(b);
-        for i in 0..b {
-            let global = ((step * self.world + self.rank) * full + first + i) as u64;
-            let mut r = Rng::derive(cfg.seed, &[0x57e9, global]);
-            eps.extend(r.normal_vec(per_sample));
-            ts.extend(cfg.objective.timesteps.sample(&mut r, 1));
-        }
-        let eps = Tensor::from_vec(eps, x0.shape(), &self.device)?;
-        let t = Tensor::from_vec(ts, b, &self.device)?;
+        let (eps, t) = self.noise(&x0, first, full)?;
         let xt = interpolate(&z, &eps, &t)?;
         let (txt, txt_lens) = self.text_features(&batch.captions, Some((&batch.ids, &batch.lens)))?;
         let repa_on = cfg.repa.active_at(step);
@@ -247,7 +266,7 @@ impl Trainer {
             route,
             repa_on.then(|| cfg.repa.block - 1),
         )?;
-        let (mut loss, mse) = flow_loss(&cfg.objective, &out.pred, &x0, &eps, &xt, &t)?;
+        let (mut loss, mse) = flow_loss(&cfg.objective, &out.pred, &x0, &eps, &xt, &t, before)?;
         let mut repa = None;
         let mut repa_term = None;
         if let (true, Some(proj), Some(teacher), Some(h)) = (repa_on, &self.projector, &self.teacher, &out.repa) {

@@ -2,6 +2,7 @@
 
 mod common;
 
+use ablate_trainer::objective::flow::Prediction;
 use ablate_trainer::optim::OptimKind;
 use ablate_trainer::routing::RoutingKind;
 use ablate_trainer::run::{read_metrics, run, NoProgress, RunOptions};
@@ -25,7 +26,8 @@ fn assert_every_param_moves(cfg: ablate_trainer::TrainConfig) {
 }
 
 /// Micro-batches on CPU (one per rayon thread) give the gradients and loss of one pass over
-/// the batch, up to float rounding, with routing and REPA too (same noise, same routing draws).
+/// the batch, up to float rounding, with routing, REPA and the contrastive term too (same
+/// noise, same routing draws, the contrastive pairs across the parts' boundaries).
 #[test]
 fn micro_batches_give_the_gradients_of_one_pass() {
     let configs = {
@@ -39,7 +41,13 @@ fn micro_batches_give_the_gradients_of_one_pass() {
         tread.routing.rate = 0.5;
         let mut repa = base();
         repa.repa.enabled = true;
-        [("baseline", base()), ("tread", tread), ("repa", repa)]
+        // the contrastive term pairs samples across the parts' boundaries
+        let mut contrastive = base();
+        contrastive.objective.contrastive_lambda = 0.05;
+        let mut contrastive_x = base();
+        contrastive_x.objective.contrastive_lambda = 0.05;
+        contrastive_x.objective.prediction = Prediction::X;
+        [("baseline", base()), ("tread", tread), ("repa", repa), ("contrastive", contrastive), ("contrastive-x", contrastive_x)]
     };
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
@@ -69,12 +77,6 @@ fn micro_batches_give_the_gradients_of_one_pass() {
             assert!(d <= 1e-4 * scale, "{name}: gradient of {} differs by {d} (largest {scale})", p.name);
         }
     }
-    // a coupled loss (the contrastive term) is never split
-    let mut c = small_config();
-    c.train.batch_size = 8;
-    c.objective.contrastive_lambda = 0.05;
-    let t = Trainer::new(c, &Device::Cpu).unwrap();
-    assert_eq!(two.install(|| t.micro_batches(8)), vec![0..8]);
 }
 
 #[test]

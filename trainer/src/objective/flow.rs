@@ -92,7 +92,22 @@ pub fn velocity_of(pred: &Tensor, xt: &Tensor, t: &Tensor, prediction: Predictio
     }
 }
 
+/// The velocity the network is trained to predict: `eps - x0`, or under x-prediction the
+/// velocity that `x0` implies at `(xt, t)` (the same map the prediction goes through).
+pub fn velocity_target(cfg: &ObjectiveConfig, x0: &Tensor, eps: &Tensor, xt: &Tensor, t: &Tensor) -> Result<Tensor> {
+    match cfg.prediction {
+        Prediction::Velocity => eps - x0,
+        Prediction::X => velocity_of(x0, xt, t, Prediction::X),
+    }
+}
+
 /// The flow-matching loss; returns (total, plain MSE) as scalars.
+///
+/// The contrastive term pairs every sample with the target of the sample before it,
+/// cyclically over the batch. When this batch is one micro-batch of a larger one, `before`
+/// is the velocity target (1, ..) of the sample preceding its first (the larger batch's last
+/// for the first micro-batch), so the micro-batches' losses, weighted by their share, add up
+/// to the whole batch's. `None`: this is the whole batch.
 pub fn flow_loss(
     cfg: &ObjectiveConfig,
     pred: &Tensor,
@@ -100,18 +115,24 @@ pub fn flow_loss(
     eps: &Tensor,
     xt: &Tensor,
     t: &Tensor,
+    before: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
     let pred = pred.to_dtype(candle_core::DType::F32)?;
-    let (v_hat, v) = match cfg.prediction {
-        Prediction::Velocity => (pred, (eps - x0)?),
-        Prediction::X => (velocity_of(&pred, xt, t, Prediction::X)?, velocity_of(x0, xt, t, Prediction::X)?),
+    let v_hat = match cfg.prediction {
+        Prediction::Velocity => pred,
+        Prediction::X => velocity_of(&pred, xt, t, Prediction::X)?,
     };
+    let v = velocity_target(cfg, x0, eps, xt, t)?;
     let mse = (&v_hat - &v)?.sqr()?.mean_all()?;
-    if cfg.contrastive_lambda == 0.0 || v.dim(0)? < 2 {
+    let b = v.dim(0)?;
+    if cfg.contrastive_lambda == 0.0 || (before.is_none() && b < 2) {
         return Ok((mse.clone(), mse));
     }
-    let b = v.dim(0)?;
-    let rolled = Tensor::cat(&[v.narrow(0, b - 1, 1)?, v.narrow(0, 0, b - 1)?], 0)?;
+    let first = match before {
+        Some(p) => p.to_dtype(v.dtype())?,
+        None => v.narrow(0, b - 1, 1)?,
+    };
+    let rolled = if b == 1 { first } else { Tensor::cat(&[first, v.narrow(0, 0, b - 1)?], 0)? };
     let neg = (&v_hat - &rolled)?.sqr()?.mean_all()?;
     Ok(((&mse - (neg * cfg.contrastive_lambda)?)?, mse))
 }
@@ -146,16 +167,16 @@ mod tests {
         let pred = Tensor::zeros((2, 1, 1, 2), candle_core::DType::F32, &dev)?;
         let mut cfg = ObjectiveConfig::default();
         // v = eps - x0 = [-1, -1, -4, -4]; MSE to zero = (1 + 1 + 16 + 16) / 4
-        let (l, _) = flow_loss(&cfg, &pred, &x0, &eps, &xt, &t)?;
+        let (l, _) = flow_loss(&cfg, &pred, &x0, &eps, &xt, &t, None)?;
         assert!((l.to_scalar::<f32>()? - 8.5).abs() < 1e-6);
         // contrastive: rolled v = [-4, -4, -1, -1]; MSE(0, rolled) = 8.5 too
         cfg.contrastive_lambda = 0.05;
-        let (l, mse) = flow_loss(&cfg, &pred, &x0, &eps, &xt, &t)?;
+        let (l, mse) = flow_loss(&cfg, &pred, &x0, &eps, &xt, &t, None)?;
         assert!((l.to_scalar::<f32>()? - (8.5 - 0.05 * 8.5)).abs() < 1e-5);
         assert!((mse.to_scalar::<f32>()? - 8.5).abs() < 1e-6);
         // x-prediction: predicting x0 exactly gives zero loss; t = 0.02 is clamped to 0.05
         cfg = ObjectiveConfig { prediction: Prediction::X, ..Default::default() };
-        let (l, _) = flow_loss(&cfg, &x0, &x0, &eps, &xt, &t)?;
+        let (l, _) = flow_loss(&cfg, &x0, &x0, &eps, &xt, &t, None)?;
         assert!(l.to_scalar::<f32>()?.abs() < 1e-10);
         let v = velocity_of(&pred, &xt, &t, Prediction::X)?.flatten_all()?.to_vec1::<f32>()?;
         assert!((v[2] - 2.92 / 0.05).abs() < 1e-3 && (v[0] - 1.0).abs() < 1e-6);
