@@ -155,3 +155,15 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearBias),
     }
 }
+
+/// `a (m, k) b (k, n)` for 2-D f32 CPU tensors, on faer, without a backward pass (for the
+/// optimizer's matrix maths: Muon's Newton-Schulz iterations).
+pub fn matmul_2d(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let ((m, k), (kb, n)) = (a.dims2()?, b.dims2()?);
+    if k != kb {
+        candle_core::bail!("ablate-matmul: {:?} times {:?} does not fit", a.dims(), b.dims());
+    }
+    let mut y = zeroed(m * n);
+    with_f32(a, "ablate-matmul", |av| with_f32(b, "ablate-matmul", |bv| Ok(product(&mut y, MatRef::from_row_major_slice(av, m, k), MatRef::from_row_major_slice(bv, k, n)))))?;
+    Tensor::from_vec(y, (m, n), a.device())
+}

@@ -185,6 +185,20 @@ mod tests {
         Ok(())
     }
 
+    /// The optimizer's faer product against candle's matmul, with a transposed (strided)
+    /// operand as Muon passes it, large enough to be split over threads; and a misfit.
+    #[test]
+    fn matmul_2d_matches_candle() -> Result<()> {
+        let a = randn(&[300, 70], 55, 1.0)?;
+        let b = randn(&[90, 70], 56, 1.0)?.t()?;
+        let (f, c) = (super::linear::matmul_2d(&a, &b)?, a.matmul(&b)?);
+        assert_eq!(f.dims(), &[300, 90]);
+        assert!(max_diff(&f, &c)? < 1e-4, "{}", max_diff(&f, &c)?);
+        let err = super::linear::matmul_2d(&a, &a).unwrap_err().to_string();
+        assert!(err.contains("does not fit"), "{err}");
+        Ok(())
+    }
+
     #[test]
     fn fused_attention_core_matches_composed_with_shared_and_per_sample_rope() -> Result<()> {
         use crate::model::layers::{attention_core, attention_core_composed, padding_bias, rope_tables};

@@ -24,10 +24,12 @@ pub fn newton_schulz5(g: &Tensor) -> Result<Tensor> {
     if transposed {
         x = x.t()?.contiguous()?;
     }
+    // f32 on CPU: faer's products (candle's run on one thread of the `gemm` crate's kernels)
+    let mm = |p: &Tensor, q: &Tensor| if crate::kernels::applies(p) { crate::kernels::linear::matmul_2d(p, q) } else { p.matmul(q) };
     for _ in 0..5 {
-        let am = x.matmul(&x.t()?)?;
-        let bm = ((&am * b)? + (am.matmul(&am)? * c)?)?;
-        x = ((&x * a)? + bm.matmul(&x)?)?;
+        let am = mm(&x, &x.t()?)?;
+        let bm = ((&am * b)? + (mm(&am, &am)? * c)?)?;
+        x = ((&x * a)? + mm(&bm, &x)?)?;
     }
     if transposed {
         x = x.t()?.contiguous()?;
