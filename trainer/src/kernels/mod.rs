@@ -10,6 +10,7 @@ pub mod attn_core;
 pub mod fastmath;
 pub mod gelu;
 pub mod linear;
+pub mod loss;
 pub mod norm;
 pub mod reduce;
 pub mod residual;
@@ -270,6 +271,36 @@ mod tests {
         for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
             assert!(max_diff(a, c)? < 1e-5, "grad {i}: {}", max_diff(a, c)?);
         }
+        Ok(())
+    }
+
+    /// The loss's squared error: value and both gradients against the composition, over
+    /// more than one chunk; a finite difference in f64 on one element; a shape misfit.
+    #[test]
+    fn fused_mean_squared_error_matches_composed() -> Result<()> {
+        use crate::model::layers::{mean_squared_error, mean_squared_error_composed};
+        let a = Var::from_tensor(&randn(&[5, 3, 40, 41], 81, 1.0)?)?;
+        let b = Var::from_tensor(&randn(&[5, 3, 40, 41], 82, 1.0)?)?;
+        let one = Tensor::new(1f32, &Device::Cpu)?;
+        let inputs = [a.clone(), b.clone()];
+        let (yf, gf) = value_and_grads(|t| mean_squared_error(&t[0], &t[1]), &inputs, &one)?;
+        let (yc, gc) = value_and_grads(|t| mean_squared_error_composed(&t[0], &t[1]), &inputs, &one)?;
+        assert!(max_diff(&yf, &yc)? < 1e-5 * yc.to_scalar::<f32>()?.abs(), "value {} vs {}", yf, yc);
+        for (i, (x, c)) in gf.iter().zip(&gc).enumerate() {
+            assert!(max_diff(x, c)? < 1e-9, "grad {i}: {}", max_diff(x, c)?);
+        }
+        let (av, bv) = (a.as_tensor().flatten_all()?.to_vec1::<f32>()?, b.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+        let k = 1234;
+        let loss = |ak: f64| -> f64 {
+            let s: f64 = av.iter().zip(&bv).enumerate().map(|(i, (&x, &y))| ((if i == k { ak } else { x as f64 }) - y as f64).powi(2)).sum();
+            s / av.len() as f64
+        };
+        let h = 1e-3;
+        let fd = (loss(av[k] as f64 + h) - loss(av[k] as f64 - h)) / (2.0 * h);
+        let an = gf[0].flatten_all()?.to_vec1::<f32>()?[k] as f64;
+        assert!((fd - an).abs() < 1e-6 * an.abs().max(1e-3), "finite difference {fd} vs analytic {an}");
+        let err = crate::kernels::loss::mean_squared_error(a.as_tensor(), &randn(&[5, 3, 40, 40], 83, 1.0)?).unwrap_err().to_string();
+        assert!(err.contains("differ"), "{err}");
         Ok(())
     }
 

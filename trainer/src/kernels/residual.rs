@@ -31,8 +31,8 @@ impl CustomOp3 for GatedResidual {
             let gb = &g[b * d..(b + 1) * d];
             let (xb, yb) = (&x[b * n * d..(b + 1) * n * d], &y[b * n * d..(b + 1) * n * d]);
             for ((o, xr), yr) in ob.chunks_mut(d).zip(xb.chunks(d)).zip(yb.chunks(d)) {
-                for k in 0..d {
-                    o[k] = xr[k] + yr[k] * gb[k];
+                for (((o, &xk), &yk), &gk) in o.iter_mut().zip(xr).zip(yr).zip(gb) {
+                    *o = xk + yk * gk;
                 }
             }
         });
@@ -51,9 +51,9 @@ impl CustomOp3 for GatedResidual {
                         let mut acc = vec![0f64; d];
                         let (yb, db) = (&ys[bi * n * d..(bi + 1) * n * d], &ds[bi * n * d..(bi + 1) * n * d]);
                         for ((o, yr), dr) in dyb.chunks_mut(d).zip(yb.chunks(d)).zip(db.chunks(d)) {
-                            for k in 0..d {
-                                o[k] = dr[k] * gb[k];
-                                acc[k] += (dr[k] * yr[k]) as f64;
+                            for ((((o, a), &yk), &dk), &gk) in o.iter_mut().zip(acc.iter_mut()).zip(yr).zip(dr).zip(gb) {
+                                *o = dk * gk;
+                                *a += (dk * yk) as f64;
                             }
                         }
                         dgb.iter_mut().zip(&acc).for_each(|(o, a)| *o = *a as f32);

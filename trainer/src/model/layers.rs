@@ -70,6 +70,20 @@ pub fn gated_mlp_hidden(x: &Tensor, gate: &super::params::Lin, up: &super::param
     gated_gelu(&gate.forward(x)?, &up.forward(x)?)
 }
 
+/// `mean((a - b)^2)` as a scalar: the flow-matching loss's squared error, fused on CPU f32
+/// (`kernels::loss`).
+pub fn mean_squared_error(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if crate::kernels::applies(a) && crate::kernels::applies(b) && a.dims() == b.dims() {
+        return crate::kernels::loss::mean_squared_error(a, b);
+    }
+    mean_squared_error_composed(a, b)
+}
+
+/// The composition `mean_squared_error` falls back to (and is tested against).
+pub fn mean_squared_error_composed(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    (a - b)?.sqr()?.mean_all()
+}
+
 /// `gelu_tanh(x)`, fused on CPU f32 (`kernels::gelu`).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if crate::kernels::applies(x) {

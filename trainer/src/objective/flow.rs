@@ -10,6 +10,7 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::model::layers::mean_squared_error;
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -123,7 +124,7 @@ pub fn flow_loss(
         Prediction::X => velocity_of(&pred, xt, t, Prediction::X)?,
     };
     let v = velocity_target(cfg, x0, eps, xt, t)?;
-    let mse = (&v_hat - &v)?.sqr()?.mean_all()?;
+    let mse = mean_squared_error(&v_hat, &v)?;
     let b = v.dim(0)?;
     if cfg.contrastive_lambda == 0.0 || (before.is_none() && b < 2) {
         return Ok((mse.clone(), mse));
@@ -133,7 +134,7 @@ pub fn flow_loss(
         None => v.narrow(0, b - 1, 1)?,
     };
     let rolled = if b == 1 { first } else { Tensor::cat(&[first, v.narrow(0, 0, b - 1)?], 0)? };
-    let neg = (&v_hat - &rolled)?.sqr()?.mean_all()?;
+    let neg = mean_squared_error(&v_hat, &rolled)?;
     Ok(((&mse - (neg * cfg.contrastive_lambda)?)?, mse))
 }
 
