@@ -274,6 +274,62 @@ mod tests {
         Ok(())
     }
 
+    /// bf16 inputs reach the fused ops through f32 copies (`layers::via_f32`): every op's
+    /// value and input gradients against its composition run in bf16, within bf16 rounding
+    /// (relative to the largest magnitude), and the results come back as bf16.
+    #[test]
+    fn bf16_through_the_fused_ops_matches_the_bf16_compositions() -> Result<()> {
+        use crate::model::layers::*;
+        use candle_core::DType::{BF16, F32};
+        type Op<'a> = Box<dyn Fn(&[Tensor]) -> Result<Tensor> + 'a>;
+        let bf = |shape: &[usize], seed: u64, offset: f64| -> Result<Var> { Var::from_tensor(&(randn(shape, seed, 1.0)? + offset)?.to_dtype(BF16)?) };
+        let rel = |a: &Tensor, c: &Tensor| -> Result<f32> {
+            let (a, c) = (a.to_dtype(F32)?, c.to_dtype(F32)?);
+            let scale = c.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1e-3);
+            Ok(max_diff(&a, &c)? / scale)
+        };
+        let check = |name: &str, fused: Op, composed: Op, inputs: &[Var]| -> Result<()> {
+            let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = fused(&ts)?;
+            assert_eq!(y.dtype(), BF16, "{name}: result dtype");
+            let w = randn(y.dims(), 99, 1.0)?.to_dtype(BF16)?;
+            let (yf, gf) = value_and_grads(&*fused, inputs, &w)?;
+            let (yc, gc) = value_and_grads(&*composed, inputs, &w)?;
+            assert!(rel(&yf, &yc)? < 3e-2, "{name}: value differs by {}", rel(&yf, &yc)?);
+            for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
+                assert_eq!(a.dtype(), BF16, "{name}: gradient {i} dtype");
+                assert!(rel(a, c)? < 3e-2, "{name}: gradient {i} differs by {}", rel(a, c)?);
+            }
+            Ok(())
+        };
+        let (x, y, g) = (bf(&[3, 5, 12], 1, 0.0)?, bf(&[3, 5, 12], 2, 0.0)?, bf(&[3, 12], 3, 0.0)?);
+        check("gated_residual", Box::new(|t| gated_residual(&t[0], &t[1], &t[2])), Box::new(|t| gated_residual_composed(&t[0], &t[1], &t[2])), &[x.clone(), y.clone(), g.clone()])?;
+        check("norm_modulate", Box::new(|t| norm_modulate(&t[0], &t[1], &t[2], 1e-6)), Box::new(|t| modulate(&layer_norm(&t[0], 1e-6)?, &t[1], &t[2])), &[x.clone(), g.clone(), bf(&[3, 12], 4, 0.0)?])?;
+        check("gelu", Box::new(|t| gelu(&t[0])), Box::new(|t| t[0].gelu()), &[x.clone()])?;
+        check("gated_gelu", Box::new(|t| gated_gelu(&t[0], &t[1])), Box::new(|t| t[0].gelu()? * &t[1]), &[x.clone(), y.clone()])?;
+        let (q, k, v) = (bf(&[2, 3, 7, 8], 5, 0.0)?, bf(&[2, 3, 9, 8], 6, 0.0)?, bf(&[2, 3, 9, 8], 7, 0.0)?);
+        check("attention", Box::new(|t| attention(&t[0], &t[1], &t[2], None)), Box::new(|t| attention_composed(&t[0], &t[1], &t[2], None)), &[q, k, v])?;
+        let rw = bf(&[8], 8, 1.0)?;
+        check("rms_norm", Box::new(|t| rms_norm(&t[0], &t[1], 1e-6)), Box::new(|t| rms_norm_composed(&t[0], &t[1], 1e-6)), &[bf(&[2, 3, 6, 8], 9, 0.0)?, rw.clone()])?;
+        let (cos, sin) = rope_tables(2, 3, 8, 10000.0, &Device::Cpu)?;
+        check("apply_rope", Box::new(|t| apply_rope(&t[0], &cos, &sin)), Box::new(|t| apply_rope_composed(&t[0], &cos, &sin)), &[bf(&[2, 3, 6, 8], 10, 0.0)?])?;
+        let bias = padding_bias(6, &[4, 2], 4, &Device::Cpu)?;
+        let core_inputs = [bf(&[2, 6, 3 * 24], 11, 0.0)?, bf(&[2, 4, 2 * 24], 12, 0.0)?, rw.clone(), bf(&[8], 13, 1.0)?, bf(&[8], 14, 1.0)?];
+        let core = |composed: bool| -> Op {
+            let (c, s, b) = (cos.clone(), sin.clone(), bias.clone());
+            Box::new(move |t: &[Tensor]| {
+                let norms = [&t[2], &t[3], &t[4]];
+                if composed { attention_core_composed(&t[0], &t[1], norms, &c, &s, &b, 3, 1e-6) } else { attention_core(&t[0], &t[1], norms, &c, &s, &b, 3, 1e-6) }
+            })
+        };
+        check("attention_core", core(false), core(true), &core_inputs)?;
+        // a linear layer with f32 weights under bf16 autocast: weights rounded to bf16 first
+        let p = crate::model::Params::new(candle_nn::VarMap::new(), 7, F32, &Device::Cpu);
+        let lin = crate::model::params::Lin::new(&p.pp("l"), 12, 20, true)?;
+        check("linear", Box::new(|t| lin.forward(&t[0])), Box::new(|t| lin.forward_composed(&t[0])), &[x])?;
+        Ok(())
+    }
+
     /// The loss's squared error: value and both gradients against the composition, over
     /// more than one chunk; a finite difference in f64 on one element; a shape misfit.
     #[test]

@@ -11,10 +11,26 @@ fn f32_of(x: &Tensor) -> Result<Tensor> {
     if x.dtype() == DType::F32 { Ok(x.clone()) } else { x.to_dtype(DType::F32) }
 }
 
+/// The fused CPU kernels compute in f32. bf16 tensors reach them through f32 copies when
+/// every input is f32 or bf16 on the CPU and at least one is bf16. That is what a bf16 kernel
+/// does inside (GPU kernels read bf16, compute in f32 and round the result once); callers
+/// round the result back to bf16. Returns the f32 copies, or None where this route does not
+/// apply (kernels off, another device or dtype, or no bf16 input).
+pub(crate) fn via_f32(ts: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    let cpu_float = |t: &&Tensor| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16);
+    if !crate::kernels::enabled() || !ts.iter().all(cpu_float) || !ts.iter().any(|t| t.dtype() == DType::BF16) {
+        return Ok(None);
+    }
+    ts.iter().map(|t| f32_of(t)).collect::<Result<Vec<_>>>().map(Some)
+}
+
 /// RMSNorm over the last dimension with a learned scale.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if crate::kernels::applies(x) && crate::kernels::applies(weight) && weight.rank() == 1 && x.dim(D::Minus1)? == weight.dim(0)? {
         return crate::kernels::rms::rms_norm(x, weight, eps);
+    }
+    if let Some(v) = via_f32(&[x, weight])? {
+        return rms_norm(&v[0], &v[1], eps)?.to_dtype(x.dtype());
     }
     rms_norm_composed(x, weight, eps)
 }
@@ -49,6 +65,9 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     if crate::kernels::applies(x) && crate::kernels::applies(y) && crate::kernels::applies(gate) {
         return crate::kernels::residual::gated_residual(x, y, gate);
+    }
+    if let Some(v) = via_f32(&[x, y, gate])? {
+        return gated_residual(&v[0], &v[1], &v[2])?.to_dtype(x.dtype());
     }
     gated_residual_composed(x, y, gate)
 }
@@ -89,6 +108,9 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if crate::kernels::applies(x) {
         return crate::kernels::gelu::gelu(x);
     }
+    if let Some(v) = via_f32(&[x])? {
+        return gelu(&v[0])?.to_dtype(x.dtype());
+    }
     x.gelu()
 }
 
@@ -97,6 +119,9 @@ pub fn gated_gelu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if crate::kernels::applies(gate) {
         return crate::kernels::gelu::gated_gelu(gate, up);
     }
+    if let Some(v) = via_f32(&[gate, up])? {
+        return gated_gelu(&v[0], &v[1])?.to_dtype(gate.dtype());
+    }
     gate.gelu()? * up
 }
 
@@ -104,6 +129,9 @@ pub fn gated_gelu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
     if crate::kernels::applies(x) && shift.dtype() == DType::F32 {
         return crate::kernels::norm::layer_norm_modulate(x, shift, scale, eps);
+    }
+    if let Some(v) = via_f32(&[x, shift, scale])? {
+        return norm_modulate(&v[0], &v[1], &v[2], eps)?.to_dtype(x.dtype());
     }
     modulate(&layer_norm(x, eps)?, shift, scale)
 }
@@ -125,6 +153,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
         if let Some(out) = crate::kernels::attention::attention(q, k, v, bias)? {
             return Ok(out);
         }
+    }
+    let mut ins = vec![q, k, v];
+    ins.extend(bias);
+    if let Some(f) = via_f32(&ins)? {
+        return attention(&f[0], &f[1], &f[2], f.get(3))?.to_dtype(q.dtype());
     }
     attention_composed(q, k, v, bias)
 }
@@ -153,6 +186,9 @@ pub fn attention_core(qkv: &Tensor, tkv: &Tensor, norms: [&Tensor; 3], cos: &Ten
         if let Some(out) = crate::kernels::attn_core::attn_core(qkv, tkv, &stacked, cos, sin, Some(bias), heads, eps)? {
             return Ok(out);
         }
+    }
+    if let Some(f) = via_f32(&[qkv, tkv, norms[0], norms[1], norms[2], bias])? {
+        return attention_core(&f[0], &f[1], [&f[2], &f[3], &f[4]], cos, sin, &f[5], heads, eps)?.to_dtype(qkv.dtype());
     }
     attention_core_composed(qkv, tkv, norms, cos, sin, bias, heads, eps)
 }
@@ -213,11 +249,19 @@ pub fn rope_tables(gh: usize, gw: usize, head_dim: usize, theta: f64, device: &D
 /// Applies interleaved RoPE to `x` (B, H, N, Dh) with tables (N, Dh/2) shared by the batch
 /// or (B, N, Dh/2) per sample (after token routing has selected a subset per sample).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (b, h, n, dh) = x.dims4()?;
-    let dt = x.dtype();
     if crate::kernels::applies(x) {
         return crate::kernels::rope::rope(x, cos, sin);
     }
+    if let Some(v) = via_f32(&[x])? {
+        return apply_rope(&v[0], cos, sin)?.to_dtype(x.dtype());
+    }
+    apply_rope_composed(x, cos, sin)
+}
+
+/// The composition `apply_rope` falls back to (and is tested against).
+pub fn apply_rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, n, dh) = x.dims4()?;
+    let dt = x.dtype();
     let (cos, sin) = match cos.rank() {
         2 => (cos.reshape((1, 1, n, dh / 2, 1))?, sin.reshape((1, 1, n, dh / 2, 1))?),
         _ => (cos.reshape((b, 1, n, dh / 2, 1))?, sin.reshape((b, 1, n, dh / 2, 1))?),

@@ -148,6 +148,16 @@ impl Lin {
         if crate::kernels::applies(x) && crate::kernels::applies(&self.weight) && self.bias.as_ref().is_none_or(crate::kernels::applies) {
             return crate::kernels::linear::linear(x, &self.weight, self.bias.as_ref());
         }
+        if x.dtype() == candle_core::DType::BF16 {
+            // as the composition: weights and bias rounded to the input's dtype first
+            let w = self.weight.to_dtype(x.dtype())?;
+            let b = self.bias.as_ref().map(|b| b.to_dtype(x.dtype())).transpose()?;
+            let mut ins = vec![x, &w];
+            ins.extend(b.as_ref());
+            if let Some(f) = super::layers::via_f32(&ins)? {
+                return crate::kernels::linear::linear(&f[0], &f[1], f.get(2))?.to_dtype(x.dtype());
+            }
+        }
         self.forward_composed(x)
     }
 
