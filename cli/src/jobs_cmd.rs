@@ -238,7 +238,7 @@ pub fn watch(a: IdArgs) -> anyhow::Result<()> {
                 Some(v1::job_event::Event::Metric(p)) => match a.conn.output {
                     Output::Json => println!("{}", json!({"step": p.step, "loss": p.loss, "grad_norm": p.grad_norm, "lr": p.lr, "samples_per_sec": p.samples_per_sec, "comm_seconds": p.comm_seconds})),
                     Output::Text => {
-                        eprint!("\r\x1b[Kstep {}/{}  loss {:.4}  {:.1} samples/s  comm {:.0} ms", p.step + 1, total, p.loss, p.samples_per_sec, p.comm_seconds * 1e3);
+                        eprint!("\r\x1b[Kstep {}/{}  loss {:.4}  {:.1} samples/s  comm {:.0} ms", p.step + 1, total, p.mse, p.samples_per_sec, p.comm_seconds * 1e3);
                         let _ = std::io::stderr().flush();
                     }
                 },

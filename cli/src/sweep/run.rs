@@ -261,7 +261,9 @@ impl Display {
         let step = job.step.min(total);
         let filled = (20 * step / total) as usize;
         let bar = format!("{}{}", "#".repeat(filled), ".".repeat(20 - filled));
-        let loss = last.map(|p| format!("loss {:.4}", p.loss)).unwrap_or_default();
+        // the flow-matching MSE, comparable across arms (and what the results' "final loss"
+        // averages); the total adds arm-specific terms such as REPA's negative cosine
+        let loss = last.map(|p| format!("loss {:.4}", p.mse)).unwrap_or_default();
         let eta = match (last, job.state()) {
             (Some(p), JobState::Running) if p.step_seconds > 0.0 => {
                 let s = (total - step) as f64 * p.step_seconds;
@@ -376,4 +378,21 @@ pub fn results_cmd(a: ResultsArgs) -> anyhow::Result<()> {
     let series = local_series(&core, &a.dir, &jobs)?;
     let rows = local_rows(&a.dir, &rec, &jobs, &series);
     results::print(&rows, &jobs, &a.format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The progress line shows the flow-matching MSE, not the total that REPA's negative
+    /// cosine term pulls below zero.
+    #[test]
+    fn progress_line_shows_the_flow_matching_mse() {
+        let job = v1::Job { id: "repa".into(), state: JobState::Running as i32, step: 47, total_steps: 400, ..Default::default() };
+        let point = v1::MetricPoint { step: 46, loss: -0.1592, mse: 0.2101, step_seconds: 0.25, ..Default::default() };
+        let line = Display::new(8).line("repa", &job, Some(&point));
+        assert!(line.contains("loss 0.2101"), "{line}");
+        assert!(!line.contains("-0.1592"), "{line}");
+        assert!(line.contains("47/400") && line.contains("ETA 1:28"), "{line}");
+    }
 }
