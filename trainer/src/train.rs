@@ -204,9 +204,6 @@ impl Trainer {
         (0..n).map(|i| i * b / n..(i + 1) * b / n).collect()
     }
 
-    /// Forward and backward for samples `first..first + batch.size` of a batch of `full`
-    /// samples, with the routing plan of these samples; the loss is scaled by `weight` (the
-    /// micro-batch's share of the batch) before backward. Stats are this part's own.
     /// Noise (shaped like `x0`) and timesteps (B,) of samples `first..first + B` of a batch
     /// of `full`, drawn per global sample (the loader's numbering), so W ranks x batch b draw
     /// exactly what one rank x batch W*b draws: data parallelism changes nothing.
@@ -234,6 +231,11 @@ impl Trainer {
         Ok(velocity_target(&self.cfg.objective, &x0, &eps, &xt, &t)?)
     }
 
+    /// Forward and backward for samples `first..first + batch.size` of a batch of `full`
+    /// samples, with the routing plan of these samples; the loss is scaled by `weight` (the
+    /// micro-batch's share of the batch) before backward. Stats are this part's own.
+    /// `before`: the velocity target of the sample preceding `first` when the batch is split
+    /// (the contrastive term's pair for this part's first sample), None for one pass.
     fn batch_grads(&self, batch: &Batch, first: usize, full: usize, route: Option<&RoutePlan>, before: Option<&Tensor>, weight: f64) -> Result<(GradStore, StepStats), TrainError> {
         let cfg = &self.cfg;
         let step = self.step;

@@ -164,6 +164,11 @@ pub fn matmul_2d(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         candle_core::bail!("ablate-matmul: {:?} times {:?} does not fit", a.dims(), b.dims());
     }
     let mut y = zeroed(m * n);
-    with_f32(a, "ablate-matmul", |av| with_f32(b, "ablate-matmul", |bv| Ok(product(&mut y, MatRef::from_row_major_slice(av, m, k), MatRef::from_row_major_slice(bv, k, n)))))?;
+    with_f32(a, "ablate-matmul", |av| {
+        with_f32(b, "ablate-matmul", |bv| {
+            product(&mut y, MatRef::from_row_major_slice(av, m, k), MatRef::from_row_major_slice(bv, k, n));
+            Ok(())
+        })
+    })?;
     Tensor::from_vec(y, (m, n), a.device())
 }
