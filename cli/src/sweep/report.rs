@@ -205,6 +205,10 @@ fn iso_tables(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
             Axis::TrainSeconds => format!("At equal training time: {:.0} s (the shortest run's)", first.budget),
             Axis::SamplesSeen => format!("At equal samples seen: {:.0} (the fewest of any run)", first.budget),
         };
+        if super::results::at_every_final_step(&ats) {
+            let _ = write!(h, r#"<h3>{title}</h3><p class="note">Every run is at its last step: the results table applies.</p>"#);
+            continue;
+        }
         let _ = write!(h, "<h3>{title}</h3><table><tr><th>arm</th><th>step</th><th>FD-scenes</th><th>MMD</th><th>accuracy %</th></tr>");
         let base = ats.iter().find(|(r, _)| r.arm == "baseline").map(|(_, a)| *a);
         for (r, a) in &ats {

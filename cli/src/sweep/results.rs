@@ -237,12 +237,27 @@ fn footnote(rows: &[Row]) -> String {
     }
 }
 
+/// Whether every run reaches the budget exactly at its last step: the iso-compute table is then
+/// the main table again (equal samples seen when every arm ran the same steps and batch).
+pub(crate) fn at_every_final_step(ats: &[(&Row, &AtBudget)]) -> bool {
+    ats.iter().all(|(r, a)| a.step.is_some_and(|s| (s.mean - r.steps as f64).abs() < 1e-6 && s.std < 1e-9))
+}
+
 /// The iso-compute tables (one per axis) for "table" or "markdown"; empty without evaluations.
+/// A table that would repeat the main one (every run at its last step) is one line instead.
 pub fn iso_text(rows: &[Row], format: &str) -> String {
     let mut out = String::new();
     for axis in Axis::ALL {
         let ats: Vec<(&Row, &AtBudget)> = rows.iter().filter_map(|r| Some((r, r.iso.iter().find(|a| a.axis == axis)?))).collect();
         let Some((_, first)) = ats.first() else { continue };
+        if at_every_final_step(&ats) {
+            let what = match axis {
+                Axis::TrainSeconds => format!("At equal training time ({:.0} s)", first.budget),
+                Axis::SamplesSeen => format!("At equal samples seen ({:.0})", first.budget),
+            };
+            out.push_str(&format!("\n{what}: every run is at its last step, so the first table applies.\n"));
+            continue;
+        }
         let base = ats.iter().find(|(r, _)| r.arm == "baseline").map(|(_, a)| *a);
         let title = match axis {
             Axis::TrainSeconds => format!("At equal training time ({:.0} s, the shortest run's; linear between evaluations):", first.budget),
@@ -355,5 +370,32 @@ pub fn text(rows: &[Row], format: &str) -> String {
             out.push_str(&iso_text(rows, f));
             out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(axis: Axis, budget: f64, step: f64, fd: f64) -> AtBudget {
+        AtBudget { axis, budget, step: Some(Stat { mean: step, std: 0.0, n: 1 }), metrics: vec![("fd_scenes", Some(Stat { mean: fd, std: 0.0, n: 1 }))] }
+    }
+
+    fn row(arm: &str, iso: Vec<AtBudget>) -> Row {
+        Row { arm: arm.into(), job_ids: vec![], status: "succeeded".into(), steps: 400, metrics: vec![], ci95: vec![], iso, best: vec![] }
+    }
+
+    /// An iso-compute table that would repeat the main table (every run at its last step) is
+    /// one line; one where a run stops short is printed.
+    #[test]
+    fn iso_tables_that_repeat_the_main_table_are_one_line() {
+        let rows = [
+            row("baseline", vec![at(Axis::TrainSeconds, 66.0, 400.0, 7022.3), at(Axis::SamplesSeen, 6400.0, 400.0, 7022.3)]),
+            row("repa", vec![at(Axis::TrainSeconds, 66.0, 265.0, 5629.2), at(Axis::SamplesSeen, 6400.0, 400.0, 5141.6)]),
+        ];
+        let text = iso_text(&rows, "table");
+        assert!(text.contains("At equal samples seen (6400): every run is at its last step, so the first table applies."), "{text}");
+        assert!(!text.contains("5141.6"), "{text}");
+        assert!(text.contains("At equal training time (66 s, the shortest run's") && text.contains("5629.2 (-1393.1, -20%)"), "{text}");
     }
 }

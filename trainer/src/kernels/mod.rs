@@ -305,6 +305,7 @@ mod tests {
         let (x, y, g) = (bf(&[3, 5, 12], 1, 0.0)?, bf(&[3, 5, 12], 2, 0.0)?, bf(&[3, 12], 3, 0.0)?);
         check("gated_residual", Box::new(|t| gated_residual(&t[0], &t[1], &t[2])), Box::new(|t| gated_residual_composed(&t[0], &t[1], &t[2])), &[x.clone(), y.clone(), g.clone()])?;
         check("norm_modulate", Box::new(|t| norm_modulate(&t[0], &t[1], &t[2], 1e-6)), Box::new(|t| modulate(&layer_norm(&t[0], 1e-6)?, &t[1], &t[2])), &[x.clone(), g.clone(), bf(&[3, 12], 4, 0.0)?])?;
+        check("layer_norm_affine", Box::new(|t| layer_norm_affine(&t[0], &t[1], &t[2], 1e-5)), Box::new(|t| layer_norm_affine_composed(&t[0], &t[1], &t[2], 1e-5)), &[x.clone(), bf(&[12], 15, 1.0)?, bf(&[12], 16, 0.0)?])?;
         check("gelu", Box::new(|t| gelu(&t[0])), Box::new(|t| t[0].gelu()), &[x.clone()])?;
         check("gated_gelu", Box::new(|t| gated_gelu(&t[0], &t[1])), Box::new(|t| t[0].gelu()? * &t[1]), &[x.clone(), y.clone()])?;
         let (q, k, v) = (bf(&[2, 3, 7, 8], 5, 0.0)?, bf(&[2, 3, 9, 8], 6, 0.0)?, bf(&[2, 3, 9, 8], 7, 0.0)?);
@@ -478,6 +479,28 @@ mod tests {
             let fd = (loss(&p) - loss(&m)) / 2e-2;
             assert!((fd - gv[i] as f64).abs() < 1e-3, "element {i}: fd {fd} vs {}", gv[i]);
         }
+        Ok(())
+    }
+
+    /// The text encoder's LayerNorm with affine weight and bias (the adaLN kernel with the
+    /// weights shared by the batch): value and all gradients against the composition; shift
+    /// and scale that fit neither per sample nor shared are refused.
+    #[test]
+    fn fused_layer_norm_affine_matches_composed() -> Result<()> {
+        use crate::model::layers::{layer_norm_affine, layer_norm_affine_composed};
+        let x = Var::from_tensor(&(randn(&[3, 5, 16], 21, 2.0)? + 0.5)?)?;
+        let wt = Var::from_tensor(&(randn(&[16], 22, 0.3)? + 1.0)?)?;
+        let bs = Var::from_tensor(&randn(&[16], 23, 0.3)?)?;
+        let w = randn(&[3, 5, 16], 24, 1.0)?;
+        let inputs = [x.clone(), wt, bs];
+        let (yf, gf) = value_and_grads(|t| layer_norm_affine(&t[0], &t[1], &t[2], 1e-5), &inputs, &w)?;
+        let (yc, gc) = value_and_grads(|t| layer_norm_affine_composed(&t[0], &t[1], &t[2], 1e-5), &inputs, &w)?;
+        assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
+        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
+            assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
+        }
+        let err = super::norm::layer_norm_modulate(x.as_tensor(), &randn(&[2, 16], 25, 1.0)?, &randn(&[2, 16], 26, 1.0)?, 1e-6).unwrap_err().to_string();
+        assert!(err.contains("do not fit"), "{err}");
         Ok(())
     }
 

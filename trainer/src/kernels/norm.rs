@@ -1,9 +1,11 @@
 //! adaLN's normalisation and modulation fused: `LayerNorm(x) * (1 + scale) + shift` over the
 //! last dimension (no affine), for x (B, N, D) and per-sample shift/scale (B, D), in one pass
-//! per row instead of ten tensor ops. Backward, per row with x_hat = (x - mean) * rstd and
-//! g = dy * (1 + scale):
+//! per row instead of ten tensor ops. The same op with `offset` 0 and shift/scale shared by
+//! the batch, (1, D), is a LayerNorm with affine weight and bias (`layer_norm_affine`, the text
+//! encoder's). Backward, per row with x_hat = (x - mean) * rstd and g = dy * (offset + scale):
 //! `dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))`, `dshift = sum_n dy`,
-//! `dscale = sum_n dy * x_hat`. Statistics are accumulated in f64.
+//! `dscale = sum_n dy * x_hat` (summed over the batch too when shared). Statistics are
+//! accumulated in f64.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -12,6 +14,19 @@ use super::{f32_slice, reduce, with_f32};
 
 struct LnModulate {
     eps: f64,
+    /// 1 for adaLN's `1 + scale`, 0 for an affine weight.
+    offset: f32,
+}
+
+/// (B, N, D) of `x`, and whether shift and scale are shared by the batch (1, D) rather than
+/// per sample (B, D).
+fn dims(x: &Layout, shift: &Layout, scale: &Layout) -> Result<(usize, usize, usize, bool)> {
+    let (b, n, d) = x.shape().dims3()?;
+    let shared = shift.dims() == [1, d] && scale.dims() == [1, d];
+    if !shared && (shift.dims() != [b, d] || scale.dims() != [b, d]) {
+        candle_core::bail!("ablate-layer-norm-modulate: x {:?}, shift {:?} and scale {:?} do not fit", x.dims(), shift.dims(), scale.dims());
+    }
+    Ok((b, n, d, shared))
 }
 
 /// mean and 1/std of one row.
@@ -31,15 +46,16 @@ impl CustomOp3 for LnModulate {
         let x = f32_slice(s1, l1, self.name())?;
         let shift = f32_slice(s2, l2, self.name())?;
         let scale = f32_slice(s3, l3, self.name())?;
-        let (_, n, d) = l1.shape().dims3()?;
+        let (_, n, d, shared) = dims(l1, l2, l3)?;
+        let offset = self.offset;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(n * d).zip(x.par_chunks(n * d)).enumerate().for_each(|(bi, (yb, xb))| {
-            let sh = &shift[bi * d..(bi + 1) * d];
-            let sc = &scale[bi * d..(bi + 1) * d];
+        y.par_chunks_mut((n * d).max(1)).zip(x.par_chunks((n * d).max(1))).enumerate().for_each(|(bi, (yb, xb))| {
+            let at = if shared { 0 } else { bi * d };
+            let (sh, sc) = (&shift[at..at + d], &scale[at..at + d]);
             for (yr, xr) in yb.chunks_mut(d).zip(xb.chunks(d)) {
                 let (mean, rstd) = stats(xr, self.eps);
                 for (((o, &xk), &ck), &hk) in yr.iter_mut().zip(xr).zip(sc).zip(sh) {
-                    *o = (xk - mean) * rstd * (1.0 + ck) + hk;
+                    *o = (xk - mean) * rstd * (offset + ck) + hk;
                 }
             }
         });
@@ -48,6 +64,8 @@ impl CustomOp3 for LnModulate {
 
     fn bwd(&self, x: &Tensor, shift: &Tensor, scale: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, n, d) = x.dims3()?;
+        let shared = scale.dims() == [1, d];
+        let offset = self.offset;
         let (x, scale, dy) = (x.contiguous()?, scale.contiguous()?, dy.contiguous()?);
         let mut dx = vec![0f32; b * n * d];
         // per sample: (dshift, dscale) partial sums
@@ -58,7 +76,7 @@ impl CustomOp3 for LnModulate {
                         .par_chunks_mut(n * d)
                         .enumerate()
                         .map(|(bi, dxb)| {
-                            let scb = &sc[bi * d..(bi + 1) * d];
+                            let scb = if shared { &sc[..d] } else { &sc[bi * d..(bi + 1) * d] };
                             let mut dsh = vec![0f32; d];
                             let mut dsc = vec![0f32; d];
                             let (mut gm, mut xh) = (vec![0f32; d], vec![0f32; d]);
@@ -70,7 +88,7 @@ impl CustomOp3 for LnModulate {
                                     *xh = (xk - mean) * rstd;
                                     *dsh += gk;
                                     *dsc += gk * *xh;
-                                    *gm = gk * (1.0 + sk);
+                                    *gm = gk * (offset + sk);
                                 }
                                 let (mg, mgx) = ((reduce::sum(&gm) / d as f64) as f32, (reduce::dot(&gm, &xh) / d as f64) as f32);
                                 for ((o, &gk), &xk) in dxr.iter_mut().zip(&gm).zip(&xh) {
@@ -84,8 +102,13 @@ impl CustomOp3 for LnModulate {
             })
         })?;
         let dev = x.device();
-        let dshift: Vec<f32> = per_sample.iter().flat_map(|(s, _)| s.iter().copied()).collect();
-        let dscale: Vec<f32> = per_sample.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        let (dshift, dscale): (Vec<f32>, Vec<f32>) = if shared {
+            // summed over the samples in order (deterministic)
+            let sum = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Vec<f32> { (0..d).map(|k| per_sample.iter().map(|p| pick(p)[k]).sum()).collect() };
+            (sum(|p| &p.0), sum(|p| &p.1))
+        } else {
+            (per_sample.iter().flat_map(|(s, _)| s.iter().copied()).collect(), per_sample.iter().flat_map(|(_, s)| s.iter().copied()).collect())
+        };
         Ok((
             Some(Tensor::from_vec(dx, (b, n, d), dev)?),
             Some(Tensor::from_vec(dshift, shift.shape(), dev)?),
@@ -97,5 +120,12 @@ impl CustomOp3 for LnModulate {
 /// `LayerNorm(x) * (1 + scale) + shift` for contiguous-able f32 CPU tensors x (B, N, D),
 /// shift and scale (B, D), with backward.
 pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, LnModulate { eps })
+    x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, LnModulate { eps, offset: 1.0 })
+}
+
+/// `LayerNorm(x) * weight + bias` over the last dimension for f32 CPU tensors x (B, N, D),
+/// weight and bias (D), with backward.
+pub fn layer_norm_affine(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = weight.dim(0)?;
+    x.contiguous()?.apply_op3(&bias.reshape((1, d))?.contiguous()?, &weight.reshape((1, d))?.contiguous()?, LnModulate { eps, offset: 0.0 })
 }

@@ -136,6 +136,26 @@ pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Re
     modulate(&layer_norm(x, eps)?, shift, scale)
 }
 
+/// LayerNorm over the last dimension with affine `weight` and `bias` (D), for x (B, N, D);
+/// fused on CPU f32 (`kernels::norm`, the adaLN kernel with shared weights).
+pub fn layer_norm_affine(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let fits = x.rank() == 3 && weight.rank() == 1 && bias.dims() == weight.dims() && x.dim(D::Minus1)? == weight.dim(0)?;
+    if fits && crate::kernels::applies(x) && crate::kernels::applies(weight) && crate::kernels::applies(bias) {
+        return crate::kernels::norm::layer_norm_affine(x, weight, bias, eps);
+    }
+    if fits {
+        if let Some(v) = via_f32(&[x, weight, bias])? {
+            return layer_norm_affine(&v[0], &v[1], &v[2], eps)?.to_dtype(x.dtype());
+        }
+    }
+    layer_norm_affine_composed(x, weight, bias, eps)
+}
+
+/// The composition `layer_norm_affine` falls back to (and is tested against).
+pub fn layer_norm_affine_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    layer_norm(x, eps)?.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
 /// Softmax over the last dimension in fp32 (fused on CPU, `kernels::softmax`).
 pub fn softmax_f32(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();

@@ -41,7 +41,7 @@ fn ln_params(p: &Params, w: usize) -> Result<(Tensor, Tensor)> {
 }
 
 fn ln(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
-    super::layers::layer_norm(x, 1e-5)?.broadcast_mul(w)?.broadcast_add(b)
+    super::layers::layer_norm_affine(x, w, b, 1e-5)
 }
 
 #[derive(Debug, Clone)]
