@@ -140,9 +140,11 @@ impl Trainer {
     /// micro-batches per core use the cores better than splitting every op. Every sample draws
     /// the same noise, timestep and routing as in one pass over the batch, so only float
     /// rounding differs. The contrastive flow-matching term pairs each part's first sample
-    /// with the target of the sample before it, recomputed from that sample's image, noise and
-    /// timestep. REPA-E normalises latents with the batch's statistics and always runs as one
-    /// pass. `ABLATE_MICRO_BATCH=0` turns the split off.
+    /// with the target of the sample before it: the parts' latents are encoded first (once,
+    /// so a sampling autoencoder's draw is the one that sample trains on), and that sample's
+    /// target is rebuilt from its latent, noise and timestep. REPA-E normalises latents with
+    /// the batch's statistics and always runs as one pass. `ABLATE_MICRO_BATCH=0` turns the
+    /// split off.
     pub fn compute_grads(&self, batch: &Batch) -> Result<(GradStore, StepStats), TrainError> {
         let cfg = &self.cfg;
         let b = batch.size;
@@ -152,16 +154,29 @@ impl Trainer {
         let route = if cfg.routing.enabled() { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
         let parts = self.micro_batches(b);
         if parts.len() <= 1 {
-            return self.batch_grads(batch, 0, b, route.as_ref(), None, 1.0);
+            return self.batch_grads(batch, 0, b, route.as_ref(), None, None, 1.0);
         }
-        let contrastive = self.cfg.objective.contrastive_lambda != 0.0;
+        // contrastive: every part's latents first, since each part's first sample pairs with the
+        // last sample of the part before (cyclically)
+        let latents: Option<Vec<Tensor>> = if self.cfg.objective.contrastive_lambda != 0.0 {
+            Some(parts.par_iter().map(|r| self.latent.encode(&self.images(&batch.slice(r.clone()))?)).collect::<candle_core::Result<_>>()?)
+        } else {
+            None
+        };
         let results: Vec<Result<(GradStore, StepStats), TrainError>> = parts
             .par_iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(k, r)| {
                 let plan = route.as_ref().map(|p| p.slice(r.clone())).transpose()?;
-                // the contrastive term's pair for this part's first sample lies in the part before
-                let before = if contrastive { Some(self.velocity_target_of(batch, (r.start + b - 1) % b, b)?) } else { None };
-                self.batch_grads(&batch.slice(r.clone()), r.start, b, plan.as_ref(), before.as_ref(), r.len() as f64 / b as f64)
+                let (z, before) = match &latents {
+                    Some(zs) => {
+                        let prev = &zs[(k + parts.len() - 1) % parts.len()];
+                        let last = prev.narrow(0, prev.dim(0)? - 1, 1)?;
+                        (Some(&zs[k]), Some(self.velocity_target_at(&last, (r.start + b - 1) % b, b)?))
+                    }
+                    None => (None, None),
+                };
+                self.batch_grads(&batch.slice(r.clone()), r.start, b, plan.as_ref(), z, before.as_ref(), r.len() as f64 / b as f64)
             })
             .collect();
         let mut merged: Option<GradStore> = None;
@@ -221,22 +236,22 @@ impl Trainer {
         Ok((Tensor::from_vec(eps, x0.shape(), &self.device)?, Tensor::from_vec(ts, b, &self.device)?))
     }
 
-    /// The velocity target (1, ..) of sample `i` of `batch` (`full` samples), as the pass
-    /// over the part holding it computes it. Only for fixed latents: REPA-E's batch
-    /// statistics make its latents depend on the part, and it is never split.
-    fn velocity_target_of(&self, batch: &Batch, i: usize, full: usize) -> Result<Tensor, TrainError> {
-        let x0 = self.latent.encode(&self.images(&batch.slice(i..i + 1))?)?;
-        let (eps, t) = self.noise(&x0, i, full)?;
-        let xt = interpolate(&x0, &eps, &t)?;
-        Ok(velocity_target(&self.cfg.objective, &x0, &eps, &xt, &t)?)
+    /// The velocity target (1, ..) of sample `i` of a batch of `full`, from its latent `x0`
+    /// (1, ..), with the noise and timestep the pass over the part holding it draws.
+    fn velocity_target_at(&self, x0: &Tensor, i: usize, full: usize) -> Result<Tensor, TrainError> {
+        let (eps, t) = self.noise(x0, i, full)?;
+        let xt = interpolate(x0, &eps, &t)?;
+        Ok(velocity_target(&self.cfg.objective, x0, &eps, &xt, &t)?)
     }
 
     /// Forward and backward for samples `first..first + batch.size` of a batch of `full`
     /// samples, with the routing plan of these samples; the loss is scaled by `weight` (the
     /// micro-batch's share of the batch) before backward. Stats are this part's own.
-    /// `before`: the velocity target of the sample preceding `first` when the batch is split
-    /// (the contrastive term's pair for this part's first sample), None for one pass.
-    fn batch_grads(&self, batch: &Batch, first: usize, full: usize, route: Option<&RoutePlan>, before: Option<&Tensor>, weight: f64) -> Result<(GradStore, StepStats), TrainError> {
+    /// `latents`: this part's latents when already encoded (contrastive parts); `before`: the
+    /// velocity target of the sample preceding `first` when the batch is split (the
+    /// contrastive term's pair for this part's first sample), None for one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_grads(&self, batch: &Batch, first: usize, full: usize, route: Option<&RoutePlan>, latents: Option<&Tensor>, before: Option<&Tensor>, weight: f64) -> Result<(GradStore, StepStats), TrainError> {
         let cfg = &self.cfg;
         let step = self.step;
         let stream = self.policy.stream();
@@ -251,7 +266,7 @@ impl Trainer {
                 let (mean, std) = crate::latent::train::channel_stats(&raw.detach())?;
                 (raw.broadcast_sub(&mean)?.broadcast_div(&std)?, Some(raw))
             }
-            _ => (self.latent.encode(&images)?, None),
+            _ => (latents.map_or_else(|| self.latent.encode(&images), |z| Ok(z.clone()))?, None),
         };
         // REPA-E: the diffusion loss must not reach the autoencoder (stop-gradient)
         let x0 = if end_to_end { z.detach() } else { z.clone() };

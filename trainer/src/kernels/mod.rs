@@ -187,13 +187,15 @@ mod tests {
     }
 
     /// The optimizer's faer product against candle's matmul, with a transposed (strided)
-    /// operand as Muon passes it, large enough to be split over threads; and a misfit.
+    /// operand as Muon passes it, large enough to be split over threads (m n k above
+    /// `PAR_MIN_MNK`) in a pool of two; and a misfit.
     #[test]
     fn matmul_2d_matches_candle() -> Result<()> {
         let a = randn(&[300, 70], 55, 1.0)?;
-        let b = randn(&[90, 70], 56, 1.0)?.t()?;
-        let (f, c) = (super::linear::matmul_2d(&a, &b)?, a.matmul(&b)?);
-        assert_eq!(f.dims(), &[300, 90]);
+        let b = randn(&[120, 70], 56, 1.0)?.t()?;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let (f, c) = (pool.install(|| super::linear::matmul_2d(&a, &b))?, a.matmul(&b)?);
+        assert_eq!(f.dims(), &[300, 120]);
         assert!(max_diff(&f, &c)? < 1e-4, "{}", max_diff(&f, &c)?);
         let err = super::linear::matmul_2d(&a, &a).unwrap_err().to_string();
         assert!(err.contains("does not fit"), "{err}");

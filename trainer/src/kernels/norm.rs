@@ -73,7 +73,7 @@ impl CustomOp3 for LnModulate {
             with_f32(&scale, self.name(), |sc| {
                 with_f32(&dy, self.name(), |g| {
                     Ok(dx
-                        .par_chunks_mut(n * d)
+                        .par_chunks_mut((n * d).max(1))
                         .enumerate()
                         .map(|(bi, dxb)| {
                             let scb = if shared { &sc[..d] } else { &sc[bi * d..(bi + 1) * d] };
@@ -104,8 +104,12 @@ impl CustomOp3 for LnModulate {
         let dev = x.device();
         let (dshift, dscale): (Vec<f32>, Vec<f32>) = if shared {
             // summed over the samples in order (deterministic)
-            let sum = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Vec<f32> { (0..d).map(|k| per_sample.iter().map(|p| pick(p)[k]).sum()).collect() };
-            (sum(|p| &p.0), sum(|p| &p.1))
+            let (mut dsh, mut dsc) = (vec![0f32; d], vec![0f32; d]);
+            for (sh, sc) in &per_sample {
+                dsh.iter_mut().zip(sh).for_each(|(o, v)| *o += v);
+                dsc.iter_mut().zip(sc).for_each(|(o, v)| *o += v);
+            }
+            (dsh, dsc)
         } else {
             (per_sample.iter().flat_map(|(s, _)| s.iter().copied()).collect(), per_sample.iter().flat_map(|(_, s)| s.iter().copied()).collect())
         };

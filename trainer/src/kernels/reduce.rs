@@ -39,9 +39,10 @@ pub fn sum_sq_dev(a: &[f32], mean: f64) -> f64 {
     finish(acc, rest)
 }
 
-/// sum of `a * b` (products in f64).
+/// sum of `a * b` (products in f64), over equal-length slices.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    debug_assert_eq!(a.len(), b.len(), "reduce::dot of slices of different lengths");
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));

@@ -242,8 +242,9 @@ mod tests {
     use candle_core::Device;
 
     /// Three steps of AdamW + Muon, clipping and EMA over a few dozen parameters: in a
-    /// one-thread pool (parameters one by one) and a four-thread pool (shared among threads)
-    /// the weights and the norm agree bit for bit.
+    /// one-thread pool (parameters one by one, every product in one piece) and a four-thread
+    /// pool (parameters shared among threads, large products split into row blocks) the
+    /// weights and the norm agree bit for bit.
     #[test]
     fn parameters_shared_among_threads_update_exactly_as_one_by_one() -> Result<()> {
         let run = |threads: usize| -> Result<(Vec<Vec<f32>>, f64)> {
@@ -258,6 +259,10 @@ mod tests {
                     let t = Tensor::from_vec(crate::rng::Rng::new(i).normal_vec(n), dims, &dev)?;
                     params.push(Param { name, var: Var::from_tensor(&t)? });
                 }
+                // one matrix large enough that Muon's products split into row blocks over the
+                // threads of the four-thread pool (and not in the one-thread pool)
+                let big = Tensor::from_vec(crate::rng::Rng::new(99).normal_vec(96 * 640), (96, 640), &dev)?;
+                params.push(Param { name: "blocks.99.mlp.weight".into(), var: Var::from_tensor(&big)? });
                 let cfg = OptimConfig { kind: OptimKind::Muon, weight_decay: 0.01, grad_clip: 0.5, ..Default::default() };
                 let mut opt = Optimizer::new(&cfg, params.clone())?;
                 let mut ema = Ema::new(0.9, &params)?;
