@@ -2,10 +2,11 @@
 //! the worker crate implements it (a TCP ring on CPU, NCCL on CUDA) and hands it to
 //! [`crate::run::run_distributed`].
 //!
-//! The gradient exchange built on it ([`exchange_grads`]) packs every trainable tensor's
-//! gradient in the fixed parameter order (sorted by name), plus one presence flag per
-//! parameter and the step's loss terms, into one f32 buffer, all-reduces it once and
-//! divides by the world size, so every rank applies bit-identical gradients.
+//! The gradient exchange built on it ([`exchange_grads`]) packs the trainable tensors'
+//! gradients in the fixed parameter order (sorted by name) into f32 buckets of at most
+//! [`BUCKET_ELEMENTS`] on the parameters' device, all-reduces each bucket and divides by the
+//! world size, so every rank applies bit-identical gradients. One presence flag per parameter
+//! and the step's loss terms travel in a small host buffer of their own.
 
 use candle_core::{backprop::GradStore, DType, Tensor};
 use std::time::Duration;
@@ -40,6 +41,57 @@ pub trait Collective: Send {
     fn all_gather(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CollectiveError>;
     /// Returns when every rank arrived, or fails after `timeout`.
     fn barrier(&mut self, timeout: Duration) -> Result<(), CollectiveError>;
+    /// Element-wise sum over the ranks of a 1-D f32 tensor, as a new tensor on its device.
+    /// The default goes through host memory ([`Self::all_reduce_sum`]); a backend that
+    /// works on device memory (NCCL) overrides it and never copies to the host.
+    fn all_reduce_sum_tensor(&mut self, t: &Tensor) -> Result<Tensor, CollectiveError> {
+        let rank = self.rank();
+        let mut buf = host_vec(t, rank, "all_reduce")?;
+        self.all_reduce_sum(&mut buf)?;
+        Tensor::from_vec(buf, t.dims(), t.device()).map_err(|e| candle_error("all_reduce", rank, e))
+    }
+    /// `root`'s 1-D f32 tensor on every rank, as a new tensor on the caller's device (the
+    /// default goes through host memory, as [`Self::all_reduce_sum_tensor`]).
+    fn broadcast_tensor(&mut self, t: &Tensor, root: usize) -> Result<Tensor, CollectiveError> {
+        let rank = self.rank();
+        let mut buf = host_vec(t, rank, "broadcast")?;
+        self.broadcast(&mut buf, root)?;
+        Tensor::from_vec(buf, t.dims(), t.device()).map_err(|e| candle_error("broadcast", rank, e))
+    }
+}
+
+fn candle_error(op: &'static str, rank: usize, e: candle_core::Error) -> CollectiveError {
+    CollectiveError { op, rank, message: e.to_string() }
+}
+
+fn host_vec(t: &Tensor, rank: usize, op: &'static str) -> Result<Vec<f32>, CollectiveError> {
+    if t.rank() != 1 || t.dtype() != DType::F32 {
+        return Err(CollectiveError { op, rank, message: format!("expects a 1-D f32 tensor, got {:?} {:?}", t.dtype(), t.dims()) });
+    }
+    t.to_vec1::<f32>().map_err(|e| candle_error(op, rank, e))
+}
+
+/// Largest gradient bucket, in f32 elements (64 MiB): bounds the extra device memory of the
+/// exchange (a 1.2B-parameter model would otherwise need a second 4.7 GB copy of its
+/// gradients). A parameter larger than this is a bucket of its own.
+pub const BUCKET_ELEMENTS: usize = 16 << 20;
+
+/// Consecutive ranges of `sizes` whose sums stay within `cap` (a larger single size is a
+/// range of its own); together they cover every index once, in order.
+pub fn buckets(sizes: &[usize], cap: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut filled) = (0, 0);
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && filled + n > cap {
+            out.push(start..i);
+            (start, filled) = (i, 0);
+        }
+        filled += n;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
 }
 
 /// The single-rank group: every operation is the identity.
@@ -85,57 +137,173 @@ pub fn params_hash(params: &[Param]) -> String {
 }
 
 /// Averages `grads` over the group (missing gradients count as zero; a parameter without
-/// a gradient on every rank stays without one) and the loss terms in `stats`.
+/// a gradient on every rank stays without one) and the loss terms in `stats`, in buckets of
+/// at most [`BUCKET_ELEMENTS`].
 pub fn exchange_grads(c: &mut dyn Collective, params: &[Param], grads: &mut GradStore, stats: &mut StepStats) -> Result<(), crate::TrainError> {
+    exchange_grads_in(c, params, grads, stats, BUCKET_ELEMENTS)
+}
+
+/// [`exchange_grads`] with buckets of at most `bucket` elements.
+pub fn exchange_grads_in(c: &mut dyn Collective, params: &[Param], grads: &mut GradStore, stats: &mut StepStats, bucket: usize) -> Result<(), crate::TrainError> {
     let world = c.world();
     if world == 1 {
         return Ok(());
     }
-    let total: usize = params.iter().map(|p| p.var.elem_count()).sum();
-    let mut buf = Vec::with_capacity(total + params.len() + 3);
-    for p in params {
-        match grads.get(p.var.as_tensor()) {
-            Some(g) => buf.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            None => buf.extend(std::iter::repeat_n(0f32, p.var.elem_count())),
+    let scale = 1.0 / world as f64;
+    let mut meta: Vec<f32> = params.iter().map(|p| if grads.get(p.var.as_tensor()).is_some() { 1f32 } else { 0f32 }).collect();
+    meta.extend([stats.loss as f32, stats.mse as f32, stats.repa.unwrap_or(0.0) as f32]);
+    c.all_reduce_sum(&mut meta).map_err(crate::TrainError::Collective)?;
+    let sizes: Vec<usize> = params.iter().map(|p| p.var.elem_count()).collect();
+    for range in buckets(&sizes, bucket) {
+        let group = &params[range.clone()];
+        let parts = group
+            .iter()
+            .map(|p| match grads.get(p.var.as_tensor()) {
+                Some(g) => g.to_dtype(DType::F32)?.flatten_all(),
+                None => Tensor::zeros(p.var.elem_count(), DType::F32, p.var.device()),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let flat = Tensor::cat(&parts, 0)?;
+        drop(parts);
+        let avg = c.all_reduce_sum_tensor(&flat).map_err(crate::TrainError::Collective)?.affine(scale, 0.0)?;
+        let mut off = 0;
+        for (p, present) in group.iter().zip(&meta[range]) {
+            let n = p.var.elem_count();
+            if *present > 0.0 {
+                grads.insert(p.var.as_tensor(), avg.narrow(0, off, n)?.reshape(p.var.dims())?.to_dtype(p.var.dtype())?);
+            }
+            off += n;
         }
     }
-    buf.extend(params.iter().map(|p| if grads.get(p.var.as_tensor()).is_some() { 1f32 } else { 0f32 }));
-    buf.extend([stats.loss as f32, stats.mse as f32, stats.repa.unwrap_or(0.0) as f32]);
-    c.all_reduce_sum(&mut buf).map_err(crate::TrainError::Collective)?;
-    let scale = 1.0 / world as f32;
-    let mut off = 0;
-    for (i, p) in params.iter().enumerate() {
-        let n = p.var.elem_count();
-        if buf[total + i] > 0.0 {
-            let avg: Vec<f32> = buf[off..off + n].iter().map(|x| x * scale).collect();
-            let g = Tensor::from_vec(avg, p.var.dims(), p.var.device())?.to_dtype(p.var.dtype())?;
-            grads.insert(p.var.as_tensor(), g);
-        }
-        off += n;
-    }
-    let tail = &buf[total + params.len()..];
+    let tail = &meta[params.len()..];
+    let scale = scale as f32;
     stats.loss = (tail[0] * scale) as f64;
     stats.mse = (tail[1] * scale) as f64;
     stats.repa = stats.repa.map(|_| (tail[2] * scale) as f64);
     Ok(())
 }
 
-/// Copies rank 0's parameters to every rank (the start of every generation).
+/// Copies rank 0's parameters to every rank (the start of every generation), in buckets.
 pub fn broadcast_params(c: &mut dyn Collective, params: &[Param]) -> Result<(), crate::TrainError> {
     if c.world() == 1 {
         return Ok(());
     }
-    let mut buf = Vec::new();
-    for p in params {
-        buf.extend(p.var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
-    }
-    c.broadcast(&mut buf, 0).map_err(crate::TrainError::Collective)?;
-    let mut off = 0;
-    for p in params {
-        let n = p.var.elem_count();
-        let t = Tensor::from_slice(&buf[off..off + n], p.var.dims(), p.var.device())?.to_dtype(p.var.dtype())?;
-        p.var.set(&t)?;
-        off += n;
+    let sizes: Vec<usize> = params.iter().map(|p| p.var.elem_count()).collect();
+    for range in buckets(&sizes, BUCKET_ELEMENTS) {
+        let group = &params[range];
+        let parts = group.iter().map(|p| p.var.as_tensor().to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+        let flat = c.broadcast_tensor(&Tensor::cat(&parts, 0)?, 0).map_err(crate::TrainError::Collective)?;
+        let mut off = 0;
+        for p in group {
+            let n = p.var.elem_count();
+            p.var.set(&flat.narrow(0, off, n)?.reshape(p.var.dims())?.to_dtype(p.var.dtype())?)?;
+            off += n;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn buckets_cover_every_parameter_once_in_order() {
+        assert_eq!(buckets(&[3, 4, 2, 9, 1, 1], 7), vec![0..2, 2..3, 3..4, 4..6]);
+        assert_eq!(buckets(&[10], 4), vec![0..1]);
+        assert_eq!(buckets(&[], 4), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(buckets(&[1, 1, 1], 100), vec![0..3]);
+    }
+
+    /// Stands for `world` ranks whose rank r holds (r + 1) times this rank's values: the sum
+    /// is world (world + 1) / 2 times the buffer. Counts the calls of each kind.
+    struct Scaled {
+        world: usize,
+        host: usize,
+        tensor: Vec<usize>,
+    }
+
+    impl Collective for Scaled {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world(&self) -> usize {
+            self.world
+        }
+        fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
+            self.host += 1;
+            let k = (self.world * (self.world + 1) / 2) as f32;
+            buf.iter_mut().for_each(|x| *x *= k);
+            Ok(())
+        }
+        fn all_reduce_sum_tensor(&mut self, t: &Tensor) -> Result<Tensor, CollectiveError> {
+            self.tensor.push(t.elem_count());
+            let rank = self.rank();
+            let mut buf = host_vec(t, rank, "all_reduce")?;
+            let k = (self.world * (self.world + 1) / 2) as f32;
+            buf.iter_mut().for_each(|x| *x *= k);
+            Tensor::from_vec(buf, t.dims(), t.device()).map_err(|e| candle_error("all_reduce", rank, e))
+        }
+        fn broadcast(&mut self, _: &mut [f32], _: usize) -> Result<(), CollectiveError> {
+            unreachable!()
+        }
+        fn broadcast_bytes(&mut self, _: &mut Vec<u8>, _: usize) -> Result<(), CollectiveError> {
+            unreachable!()
+        }
+        fn all_gather(&mut self, _: &[u8]) -> Result<Vec<Vec<u8>>, CollectiveError> {
+            unreachable!()
+        }
+        fn barrier(&mut self, _: Duration) -> Result<(), CollectiveError> {
+            Ok(())
+        }
+    }
+
+    /// Buckets of any size give the same averaged gradients, in the parameters' shapes and
+    /// places, and a parameter without a gradient stays without one.
+    #[test]
+    fn bucketed_exchange_places_every_gradient() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let shapes: [&[usize]; 5] = [&[3, 4], &[5], &[2, 2, 2], &[7], &[1]];
+        let params: Vec<Param> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Ok(Param { name: format!("p{i}"), var: Var::from_tensor(&Tensor::zeros(*s, DType::F32, &dev)?)? }))
+            .collect::<candle_core::Result<_>>()?;
+        // d loss / d p_i = a distinct ramp per parameter; p3 takes no part in the loss
+        let mut loss = Tensor::zeros((), DType::F32, &dev)?;
+        let mut want = Vec::new();
+        for (i, p) in params.iter().enumerate() {
+            let n = p.var.elem_count();
+            let ramp = Tensor::arange(0f32, n as f32, &dev)?.affine(1.0, 100.0 * i as f64)?.reshape(p.var.dims())?;
+            if i == 3 {
+                want.push(None);
+                continue;
+            }
+            loss = (loss + (p.var.as_tensor() * &ramp)?.sum_all()?)?;
+            want.push(Some((ramp * 1.5)?.flatten_all()?.to_vec1::<f32>()?));
+        }
+        for cap in [1, 5, 13, 1000] {
+            let mut grads = loss.backward()?;
+            let mut stats = StepStats { step: 1, loss: 2.0, mse: 1.0, repa: Some(0.5), grad_norm: 0.0, lr: 0.0 };
+            let mut c = Scaled { world: 2, host: 0, tensor: Vec::new() };
+            exchange_grads_in(&mut c, &params, &mut grads, &mut stats, cap).unwrap();
+            assert_eq!(c.host, 1, "presence flags and loss terms: one small host all-reduce");
+            assert_eq!(c.tensor.iter().sum::<usize>(), 12 + 5 + 8 + 7 + 1, "cap {cap}: every element once");
+            assert!(c.tensor.iter().all(|&n| n <= cap.max(12)), "cap {cap}: {:?}", c.tensor);
+            for (p, w) in params.iter().zip(&want) {
+                let got = grads.get(p.var.as_tensor());
+                match w {
+                    None => assert!(got.is_none(), "{} has no gradient on any rank", p.name),
+                    Some(w) => {
+                        let g = got.expect("averaged gradient");
+                        assert_eq!(g.dims(), p.var.dims());
+                        assert_eq!(&g.flatten_all()?.to_vec1::<f32>()?, w, "cap {cap}, {}", p.name);
+                    }
+                }
+            }
+            assert_eq!((stats.loss, stats.mse, stats.repa), (3.0, 1.5, Some(0.75)));
+        }
+        Ok(())
+    }
 }
