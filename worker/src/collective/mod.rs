@@ -1,10 +1,14 @@
 //! Gradient exchange backends for [`ablate_trainer::collective::Collective`]:
 //! - [`ring::Ring`]: TCP ring, CPU (and any host);
 //! - [`rendezvous::RendezvousRing`]: a ring whose members find each other through the
-//!   coordinator's rendezvous (what rank processes use).
-//!
-//! The NCCL backend (CUDA) is not built yet; see docs/distributed.md.
+//!   coordinator's rendezvous (what CPU rank processes use);
+//! - `nccl::NcclGroup` (`--features nccl`): NCCL on the GPUs' memory, its communicator made
+//!   from rank 0's unique id under the rendezvous and owned by one thread
+//!   ([`owned::Owned`]: deadlines and aborts instead of hangs).
 
+#[cfg(feature = "nccl")]
+pub mod nccl;
+pub mod owned;
 pub mod rendezvous;
 pub mod ring;
 

@@ -1,7 +1,13 @@
-//! A [`Ring`] joined through the coordinator: the rank binds its listener, publishes its
-//! address and parameter-layout hash under (job, generation), waits for every rank's
-//! address (with a deadline), then connects the ring. A later generation has another
-//! token, so a stale rank cannot enter a newer group.
+//! Joining a group through the coordinator. Every rank publishes one entry and its
+//! parameter-layout hash under (job, generation), then waits (with a deadline) for every
+//! rank's entry ([`exchange`]). The entry says how the rank joins:
+//! - the TCP ring: the rank's listener address (`host:port`); [`RendezvousRing`] then
+//!   connects the ring. A later generation has another token, so a stale rank cannot enter
+//!   a newer group;
+//! - NCCL: rank 0 publishes the communicator's unique id (`nccl-id=<hex>`), the others
+//!   `nccl-member` ([`nccl_entry`], [`nccl_id`]). A new generation is a new id.
+//!
+//! A rank that joined with the other backend fails the whole group with an error naming it.
 
 use ablate_proto::v1::{self, worker_service_client::WorkerServiceClient};
 use ablate_trainer::collective::{Collective, CollectiveError};
@@ -36,29 +42,68 @@ impl RendezvousRing {
     fn join(&self, params_hash: &str, listener: &TcpListener) -> Result<Vec<String>, String> {
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let address = format!("{}:{port}", self.advertise_host);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let mut c = WorkerServiceClient::connect(self.coordinator.clone()).await.map_err(|e| format!("coordinator {}: {e}", self.coordinator))?;
-            c.rendezvous_publish(v1::RendezvousPublishRequest {
-                job_id: self.job.clone(),
-                generation: self.generation,
-                rank: self.rank as u32,
-                address,
-                params_hash: params_hash.to_string(),
-            })
+        let table = exchange(&self.coordinator, &self.job, self.generation, self.rank, address, params_hash, self.rendezvous_timeout)?;
+        ring_addresses(&table)?;
+        Ok(table)
+    }
+}
+
+/// Publishes this rank's `entry` and waits for every rank's, indexed by rank.
+pub fn exchange(coordinator: &str, job: &str, generation: u64, rank: usize, entry: String, params_hash: &str, timeout: Duration) -> Result<Vec<String>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut c = WorkerServiceClient::connect(coordinator.to_string()).await.map_err(|e| format!("coordinator {coordinator}: {e}"))?;
+        c.rendezvous_publish(v1::RendezvousPublishRequest { job_id: job.to_string(), generation, rank: rank as u32, address: entry, params_hash: params_hash.to_string() })
             .await
             .map_err(|s| s.message().to_string())?;
-            let r = c
-                .rendezvous_fetch(v1::RendezvousFetchRequest {
-                    job_id: self.job.clone(),
-                    generation: self.generation,
-                    rank: self.rank as u32,
-                    timeout_ms: self.rendezvous_timeout.as_millis() as u64,
-                })
-                .await
-                .map_err(|s| s.message().to_string())?;
-            Ok(r.into_inner().addresses)
-        })
+        let r = c
+            .rendezvous_fetch(v1::RendezvousFetchRequest { job_id: job.to_string(), generation, rank: rank as u32, timeout_ms: timeout.as_millis() as u64 })
+            .await
+            .map_err(|s| s.message().to_string())?;
+        Ok(r.into_inner().addresses)
+    })
+}
+
+const NCCL_ID: &str = "nccl-id=";
+const NCCL_MEMBER: &str = "nccl-member";
+
+/// What an NCCL rank publishes: rank 0 the unique id, the others that they are members.
+pub fn nccl_entry(id: Option<&[u8]>) -> String {
+    match id {
+        Some(id) => format!("{NCCL_ID}{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        None => NCCL_MEMBER.to_string(),
+    }
+}
+
+fn backend(entry: &str) -> &'static str {
+    if entry.starts_with(NCCL_ID) || entry == NCCL_MEMBER {
+        "NCCL"
+    } else {
+        "the TCP ring"
+    }
+}
+
+fn same_backend(table: &[String], want: &'static str) -> Result<(), String> {
+    match table.iter().position(|e| backend(e) != want) {
+        Some(r) => Err(format!("rank {r} joined with {} but this rank uses {want}: every rank of a job must use the same gradient exchange (CUDA ranks of an NCCL build use NCCL; ABLATE_COLLECTIVE=ring forces the ring)", backend(&table[r]))),
+        None => Ok(()),
+    }
+}
+
+/// Checks that every rank joined the TCP ring.
+pub fn ring_addresses(table: &[String]) -> Result<(), String> {
+    same_backend(table, "the TCP ring")
+}
+
+/// Rank 0's NCCL unique id (`len` bytes) from the table, after checking every rank joined
+/// with NCCL.
+pub fn nccl_id(table: &[String], len: usize) -> Result<Vec<u8>, String> {
+    same_backend(table, "NCCL")?;
+    let hex = table.first().and_then(|e| e.strip_prefix(NCCL_ID)).ok_or("rank 0 published no NCCL unique id")?;
+    let bytes = (0..hex.len() / 2).map(|i| hex.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect::<Option<Vec<u8>>>();
+    match bytes {
+        Some(b) if hex.len() == 2 * len && b.len() == len => Ok(b),
+        _ => Err(format!("rank 0's NCCL unique id is not {len} bytes of hex: {hex:?}")),
     }
 }
 
@@ -103,5 +148,25 @@ impl Collective for RendezvousRing {
     }
     fn barrier(&mut self, timeout: Duration) -> Result<(), CollectiveError> {
         self.ring().barrier(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nccl_id_goes_through_the_table_and_mixed_backends_are_refused() {
+        let id: Vec<u8> = (0..128u32).map(|i| (i * 37 % 256) as u8).collect();
+        let table = vec![nccl_entry(Some(&id)), nccl_entry(None), nccl_entry(None)];
+        assert_eq!(nccl_id(&table, 128).unwrap(), id);
+        assert!(ring_addresses(&table).unwrap_err().contains("rank 0 joined with NCCL"));
+        let mixed = vec![nccl_entry(Some(&id)), "10.0.0.2:4000".to_string()];
+        let e = nccl_id(&mixed, 128).unwrap_err();
+        assert!(e.contains("rank 1 joined with the TCP ring but this rank uses NCCL"), "{e}");
+        assert!(ring_addresses(&["10.0.0.1:1".into(), "10.0.0.2:2".into()]).is_ok());
+        assert!(nccl_id(&[nccl_entry(None)], 128).unwrap_err().contains("no NCCL unique id"));
+        assert!(nccl_id(&[nccl_entry(Some(&id[..5]))], 128).unwrap_err().contains("not 128 bytes"));
+        assert!(nccl_id(&["nccl-id=zz".into()], 1).unwrap_err().contains("not 1 bytes"));
     }
 }
