@@ -2,6 +2,10 @@
 //! joins the group through the coordinator's rendezvous, trains with
 //! `ablate_trainer::run::run_distributed` on its shard, and reports on stdout
 //! ([`crate::events`]). Rank 0 owns the job directory; rank r > 0 works in `rank-r/`.
+//!
+//! The gradient exchange ([`Backend`]): NCCL for a CUDA rank of a `--features nccl` build,
+//! the TCP ring otherwise; `ABLATE_COLLECTIVE=ring|nccl` overrides the choice (every rank of
+//! a job must make the same one: the rendezvous refuses a mixed group).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,6 +13,9 @@ use std::time::Duration;
 
 use ablate_trainer::run::{MetricPoint, Progress, RunOptions};
 use ablate_trainer::TrainConfig;
+
+use ablate_trainer::collective::Collective;
+use candle_core::Device;
 
 use crate::collective::rendezvous::RendezvousRing;
 use crate::events::{Event, Outcome};
@@ -78,11 +85,12 @@ fn run(a: &RankArgs) -> Result<Outcome, (String, bool)> {
     let cfg = TrainConfig::load(&a.config).map_err(|e| (e.to_string(), false))?;
     let device = ablate_trainer::device::open(&a.device).map_err(|e| (e.to_string(), false))?;
     let out = if a.rank == 0 { a.job_dir.clone() } else { a.job_dir.join(format!("rank-{}", a.rank)) };
-    let mut group = RendezvousRing::new(a.coordinator.clone(), a.job.clone(), a.generation, a.rank, a.world, a.advertise_host.clone(), a.rendezvous_timeout, a.collective_timeout);
+    let backend = Backend::choose(std::env::var("ABLATE_COLLECTIVE").ok().as_deref(), &device).map_err(|e| (e, false))?;
+    let mut group = group(a, backend, &device).map_err(|e| (e, false))?;
     // a restarted generation continues from rank 0's checkpoint
     let opts = RunOptions { out, resume: true, samples: a.rank == 0 };
-    eprintln!("rank {}/{} of job {} (generation {}) on {}", a.rank, a.world, a.job, a.generation, a.device);
-    let s = ablate_trainer::run::run_distributed(cfg, &opts, &device, &mut Reporter, &mut group).map_err(|e| {
+    eprintln!("rank {}/{} of job {} (generation {}) on {}, gradients over {}", a.rank, a.world, a.job, a.generation, a.device, backend.label());
+    let s = ablate_trainer::run::run_distributed(cfg, &opts, &device, &mut Reporter, group.as_mut()).map_err(|e| {
         // the group broke (a peer died, a deadline passed): a restart can help; the rest
         // (non-finite loss, config, data, files) would happen again
         let retryable = matches!(e, ablate_trainer::TrainError::Collective(_));
@@ -96,4 +104,60 @@ fn run(a: &RankArgs) -> Result<Outcome, (String, bool)> {
         wall_seconds: s.wall_seconds,
         eval_json: s.final_eval.as_ref().map(|r| serde_json::to_string(r).expect("report serialises")).unwrap_or_default(),
     })
+}
+
+/// How a rank exchanges gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Ring,
+    Nccl,
+}
+
+impl Backend {
+    /// `wanted`: `ABLATE_COLLECTIVE` (`ring`, `nccl`, or unset/empty for the default).
+    pub fn choose(wanted: Option<&str>, device: &Device) -> Result<Self, String> {
+        let nccl_built = cfg!(feature = "nccl");
+        match wanted.map(str::trim).filter(|w| !w.is_empty()) {
+            None => Ok(if device.is_cuda() && nccl_built { Self::Nccl } else { Self::Ring }),
+            Some("ring") => Ok(Self::Ring),
+            Some("nccl") if !nccl_built => Err("ABLATE_COLLECTIVE=nccl, but this ablate was built without NCCL (build it with deploy/cuda/build.sh)".into()),
+            Some("nccl") if !device.is_cuda() => Err(format!("ABLATE_COLLECTIVE=nccl needs a CUDA rank; this one runs on {device:?}")),
+            Some("nccl") => Ok(Self::Nccl),
+            Some(other) => Err(format!("ABLATE_COLLECTIVE={other:?}: expected ring or nccl")),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ring => "the TCP ring",
+            Self::Nccl => "NCCL",
+        }
+    }
+}
+
+fn group(a: &RankArgs, backend: Backend, device: &Device) -> Result<Box<dyn Collective>, String> {
+    match backend {
+        Backend::Ring => Ok(Box::new(RendezvousRing::new(a.coordinator.clone(), a.job.clone(), a.generation, a.rank, a.world, a.advertise_host.clone(), a.rendezvous_timeout, a.collective_timeout))),
+        #[cfg(feature = "nccl")]
+        Backend::Nccl => crate::collective::nccl::NcclGroup::new(a.coordinator.clone(), a.job.clone(), a.generation, a.rank, a.world, device, a.rendezvous_timeout, a.collective_timeout)
+            .map(|g| Box::new(g) as Box<dyn Collective>)
+            .map_err(|e| e.to_string()),
+        #[cfg(not(feature = "nccl"))]
+        Backend::Nccl => unreachable!("Backend::choose({device:?}) never picks NCCL without the nccl feature"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ranks_use_the_ring_and_bad_choices_are_named() {
+        assert_eq!(Backend::choose(None, &Device::Cpu), Ok(Backend::Ring));
+        assert_eq!(Backend::choose(Some(""), &Device::Cpu), Ok(Backend::Ring));
+        assert_eq!(Backend::choose(Some("ring"), &Device::Cpu), Ok(Backend::Ring));
+        let e = Backend::choose(Some("nccl"), &Device::Cpu).unwrap_err();
+        assert!(e.contains(if cfg!(feature = "nccl") { "needs a CUDA rank" } else { "built without NCCL" }), "{e}");
+        assert!(Backend::choose(Some("gloo"), &Device::Cpu).unwrap_err().contains("expected ring or nccl"));
+    }
 }
