@@ -4,10 +4,12 @@
 # run needs in .gpu/ (ignored by git):
 #
 #   bash deploy/cuda/build.sh            # ~15-20 min the first time on 2 cores, ~2-4 min after
+#   MODE=check bash deploy/cuda/build.sh # only `cargo check` the CUDA build (~5 min warm)
 #
 #   .gpu/ablate            the stripped binary (no CUDA library in DT_NEEDED: CUDA is dlopen()ed)
 #   .gpu/device-env.sh     puts the GPU machine's libcuda and CUDA 13 libraries on LD_LIBRARY_PATH
 #   .gpu/run-device.sh     the device check (copy of deploy/cuda/device-check.sh)
+#   .gpu/nccl-rendezvous.sh  NCCL through coordinator + worker (run by the device check)
 #
 # On the GPU machine (the repository copied there with .gpu/ carried along):
 #   bash .gpu/run-device.sh
@@ -37,7 +39,19 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/cuda}"
 # shellcheck source=/dev/null
 set +u; source "$CUDA_ENV_SH" || { echo "build.sh: $CUDA_ENV_SH failed" >&2; exit 1; }; set -u
 
+# the patched cudarc is a path dependency: cargo rewrites Cargo.lock's cudarc entry for this
+# build; the CPU build's lock file is put back whatever happens
+lock_copy=$(mktemp)
+cp Cargo.lock "$lock_copy"
+trap 'cp "$lock_copy" Cargo.lock; rm -f "$lock_copy"' EXIT
+
 start=$(date +%s)
+if [ "${MODE:-build}" = check ]; then
+  echo "== cargo check --release -p ablate-cli --features $FEATURES (target $CARGO_TARGET_DIR)"
+  cargo check --release -p ablate-cli --features "$FEATURES" "${CUDA_CARGO_ARGS[@]}"
+  echo "== checked in $(( $(date +%s) - start )) s"
+  exit 0
+fi
 echo "== cargo build --release -p ablate-cli --features $FEATURES (target $CARGO_TARGET_DIR)"
 cargo build --release -p ablate-cli --features "$FEATURES" "${CUDA_CARGO_ARGS[@]}"
 echo "== built in $(( $(date +%s) - start )) s"
@@ -48,7 +62,8 @@ strip -o .gpu/ablate.new "$CARGO_TARGET_DIR/release/ablate"
 mv .gpu/ablate.new .gpu/ablate
 cp "$DEVICE_ENV_SH" .gpu/device-env.sh
 cp deploy/cuda/device-check.sh .gpu/run-device.sh
-chmod +x .gpu/ablate .gpu/run-device.sh
+cp deploy/cuda/nccl-rendezvous.sh .gpu/nccl-rendezvous.sh
+chmod +x .gpu/ablate .gpu/run-device.sh .gpu/nccl-rendezvous.sh
 
 # The binary must start on a machine without any CUDA library installed at link paths: only
 # libc/libm/libgcc_s (and libstdc++ if candle's MoE kernels ever get linked) may be needed.

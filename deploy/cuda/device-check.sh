@@ -7,7 +7,7 @@
 #
 # 1. nvidia-smi; 2. `ablate selfcheck-cuda` (the CUDA tests: ops vs CPU forward+backward,
 # CPU/CUDA loss parity in fp32 and bf16, loss falls and every parameter moves, NCCL at world
-# size 1); 3. `ablate bench train --device cuda` for mini and prx-small at 256 image tokens;
+# size 1); 2b. nccl-rendezvous.sh (a job through coordinator, worker and NCCL); 3. `ablate bench train --device cuda` for mini and prx-small at 256 image tokens;
 # 4. bench/torch_reference.py, eager and torch.compile, same shapes (taken from ablate's JSON)
 # and batches; 5. a side-by-side table. Every stage is bounded by `timeout` and the whole
 # script by a budget (DEVICE_CHECK_BUDGET_S, default 500 s): a stage that would start too
@@ -67,6 +67,9 @@ ls -la "$GPU"
 if [ "${SKIP_SELFCHECK:-0}" != 1 ]; then
   stage selfcheck-cuda 110 "$GPU/ablate" selfcheck-cuda --device cuda
 fi
+
+# NCCL through the coordinator's rendezvous: coordinator + worker + a world-size-<GPUs> job
+stage nccl-rendezvous 90 bash "$GPU/nccl-rendezvous.sh"
 
 ABLATE_JSON="$LOG/ablate.jsonl"
 : > "$ABLATE_JSON"

@@ -100,6 +100,22 @@ impl NcclGroup {
     }
 }
 
+impl NcclGroup {
+    /// The group's first collective, on device memory: the one-hot vectors of the ranks sum
+    /// to all ones, or the communicator is unusable (and the error says so before training).
+    fn probe(&mut self) -> Result<(), CollectiveError> {
+        let (rank, world) = (self.rank, self.world);
+        let err = |message: String| CollectiveError { op: "probe", rank, message };
+        let one_hot: Vec<f32> = (0..world).map(|r| if r == rank { 1.0 } else { 0.0 }).collect();
+        let t = Tensor::from_vec(one_hot, world, &self.device).map_err(|e| err(e.to_string()))?;
+        let sum = self.all_reduce_sum_tensor(&t)?.to_vec1::<f32>().map_err(|e| err(e.to_string()))?;
+        if sum.iter().any(|&x| x != 1.0) {
+            return Err(err(format!("the first all-reduce of the ranks' one-hot vectors gave {sum:?}, not all ones")));
+        }
+        Ok(())
+    }
+}
+
 /// The address of a CUDA f32 tensor's element `offset`.
 fn device_ptr(storage: &Storage, offset: usize, stream: &CudaStream) -> Result<u64, String> {
     let Storage::Cuda(s) = storage else { return Err("the tensor is not on a CUDA device".into()) };
@@ -132,6 +148,9 @@ impl Collective for NcclGroup {
         let id = nccl_id(&table, ID_BYTES).map_err(err)?;
         let (stream, world) = (self.stream.clone(), self.world);
         self.owned = Some(Owned::spawn(&format!("nccl-rank-{rank}"), rank, self.rendezvous_timeout, GRACE, move |_| Comm::init(stream, rank, world, &id))?);
+        self.probe()?;
+        let version = cudarc::nccl::result::get_nccl_version().map(|v| format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100)).unwrap_or_else(|e| format!("? ({e:?})"));
+        eprintln!("nccl: rank {rank} of {world} ready on {:?} (libnccl {version}, job {} generation {}); the first device all-reduce checked", self.device, self.job, self.generation);
         Ok(())
     }
 
