@@ -105,3 +105,50 @@ fn a_stranger_cannot_join_and_a_missing_peer_times_out() {
     assert!(e.contains("rank 1 did not connect within"), "{e}");
     assert!(stranger.join().unwrap().is_err());
 }
+
+/// The gradient exchange over a real ring of 3, with buckets that split the parameters
+/// anywhere: each rank's gradients become the mean of the ranks', in place and shape, and a
+/// parameter with a gradient on one rank only is averaged with zeros elsewhere.
+#[test]
+fn bucketed_gradient_exchange_over_the_ring_gives_every_rank_the_mean() {
+    use ablate_trainer::collective::exchange_grads_in;
+    use ablate_trainer::optim::Param;
+    use ablate_trainer::train::StepStats;
+    use candle_core::{DType, Device, Tensor, Var};
+    let shapes: [&[usize]; 4] = [&[4, 3], &[5], &[2, 3, 2], &[1]];
+    for cap in [1, 7, 1 << 20] {
+        let out = on_group(3, Duration::from_secs(20), move |ring| {
+            let r = ring.rank();
+            let zeros = |s: &[usize]| Var::from_tensor(&Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap()).unwrap();
+            let params: Vec<Param> = shapes.iter().enumerate().map(|(i, s)| Param { name: format!("p{i}"), var: zeros(s) }).collect();
+            // rank r's gradient of p_i is (r + 1) * (i + 1) at every element (integers: exact);
+            // p3 gets a gradient on rank 1 only
+            let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+            for (i, p) in params.iter().enumerate() {
+                if i == 3 && r != 1 {
+                    continue;
+                }
+                loss = (loss + (p.var.as_tensor() * ((r + 1) * (i + 1)) as f64).unwrap().sum_all().unwrap()).unwrap();
+            }
+            let mut grads = loss.backward().unwrap();
+            let mut stats = StepStats { step: 0, loss: r as f64, mse: 0.0, repa: None, grad_norm: 0.0, lr: 0.0 };
+            exchange_grads_in(ring, &params, &mut grads, &mut stats, cap).unwrap();
+            let g: Vec<(Vec<usize>, Vec<f32>)> = params
+                .iter()
+                .map(|p| {
+                    let g = grads.get(p.var.as_tensor()).expect("every parameter has a gradient on some rank");
+                    (g.dims().to_vec(), g.flatten_all().unwrap().to_vec1().unwrap())
+                })
+                .collect();
+            (g, stats.loss)
+        });
+        for (r, (g, loss)) in out.iter().enumerate() {
+            assert_eq!(*loss, 1.0, "mean of the ranks' losses 0, 1, 2");
+            for (i, (dims, v)) in g.iter().enumerate() {
+                assert_eq!(dims.as_slice(), shapes[i], "cap {cap}, rank {r}, p{i}");
+                let want = if i == 3 { 2.0 * 4.0 / 3.0 } else { 2.0 * (i + 1) as f32 };
+                assert!(v.iter().all(|&x| x == want), "cap {cap}, rank {r}, p{i}: {v:?} != {want}");
+            }
+        }
+    }
+}
