@@ -1,5 +1,6 @@
 //! Compiles proto/ablate/v1/ablate.proto with protox (pure Rust: no protoc on the machine)
 //! and generates the tonic services. The encoded descriptor set is kept for gRPC reflection.
+//! proto/etcd/kv.proto (the etcd v3 KV and Lease services) gets clients only.
 
 use prost::Message;
 
@@ -17,5 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute("ablate.v1.MetricPoint", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
         .type_attribute("ablate.v1.EvalPoint", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
         .compile_fds(fds)?;
+    let etcd = "proto/etcd/kv.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    tonic_prost_build::configure().build_client(true).build_server(false).compile_fds(protox::compile([etcd], ["proto"])?)?;
     Ok(())
 }

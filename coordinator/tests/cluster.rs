@@ -163,8 +163,27 @@ async fn a_lost_worker_restarts_the_gang_under_a_new_generation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_restart_keeps_every_job_and_running_ranks_reattach() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("state/c.redb").display().to_string();
-    let c = start(&spec, dir.path(), 2000, 0).await;
+    restart_keeps_every_job(&dir.path().join("state/c.redb").display().to_string(), dir.path()).await;
+}
+
+/// The same restart with the state in etcd (skipped where no etcd is installed, unless
+/// ABLATE_REQUIRE_ETCD=1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_restart_on_etcd_keeps_every_job() {
+    use ablate_coordinator::store::local_etcd::{self, LocalEtcd};
+    let Some(bin) = LocalEtcd::binary() else {
+        assert!(!local_etcd::required(), "ABLATE_REQUIRE_ETCD=1 but no etcd binary");
+        eprintln!("skipped: no etcd binary");
+        return;
+    };
+    let etcd = tokio::task::spawn_blocking(move || LocalEtcd::start(&bin).unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    restart_keeps_every_job(&etcd.spec("ablate/"), dir.path()).await;
+    tokio::task::spawn_blocking(move || drop(etcd)).await.unwrap();
+}
+
+async fn restart_keeps_every_job(spec: &str, dir: &Path) {
+    let c = start(spec, dir, 2000, 0).await;
     let port: u16 = c.url.rsplit(':').next().unwrap().parse().unwrap();
     let (mut w, mut j) = (c.workers().await, c.jobs().await);
     beat(&mut w, "a", 1, vec![]).await;
@@ -178,7 +197,7 @@ async fn a_coordinator_restart_keeps_every_job_and_running_ranks_reattach() {
     j.cancel_job(v1::CancelJobRequest { id: cancelled.id.clone(), reason: "test".into() }).await.unwrap();
     c.shutdown().await;
 
-    let c = start(&spec, dir.path(), 2000, port).await;
+    let c = start(spec, dir, 2000, port).await;
     let (mut w, mut j) = (c.workers().await, c.jobs().await);
     assert_eq!(state(&mut j, &running.id).await.state(), JobState::Running);
     assert_eq!(state(&mut j, &queued.id).await.state(), JobState::Queued);

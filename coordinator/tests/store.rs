@@ -1,6 +1,7 @@
 //! The store conformance suite against every backend, and crash-safety of the embedded one.
 
-use ablate_coordinator::store::{conformance, memory::MemoryStore, redb::RedbStore, Compare, Kv, Op};
+use ablate_coordinator::store::local_etcd::{self, LocalEtcd};
+use ablate_coordinator::store::{conformance, etcd::{self, EtcdStore}, memory::MemoryStore, redb::RedbStore, Compare, Kv, Op};
 use std::sync::Arc;
 
 #[test]
@@ -45,4 +46,67 @@ fn a_file_that_is_not_a_store_is_refused_by_name() {
     let e = RedbStore::open(&path).err().expect("garbage must not open").to_string();
     assert!(e.contains("notes.txt"), "{e}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello, not a database", "the file is left as it was");
+}
+
+/// A local etcd for a test, or None (skipped, said on stderr) where none is installed and
+/// `ABLATE_REQUIRE_ETCD` is not 1 (`.ci/run` sets it: there a missing etcd fails).
+fn etcd_binary(test: &str) -> Option<std::path::PathBuf> {
+    let bin = LocalEtcd::binary();
+    if bin.is_none() {
+        assert!(!local_etcd::required(), "{test}: ABLATE_REQUIRE_ETCD=1 but no etcd binary (apt-get install etcd-server, or set ABLATE_ETCD_BIN)");
+        eprintln!("{test}: skipped, no etcd binary (apt-get install etcd-server, or set ABLATE_ETCD_BIN)");
+    }
+    bin
+}
+
+#[test]
+fn etcd_backend_conforms() {
+    let Some(bin) = etcd_binary("etcd_backend_conforms") else { return };
+    // every check gets a fresh cluster: the suite expects a store at revision 0
+    let clusters = std::sync::Mutex::new(Vec::new());
+    conformance::run_all(&|| {
+        let e = LocalEtcd::start(&bin).unwrap();
+        let s = Arc::new(EtcdStore::open(&e.spec("ablate/")).unwrap()) as Arc<dyn Kv>;
+        clusters.lock().unwrap().push(e);
+        s
+    });
+}
+
+#[test]
+fn etcd_namespaces_share_a_cluster_without_seeing_each_other_and_ranges_page() {
+    let Some(bin) = etcd_binary("etcd_namespaces_share_a_cluster") else { return };
+    let e = LocalEtcd::start(&bin).unwrap();
+    let (a, b) = (EtcdStore::open(&e.spec("team-a/")).unwrap(), EtcdStore::open(&e.spec("team-b/")).unwrap());
+    a.put("jobs/j1", b"a1").unwrap();
+    b.put("jobs/j1", b"b1").unwrap();
+    assert_eq!(a.get("jobs/j1").unwrap().unwrap().value, b"a1");
+    assert_eq!(b.range("").unwrap().iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["jobs/j1"]);
+    assert!(b.delete("jobs/j1").unwrap());
+    assert!(a.get("jobs/j1").unwrap().is_some(), "b's delete stays in b");
+    // more keys than one range page, in key order, every one once
+    let n = etcd::PAGE as usize * 2 + 7;
+    let puts: Vec<Op> = (0..n).map(|i| Op::Put(format!("many/{i:05}"), vec![(i % 251) as u8])).collect();
+    for chunk in puts.chunks(100) {
+        assert!(a.txn(&[], chunk, &[]).unwrap().succeeded);
+    }
+    let all = a.range("many/").unwrap();
+    assert_eq!(all.len(), n);
+    assert!(all.iter().enumerate().all(|(i, e)| e.key == format!("many/{i:05}") && e.value == [(i % 251) as u8]));
+}
+
+#[test]
+fn an_unreachable_etcd_is_an_error_that_names_it_and_a_dead_one_fails_calls() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spec = format!("etcd://127.0.0.1:{port}/x/");
+    let t = std::time::Instant::now();
+    let err = EtcdStore::open(&spec).err().expect("nothing listens there").to_string();
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("does not answer"), "{err}");
+    assert!(t.elapsed() < etcd::TIMEOUT + std::time::Duration::from_secs(2));
+    let Some(bin) = etcd_binary("an_unreachable_etcd") else { return };
+    let mut e = LocalEtcd::start(&bin).unwrap();
+    let s = EtcdStore::open(&e.spec("x/")).unwrap();
+    s.put("jobs/a", b"1").unwrap();
+    e.kill();
+    let err = s.put("jobs/b", b"2").unwrap_err().to_string();
+    assert!(err.contains("put") && err.contains("jobs/b") && err.contains(&e.endpoint), "{err}");
 }

@@ -3,6 +3,7 @@
 //! What the coordinator, the workers and the CLI share:
 //! - `v1`: the generated `ablate.v1` messages, `JobService` and `WorkerService` clients and
 //!   servers (proto/ablate/v1/ablate.proto, compiled by protox in build.rs);
+//! - `etcd`: clients of etcd's v3 KV and Lease services (proto/etcd/kv.proto);
 //! - `DESCRIPTOR_SET`: the encoded descriptors, for gRPC reflection;
 //! - typed ids and `PROTOCOL_VERSION`.
 
@@ -14,6 +15,12 @@ pub const PROTOCOL_VERSION: u32 = 2;
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("ablate.v1");
+}
+
+/// etcd's v3 KV and Lease clients (proto/etcd/kv.proto), for the coordinator's etcd store.
+#[allow(clippy::all, missing_docs)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
 }
 
 /// The encoded `FileDescriptorSet` of ablate.v1 (for tonic-reflection).

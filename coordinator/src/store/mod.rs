@@ -6,11 +6,14 @@
 //! that created it, the one that last modified it, and its version (writes since creation),
 //! exactly the numbers etcd's compare-and-swap works on.
 //!
-//! Backends: [`redb::RedbStore`] (embedded, crash-safe, the default) and
+//! Backends: [`redb::RedbStore`] (embedded, crash-safe, the default),
+//! [`etcd::EtcdStore`] (an etcd cluster: `etcd://host:port,.../namespace/`) and
 //! [`memory::MemoryStore`] (tests, benchmarks). [`conformance`] holds the tests every
 //! backend must pass.
 
 pub mod conformance;
+pub mod etcd;
+pub mod local_etcd;
 pub mod memory;
 pub mod redb;
 
@@ -90,13 +93,16 @@ pub(crate) fn holds(c: &Compare, get: &mut dyn FnMut(&str) -> Result<Option<Entr
     })
 }
 
-/// Opens the store named on the command line: a file path (redb) or `memory:`.
+/// Opens the store named on the command line: a file path (redb), `etcd://...` or `memory:`.
 pub fn open(spec: &str) -> Result<std::sync::Arc<dyn Kv>, StoreError> {
     if spec == "memory:" {
         return Ok(std::sync::Arc::new(memory::MemoryStore::default()));
     }
-    if spec.starts_with("etcd://") || spec.starts_with("http://") || spec.starts_with("https://") {
-        return Err(StoreError::Open { path: spec.into(), message: "the etcd backend is not built yet: use a file path (embedded store) or memory:".into() });
+    if spec.starts_with("etcd://") {
+        return Ok(std::sync::Arc::new(etcd::EtcdStore::open(spec)?));
+    }
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        return Err(StoreError::Open { path: spec.into(), message: "an etcd store is named etcd://host:port[,host:port...][/namespace/] (TLS is not supported)".into() });
     }
     Ok(std::sync::Arc::new(redb::RedbStore::open(std::path::Path::new(spec))?))
 }
