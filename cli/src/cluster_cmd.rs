@@ -11,9 +11,17 @@ pub struct CoordinatorArgs {
     /// gRPC address to listen on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: String,
-    /// The state store: a file path (embedded redb, created if missing) or `memory:`.
+    /// The state store: a file path (embedded redb, created if missing), `memory:`, or an
+    /// etcd cluster `etcd://host:port[,host:port...][/namespace/]`. With etcd, several
+    /// coordinators can share the store: one leads and serves, the others wait as standbys.
     #[arg(long, default_value = "ablate-state/coordinator.redb")]
     store: String,
+    /// This coordinator's id in the leader election (etcd stores); default <hostname>-<pid>.
+    #[arg(long)]
+    id: Option<String>,
+    /// Leader lease (etcd stores): a leader that dies is replaced after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    lease_ttl_s: u64,
     /// Where per-job metric and log files go.
     #[arg(long, default_value = "ablate-state/runs")]
     runs: PathBuf,
@@ -47,8 +55,50 @@ fn stop_on_signals(token: CancellationToken) {
     });
 }
 
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "host".into())
+}
+
 pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
+    if a.store.starts_with("etcd://") {
+        return coordinator_ha(a);
+    }
     let store = ablate_coordinator::store::open(&a.store)?;
+    serve(a, store, None)
+}
+
+/// A coordinator on an etcd store: campaigns for the leadership (waiting as a standby while
+/// another leads), serves while it leads, and stops with an error if it loses the post (a
+/// supervisor restarts it as a standby). A clean stop resigns, so a standby takes over at once.
+fn coordinator_ha(a: CoordinatorArgs) -> anyhow::Result<()> {
+    use ablate_coordinator::leader::Election;
+    use ablate_coordinator::store::etcd::EtcdStore;
+    let mut store = EtcdStore::open(&a.store)?;
+    let election = Election { id: a.id.clone().unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id())), ttl: Duration::from_secs(a.lease_ttl_s.max(1)), poll: Duration::from_millis(500) };
+    let cancel = CancellationToken::new();
+    let rt = runtime()?;
+    rt.block_on(async { stop_on_signals(cancel.clone()) });
+    eprintln!("coordinator {}: campaigning for the leadership on {} (lease {} s)", election.id, a.store, election.ttl.as_secs());
+    let lead = election.campaign(&mut store, &cancel, |holder| eprintln!("standby: {holder} leads; waiting"))?;
+    let Some(lead) = lead else {
+        eprintln!("stopped while a standby");
+        return Ok(());
+    };
+    eprintln!("coordinator {}: leading", lead.id);
+    let store = std::sync::Arc::new(store);
+    drop(rt);
+    let result = serve(a, store.clone(), Some(lead.lost.clone()));
+    if lead.lost.is_cancelled() {
+        anyhow::bail!("coordinator {}: lost the leadership (its etcd lease expired); stopped serving", lead.id);
+    }
+    if let Err(e) = lead.resign(&store) {
+        eprintln!("could not resign the leadership ({e}); a standby takes over when the lease expires");
+    }
+    result
+}
+
+/// Serves until Ctrl-C or SIGTERM, or, for a leader, until `lost` (the leadership is gone).
+fn serve(a: CoordinatorArgs, store: std::sync::Arc<dyn ablate_coordinator::store::Kv>, lost: Option<CancellationToken>) -> anyhow::Result<()> {
     let opts = ablate_coordinator::Options {
         heartbeat: Duration::from_millis(a.heartbeat_ms),
         worker_expiry: Duration::from_millis(a.worker_expiry_ms),
@@ -70,6 +120,14 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         );
         let token = CancellationToken::new();
         stop_on_signals(token.clone());
+        if let Some(lost) = lost {
+            let t = token.clone();
+            tokio::spawn(async move {
+                lost.cancelled().await;
+                eprintln!("lost the leadership: stopping");
+                t.cancel();
+            });
+        }
         ablate_coordinator::server::run(store, opts, ablate_coordinator::server::Listeners { grpc, metrics }, token).await?;
         Ok(())
     })
@@ -77,6 +135,8 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
 
 #[derive(Args)]
 pub struct WorkerArgs {
+    /// The coordinator's URL; several, comma-separated, for coordinators sharing an etcd
+    /// store (the worker and its ranks use the first that answers: the leader).
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     coordinator: String,
     /// `cpu:N` (N CPU slots) or `cuda:0,1,...`.
@@ -107,7 +167,7 @@ pub struct WorkerArgs {
 pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let devices = ablate_worker::agent::parse_devices(&a.devices)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "worker".into());
+    let host = host_name();
     let exe = std::env::current_exe().context("locating the ablate binary to start ranks")?;
     let cfg = ablate_worker::agent::AgentConfig {
         coordinator: a.coordinator,

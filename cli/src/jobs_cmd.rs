@@ -19,7 +19,8 @@ pub enum Output {
 
 #[derive(Args)]
 pub struct Conn {
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC URL; several, comma-separated, for coordinators sharing an
+    /// etcd store (the first that answers is the leader).
     #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
     coordinator: String,
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -91,7 +92,8 @@ fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn client(c: &Conn) -> anyhow::Result<JobServiceClient<Channel>> {
-    JobServiceClient::connect(c.coordinator.clone()).await.with_context(|| format!("cannot reach the coordinator at {} (start one with `ablate coordinator`)", c.coordinator))
+    let (_, channel) = ablate_proto::connect_first(&c.coordinator).await.map_err(|e| anyhow::anyhow!("cannot reach the coordinator ({e}); start one with `ablate coordinator`"))?;
+    Ok(JobServiceClient::new(channel))
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {

@@ -6,7 +6,9 @@
 //!   restarts under a new generation with the reason, nothing hangs;
 //! - SIGKILL of a worker agent: its ranks die with it, the gang is requeued;
 //! - SIGKILL of the coordinator mid-job: restarted on the same store, it still has the job,
-//!   the workers re-attach and the job finishes.
+//!   the workers re-attach and the job finishes;
+//! - two coordinators on one etcd store: SIGKILL of the leader mid-job, the standby takes
+//!   over, the workers (given both URLs) re-attach to it and the job finishes.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,6 +34,16 @@ struct Cluster {
     grpc_port: u16,
     coordinator: Option<Proc>,
     workers: Vec<Proc>,
+    /// What else must live as long as the cluster (an etcd, a standby coordinator).
+    extra: Vec<Box<dyn std::any::Any>>,
+}
+
+/// The metrics address from a coordinator's first line, once it serves (within `secs`).
+fn serving(first: &std::sync::mpsc::Receiver<String>, secs: u64) -> Option<String> {
+    let line = first.recv_timeout(Duration::from_secs(secs)).ok()?;
+    // "coordinator listening on 127.0.0.1:P, metrics on http://127.0.0.1:M/metrics (store ...)"
+    assert!(line.starts_with("coordinator listening on"), "{line}");
+    Some(line.split("metrics on http://").nth(1).unwrap().split('/').next().unwrap().to_string())
 }
 
 fn free_port() -> u16 {
@@ -40,9 +52,14 @@ fn free_port() -> u16 {
 
 impl Cluster {
     fn start(workers: usize) -> Self {
+        Self::start_with(workers, Cluster::start_coordinator)
+    }
+
+    /// `coordinators` starts the coordinator(s) and sets `url`.
+    fn start_with(workers: usize, coordinators: impl FnOnce(&mut Cluster)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Cluster { dir, url: String::new(), metrics: String::new(), grpc_port: free_port(), coordinator: None, workers: vec![] };
-        c.start_coordinator();
+        let mut c = Cluster { dir, url: String::new(), metrics: String::new(), grpc_port: free_port(), coordinator: None, workers: vec![], extra: vec![] };
+        coordinators(&mut c);
         for i in 0..workers {
             let w = Command::new(BIN)
                 .args(["worker", "--coordinator", &c.url, "--devices", "cpu:1", "--id", &format!("w{i}"), "--threads-per-rank", "1", "--collective-timeout-s", "60", "--stuck-after-s", "120"])
@@ -59,24 +76,34 @@ impl Cluster {
     }
 
     fn start_coordinator(&mut self) {
-        let store = self.dir.path().join("state/coordinator.redb");
+        let store = self.dir.path().join("state/coordinator.redb").display().to_string();
+        let (p, first) = self.spawn_coordinator(self.grpc_port, &store, &[]);
+        self.url = format!("http://127.0.0.1:{}", self.grpc_port);
+        self.metrics = serving(&first, 30).expect("a coordinator on its own store serves at once");
+        self.coordinator = Some(p);
+    }
+
+    /// Starts `ablate coordinator` on `port`; the receiver gets its first stdout line, which
+    /// it prints once it serves (a standby prints it when it comes to lead).
+    fn spawn_coordinator(&self, port: u16, store: &str, extra: &[&str]) -> (Proc, std::sync::mpsc::Receiver<String>) {
         let mut p = Command::new(BIN)
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{}", self.grpc_port), "--metrics-listen", "127.0.0.1:0", "--heartbeat-ms", "300", "--worker-expiry-ms", "5000"])
-            .arg("--store")
-            .arg(&store)
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "127.0.0.1:0", "--heartbeat-ms", "300", "--worker-expiry-ms", "5000"])
+            .args(["--store", store])
+            .args(extra)
             .arg("--runs")
             .arg(self.dir.path().join("state/runs"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut first = String::new();
-        BufReader::new(p.stdout.take().unwrap()).read_line(&mut first).unwrap();
-        // "coordinator listening on 127.0.0.1:P, metrics on http://127.0.0.1:M/metrics (store ...)"
-        assert!(first.starts_with("coordinator listening on"), "{first}");
-        self.url = format!("http://127.0.0.1:{}", self.grpc_port);
-        self.metrics = first.split("metrics on http://").nth(1).unwrap().split('/').next().unwrap().to_string();
-        self.coordinator = Some(Proc(p));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = p.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = BufReader::new(out).read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        (Proc(p), rx)
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -320,4 +347,44 @@ overrides = { "optim.kind" = "muon" }
     for needle in ["<svg", "muon", "optim.kind", "At equal samples seen: 12", "No sample grids at hand"] {
         assert!(html.contains(needle), "report.html lacks {needle}");
     }
+}
+
+#[test]
+fn with_etcd_a_standby_coordinator_takes_over_when_the_leader_dies() {
+    use ablate_coordinator::store::local_etcd::{self, LocalEtcd};
+    let Some(etcd_bin) = LocalEtcd::binary() else {
+        assert!(!local_etcd::required(), "ABLATE_REQUIRE_ETCD=1 but no etcd binary");
+        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+        return;
+    };
+    let mut standby = None;
+    let mut c = Cluster::start_with(1, |c| {
+        let etcd = LocalEtcd::start(&etcd_bin).unwrap();
+        let store = etcd.spec("ha/");
+        let (a_port, b_port) = (c.grpc_port, free_port());
+        let (a, a_first) = c.spawn_coordinator(a_port, &store, &["--id", "coord-a", "--lease-ttl-s", "2"]);
+        c.metrics = serving(&a_first, 30).expect("the first coordinator leads");
+        let (b, b_first) = c.spawn_coordinator(b_port, &store, &["--id", "coord-b", "--lease-ttl-s", "2"]);
+        assert!(serving(&b_first, 2).is_none(), "the second coordinator must wait as a standby");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", b_port)).is_err(), "a standby listens on nothing");
+        // clients and workers get both URLs and use the one that answers
+        c.url = format!("http://127.0.0.1:{a_port},http://127.0.0.1:{b_port}");
+        c.coordinator = Some(a);
+        standby = Some(b_first);
+        c.extra.push(Box::new(etcd));
+        c.extra.push(Box::new(b));
+    });
+    let id = c.submit(60, 1);
+    c.wait(120, "job training", |c| c.job(&id)["step"].as_u64().unwrap_or(0) >= 2);
+    let killed = Instant::now();
+    drop(c.coordinator.take()); // SIGKILL of the leader
+    let b_metrics = serving(standby.as_ref().unwrap(), 20).expect("the standby takes over within the lease (2 s) and its polling");
+    let took_over = killed.elapsed();
+    c.wait(300, "job succeeded under the new leader", |c| state(&c.job(&id)) == "succeeded");
+    let j = c.job(&id);
+    assert_eq!(j["generation"], 1, "the running rank re-attached to the new leader: the job ran once");
+    assert_eq!(j["result"]["steps"], 60);
+    // the new leader serves metrics for the job
+    assert!(http_get(&b_metrics, "/metrics").contains("ablate_workers{state=\"alive\"} 1"));
+    eprintln!("standby took over {took_over:?} after the leader was killed");
 }

@@ -4,8 +4,9 @@
 //! the rendezvous and serves metrics. Never depends on candle.
 //!
 //! # Layout
-//! - `store/`: the etcd-shaped KV trait, its embedded redb backend, an in-memory one, and
-//!   the conformance tests every backend passes;
+//! - `store/`: the etcd-shaped KV trait, its embedded redb backend, the etcd backend, an
+//!   in-memory one, and the conformance suite every backend passes;
+//! - `leader`: leader election among coordinators sharing an etcd store (HA);
 //! - `scheduler`: the gang scheduler, a pure function over a cluster snapshot;
 //! - `core`: job state machine, worker registry, rendezvous tables, result collection;
 //! - `service`: the gRPC `JobService` and `WorkerService` over `core`;
@@ -16,6 +17,7 @@
 
 pub mod core;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod runs;
 pub mod scheduler;

@@ -79,3 +79,38 @@ impl v1::JobState {
         [Self::Queued, Self::Scheduled, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled].into_iter().find(|x| x.label() == s)
     }
 }
+
+/// The URLs of a `--coordinator` value: one URL, or several separated by commas
+/// (coordinators sharing an etcd store: the leader serves and the standbys listen on
+/// nothing, so a client takes the first that answers).
+pub fn coordinator_urls(spec: &str) -> Vec<String> {
+    spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// Connects to the first coordinator of `spec` (see [`coordinator_urls`]) that answers;
+/// returns its URL and channel, or every URL's error.
+pub async fn connect_first(spec: &str) -> Result<(String, tonic::transport::Channel), String> {
+    let mut errors = Vec::new();
+    for url in coordinator_urls(spec) {
+        let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
+            Ok(e) => e.connect_timeout(std::time::Duration::from_secs(3)),
+            Err(e) => {
+                errors.push(format!("{url}: {e}"));
+                continue;
+            }
+        };
+        match endpoint.connect().await {
+            Ok(channel) => return Ok((url, channel)),
+            Err(e) => {
+                let mut msg = format!("{url}: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    msg.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                errors.push(msg);
+            }
+        }
+    }
+    Err(if errors.is_empty() { format!("no coordinator URL in {spec:?}") } else { errors.join("; ") })
+}

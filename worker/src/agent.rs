@@ -189,7 +189,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Wo
 }
 
 async fn connect(cfg: &AgentConfig) -> Result<(WorkerServiceClient<Channel>, Duration), WorkerError> {
-    let mut c = WorkerServiceClient::connect(cfg.coordinator.clone()).await.map_err(|e| WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(e) })?;
+    let (_, channel) = ablate_proto::connect_first(&cfg.coordinator).await.map_err(|e| WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(e) })?;
+    let mut c = WorkerServiceClient::new(channel);
     let r = c.register(v1::RegisterRequest { registration: Some(registration(cfg)) }).await.map_err(|s| {
         if s.code() == tonic::Code::FailedPrecondition {
             WorkerError::Refused(s.message().to_string())

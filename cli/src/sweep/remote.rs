@@ -3,7 +3,6 @@
 //! run`), `ablate results <sweep id>`.
 
 use ablate_proto::v1::{self, job_service_client::JobServiceClient, JobState};
-use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ pub struct SubmitArgs {
     /// Step budget of every job, overriding the file's.
     #[arg(long)]
     steps: Option<usize>,
+    /// The coordinator's URL (several, comma-separated, for coordinators sharing an etcd store).
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     coordinator: String,
     /// Print the sweep as JSON.
@@ -34,7 +34,8 @@ pub enum SweepCmd {
 }
 
 async fn client(url: &str) -> anyhow::Result<JobServiceClient<tonic::transport::Channel>> {
-    JobServiceClient::connect(url.to_string()).await.with_context(|| format!("cannot reach the coordinator at {url}"))
+    let (_, channel) = ablate_proto::connect_first(url).await.map_err(|e| anyhow::anyhow!("cannot reach the coordinator: {e}"))?;
+    Ok(JobServiceClient::new(channel))
 }
 
 pub fn sweep(cmd: SweepCmd) -> anyhow::Result<()> {

@@ -15,11 +15,18 @@
 //!
 //! The gRPC client runs on a small runtime of its own, so the synchronous [`Kv`] calls work
 //! from any thread, including the coordinator's async tasks.
+//!
+//! Leader election ([`crate::leader`]) uses three more pieces: leases ([`EtcdStore::grant_lease`],
+//! [`EtcdStore::keep_alive`], [`EtcdStore::revoke_lease`]), a create-if-absent bound to a
+//! lease ([`EtcdStore::acquire`]), and fencing ([`EtcdStore::fence`]): once fenced, every write
+//! is a transaction that first checks that the leader key still holds this coordinator's id,
+//! so a deposed leader can never overwrite its successor's state.
 
 use std::future::Future;
 use std::time::Duration;
 
-use ablate_proto::etcd::{self as pb, compare, kv_client::KvClient, request_op};
+use ablate_proto::etcd::{self as pb, compare, kv_client::KvClient, lease_client::LeaseClient, request_op, response_op};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{check_key, Compare, Entry, Kv, Op, StoreError, TxnResult};
@@ -69,6 +76,8 @@ pub struct EtcdStore {
     kv: KvClient<Channel>,
     channel: Channel,
     rt: Option<tokio::runtime::Runtime>,
+    /// (full key, value) that every write checks first, once fenced.
+    guard: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl EtcdStore {
@@ -94,7 +103,7 @@ impl EtcdStore {
             Channel::balance_list(endpoints.into_iter())
         };
         let kv = KvClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-        let store = Self { prefix: parsed.namespace.as_bytes().to_vec(), spec: parsed, kv, channel, rt: Some(rt) };
+        let store = Self { prefix: parsed.namespace.as_bytes().to_vec(), spec: parsed, kv, channel, rt: Some(rt), guard: None };
         store.revision().map_err(|e| fail(format!("etcd at {} does not answer: {e}", store.spec.endpoints.join(","))))?;
         Ok(store)
     }
@@ -103,9 +112,141 @@ impl EtcdStore {
         &self.spec
     }
 
-    /// The gRPC channel to the cluster (leases share it).
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// A lease of `ttl` (whole seconds, at least 1); returns its id.
+    pub fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let mut lease = LeaseClient::new(self.channel.clone());
+        let req = pb::LeaseGrantRequest { ttl: ttl.as_secs().max(1) as i64, id: 0 };
+        let r = self.block("lease grant", "", async move { lease.lease_grant(req).await.map(|r| r.into_inner()) })?;
+        if !r.error.is_empty() {
+            return Err(StoreError::Backend { op: "lease grant", key: String::new(), message: r.error });
+        }
+        Ok(r.id)
+    }
+
+    /// Revokes a lease: the keys bound to it are deleted at once.
+    pub fn revoke_lease(&self, id: i64) -> Result<(), StoreError> {
+        let mut lease = LeaseClient::new(self.channel.clone());
+        self.block("lease revoke", "", async move { lease.lease_revoke(pb::LeaseRevokeRequest { id }).await.map(|_| ()) })
+    }
+
+    /// Keeps lease `id` alive (a keep-alive every third of `ttl`, reconnecting after
+    /// errors) until `stop`. The returned token is cancelled when the lease is lost: etcd
+    /// says it expired, or no keep-alive was answered for `ttl`.
+    pub fn keep_alive(&self, id: i64, ttl: Duration, stop: CancellationToken) -> CancellationToken {
+        let lost = CancellationToken::new();
+        let (channel, lost2) = (self.channel.clone(), lost.clone());
+        self.rt.as_ref().expect("the runtime lives as long as the store").spawn(async move {
+            let every = ttl / 3;
+            let mut last_ok = tokio::time::Instant::now();
+            let mut client = LeaseClient::new(channel);
+            'connect: while !stop.is_cancelled() {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                // the first request goes in before the call: etcd answers the call (its
+                // headers) only with the first keep-alive's answer
+                let _ = tx.send(pb::LeaseKeepAliveRequest { id }).await;
+                let call = tokio::time::timeout(every, client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)));
+                if let Ok(Ok(r)) = call.await {
+                    let mut answers = r.into_inner();
+                    let mut first = true;
+                    loop {
+                        if !std::mem::take(&mut first) && tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
+                            break;
+                        }
+                        match tokio::time::timeout(every, answers.message()).await {
+                            Ok(Ok(Some(a))) if a.ttl > 0 => last_ok = tokio::time::Instant::now(),
+                            Ok(Ok(Some(_))) => break 'connect, // expired or revoked
+                            _ => break,                        // stream broke or slow: reconnect
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(every) => {}
+                        }
+                        if last_ok.elapsed() >= ttl {
+                            break 'connect;
+                        }
+                    }
+                }
+                if last_ok.elapsed() >= ttl {
+                    break;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            if !stop.is_cancelled() {
+                lost2.cancel();
+            }
+        });
+        lost
+    }
+
+    /// Creates `key` = `value` bound to `lease` if the key does not exist. Err(holder's
+    /// value) when it does.
+    pub fn acquire(&self, key: &str, value: &[u8], lease: i64) -> Result<Result<(), Vec<u8>>, StoreError> {
+        check_key(key)?;
+        let full = self.full(key);
+        let req = pb::TxnRequest {
+            compare: vec![pb::Compare { result: compare::CompareResult::Equal as i32, target: compare::CompareTarget::Version as i32, key: full.clone(), target_union: Some(compare::TargetUnion::Version(0)), range_end: Vec::new() }],
+            success: vec![pb::RequestOp { request: Some(request_op::Request::RequestPut(pb::PutRequest { key: full.clone(), value: value.to_vec(), lease, prev_kv: false })) }],
+            failure: vec![pb::RequestOp { request: Some(request_op::Request::RequestRange(pb::RangeRequest { key: full, ..Default::default() })) }],
+        };
+        let mut kv = self.kv.clone();
+        let r = self.block("acquire", key, async move { kv.txn(req).await.map(|r| r.into_inner()) })?;
+        if r.succeeded {
+            return Ok(Ok(()));
+        }
+        let holder = r.responses.into_iter().find_map(|op| match op.response {
+            Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next().map(|kv| kv.value),
+            _ => None,
+        });
+        Ok(Err(holder.unwrap_or_default()))
+    }
+
+    /// From now on every write first checks that `key` still holds `value` (this
+    /// coordinator's leadership); if not, it writes nothing and fails with
+    /// [`StoreError::Fenced`].
+    pub fn fence(&mut self, key: &str, value: &[u8]) {
+        self.guard = Some((self.full(key), value.to_vec()));
+    }
+
+    /// Runs `inner` as is, or, when fenced, inside a transaction guarded by the leader key;
+    /// returns the inner response.
+    fn write(&self, op: &'static str, key: &str, inner: pb::RequestOp) -> Result<(Option<pb::ResponseHeader>, response_op::Response), StoreError> {
+        let bad = |message: &str| StoreError::Backend { op, key: key.to_string(), message: message.to_string() };
+        let mut kv = self.kv.clone();
+        let Some((gkey, gvalue)) = self.guard.clone() else {
+            let resp = self.block(op, key, async move {
+                Ok(match inner.request.expect("a request") {
+                    request_op::Request::RequestPut(r) => response_op::Response::ResponsePut(kv.put(r).await?.into_inner()),
+                    request_op::Request::RequestDeleteRange(r) => response_op::Response::ResponseDeleteRange(kv.delete_range(r).await?.into_inner()),
+                    request_op::Request::RequestTxn(r) => response_op::Response::ResponseTxn(kv.txn(r).await?.into_inner()),
+                    request_op::Request::RequestRange(r) => response_op::Response::ResponseRange(kv.range(r).await?.into_inner()),
+                })
+            })?;
+            let header = match &resp {
+                response_op::Response::ResponsePut(r) => r.header,
+                response_op::Response::ResponseDeleteRange(r) => r.header,
+                response_op::Response::ResponseTxn(r) => r.header,
+                response_op::Response::ResponseRange(r) => r.header,
+            };
+            return Ok((header, resp));
+        };
+        let req = pb::TxnRequest {
+            compare: vec![pb::Compare { result: compare::CompareResult::Equal as i32, target: compare::CompareTarget::Value as i32, key: gkey.clone(), target_union: Some(compare::TargetUnion::Value(gvalue)), range_end: Vec::new() }],
+            success: vec![inner],
+            failure: vec![pb::RequestOp { request: Some(request_op::Request::RequestRange(pb::RangeRequest { key: gkey, ..Default::default() })) }],
+        };
+        let r = self.block(op, key, async move { kv.txn(req).await.map(|r| r.into_inner()) })?;
+        let first = r.responses.into_iter().next().and_then(|o| o.response).ok_or_else(|| bad("etcd answered a guarded write without a response"))?;
+        if !r.succeeded {
+            let holder = match first {
+                response_op::Response::ResponseRange(rr) => rr.kvs.into_iter().next().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                _ => None,
+            };
+            return Err(StoreError::Fenced { op, key: key.to_string(), holder: holder.unwrap_or_else(|| "nobody".into()) });
+        }
+        Ok((r.header, first))
     }
 
     /// Runs `f` on the client runtime and waits for it, with the deadline.
@@ -239,19 +380,17 @@ impl Kv for EtcdStore {
     }
 
     fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
-        check_key(key)?;
-        let mut kv = self.kv.clone();
-        let req = pb::PutRequest { key: self.full(key), value: value.to_vec(), ..Default::default() };
-        let resp = self.block("put", key, async move { kv.put(req).await.map(|r| r.into_inner()) })?;
-        Ok(header_revision(resp.header))
+        let op = self.op(&Op::Put(key.to_string(), value.to_vec()))?;
+        let (header, _) = self.write("put", key, op)?;
+        Ok(header_revision(header))
     }
 
     fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        check_key(key)?;
-        let mut kv = self.kv.clone();
-        let req = pb::DeleteRangeRequest { key: self.full(key), ..Default::default() };
-        let resp = self.block("delete", key, async move { kv.delete_range(req).await.map(|r| r.into_inner()) })?;
-        Ok(resp.deleted > 0)
+        let op = self.op(&Op::Delete(key.to_string()))?;
+        match self.write("delete", key, op)? {
+            (_, response_op::Response::ResponseDeleteRange(r)) => Ok(r.deleted > 0),
+            _ => Err(StoreError::Backend { op: "delete", key: key.to_string(), message: "etcd answered a delete with another response".into() }),
+        }
     }
 
     fn txn(&self, compares: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult, StoreError> {
@@ -260,9 +399,10 @@ impl Kv for EtcdStore {
             success: success.iter().map(|o| self.op(o)).collect::<Result<_, _>>()?,
             failure: failure.iter().map(|o| self.op(o)).collect::<Result<_, _>>()?,
         };
-        let mut kv = self.kv.clone();
-        let resp = self.block("txn", "", async move { kv.txn(req).await.map(|r| r.into_inner()) })?;
-        Ok(TxnResult { succeeded: resp.succeeded, revision: header_revision(resp.header) })
+        match self.write("txn", "", pb::RequestOp { request: Some(request_op::Request::RequestTxn(req)) })? {
+            (header, response_op::Response::ResponseTxn(r)) => Ok(TxnResult { succeeded: r.succeeded, revision: header_revision(header.or(r.header)) }),
+            _ => Err(StoreError::Backend { op: "txn", key: String::new(), message: "etcd answered a transaction with another response".into() }),
+        }
     }
 
     fn revision(&self) -> Result<u64, StoreError> {

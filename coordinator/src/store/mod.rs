@@ -59,6 +59,8 @@ pub enum StoreError {
     Backend { op: &'static str, key: String, message: String },
     #[error("store key {0:?} is empty or not a path")]
     BadKey(String),
+    #[error("store {op} of {key:?} refused: this coordinator is no longer the leader ({holder} holds the leadership now); nothing was written")]
+    Fenced { op: &'static str, key: String, holder: String },
 }
 
 /// The store interface. Implementations are shared between tasks (`Arc<dyn Kv>`); every

@@ -52,7 +52,8 @@ impl RendezvousRing {
 pub fn exchange(coordinator: &str, job: &str, generation: u64, rank: usize, entry: String, params_hash: &str, timeout: Duration) -> Result<Vec<String>, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let mut c = WorkerServiceClient::connect(coordinator.to_string()).await.map_err(|e| format!("coordinator {coordinator}: {e}"))?;
+        let (_, channel) = ablate_proto::connect_first(coordinator).await.map_err(|e| format!("cannot reach the coordinator: {e}"))?;
+        let mut c = WorkerServiceClient::new(channel);
         c.rendezvous_publish(v1::RendezvousPublishRequest { job_id: job.to_string(), generation, rank: rank as u32, address: entry, params_hash: params_hash.to_string() })
             .await
             .map_err(|s| s.message().to_string())?;
