@@ -83,7 +83,7 @@ fn cluster(workers: usize, slots: u32) -> Vec<WorkerSlots> {
     (0..workers).map(|i| WorkerSlots { worker: format!("w{i:04}"), kind: 1, free: (0..slots).collect() }).collect()
 }
 
-pub fn scheduler(workers: usize, slots: u32, jobs: usize) -> anyhow::Result<()> {
+pub fn scheduler(workers: usize, slots: u32, jobs: usize, store: &str) -> anyhow::Result<()> {
     // the pure function: a full queue onto an empty cluster
     let queue: Vec<Pending> = (0..jobs).map(|i| Pending { job: format!("j{i:06}"), priority: (i % 3) as i32, sequence: i as u64, world: [1, 2, 4, 8][i % 4] }).collect();
     let ws = cluster(workers, slots);
@@ -96,12 +96,11 @@ pub fn scheduler(workers: usize, slots: u32, jobs: usize) -> anyhow::Result<()> 
     let dt = t.elapsed().as_secs_f64() / reps as f64;
     println!("scheduler (pure): {workers} workers x {slots} slots, {jobs} queued jobs (world 1/2/4/8): {placed} placed in {:.1} ms = {:.0} jobs placed/s", dt * 1e3, placed as f64 / dt);
 
-    // the coordinator's scheduling pass: registry + store writes (in-memory store)
+    // the coordinator's scheduling pass: registry + store writes
     let dir = std::env::temp_dir().join(format!("ablate-bench-sched-{}", std::process::id()));
-    let core = ablate_coordinator::Core::open(
-        ablate_coordinator::store::open("memory:")?,
-        ablate_coordinator::Options { worker_expiry: Duration::from_secs(3600), runs_dir: dir.clone(), ..Default::default() },
-    )?;
+    let kv = ablate_coordinator::store::open(store)?;
+    anyhow::ensure!(kv.range("")?.is_empty(), "bench scheduler needs an empty store: {store} already holds keys");
+    let core = ablate_coordinator::Core::open(kv.clone(), ablate_coordinator::Options { worker_expiry: Duration::from_secs(3600), runs_dir: dir.clone(), ..Default::default() })?;
     for i in 0..workers {
         core.register(v1::Registration {
             worker_id: format!("w{i:04}"),
@@ -119,7 +118,11 @@ pub fn scheduler(workers: usize, slots: u32, jobs: usize) -> anyhow::Result<()> 
     core.tick()?;
     let pass = t.elapsed().as_secs_f64();
     let n = core.list(&[v1::JobState::Scheduled], "").len();
-    println!("coordinator: {jobs} submits in {:.0} ms ({:.0}/s); one scheduling pass placed {n} jobs in {:.0} ms ({:.0} jobs/s, store writes included)", submit * 1e3, jobs as f64 / submit, pass * 1e3, n as f64 / pass);
+    println!("coordinator (store {store}): {jobs} submits in {:.0} ms ({:.0}/s); one scheduling pass placed {n} jobs in {:.0} ms ({:.0} jobs/s, store writes included)", submit * 1e3, jobs as f64 / submit, pass * 1e3, n as f64 / pass);
+    drop(core);
+    for e in kv.range("")? {
+        kv.delete(&e.key)?;
+    }
     let _ = std::fs::remove_dir_all(dir);
     latency()
 }

@@ -115,6 +115,10 @@ pub enum BenchCmd {
         slots: u32,
         #[arg(long, default_value_t = 10_000)]
         jobs: usize,
+        /// Store of the coordinator pass: `memory:` (default), a redb file path, or
+        /// `etcd://host:port/namespace/` (an empty namespace; the bench removes its keys).
+        #[arg(long, default_value = "memory:")]
+        store: String,
     },
     /// Images per second of FID (Inception-v3) feature extraction on the CPU.
     Inception {
@@ -245,7 +249,7 @@ pub fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Fd { n, dim, python } => return crate::eval_cmd::bench_fd(n, dim, &python),
         BenchCmd::Inception { batch, size, batches } => return crate::eval_cmd::bench_inception(batch, size, batches),
         BenchCmd::Ring { sizes, ranks } => return crate::bench_cluster::ring(&sizes, &ranks),
-        BenchCmd::Scheduler { workers, slots, jobs } => return crate::bench_cluster::scheduler(workers, slots, jobs),
+        BenchCmd::Scheduler { workers, slots, jobs, store } => return crate::bench_cluster::scheduler(workers, slots, jobs, &store),
     };
     let dev = device::open(&a.device)?;
     let wanted: Vec<&str> = a.arms.split(',').map(str::trim).collect();
