@@ -141,13 +141,28 @@ impl Core {
         })
     }
 
-    /// Stores `jobs` in one transaction (all or none) and queues them.
+    /// Stores `jobs` (all or none) and queues them: one transaction, or, past the store's
+    /// transaction size (etcd: 128 jobs), one per chunk, the chunks already written taken
+    /// back if a later one fails. (A coordinator crash between chunks leaves the first chunks
+    /// of a sweep queued.)
     fn queue(&self, g: &mut Inner, jobs: Vec<v1::Job>) -> Result<Vec<v1::Job>, CoordinatorError> {
-        // create-if-absent: a second coordinator on the same store can never overwrite a job
-        let compares: Vec<Compare> = jobs.iter().map(|j| Compare::Exists(format!("{JOBS}{}", j.id), false)).collect();
-        let puts: Vec<Op> = jobs.iter().map(|j| Op::Put(format!("{JOBS}{}", j.id), j.encode_to_vec())).collect();
-        if !self.store.txn(&compares, &puts, &[])?.succeeded {
-            return Err(CoordinatorError::InvalidJob("job ids are taken in the store (another coordinator on the same store?)".into()));
+        let mut written: Vec<String> = Vec::new();
+        for chunk in jobs.chunks(self.store.max_txn_ops().max(1)) {
+            // create-if-absent: a second coordinator on the same store can never overwrite a job
+            let keys: Vec<String> = chunk.iter().map(|j| format!("{JOBS}{}", j.id)).collect();
+            let compares: Vec<Compare> = keys.iter().map(|k| Compare::Exists(k.clone(), false)).collect();
+            let puts: Vec<Op> = keys.iter().zip(chunk).map(|(k, j)| Op::Put(k.clone(), j.encode_to_vec())).collect();
+            let outcome = self.store.txn(&compares, &puts, &[]);
+            if !matches!(outcome, Ok(ref t) if t.succeeded) {
+                for k in &written {
+                    if let Err(e) = self.store.delete(k) {
+                        tracing::error!("could not take back {k} of a sweep whose write failed: {e}");
+                    }
+                }
+                outcome?;
+                return Err(CoordinatorError::InvalidJob("job ids are taken in the store (another coordinator on the same store?)".into()));
+            }
+            written.extend(keys);
         }
         g.next_sequence += jobs.len() as u64;
         for j in &jobs {

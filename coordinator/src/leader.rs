@@ -9,8 +9,9 @@
 //! re-attach with their next heartbeat.
 //!
 //! A leader that loses its lease (partitioned from etcd, paused too long) learns it from
-//! [`Leadership::lost`] and must stop serving; until it notices, fencing
-//! ([`EtcdStore::fence`]) refuses its writes, so it can never overwrite its successor's state.
+//! [`Leadership::lost`], before etcd can expire the lease, and must stop serving; should it
+//! still write after that, fencing ([`EtcdStore::fence`]: the leader key must be bound to its
+//! lease) refuses the write, so it can never overwrite its successor's state.
 //! A clean shutdown revokes the lease: a standby takes over at once.
 
 use std::time::{Duration, Instant};
@@ -59,13 +60,14 @@ impl Election {
         let mut seen = None::<Vec<u8>>;
         loop {
             let stop = CancellationToken::new();
+            let granted = Instant::now();
             let lease = store.grant_lease(self.ttl)?;
-            let lost = store.keep_alive(lease, self.ttl, stop.clone());
+            let lost = store.keep_alive(lease, self.ttl, granted, stop.clone());
             // keep trying under this lease while it lives
             while !lost.is_cancelled() {
                 match store.acquire(LEADER_KEY, self.id.as_bytes(), lease)? {
                     Ok(()) => {
-                        store.fence(LEADER_KEY, self.id.as_bytes());
+                        store.fence(LEADER_KEY, lease);
                         return Ok(Some(Leadership { id: self.id.clone(), lease, lost, stop }));
                     }
                     Err(holder) => {

@@ -27,7 +27,7 @@ fn one_leader_a_standby_takes_over_and_the_deposed_cannot_write() {
 
     // a leads
     let mut a = EtcdStore::open(&spec).unwrap();
-    let _a_lead = election("coord-a").campaign(&mut a, &never, |_| panic!("nobody leads yet")).unwrap().unwrap();
+    let a_lead = election("coord-a").campaign(&mut a, &never, |_| panic!("nobody leads yet")).unwrap().unwrap();
     a.put("jobs/j1", b"queued").unwrap();
 
     // b waits as a standby, seeing a as the holder
@@ -51,9 +51,10 @@ fn one_leader_a_standby_takes_over_and_the_deposed_cannot_write() {
     assert_eq!(b.get(LEADER_KEY).unwrap().unwrap().value, b"coord-b");
     assert_eq!(b.get("jobs/j1").unwrap().unwrap().value, b"queued", "the new leader sees the old one's state");
 
-    // a deposed leader that still believes it leads: every write is refused, nothing written
+    // a deposed leader that still believes it leads (a paused process with a's lease): every
+    // write is refused, nothing written; the same id under a new lease would not pass either
     let mut stale = EtcdStore::open(&spec).unwrap();
-    stale.fence(LEADER_KEY, b"coord-a");
+    stale.fence(LEADER_KEY, a_lead.lease);
     let before = b.revision().unwrap();
     for e in [
         stale.put("jobs/j1", b"overwritten").map(|_| ()).unwrap_err(),
@@ -63,6 +64,10 @@ fn one_leader_a_standby_takes_over_and_the_deposed_cannot_write() {
         assert!(matches!(&e, StoreError::Fenced { holder, .. } if holder == "coord-b"), "{e}");
         assert!(e.to_string().contains("no longer the leader"), "{e}");
     }
+    // a second contender that took b's id (`--id` need not be unique) has another lease
+    let mut twin = EtcdStore::open(&spec).unwrap();
+    twin.fence(LEADER_KEY, b.grant_lease(Duration::from_secs(2)).unwrap());
+    assert!(matches!(twin.put("jobs/j1", b"twin").unwrap_err(), StoreError::Fenced { .. }));
     assert_eq!(b.revision().unwrap(), before, "the refused writes changed nothing");
     assert_eq!(b.get("jobs/j1").unwrap().unwrap().value, b"queued");
     assert!(b.get("jobs/j2").unwrap().is_none());

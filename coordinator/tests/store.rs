@@ -110,3 +110,63 @@ fn an_unreachable_etcd_is_an_error_that_names_it_and_a_dead_one_fails_calls() {
     let err = s.put("jobs/b", b"2").unwrap_err().to_string();
     assert!(err.contains("put") && err.contains("jobs/b") && err.contains(&e.endpoint), "{err}");
 }
+
+fn sweep_of(n: usize) -> ablate_proto::v1::SubmitSweepRequest {
+    let job = |i: usize| ablate_proto::v1::SubmitJobRequest { config_toml: "[train]\nsteps = 1\n".into(), world_size: 1, arm: format!("arm{i}"), ..Default::default() };
+    ablate_proto::v1::SubmitSweepRequest { name: "big".into(), jobs: (0..n).map(job).collect() }
+}
+
+fn core_on(kv: Arc<dyn Kv>, dir: &std::path::Path) -> ablate_coordinator::Core {
+    ablate_coordinator::Core::open(kv, ablate_coordinator::Options { runs_dir: dir.to_path_buf(), ..Default::default() }).unwrap()
+}
+
+/// A sweep larger than the store's transactions is written in chunks, and still all or
+/// none: when a later chunk fails, the chunks already written are taken back.
+#[test]
+fn sweeps_larger_than_one_transaction_are_stored_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv: Arc<dyn Kv> = Arc::new(MemoryStore::with_max_txn_ops(4));
+    let core = core_on(kv.clone(), dir.path());
+    let (_, jobs) = core.submit_sweep(sweep_of(10)).unwrap();
+    assert_eq!(jobs.len(), 10);
+    assert_eq!(kv.range("jobs/").unwrap().len(), 10);
+    // the next sweep's ids are j000011..j000020: plant a stranger's j000017 (third chunk)
+    kv.put("jobs/j000017", b"someone else's").unwrap();
+    let e = core.submit_sweep(sweep_of(10)).unwrap_err().to_string();
+    assert!(e.contains("job ids are taken"), "{e}");
+    let keys: Vec<String> = kv.range("jobs/").unwrap().into_iter().map(|e| e.key).collect();
+    assert_eq!(keys.len(), 11, "the first two chunks were taken back: {keys:?}");
+    assert!(core.list(&[], "").len() == 10, "nothing of the failed sweep is queued");
+}
+
+/// etcd: a transaction over its 128-op limit is refused by name; a 300-job sweep goes
+/// through the coordinator in chunks; a dead first endpoint is passed over.
+#[test]
+fn etcd_takes_big_sweeps_in_chunks_and_passes_over_a_dead_member() {
+    let Some(bin) = etcd_binary("etcd_takes_big_sweeps") else { return };
+    let e = LocalEtcd::start(&bin).unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spec = format!("etcd://127.0.0.1:{dead},{}/big/", e.endpoint);
+    let store = Arc::new(EtcdStore::open(&spec).unwrap());
+    let puts: Vec<Op> = (0..129).map(|i| Op::Put(format!("k{i}"), vec![])).collect();
+    let err = store.txn(&[], &puts, &[]).unwrap_err().to_string();
+    assert!(err.contains("129 operations") && err.contains("at most 128"), "{err}");
+    assert_eq!(store.revision().unwrap(), 0, "nothing was written");
+    let dir = tempfile::tempdir().unwrap();
+    let core = core_on(store.clone(), dir.path());
+    let (_, jobs) = core.submit_sweep(sweep_of(300)).unwrap();
+    assert_eq!(jobs.len(), 300);
+    assert_eq!(store.range("jobs/").unwrap().len(), 300);
+    // a second coordinator on the same store sees every job
+    drop(core);
+    assert_eq!(core_on(Arc::new(EtcdStore::open(&spec).unwrap()), dir.path()).list(&[], "").len(), 300);
+}
+
+#[test]
+fn memory_store_limit_is_reported() {
+    let s = MemoryStore::with_max_txn_ops(2);
+    assert_eq!(s.max_txn_ops(), 2);
+    let e = s.txn(&[], &[Op::Put("a".into(), vec![]), Op::Put("b".into(), vec![]), Op::Put("c".into(), vec![])], &[]).unwrap_err().to_string();
+    assert!(e.contains("3 operations") && e.contains("at most 2"), "{e}");
+    assert_eq!(s.revision().unwrap(), 0);
+}

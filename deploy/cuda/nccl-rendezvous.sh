@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # NCCL through the coordinator's rendezvous, on the GPU machine: one coordinator, one worker
-# holding every visible GPU, and a short `tiny` job whose world size is the number of GPUs (1 on
-# a one-GPU machine: the full path still runs, from rank 0's unique id under the generation to
-# the communicator and its first device all-reduce). Run by device-check.sh (copied to
+# holding every visible GPU, and a short `tiny` job whose world size is the number of GPUs. On a
+# one-GPU machine (world size 1) it runs rank 0's unique id through the rendezvous, the
+# communicator's creation and its first device all-reduce (the probe); the gradient buckets
+# and the initial broadcast need world size 2 or more (a multi-GPU machine). Run by
+# device-check.sh (copied to
 # .gpu/nccl-rendezvous.sh by build.sh); by hand, from the repository root on the GPU machine:
 #
 #   source .gpu/device-env.sh && bash .gpu/nccl-rendezvous.sh

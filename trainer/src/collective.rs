@@ -64,10 +64,16 @@ fn candle_error(op: &'static str, rank: usize, e: candle_core::Error) -> Collect
     CollectiveError { op, rank, message: e.to_string() }
 }
 
-fn host_vec(t: &Tensor, rank: usize, op: &'static str) -> Result<Vec<f32>, CollectiveError> {
+/// The tensor operations take 1-D f32 tensors (the buckets).
+pub fn check_flat_f32(t: &Tensor, rank: usize, op: &'static str) -> Result<(), CollectiveError> {
     if t.rank() != 1 || t.dtype() != DType::F32 {
         return Err(CollectiveError { op, rank, message: format!("expects a 1-D f32 tensor, got {:?} {:?}", t.dtype(), t.dims()) });
     }
+    Ok(())
+}
+
+fn host_vec(t: &Tensor, rank: usize, op: &'static str) -> Result<Vec<f32>, CollectiveError> {
+    check_flat_f32(t, rank, op)?;
     t.to_vec1::<f32>().map_err(|e| candle_error(op, rank, e))
 }
 
@@ -185,11 +191,16 @@ pub fn exchange_grads_in(c: &mut dyn Collective, params: &[Param], grads: &mut G
 
 /// Copies rank 0's parameters to every rank (the start of every generation), in buckets.
 pub fn broadcast_params(c: &mut dyn Collective, params: &[Param]) -> Result<(), crate::TrainError> {
+    broadcast_params_in(c, params, BUCKET_ELEMENTS)
+}
+
+/// [`broadcast_params`] with buckets of at most `bucket` elements.
+pub fn broadcast_params_in(c: &mut dyn Collective, params: &[Param], bucket: usize) -> Result<(), crate::TrainError> {
     if c.world() == 1 {
         return Ok(());
     }
     let sizes: Vec<usize> = params.iter().map(|p| p.var.elem_count()).collect();
-    for range in buckets(&sizes, BUCKET_ELEMENTS) {
+    for range in buckets(&sizes, bucket) {
         let group = &params[range];
         let parts = group.iter().map(|p| p.var.as_tensor().to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
         let flat = c.broadcast_tensor(&Tensor::cat(&parts, 0)?, 0).map_err(crate::TrainError::Collective)?;

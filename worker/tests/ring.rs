@@ -152,3 +152,36 @@ fn bucketed_gradient_exchange_over_the_ring_gives_every_rank_the_mean() {
         }
     }
 }
+
+/// The initial weights in buckets of any size: every rank of a ring of 3 ends with rank 0's
+/// parameters, in their shapes.
+#[test]
+fn bucketed_parameter_broadcast_gives_every_rank_rank_zeros_weights() {
+    use ablate_trainer::collective::broadcast_params_in;
+    use ablate_trainer::optim::Param;
+    use candle_core::{DType, Device, Tensor, Var};
+    let shapes: [&[usize]; 3] = [&[4, 3], &[5], &[2, 3, 2]];
+    for cap in [1, 7, 1 << 20] {
+        let out = on_group(3, Duration::from_secs(20), move |ring| {
+            let r = ring.rank() as f64;
+            let params: Vec<Param> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let n: usize = s.iter().product();
+                    let t = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().affine(1.0, 100.0 * i as f64 + 1000.0 * r).unwrap().reshape(*s).unwrap();
+                    Param { name: format!("p{i}"), var: Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap() }
+                })
+                .collect();
+            broadcast_params_in(ring, &params, cap).unwrap();
+            params.iter().map(|p| (p.var.dims().to_vec(), p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect::<Vec<_>>()
+        });
+        for (r, got) in out.iter().enumerate() {
+            assert_eq!(got, &out[0], "cap {cap}: rank {r} differs from rank 0");
+        }
+        for (i, (dims, v)) in out[0].iter().enumerate() {
+            assert_eq!(dims.as_slice(), shapes[i]);
+            assert!(v.iter().enumerate().all(|(k, &x)| x == k as f32 + 100.0 * i as f32), "cap {cap}: rank 0's own values for p{i}");
+        }
+    }
+}

@@ -1,28 +1,35 @@
 //! The etcd backend of [`Kv`]: `--store etcd://host:2379[,host:2379...][/namespace/]`.
 //!
 //! Every call is one etcd request (range, put, delete-range or txn), so atomicity and
-//! durability are etcd's (a write returns once the cluster's quorum has it). Several
-//! endpoints are members of one cluster; the client balances over those that answer.
+//! durability are etcd's (a write returns once the cluster's quorum has it).
 //!
+//! - Several endpoints are members of one cluster: a call goes to the member that answered
+//!   last and moves on to the next when one is unreachable (gRPC `Unavailable`).
 //! - Keys live under a namespace (default `ablate/`): the store sees and touches nothing
 //!   else, so several deployments can share a cluster.
 //! - Revisions are etcd's cluster-wide revisions minus one (a fresh cluster is at 1), so a
 //!   fresh cluster reads as revision 0 as the other backends do; revisions of keys outside
 //!   the namespace advance it too.
-//! - Ranges are read in pages of [`PAGE`] keys, so no response nears gRPC's size limit.
+//! - Ranges are read in pages of [`PAGE`] keys, all at the first page's revision (one
+//!   snapshot), so no response nears gRPC's size limit.
+//! - A transaction holds at most [`MAX_TXN_OPS`] compares and as many operations per
+//!   branch (etcd's default `--max-txn-ops`): [`Kv::max_txn_ops`] tells the coordinator.
 //! - Each call has a deadline ([`TIMEOUT`]); the error names the operation, the key and
 //!   what etcd said.
 //!
 //! The gRPC client runs on a small runtime of its own, so the synchronous [`Kv`] calls work
-//! from any thread, including the coordinator's async tasks.
+//! from any thread; called from a task of a multi-threaded runtime (the coordinator's), the
+//! wait is `block_in_place`, so the runtime's other tasks go on.
 //!
 //! Leader election ([`crate::leader`]) uses three more pieces: leases ([`EtcdStore::grant_lease`],
 //! [`EtcdStore::keep_alive`], [`EtcdStore::revoke_lease`]), a create-if-absent bound to a
 //! lease ([`EtcdStore::acquire`]), and fencing ([`EtcdStore::fence`]): once fenced, every write
-//! is a transaction that first checks that the leader key still holds this coordinator's id,
-//! so a deposed leader can never overwrite its successor's state.
+//! is a transaction that first checks that the leader key is still bound to this
+//! coordinator's lease, so a deposed leader can never overwrite its successor's state.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ablate_proto::etcd::{self as pb, compare, kv_client::KvClient, lease_client::LeaseClient, request_op, response_op};
@@ -31,10 +38,12 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{check_key, Compare, Entry, Kv, Op, StoreError, TxnResult};
 
-/// Deadline of one etcd request.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of one etcd request (on every endpoint it tries).
+pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys per range request.
 pub const PAGE: i64 = 500;
+/// etcd's default `--max-txn-ops`.
+pub const MAX_TXN_OPS: usize = 128;
 const DEFAULT_NAMESPACE: &str = "ablate/";
 
 /// Where the store lives: `etcd://h1:p1,h2:p2/namespace/`.
@@ -70,14 +79,51 @@ impl EtcdSpec {
     }
 }
 
+/// One channel per cluster member; calls start at the one that answered last.
+#[derive(Clone)]
+struct Members {
+    channels: Arc<Vec<Channel>>,
+    current: Arc<AtomicUsize>,
+}
+
+impl Members {
+    /// Runs `f` against the members in turn, from the current one, until one answers with
+    /// something other than `Unavailable` (unreachable), each within [`TIMEOUT`].
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, tonic::Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let n = self.channels.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = tonic::Status::unavailable("no etcd endpoint");
+        for k in 0..n {
+            let i = (first + k) % n;
+            match tokio::time::timeout(TIMEOUT, f(self.channels[i].clone())).await {
+                Ok(Ok(v)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(s)) if s.code() == tonic::Code::Unavailable => last = s,
+                Ok(Err(s)) => return Err(s),
+                Err(_) => last = tonic::Status::deadline_exceeded(format!("no answer within {TIMEOUT:?}")),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn kv_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(64 << 20)
+}
+
 pub struct EtcdStore {
     spec: EtcdSpec,
     prefix: Vec<u8>,
-    kv: KvClient<Channel>,
-    channel: Channel,
+    members: Members,
     rt: Option<tokio::runtime::Runtime>,
-    /// (full key, value) that every write checks first, once fenced.
-    guard: Option<(Vec<u8>, Vec<u8>)>,
+    /// (full key, lease) that every write checks first, once fenced.
+    guard: Option<(Vec<u8>, i64)>,
 }
 
 impl EtcdStore {
@@ -92,18 +138,17 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("cannot start the etcd client runtime: {e}")))?;
-        let endpoints = parsed
-            .endpoints
-            .iter()
-            .map(|e| Endpoint::from_shared(format!("http://{e}")).map(|ep| ep.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail(format!("bad endpoint: {e}")))?;
-        let channel = {
+        let channels = {
             let _inside = rt.enter();
-            Channel::balance_list(endpoints.into_iter())
+            parsed
+                .endpoints
+                .iter()
+                .map(|e| Endpoint::from_shared(format!("http://{e}")).map(|ep| ep.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(format!("bad endpoint: {e}")))?
         };
-        let kv = KvClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-        let store = Self { prefix: parsed.namespace.as_bytes().to_vec(), spec: parsed, kv, channel, rt: Some(rt), guard: None };
+        let members = Members { channels: Arc::new(channels), current: Arc::new(AtomicUsize::new(0)) };
+        let store = Self { prefix: parsed.namespace.as_bytes().to_vec(), spec: parsed, members, rt: Some(rt), guard: None };
         store.revision().map_err(|e| fail(format!("etcd at {} does not answer: {e}", store.spec.endpoints.join(","))))?;
         Ok(store)
     }
@@ -114,9 +159,8 @@ impl EtcdStore {
 
     /// A lease of `ttl` (whole seconds, at least 1); returns its id.
     pub fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
-        let mut lease = LeaseClient::new(self.channel.clone());
-        let req = pb::LeaseGrantRequest { ttl: ttl.as_secs().max(1) as i64, id: 0 };
-        let r = self.block("lease grant", "", async move { lease.lease_grant(req).await.map(|r| r.into_inner()) })?;
+        let ttl = ttl.as_secs().max(1) as i64;
+        let r = self.block("lease grant", "", move |ch| async move { LeaseClient::new(ch).lease_grant(pb::LeaseGrantRequest { ttl, id: 0 }).await }).map(|r| r.into_inner())?;
         if !r.error.is_empty() {
             return Err(StoreError::Backend { op: "lease grant", key: String::new(), message: r.error });
         }
@@ -125,53 +169,69 @@ impl EtcdStore {
 
     /// Revokes a lease: the keys bound to it are deleted at once.
     pub fn revoke_lease(&self, id: i64) -> Result<(), StoreError> {
-        let mut lease = LeaseClient::new(self.channel.clone());
-        self.block("lease revoke", "", async move { lease.lease_revoke(pb::LeaseRevokeRequest { id }).await.map(|_| ()) })
+        self.block("lease revoke", "", move |ch| async move { LeaseClient::new(ch).lease_revoke(pb::LeaseRevokeRequest { id }).await }).map(|_| ())
     }
 
-    /// Keeps lease `id` alive (a keep-alive every third of `ttl`, reconnecting after
-    /// errors) until `stop`. The returned token is cancelled when the lease is lost: etcd
-    /// says it expired, or no keep-alive was answered for `ttl`.
-    pub fn keep_alive(&self, id: i64, ttl: Duration, stop: CancellationToken) -> CancellationToken {
+    /// Keeps lease `id` (granted at `granted` with `ttl`) alive until `stop`: a keep-alive
+    /// every third of the ttl, reconnecting (to the next member) after errors. The returned
+    /// token is cancelled when the lease is lost: etcd says it is gone, or the lease's
+    /// expiry, counted from the sending of the last answered keep-alive, is less than a
+    /// margin (a fifth of the ttl, at most 1 s) away. etcd cannot expire it earlier, so the
+    /// holder learns of the loss before anyone else can take what the lease held.
+    pub fn keep_alive(&self, id: i64, ttl: Duration, granted: std::time::Instant, stop: CancellationToken) -> CancellationToken {
         let lost = CancellationToken::new();
-        let (channel, lost2) = (self.channel.clone(), lost.clone());
+        let (members, lost2) = (self.members.clone(), lost.clone());
+        let margin = (ttl / 5).min(Duration::from_secs(1));
         self.rt.as_ref().expect("the runtime lives as long as the store").spawn(async move {
+            use tokio::time::{sleep, sleep_until, Instant};
             let every = ttl / 3;
-            let mut last_ok = tokio::time::Instant::now();
-            let mut client = LeaseClient::new(channel);
-            'connect: while !stop.is_cancelled() {
+            let mut deadline = Instant::from_std(granted) + ttl - margin;
+            let mut k = members.current.load(Ordering::Relaxed);
+            'connect: loop {
+                let channel = members.channels[k % members.channels.len()].clone();
+                k += 1;
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
                 // the first request goes in before the call: etcd answers the call (its
                 // headers) only with the first keep-alive's answer
+                let mut sent = Instant::now();
                 let _ = tx.send(pb::LeaseKeepAliveRequest { id }).await;
-                let call = tokio::time::timeout(every, client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)));
-                if let Ok(Ok(r)) = call.await {
+                let mut client = LeaseClient::new(channel);
+                let call = tokio::select! {
+                    r = client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)) => r.ok(),
+                    _ = sleep(every) => None,
+                    _ = sleep_until(deadline) => break 'connect,
+                    _ = stop.cancelled() => return,
+                };
+                if let Some(r) = call {
                     let mut answers = r.into_inner();
                     let mut first = true;
                     loop {
-                        if !std::mem::take(&mut first) && tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
-                            break;
-                        }
-                        match tokio::time::timeout(every, answers.message()).await {
-                            Ok(Ok(Some(a))) if a.ttl > 0 => last_ok = tokio::time::Instant::now(),
-                            Ok(Ok(Some(_))) => break 'connect, // expired or revoked
-                            _ => break,                        // stream broke or slow: reconnect
+                        if !std::mem::take(&mut first) {
+                            sent = Instant::now();
+                            if tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
+                                break;
+                            }
                         }
                         tokio::select! {
+                            a = answers.message() => match a {
+                                Ok(Some(a)) if a.ttl > 0 => deadline = sent + Duration::from_secs(a.ttl as u64) - margin,
+                                Ok(Some(_)) => break 'connect, // expired or revoked
+                                _ => break,                    // the stream broke: reconnect
+                            },
+                            _ = sleep_until(deadline) => break 'connect,
                             _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(every) => {}
                         }
-                        if last_ok.elapsed() >= ttl {
-                            break 'connect;
+                        tokio::select! {
+                            _ = sleep(every) => {}
+                            _ = sleep_until(deadline) => break 'connect,
+                            _ = stop.cancelled() => return,
                         }
                     }
                 }
-                if last_ok.elapsed() >= ttl {
-                    break;
-                }
                 tokio::select! {
+                    _ = sleep(Duration::from_millis(200)) => {}
+                    _ = sleep_until(deadline) => break,
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
             if !stop.is_cancelled() {
@@ -184,15 +244,17 @@ impl EtcdStore {
     /// Creates `key` = `value` bound to `lease` if the key does not exist. Err(holder's
     /// value) when it does.
     pub fn acquire(&self, key: &str, value: &[u8], lease: i64) -> Result<Result<(), Vec<u8>>, StoreError> {
-        check_key(key)?;
-        let full = self.full(key);
+        let Some(request_op::Request::RequestPut(mut put)) = self.op(&Op::Put(key.to_string(), value.to_vec()))?.request else { unreachable!("a put") };
+        put.lease = lease;
         let req = pb::TxnRequest {
-            compare: vec![pb::Compare { result: compare::CompareResult::Equal as i32, target: compare::CompareTarget::Version as i32, key: full.clone(), target_union: Some(compare::TargetUnion::Version(0)), range_end: Vec::new() }],
-            success: vec![pb::RequestOp { request: Some(request_op::Request::RequestPut(pb::PutRequest { key: full.clone(), value: value.to_vec(), lease, prev_kv: false })) }],
-            failure: vec![pb::RequestOp { request: Some(request_op::Request::RequestRange(pb::RangeRequest { key: full, ..Default::default() })) }],
+            compare: vec![self.compare(&Compare::Exists(key.to_string(), false))?],
+            success: vec![pb::RequestOp { request: Some(request_op::Request::RequestPut(put)) }],
+            failure: vec![pb::RequestOp { request: Some(request_op::Request::RequestRange(pb::RangeRequest { key: self.full(key), ..Default::default() })) }],
         };
-        let mut kv = self.kv.clone();
-        let r = self.block("acquire", key, async move { kv.txn(req).await.map(|r| r.into_inner()) })?;
+        let r = self.block("acquire", key, move |ch| {
+            let req = req.clone();
+            async move { kv_client(ch).txn(req).await }
+        }).map(|r| r.into_inner())?;
         if r.succeeded {
             return Ok(Ok(()));
         }
@@ -203,26 +265,29 @@ impl EtcdStore {
         Ok(Err(holder.unwrap_or_default()))
     }
 
-    /// From now on every write first checks that `key` still holds `value` (this
-    /// coordinator's leadership); if not, it writes nothing and fails with
-    /// [`StoreError::Fenced`].
-    pub fn fence(&mut self, key: &str, value: &[u8]) {
-        self.guard = Some((self.full(key), value.to_vec()));
+    /// From now on every write first checks that `key` is still bound to `lease` (this
+    /// coordinator's leadership: lease ids are unique in the cluster); if not, it writes
+    /// nothing and fails with [`StoreError::Fenced`].
+    pub fn fence(&mut self, key: &str, lease: i64) {
+        self.guard = Some((self.full(key), lease));
     }
 
     /// Runs `inner` as is, or, when fenced, inside a transaction guarded by the leader key;
-    /// returns the inner response.
+    /// returns the header and the inner response.
     fn write(&self, op: &'static str, key: &str, inner: pb::RequestOp) -> Result<(Option<pb::ResponseHeader>, response_op::Response), StoreError> {
         let bad = |message: &str| StoreError::Backend { op, key: key.to_string(), message: message.to_string() };
-        let mut kv = self.kv.clone();
-        let Some((gkey, gvalue)) = self.guard.clone() else {
-            let resp = self.block(op, key, async move {
-                Ok(match inner.request.expect("a request") {
-                    request_op::Request::RequestPut(r) => response_op::Response::ResponsePut(kv.put(r).await?.into_inner()),
-                    request_op::Request::RequestDeleteRange(r) => response_op::Response::ResponseDeleteRange(kv.delete_range(r).await?.into_inner()),
-                    request_op::Request::RequestTxn(r) => response_op::Response::ResponseTxn(kv.txn(r).await?.into_inner()),
-                    request_op::Request::RequestRange(r) => response_op::Response::ResponseRange(kv.range(r).await?.into_inner()),
-                })
+        let Some((gkey, lease)) = self.guard.clone() else {
+            let resp = self.block(op, key, move |ch| {
+                let inner = inner.clone();
+                async move {
+                    let mut kv = kv_client(ch);
+                    Ok(match inner.request.expect("a request") {
+                        request_op::Request::RequestPut(r) => response_op::Response::ResponsePut(kv.put(r).await?.into_inner()),
+                        request_op::Request::RequestDeleteRange(r) => response_op::Response::ResponseDeleteRange(kv.delete_range(r).await?.into_inner()),
+                        request_op::Request::RequestTxn(r) => response_op::Response::ResponseTxn(kv.txn(r).await?.into_inner()),
+                        request_op::Request::RequestRange(r) => response_op::Response::ResponseRange(kv.range(r).await?.into_inner()),
+                    })
+                }
             })?;
             let header = match &resp {
                 response_op::Response::ResponsePut(r) => r.header,
@@ -233,11 +298,14 @@ impl EtcdStore {
             return Ok((header, resp));
         };
         let req = pb::TxnRequest {
-            compare: vec![pb::Compare { result: compare::CompareResult::Equal as i32, target: compare::CompareTarget::Value as i32, key: gkey.clone(), target_union: Some(compare::TargetUnion::Value(gvalue)), range_end: Vec::new() }],
+            compare: vec![pb::Compare { result: compare::CompareResult::Equal as i32, target: compare::CompareTarget::Lease as i32, key: gkey.clone(), target_union: Some(compare::TargetUnion::Lease(lease)), range_end: Vec::new() }],
             success: vec![inner],
             failure: vec![pb::RequestOp { request: Some(request_op::Request::RequestRange(pb::RangeRequest { key: gkey, ..Default::default() })) }],
         };
-        let r = self.block(op, key, async move { kv.txn(req).await.map(|r| r.into_inner()) })?;
+        let r = self.block(op, key, move |ch| {
+            let req = req.clone();
+            async move { kv_client(ch).txn(req).await }
+        }).map(|r| r.into_inner())?;
         let first = r.responses.into_iter().next().and_then(|o| o.response).ok_or_else(|| bad("etcd answered a guarded write without a response"))?;
         if !r.succeeded {
             let holder = match first {
@@ -249,22 +317,26 @@ impl EtcdStore {
         Ok((r.header, first))
     }
 
-    /// Runs `f` on the client runtime and waits for it, with the deadline.
-    pub fn block<T, F>(&self, op: &'static str, key: &str, f: F) -> Result<T, StoreError>
+    /// Runs `f(channel)` on the client runtime, against the members in turn (see
+    /// [`Members::call`]), and waits for it.
+    fn block<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+        F: Fn(Channel) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, tonic::Status>> + Send + 'static,
     {
-        let err = |message: String| StoreError::Backend { op, key: key.to_string(), message };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let members = self.members.clone();
         self.rt.as_ref().expect("the runtime lives as long as the store").spawn(async move {
-            let _ = tx.send(tokio::time::timeout(TIMEOUT, f).await);
+            let _ = tx.send(members.call(f).await);
         });
-        match rx.recv() {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(status))) => Err(err(format!("etcd at {}: {} ({:?})", self.spec.endpoints.join(","), status.message(), status.code()))),
-            Ok(Err(_)) => Err(err(format!("etcd at {} did not answer within {TIMEOUT:?}", self.spec.endpoints.join(",")))),
-            Err(_) => Err(err("the etcd client stopped".into())),
+        let inside_multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let answer = if inside_multi_thread { tokio::task::block_in_place(|| rx.recv()) } else { rx.recv() };
+        let endpoints = self.spec.endpoints.join(",");
+        match answer {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(s)) => Err(StoreError::Backend { op, key: key.to_string(), message: format!("etcd at {endpoints}: {} ({:?})", s.message(), s.code()) }),
+            Err(_) => Err(StoreError::Backend { op, key: key.to_string(), message: "the etcd client stopped".into() }),
         }
     }
 
@@ -350,9 +422,11 @@ fn header_revision(h: Option<pb::ResponseHeader>) -> u64 {
 impl Kv for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         check_key(key)?;
-        let mut kv = self.kv.clone();
         let req = pb::RangeRequest { key: self.full(key), ..Default::default() };
-        let resp = self.block("get", key, async move { kv.range(req).await.map(|r| r.into_inner()) })?;
+        let resp = self.block("get", key, move |ch| {
+            let req = req.clone();
+            async move { kv_client(ch).range(req).await }
+        }).map(|r| r.into_inner())?;
         resp.kvs.into_iter().next().map(|e| self.entry(e)).transpose()
     }
 
@@ -360,11 +434,15 @@ impl Kv for EtcdStore {
         let start = self.full(prefix);
         let end = prefix_end(&start);
         let mut out = Vec::new();
-        let mut from = start;
+        let (mut from, mut at) = (start, 0);
         loop {
-            let mut kv = self.kv.clone();
-            let req = pb::RangeRequest { key: from.clone(), range_end: end.clone(), limit: PAGE, ..Default::default() };
-            let resp = self.block("range", prefix, async move { kv.range(req).await.map(|r| r.into_inner()) })?;
+            let req = pb::RangeRequest { key: from.clone(), range_end: end.clone(), limit: PAGE, revision: at, ..Default::default() };
+            let resp = self.block("range", prefix, move |ch| {
+            let req = req.clone();
+            async move { kv_client(ch).range(req).await }
+        }).map(|r| r.into_inner())?;
+            // every later page reads the first page's snapshot
+            at = resp.header.map(|h| h.revision).unwrap_or(0);
             let last = resp.kvs.last().map(|e| e.key.clone());
             for e in resp.kvs {
                 out.push(self.entry(e)?);
@@ -394,6 +472,10 @@ impl Kv for EtcdStore {
     }
 
     fn txn(&self, compares: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult, StoreError> {
+        let most = compares.len().max(success.len()).max(failure.len());
+        if most > MAX_TXN_OPS {
+            return Err(StoreError::Backend { op: "txn", key: String::new(), message: format!("{most} operations in one branch of a transaction; etcd takes at most {MAX_TXN_OPS} (its --max-txn-ops)") });
+        }
         let req = pb::TxnRequest {
             compare: compares.iter().map(|c| self.compare(c)).collect::<Result<_, _>>()?,
             success: success.iter().map(|o| self.op(o)).collect::<Result<_, _>>()?,
@@ -406,11 +488,17 @@ impl Kv for EtcdStore {
     }
 
     fn revision(&self) -> Result<u64, StoreError> {
-        // a range of one key answers with the cluster's revision in its header
-        let mut kv = self.kv.clone();
+        // a count-only range answers with the cluster's revision in its header
         let req = pb::RangeRequest { key: self.full("revision-probe"), count_only: true, ..Default::default() };
-        let resp = self.block("revision", "", async move { kv.range(req).await.map(|r| r.into_inner()) })?;
+        let resp = self.block("revision", "", move |ch| {
+            let req = req.clone();
+            async move { kv_client(ch).range(req).await }
+        }).map(|r| r.into_inner())?;
         Ok(header_revision(resp.header))
+    }
+
+    fn max_txn_ops(&self) -> usize {
+        MAX_TXN_OPS
     }
 }
 

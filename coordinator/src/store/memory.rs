@@ -8,6 +8,15 @@ use super::{check_key, holds, Compare, Entry, Kv, Op, StoreError, TxnResult};
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<(u64, BTreeMap<String, Entry>)>,
+    /// A limit on transaction sizes, as etcd's (tests of callers that split their writes).
+    max_txn_ops: Option<usize>,
+}
+
+impl MemoryStore {
+    /// A store that refuses transactions with more than `n` compares or ops per branch.
+    pub fn with_max_txn_ops(n: usize) -> Self {
+        Self { max_txn_ops: Some(n), ..Default::default() }
+    }
 }
 
 fn apply(rev: u64, map: &mut BTreeMap<String, Entry>, op: &Op) {
@@ -52,6 +61,12 @@ impl Kv for MemoryStore {
     }
 
     fn txn(&self, compares: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult, StoreError> {
+        if let Some(limit) = self.max_txn_ops {
+            let most = compares.len().max(success.len()).max(failure.len());
+            if most > limit {
+                return Err(StoreError::Backend { op: "txn", key: String::new(), message: format!("{most} operations in one branch of a transaction; this store takes at most {limit}") });
+            }
+        }
         for op in success.iter().chain(failure) {
             if let Op::Put(k, _) = op {
                 check_key(k)?;
@@ -75,6 +90,10 @@ impl Kv for MemoryStore {
             }
         }
         Ok(TxnResult { succeeded: ok, revision: g.0 })
+    }
+
+    fn max_txn_ops(&self) -> usize {
+        self.max_txn_ops.unwrap_or(usize::MAX)
     }
 
     fn revision(&self) -> Result<u64, StoreError> {

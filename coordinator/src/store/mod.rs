@@ -77,6 +77,11 @@ pub trait Kv: Send + Sync {
     fn txn(&self, compares: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult, StoreError>;
     /// The revision of the last write (0 for an empty store).
     fn revision(&self) -> Result<u64, StoreError>;
+    /// The most compares, and the most operations per branch, that one [`Kv::txn`] takes
+    /// (etcd: its `--max-txn-ops`, 128 by default); a caller splits larger writes.
+    fn max_txn_ops(&self) -> usize {
+        usize::MAX
+    }
 }
 
 pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {

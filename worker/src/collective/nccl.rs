@@ -12,6 +12,12 @@
 //!   `ncclCommGetAsyncError`; an error or the collective deadline aborts the communicator
 //!   (`ncclCommAbort` ends its kernels) and breaks the group, so the rank fails its
 //!   generation instead of hanging on a dead peer.
+//! - Creation (`ncclCommInitRank`, blocking) cannot be aborted: a peer that dies between the
+//!   rendezvous and its init leaves the others waiting until the rendezvous deadline plus a
+//!   5 s grace; then the rank fails (the stuck thread ends with its process).
+//! - NCCL runs on candle's compute stream, so it is ordered after the kernels that made a
+//!   bucket without events; the price is that a hung collective holds that stream until the
+//!   abort.
 //!
 //! Nothing here assumes one GPU per machine or a world of one: the rank's device is the
 //! `cuda:N` the worker gave it.
@@ -74,9 +80,7 @@ impl NcclGroup {
     fn device_op(&mut self, op: &'static str, kind: Kind, t: &Tensor, out_len: usize) -> Result<Tensor, CollectiveError> {
         let rank = self.rank;
         let err = |message: String| CollectiveError { op, rank, message };
-        if t.rank() != 1 || t.dtype() != DType::F32 {
-            return Err(err(format!("expects a 1-D f32 tensor, got {:?} {:?}", t.dtype(), t.dims())));
-        }
+        ablate_trainer::collective::check_flat_f32(t, rank, op)?;
         if !t.device().same_device(&self.device) {
             return Err(err(format!("the tensor is on {:?}, the communicator on {:?}", t.device(), self.device)));
         }
@@ -93,10 +97,17 @@ impl NcclGroup {
         };
         let timeout = self.collective_timeout;
         // `x` and `out` live until the call has returned, and the call returns only once the
-        // operation completed on the GPU (or the communicator was aborted).
-        self.owned(op)?.call(op, timeout, move |c, deadline| c.run(kind, send, recv, n, sys::ncclDataType_t::ncclFloat32, deadline))?;
-        drop(x);
-        Ok(out)
+        // operation completed on the GPU or the communicator was aborted. On an error the
+        // owner thread may still be inside NCCL (the caller gave up waiting): the buffers are
+        // leaked rather than freed under it (the rank fails its generation next).
+        match self.owned(op)?.call(op, timeout, move |c, deadline| c.run(kind, send, recv, n, sys::ncclDataType_t::ncclFloat32, deadline)) {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                std::mem::forget(x);
+                std::mem::forget(out);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -224,7 +235,7 @@ struct Comm {
     raw: sys::ncclComm_t,
     stream: Arc<CudaStream>,
     world: usize,
-    aborted: bool,
+    aborted: std::cell::Cell<bool>,
 }
 
 impl Comm {
@@ -239,7 +250,7 @@ impl Comm {
         // SAFETY: `raw` receives the communicator; the id is the 128 bytes rank 0 made.
         let rc = unsafe { sys::ncclCommInitRank(&mut raw, world as i32, sys::ncclUniqueId { internal }, rank as i32) };
         check(rc, "ncclCommInitRank", None)?;
-        Ok(Self { raw, stream, world, aborted: false })
+        Ok(Self { raw, stream, world, aborted: std::cell::Cell::new(false) })
     }
 
     /// Fails with the communicator's asynchronous error, if any (a peer's death shows here).
@@ -265,12 +276,26 @@ impl Comm {
                 Kind::Gather => (sys::ncclAllGather(s, r, count, dtype, self.raw, st), "ncclAllGather"),
             }
         };
-        check(rc, name, Some(self.raw))?;
-        let done = self.stream.record_event(None).map_err(|e| format!("record an event after {name}: {e:?}"))?;
-        wait_until(deadline, name, || {
-            self.async_error()?;
-            done.try_is_complete().map_err(|e| format!("{name}: CUDA error {e:?}"))
-        })
+        let waited = check(rc, name, Some(self.raw)).and_then(|_| {
+            let done = self.stream.record_event(None).map_err(|e| format!("record an event after {name}: {e:?}"))?;
+            wait_until(deadline, name, || {
+                self.async_error()?;
+                done.try_is_complete().map_err(|e| format!("{name}: CUDA error {e:?}"))
+            })
+        });
+        if waited.is_err() {
+            // at once, before the caller's buffers are freed (a free may wait for the stream,
+            // which the hung kernel holds until the abort ends it)
+            self.abort_once();
+        }
+        waited
+    }
+
+    fn abort_once(&self) {
+        if !self.aborted.replace(true) {
+            // SAFETY: `raw` is live and not used for collectives after this.
+            unsafe { sys::ncclCommAbort(self.raw) };
+        }
     }
 
     /// A host buffer through the device.
@@ -293,17 +318,13 @@ impl Comm {
 
 impl Abort for Comm {
     fn abort(&mut self) {
-        if !self.aborted {
-            self.aborted = true;
-            // SAFETY: `raw` is live and not used after this.
-            unsafe { sys::ncclCommAbort(self.raw) };
-        }
+        self.abort_once();
     }
 }
 
 impl Drop for Comm {
     fn drop(&mut self) {
-        if !self.aborted {
+        if !self.aborted.get() {
             // SAFETY: every operation completed (each waits for its own), so the
             // communicator is idle; `raw` is not used after this.
             unsafe { sys::ncclCommDestroy(self.raw) };
