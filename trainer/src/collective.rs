@@ -6,7 +6,7 @@
 //! gradients in the fixed parameter order (sorted by name) into f32 buckets of at most
 //! [`BUCKET_ELEMENTS`] on the parameters' device, all-reduces each bucket and divides by the
 //! world size, so every rank applies bit-identical gradients. One presence flag per parameter
-//! and the step's loss terms travel in a small host buffer of their own.
+//! and the step's loss terms travel at the head of the first bucket.
 
 use candle_core::{backprop::GradStore, DType, Tensor};
 use std::time::Duration;
@@ -156,22 +156,35 @@ pub fn exchange_grads_in(c: &mut dyn Collective, params: &[Param], grads: &mut G
         return Ok(());
     }
     let scale = 1.0 / world as f64;
+    // presence flags and loss terms: the head of the first bucket (no round trip of their own)
     let mut meta: Vec<f32> = params.iter().map(|p| if grads.get(p.var.as_tensor()).is_some() { 1f32 } else { 0f32 }).collect();
     meta.extend([stats.loss as f32, stats.mse as f32, stats.repa.unwrap_or(0.0) as f32]);
-    c.all_reduce_sum(&mut meta).map_err(crate::TrainError::Collective)?;
+    let head = meta.len();
     let sizes: Vec<usize> = params.iter().map(|p| p.var.elem_count()).collect();
-    for range in buckets(&sizes, bucket) {
+    let ranges = buckets(&sizes, bucket);
+    if ranges.is_empty() {
+        c.all_reduce_sum(&mut meta).map_err(crate::TrainError::Collective)?;
+    }
+    for (b, range) in ranges.into_iter().enumerate() {
         let group = &params[range.clone()];
-        let parts = group
-            .iter()
-            .map(|p| match grads.get(p.var.as_tensor()) {
-                Some(g) => g.to_dtype(DType::F32)?.flatten_all(),
-                None => Tensor::zeros(p.var.elem_count(), DType::F32, p.var.device()),
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut parts = Vec::with_capacity(group.len() + 1);
+        if b == 0 {
+            parts.push(Tensor::from_slice(&meta, head, group[0].var.device())?);
+        }
+        for p in group {
+            parts.push(match grads.get(p.var.as_tensor()) {
+                Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
+                None => Tensor::zeros(p.var.elem_count(), DType::F32, p.var.device())?,
+            });
+        }
         let flat = Tensor::cat(&parts, 0)?;
         drop(parts);
-        let avg = c.all_reduce_sum_tensor(&flat).map_err(crate::TrainError::Collective)?.affine(scale, 0.0)?;
+        let mut sum = c.all_reduce_sum_tensor(&flat).map_err(crate::TrainError::Collective)?;
+        if b == 0 {
+            meta = sum.narrow(0, 0, head)?.to_vec1::<f32>()?;
+            sum = sum.narrow(0, head, sum.dim(0)? - head)?;
+        }
+        let avg = sum.affine(scale, 0.0)?;
         let mut off = 0;
         for (p, present) in group.iter().zip(&meta[range]) {
             let n = p.var.elem_count();
@@ -299,9 +312,10 @@ mod tests {
             let mut stats = StepStats { step: 1, loss: 2.0, mse: 1.0, repa: Some(0.5), grad_norm: 0.0, lr: 0.0 };
             let mut c = Scaled { world: 2, host: 0, tensor: Vec::new() };
             exchange_grads_in(&mut c, &params, &mut grads, &mut stats, cap).unwrap();
-            assert_eq!(c.host, 1, "presence flags and loss terms: one small host all-reduce");
-            assert_eq!(c.tensor.iter().sum::<usize>(), 12 + 5 + 8 + 7 + 1, "cap {cap}: every element once");
-            assert!(c.tensor.iter().all(|&n| n <= cap.max(12)), "cap {cap}: {:?}", c.tensor);
+            let head = params.len() + 3; // presence flags and loss terms, in the first bucket
+            assert_eq!(c.host, 0, "no round trip of their own");
+            assert_eq!(c.tensor.iter().sum::<usize>(), head + 12 + 5 + 8 + 7 + 1, "cap {cap}: every element once");
+            assert!(c.tensor[0] <= head + cap.max(12) && c.tensor[1..].iter().all(|&n| n <= cap.max(12)), "cap {cap}: {:?}", c.tensor);
             for (p, w) in params.iter().zip(&want) {
                 let got = grads.get(p.var.as_tensor());
                 match w {
