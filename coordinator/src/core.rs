@@ -74,6 +74,8 @@ fn now_ms() -> u64 {
 }
 
 const JOBS: &str = "jobs/";
+/// The start of the reason of a queued gang too large for the live workers.
+const WAITING: &str = "waiting: ";
 
 impl Core {
     /// Loads every stored job: queued ones stay queued, placed ones wait for their workers
@@ -544,8 +546,37 @@ impl Core {
             }
             slots.extend(by_kind.into_iter().map(|(kind, free)| WorkerSlots { worker: w.reg.worker_id.clone(), kind, free }));
         }
-        let queue: Vec<Pending> =
-            g.jobs.values().filter(|j| j.state() == JobState::Queued).map(|j| Pending { job: j.id.clone(), priority: j.priority, sequence: j.sequence, world: j.world_size }).collect();
+        // a gang larger than the live workers' slots of any one kind cannot be placed until
+        // more register: it waits with a reason that says so and, once the re-attach grace is
+        // over, no longer holds up the strict queue behind it
+        let mut capacity: BTreeMap<i32, usize> = BTreeMap::new();
+        for d in g.workers.values().filter(|w| w.alive).flat_map(|w| &w.reg.devices) {
+            *capacity.entry(d.kind).or_default() += 1;
+        }
+        let largest = capacity.values().copied().max().unwrap_or(0);
+        let mut queue = Vec::new();
+        for j in g.jobs.values_mut().filter(|j| j.state() == JobState::Queued) {
+            let fits = j.world_size as usize <= largest;
+            if grace_over {
+                let waiting = (!fits).then(|| format!("{WAITING}a gang of {} needs that many slots of one kind; the live workers have {largest}", j.world_size));
+                let own = j.reason.is_empty() || j.reason.starts_with(WAITING);
+                match waiting {
+                    Some(w) if own && j.reason != w => {
+                        j.reason = w;
+                        changed.push(j.id.clone());
+                    }
+                    None if j.reason.starts_with(WAITING) => {
+                        j.reason.clear();
+                        changed.push(j.id.clone());
+                    }
+                    _ => {}
+                }
+                if !fits {
+                    continue;
+                }
+            }
+            queue.push(Pending { job: j.id.clone(), priority: j.priority, sequence: j.sequence, world: j.world_size });
+        }
         for p in scheduler::schedule(&slots, &queue) {
             let waited = g.queued_at.remove(&p.job);
             let job = g.jobs.get_mut(&p.job).expect("queued job exists");

@@ -101,6 +101,43 @@ async fn a_gang_waits_for_its_third_slot() {
     c.shutdown().await;
 }
 
+/// A gang larger than every live slot waits with a reason and does not block the queue
+/// behind it; when enough slots register the reason goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_gang_says_why_it_waits_and_does_not_hold_up_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start("memory:", dir.path(), 1500, 0).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    let big = submit(&mut j, 3).await;
+    let small = submit(&mut j, 1).await;
+    // past the re-attach grace (one expiry period after the start), two one-slot workers
+    let until = Instant::now() + Duration::from_millis(1700);
+    while Instant::now() < until {
+        beat(&mut w, "a", 1, vec![]).await;
+        beat(&mut w, "b", 1, vec![]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(5, async || {
+        beat(&mut w, "a", 1, vec![]).await;
+        beat(&mut w, "b", 1, vec![]).await;
+        state(&mut j, &small.id).await.state() == JobState::Scheduled
+    })
+    .await;
+    let b = state(&mut j, &big.id).await;
+    assert_eq!(b.state(), JobState::Queued);
+    assert_eq!(b.reason, "waiting: a gang of 3 needs that many slots of one kind; the live workers have 2");
+    // a third slot: the gang could fit now, so the reason goes (it waits for the busy slot)
+    wait_for(5, async || {
+        for id in ["a", "b", "c"] {
+            beat(&mut w, id, 1, vec![]).await;
+        }
+        state(&mut j, &big.id).await.reason.is_empty()
+    })
+    .await;
+    assert_eq!(state(&mut j, &big.id).await.state(), JobState::Queued);
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendezvous_checks_generation_layout_and_deadline() {
     let dir = tempfile::tempdir().unwrap();
