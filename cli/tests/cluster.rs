@@ -352,11 +352,7 @@ overrides = { "optim.kind" = "muon" }
 #[test]
 fn with_etcd_a_standby_coordinator_takes_over_when_the_leader_dies() {
     use ablate_coordinator::store::local_etcd::{self, LocalEtcd};
-    let Some(etcd_bin) = LocalEtcd::binary() else {
-        assert!(!local_etcd::required(), "ABLATE_REQUIRE_ETCD=1 but no etcd binary");
-        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
-        return;
-    };
+    let Some(etcd_bin) = local_etcd::binary_or_skip("with_etcd_a_standby_coordinator_takes_over") else { return };
     let mut standby = None;
     let mut c = Cluster::start_with(1, |c| {
         let etcd = LocalEtcd::start(&etcd_bin).unwrap();

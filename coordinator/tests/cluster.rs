@@ -208,11 +208,7 @@ async fn a_coordinator_restart_keeps_every_job_and_running_ranks_reattach() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_restart_on_etcd_keeps_every_job() {
     use ablate_coordinator::store::local_etcd::{self, LocalEtcd};
-    let Some(bin) = LocalEtcd::binary() else {
-        assert!(!local_etcd::required(), "ABLATE_REQUIRE_ETCD=1 but no etcd binary");
-        eprintln!("skipped: no etcd binary");
-        return;
-    };
+    let Some(bin) = local_etcd::binary_or_skip("a_coordinator_restart_on_etcd_keeps_every_job") else { return };
     let etcd = tokio::task::spawn_blocking(move || LocalEtcd::start(&bin).unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     restart_keeps_every_job(&etcd.spec("ablate/"), dir.path()).await;

@@ -16,11 +16,7 @@ fn election(id: &str) -> Election {
 
 #[test]
 fn one_leader_a_standby_takes_over_and_the_deposed_cannot_write() {
-    let Some(bin) = LocalEtcd::binary() else {
-        assert!(!local_etcd::required(), "ABLATE_REQUIRE_ETCD=1 but no etcd binary");
-        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
-        return;
-    };
+    let Some(bin) = local_etcd::binary_or_skip("one_leader_a_standby_takes_over") else { return };
     let etcd = LocalEtcd::start(&bin).unwrap();
     let spec = etcd.spec("ha/");
     let never = CancellationToken::new();
@@ -98,10 +94,7 @@ fn one_leader_a_standby_takes_over_and_the_deposed_cannot_write() {
 
 #[test]
 fn a_standby_campaign_can_be_cancelled() {
-    let Some(bin) = LocalEtcd::binary() else {
-        assert!(!local_etcd::required(), "ABLATE_REQUIRE_ETCD=1 but no etcd binary");
-        return;
-    };
+    let Some(bin) = local_etcd::binary_or_skip("a_standby_campaign_can_be_cancelled") else { return };
     let etcd = LocalEtcd::start(&bin).unwrap();
     let mut a = EtcdStore::open(&etcd.spec("ha/")).unwrap();
     let _lead = election("a").campaign(&mut a, &CancellationToken::new(), |_| {}).unwrap().unwrap();

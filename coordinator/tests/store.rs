@@ -48,20 +48,9 @@ fn a_file_that_is_not_a_store_is_refused_by_name() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello, not a database", "the file is left as it was");
 }
 
-/// A local etcd for a test, or None (skipped, said on stderr) where none is installed and
-/// `ABLATE_REQUIRE_ETCD` is not 1 (`.ci/run` sets it: there a missing etcd fails).
-fn etcd_binary(test: &str) -> Option<std::path::PathBuf> {
-    let bin = LocalEtcd::binary();
-    if bin.is_none() {
-        assert!(!local_etcd::required(), "{test}: ABLATE_REQUIRE_ETCD=1 but no etcd binary (apt-get install etcd-server, or set ABLATE_ETCD_BIN)");
-        eprintln!("{test}: skipped, no etcd binary (apt-get install etcd-server, or set ABLATE_ETCD_BIN)");
-    }
-    bin
-}
-
 #[test]
 fn etcd_backend_conforms() {
-    let Some(bin) = etcd_binary("etcd_backend_conforms") else { return };
+    let Some(bin) = local_etcd::binary_or_skip("etcd_backend_conforms") else { return };
     // every check gets a fresh cluster: the suite expects a store at revision 0
     let clusters = std::sync::Mutex::new(Vec::new());
     conformance::run_all(&|| {
@@ -74,7 +63,7 @@ fn etcd_backend_conforms() {
 
 #[test]
 fn etcd_namespaces_share_a_cluster_without_seeing_each_other_and_ranges_page() {
-    let Some(bin) = etcd_binary("etcd_namespaces_share_a_cluster") else { return };
+    let Some(bin) = local_etcd::binary_or_skip("etcd_namespaces_share_a_cluster") else { return };
     let e = LocalEtcd::start(&bin).unwrap();
     let (a, b) = (EtcdStore::open(&e.spec("team-a/")).unwrap(), EtcdStore::open(&e.spec("team-b/")).unwrap());
     a.put("jobs/j1", b"a1").unwrap();
@@ -102,7 +91,7 @@ fn an_unreachable_etcd_is_an_error_that_names_it_and_a_dead_one_fails_calls() {
     let err = EtcdStore::open(&spec).err().expect("nothing listens there").to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("does not answer"), "{err}");
     assert!(t.elapsed() < etcd::TIMEOUT + std::time::Duration::from_secs(2));
-    let Some(bin) = etcd_binary("an_unreachable_etcd") else { return };
+    let Some(bin) = local_etcd::binary_or_skip("an_unreachable_etcd") else { return };
     let mut e = LocalEtcd::start(&bin).unwrap();
     let s = EtcdStore::open(&e.spec("x/")).unwrap();
     s.put("jobs/a", b"1").unwrap();
@@ -143,7 +132,7 @@ fn sweeps_larger_than_one_transaction_are_stored_whole_or_not_at_all() {
 /// through the coordinator in chunks; a dead first endpoint is passed over.
 #[test]
 fn etcd_takes_big_sweeps_in_chunks_and_passes_over_a_dead_member() {
-    let Some(bin) = etcd_binary("etcd_takes_big_sweeps") else { return };
+    let Some(bin) = local_etcd::binary_or_skip("etcd_takes_big_sweeps") else { return };
     let e = LocalEtcd::start(&bin).unwrap();
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let spec = format!("etcd://127.0.0.1:{dead},{}/big/", e.endpoint);

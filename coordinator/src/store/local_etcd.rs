@@ -20,6 +20,17 @@ pub fn required() -> bool {
     std::env::var_os("ABLATE_REQUIRE_ETCD").is_some_and(|v| v == "1")
 }
 
+/// The etcd binary for test `test`, or None, said on stderr, where none is installed (the
+/// test then skips); with [`required`], a missing binary fails the test instead.
+pub fn binary_or_skip(test: &str) -> Option<PathBuf> {
+    let bin = LocalEtcd::binary();
+    if bin.is_none() {
+        assert!(!required(), "{test}: ABLATE_REQUIRE_ETCD=1 but no etcd binary (apt-get install etcd-server, or set ABLATE_ETCD_BIN)");
+        eprintln!("{test}: skipped, no etcd binary (apt-get install etcd-server, or set ABLATE_ETCD_BIN)");
+    }
+    bin
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
