@@ -7,7 +7,12 @@
 //! `libcudart_static.a`: `-lcudart` resolves to the static runtime (which dlopen()s the
 //! driver's libcuda.so.1 itself) and the binary has no CUDA library among its DT_NEEDED
 //! entries. The search path reaches every binary that links this crate (the `ablate` CLI and
-//! this crate's test binaries). Without the feature nothing is read, written or required.
+//! this crate's test binaries).
+//!
+//! It also compiles ablate's own kernels, `src/kernels/cuda/*.cu`, to PTX in `OUT_DIR` with the
+//! same nvcc (`$NVCC`, else `$CUDA_ROOT/bin/nvcc`) for `sm_<CUDA_COMPUTE_CAP>a` (default 90,
+//! H100/H200), with the flags of `deploy/cuda/ptx.sh`; `kernels::cuda` embeds them with
+//! `include_str!`. Without the feature nothing is read, written or required.
 
 use std::path::PathBuf;
 
@@ -34,4 +39,31 @@ fn main() {
     let _ = std::fs::remove_file(&shim);
     std::fs::copy(&static_rt, &shim).unwrap_or_else(|e| panic!("copy {}: {e}", static_rt.display()));
     println!("cargo:rustc-link-search=native={}", out.display());
+    compile_ptx(&root);
+}
+
+/// Every `src/kernels/cuda/*.cu` to `OUT_DIR/<name>.ptx`.
+fn compile_ptx(root: &std::path::Path) {
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    let nvcc = std::env::var_os("NVCC").map(PathBuf::from).unwrap_or_else(|| root.join("bin/nvcc"));
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    let arch = if cap.parse::<u32>().is_ok_and(|c| c >= 90) { format!("sm_{cap}a") } else { format!("sm_{cap}") };
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let src = PathBuf::from("src/kernels/cuda");
+    for entry in std::fs::read_dir(&src).expect("src/kernels/cuda") {
+        let path = entry.expect("a kernel source").path();
+        println!("cargo:rerun-if-changed={}", path.display());
+        if path.extension().is_none_or(|e| e != "cu") {
+            continue;
+        }
+        let ptx = out.join(path.with_extension("ptx").file_name().expect("a file name"));
+        let status = std::process::Command::new(&nvcc)
+            .args(["-ptx", &format!("-arch={arch}"), "-O3", "-std=c++17", "-o"])
+            .arg(&ptx)
+            .arg(&path)
+            .status()
+            .unwrap_or_else(|e| panic!("run {}: {e}", nvcc.display()));
+        assert!(status.success(), "nvcc failed on {}", path.display());
+    }
 }

@@ -113,6 +113,60 @@ pub fn ops(dev: &Device) -> Result<String> {
     Ok(lines.join("\n"))
 }
 
+/// Every fused op's own kernel (called directly, so a missing CUDA kernel fails instead of
+/// falling back to the composed ops) at the shapes of the `mini` and `prx-small` presets (256
+/// image tokens, batch 2), against the CPU fused op: the value and every input gradient, in
+/// f32 (tolerance 2e-5 of the largest magnitude) and bf16 (1e-2; the CPU reference computes
+/// in f32 on the same bf16-rounded inputs). One line per preset and op.
+pub fn kernels_at_scale(dev: &Device) -> Result<String> {
+    use crate::kernels as k;
+    use crate::model::DenoiserConfig;
+    let mut lines = Vec::new();
+    for (preset, cfg) in [("mini", DenoiserConfig::mini()), ("prx-small", DenoiserConfig::prx_small())] {
+        let (b, n, d, heads) = (2usize, 256usize, cfg.hidden, cfg.heads);
+        let dh = d / heads;
+        let m = (d as f64 * cfg.mlp_ratio) as usize;
+        let (cos, sin) = layers::rope_tables(16, 16, dh, cfg.rope_theta, &Device::Cpu)?;
+        let on = |t: &Tensor, x: &Tensor| t.to_device(x.device());
+        type Op<'a> = (&'static str, Box<dyn Fn(&[Tensor]) -> candle_core::Result<Tensor> + 'a>, Vec<Vec<usize>>);
+        let ops: Vec<Op> = vec![
+            ("norm_modulate", Box::new(|t: &[Tensor]| k::norm::layer_norm_modulate(&t[0], &t[1], &t[2], 1e-6)), vec![vec![b, n, d], vec![b, d], vec![b, d]]),
+            ("layer_norm_affine", Box::new(|t: &[Tensor]| k::norm::layer_norm_affine(&t[0], &t[1], &t[2], 1e-5)), vec![vec![b, 64, d], vec![d], vec![d]]),
+            ("rms_norm", Box::new(|t: &[Tensor]| k::rms::rms_norm(&t[0], &t[1], 1e-6)), vec![vec![b, heads, n, dh], vec![dh]]),
+            ("rope", Box::new(|t: &[Tensor]| k::rope::rope(&t[0], &on(&cos, &t[0])?, &on(&sin, &t[0])?)), vec![vec![b, heads, n, dh]]),
+            ("gated_gelu", Box::new(|t: &[Tensor]| k::gelu::gated_gelu(&t[0], &t[1])), vec![vec![b, n, m], vec![b, n, m]]),
+            ("gated_gelu_packed", Box::new(|t: &[Tensor]| k::gelu::gated_gelu_packed(&t[0])), vec![vec![b, n, 2 * m]]),
+            ("gelu", Box::new(|t: &[Tensor]| k::gelu::gelu(&t[0])), vec![vec![b, n, d]]),
+            ("gated_residual", Box::new(|t: &[Tensor]| k::residual::gated_residual(&t[0], &t[1], &t[2])), vec![vec![b, n, d], vec![b, n, d], vec![b, d]]),
+            ("mean_squared_error", Box::new(|t: &[Tensor]| k::loss::mean_squared_error(&t[0], &t[1])), vec![vec![b, n, 64], vec![b, n, 64]]),
+        ];
+        for (oi, (name, f, shapes)) in ops.iter().enumerate() {
+            let inputs = shapes.iter().enumerate().map(|(i, s)| randn(s, 7000 + 10 * oi as u64 + i as u64, 1.0)).collect::<Result<Vec<_>>>()?;
+            let out_shape = f(&inputs)?.dims().to_vec();
+            let w = randn(&out_shape, 8000 + oi as u64, 1.0)?;
+            let mut line = format!("{preset:<10} {name:<19}");
+            // the CPU fused ops take f32 only (bf16 reaches them through f32 copies in `layers`)
+            let precisions: &[(DType, f32)] = if dev.is_cpu() { &[(DType::F32, 2e-5)] } else { &[(DType::F32, 2e-5), (DType::BF16, 1e-2)] };
+            for &(dtype, tol) in precisions {
+                // the reference sees the inputs the device sees: rounded to `dtype`
+                let seen = inputs.iter().map(|t| t.to_dtype(dtype)?.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?;
+                let (y_ref, g_ref) = value_and_grads(f.as_ref(), &seen, &w, &Device::Cpu, DType::F32)?;
+                let (y, g) = value_and_grads(f.as_ref(), &seen, &w, dev, dtype)?;
+                let mut worst = rel_err(&y, &y_ref)?;
+                for (a, r) in g.iter().zip(&g_ref) {
+                    worst = worst.max(rel_err(a, r)?);
+                }
+                if worst > tol {
+                    return Err(CheckError::Mismatch(format!("{preset} {name} in {dtype:?}: relative error {worst:.2e} > {tol:.0e}")));
+                }
+                line.push_str(&format!(" {dtype:?} {worst:.1e}"));
+            }
+            lines.push(line);
+        }
+    }
+    Ok(lines.join("\n"))
+}
+
 /// The small config the checks train: tiny preset, 32-pixel images, batch 4, no warm-up.
 pub fn tiny_config(policy: PrecisionPolicy, batch: usize) -> TrainConfig {
     let mut cfg = TrainConfig::default();
@@ -234,6 +288,7 @@ pub fn run_all(dev: &Device) -> Vec<(&'static str, std::result::Result<String, S
     #[allow(unused_mut)]
     let mut out = vec![
         ("ops", guard(&|| ops(dev))),
+        ("kernels-at-scale", guard(&|| kernels_at_scale(dev))),
         ("train-parity-fp32", guard(&|| train_parity(dev, PrecisionPolicy::Fp32, 8, 1e-3))),
         ("train-parity-bf16-mixed", guard(&|| train_parity(dev, PrecisionPolicy::Bf16Mixed, 8, 5e-2))),
         ("loss-falls-bf16-mixed", guard(&|| loss_falls(dev, 40, 0.85))),
@@ -257,5 +312,12 @@ mod tests {
     fn ops_check_passes_on_the_cpu() {
         let r = ops(&Device::Cpu).unwrap();
         assert_eq!(r.lines().count(), 7, "{r}");
+    }
+
+    /// The kernels' check at both presets' shapes runs through on the CPU (f32 only there).
+    #[test]
+    fn kernels_at_scale_check_passes_on_the_cpu() {
+        let r = kernels_at_scale(&Device::Cpu).unwrap();
+        assert_eq!(r.lines().count(), 18, "{r}");
     }
 }

@@ -46,7 +46,20 @@ impl CustomOp2 for GatedGelu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("{}: gate {:?} and up {:?} differ", self.name(), l1.dims(), l2.dims());
+        }
+        super::cuda::fwd::gated_gelu((s1, l1), Some((s2, l2)))
+    }
+
     fn bwd(&self, gate: &Tensor, up: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if gate.device().is_cuda() {
+            let (dg, du) = super::cuda::bwd::gated_gelu(gate, up, dy)?;
+            return Ok((Some(dg), Some(du)));
+        }
         let g = gate.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let u = up.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let d = dy.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
@@ -98,7 +111,22 @@ impl candle_core::CustomOp1 for GatedGeluPacked {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let two_m = *l.dims().last().unwrap_or(&0);
+        if two_m % 2 != 0 {
+            candle_core::bail!("{}: last dimension {two_m} is not even", self.name());
+        }
+        let mut dims = l.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = two_m / 2;
+        super::cuda::fwd::gated_gelu_packed((s, l), Shape::from(dims))
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return super::cuda::bwd::gelu(x, dy, true).map(Some);
+        }
         let two_m = x.dim(candle_core::D::Minus1)?;
         let m = two_m / 2;
         let dx = with_f32(x, self.name(), |xs| {
@@ -145,7 +173,16 @@ impl candle_core::CustomOp1 for Gelu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::fwd::gated_gelu((s, l), None)
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return super::cuda::bwd::gelu(x, dy, false).map(Some);
+        }
         let dx = with_f32(x, self.name(), |xs| {
             with_f32(dy, self.name(), |ds| {
                 let mut dx = vec![0f32; xs.len()];

@@ -44,7 +44,20 @@ impl CustomOp2 for MeanSquaredError {
         Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.dims(), l2.dims());
+        }
+        super::cuda::fwd::mean_squared_error((s1, l1), (s2, l2))
+    }
+
     fn bwd(&self, a: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if a.device().is_cuda() {
+            let (da, db) = super::cuda::bwd::mean_squared_error(a, b, g)?;
+            return Ok((Some(da), Some(db)));
+        }
         let s = 2.0 * g.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / a.elem_count().max(1) as f32;
         let da = with_f32(a, self.name(), |av| {
             with_f32(b, self.name(), |bv| {

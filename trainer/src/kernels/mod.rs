@@ -7,8 +7,11 @@
 
 pub mod attention;
 pub mod attn_core;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod fastmath;
 pub mod gelu;
+pub mod launch;
 pub mod linear;
 pub mod loss;
 pub mod norm;
@@ -31,6 +34,21 @@ pub fn enabled() -> bool {
 /// Whether `t` can take the fused CPU path.
 pub fn applies(t: &Tensor) -> bool {
     enabled() && t.dtype() == DType::F32 && t.device().is_cpu()
+}
+
+/// Whether `ts` can take the CUDA kernels (`kernels::cuda`): a CUDA build, fused kernels on,
+/// every tensor on a CUDA device in the same dtype, f32 or bf16. Always false without the
+/// `cuda` feature, so callers need no `cfg` of their own.
+pub fn on_cuda(ts: &[&Tensor]) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        !ts.is_empty() && ts.iter().all(|t| cuda::applies(t)) && ts.iter().all(|t| t.dtype() == ts[0].dtype())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ts;
+        false
+    }
 }
 
 /// The f32 slice of a contiguous CPU tensor.

@@ -62,7 +62,17 @@ impl CustomOp3 for LnModulate {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout, s3: &candle_core::CudaStorage, l3: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::fwd::ln_modulate(self.eps, self.offset, dims(l1, l2, l3)?, (s1, l1), (s2, l2), (s3, l3))
+    }
+
     fn bwd(&self, x: &Tensor, shift: &Tensor, scale: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dshift, dscale) = super::cuda::bwd::ln_modulate(x, shift, scale, dy, self.eps, self.offset)?;
+            return Ok((Some(dx), Some(dshift), Some(dscale)));
+        }
         let (b, n, d) = x.dims3()?;
         let shared = scale.dims() == [1, d];
         let offset = self.offset;

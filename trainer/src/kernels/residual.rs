@@ -39,7 +39,18 @@ impl CustomOp3 for GatedResidual {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout, s3: &candle_core::CudaStorage, l3: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (_, n, d) = dims(l1, l2, l3)?;
+        super::cuda::fwd::gated_residual((n, d), (s1, l1), (s2, l2), (s3, l3))
+    }
+
     fn bwd(&self, _x: &Tensor, y: &Tensor, gate: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if y.device().is_cuda() {
+            let (dy, dgate) = super::cuda::bwd::gated_residual(y, gate, dout)?;
+            return Ok((Some(dout.clone()), Some(dy), Some(dgate)));
+        }
         let (b, n, d) = y.dims3()?;
         let (dy, dg) = with_f32(y, self.name(), |ys| {
             with_f32(gate, self.name(), |gs| {

@@ -40,7 +40,20 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.dims().last() != Some(&l2.shape().elem_count()) {
+            candle_core::bail!("{}: x {:?} and weight {:?} do not fit", self.name(), l1.dims(), l2.dims());
+        }
+        super::cuda::fwd::rms_norm(self.eps, (s1, l1), (s2, l2))
+    }
+
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dw) = super::cuda::bwd::rms_norm(x, w, dy, self.eps)?;
+            return Ok((Some(dx), Some(dw)));
+        }
         let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let ws = w.flatten_all()?.to_vec1::<f32>()?;
         let ds = dy.contiguous()?.flatten_all()?.to_vec1::<f32>()?;

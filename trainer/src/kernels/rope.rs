@@ -50,8 +50,45 @@ impl CustomOp1 for Rope {
     }
 }
 
-/// Rotates `x` (B, H, N, Dh), f32 on CPU, by tables (N, Dh/2) or (B, N, Dh/2).
+/// RoPE on CUDA: the tables are inputs of the op (already on the device), not host copies.
+#[cfg(feature = "cuda")]
+struct RopeCuda {
+    sign: f32,
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp3 for RopeCuda {
+    fn name(&self) -> &'static str {
+        "ablate-rope-2axis-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("{}: a CPU tensor reached the CUDA op", self.name())
+    }
+
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout, s3: &candle_core::CudaStorage, l3: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, _, n, dh) = l1.shape().dims4()?;
+        let fits = |l: &Layout| l.dims() == [n, dh / 2] || l.dims() == [b, n, dh / 2];
+        if dh % 2 != 0 || !fits(l2) || l2.dims() != l3.dims() {
+            candle_core::bail!("{}: x {:?} and tables {:?}, {:?} do not fit", self.name(), l1.dims(), l2.dims(), l3.dims());
+        }
+        super::cuda::fwd::rope(self.sign, (s1, l1), (s2, l2), (s3, l3))
+    }
+
+    fn bwd(&self, _x: &Tensor, cos: &Tensor, sin: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = dy.contiguous()?.apply_op3_no_bwd(cos, sin, &RopeCuda { sign: -self.sign })?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// Rotates `x` (B, H, N, Dh), f32 on CPU (or f32/bf16 on CUDA), by tables (N, Dh/2) or
+/// (B, N, Dh/2).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let table = |t: &Tensor| t.to_dtype(candle_core::DType::F32)?.contiguous();
+        return x.contiguous()?.apply_op3(&table(cos)?, &table(sin)?, RopeCuda { sign: 1.0 });
+    }
     let op = Rope {
         cos: Arc::new(cos.flatten_all()?.to_vec1::<f32>()?),
         sin: Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),

@@ -27,7 +27,8 @@ pub(crate) fn via_f32(ts: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
 
 /// RMSNorm over the last dimension with a learned scale.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if crate::kernels::applies(x) && crate::kernels::applies(weight) && weight.rank() == 1 && x.dim(D::Minus1)? == weight.dim(0)? {
+    let fits = weight.rank() == 1 && x.dim(D::Minus1)? == weight.dim(0)?;
+    if fits && ((crate::kernels::applies(x) && crate::kernels::applies(weight)) || crate::kernels::on_cuda(&[x, weight])) {
         return crate::kernels::rms::rms_norm(x, weight, eps);
     }
     if let Some(v) = via_f32(&[x, weight])? {
@@ -64,7 +65,8 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 /// The adaLN-zero gated residual `x + y * gate` with `x`, `y` (B, N, D) and `gate` (B, D),
 /// fused on CPU f32 (`kernels::residual`). `y` is cast to `x`'s dtype first.
 pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    if crate::kernels::applies(x) && crate::kernels::applies(y) && crate::kernels::applies(gate) {
+    let cuda = crate::kernels::on_cuda(&[x, y, gate]) && x.rank() == 3 && y.dims() == x.dims() && gate.dims() == [x.dim(0)?, x.dim(2)?];
+    if cuda || (crate::kernels::applies(x) && crate::kernels::applies(y) && crate::kernels::applies(gate)) {
         return crate::kernels::residual::gated_residual(x, y, gate);
     }
     if let Some(v) = via_f32(&[x, y, gate])? {
@@ -93,7 +95,7 @@ pub fn gated_mlp_hidden(x: &Tensor, gate: &super::params::Lin, up: &super::param
 /// `mean((a - b)^2)` as a scalar: the flow-matching loss's squared error, fused on CPU f32
 /// (`kernels::loss`).
 pub fn mean_squared_error(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if crate::kernels::applies(a) && crate::kernels::applies(b) && a.dims() == b.dims() {
+    if a.dims() == b.dims() && ((crate::kernels::applies(a) && crate::kernels::applies(b)) || crate::kernels::on_cuda(&[a, b])) {
         return crate::kernels::loss::mean_squared_error(a, b);
     }
     mean_squared_error_composed(a, b)
@@ -106,7 +108,7 @@ pub fn mean_squared_error_composed(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `gelu_tanh(x)`, fused on CPU f32 (`kernels::gelu`).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if crate::kernels::applies(x) {
+    if crate::kernels::applies(x) || crate::kernels::on_cuda(&[x]) {
         return crate::kernels::gelu::gelu(x);
     }
     if let Some(v) = via_f32(&[x])? {
@@ -117,7 +119,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 /// `gelu_tanh(gate) * up`, fused on CPU f32 (`kernels::gelu`).
 pub fn gated_gelu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if crate::kernels::applies(gate) {
+    if crate::kernels::applies(gate) || (crate::kernels::on_cuda(&[gate, up]) && gate.dims() == up.dims()) {
         return crate::kernels::gelu::gated_gelu(gate, up);
     }
     if let Some(v) = via_f32(&[gate, up])? {
@@ -128,7 +130,8 @@ pub fn gated_gelu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 /// adaLN: `LayerNorm(x) * (1 + scale) + shift`, fused on CPU f32 (`kernels::norm`).
 pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
-    if crate::kernels::applies(x) && shift.dtype() == DType::F32 {
+    let cuda = crate::kernels::on_cuda(&[x, shift, scale]) && x.rank() == 3 && shift.dims() == [x.dim(0)?, x.dim(2)?] && scale.dims() == shift.dims();
+    if cuda || (crate::kernels::applies(x) && shift.dtype() == DType::F32) {
         return crate::kernels::norm::layer_norm_modulate(x, shift, scale, eps);
     }
     if let Some(v) = via_f32(&[x, shift, scale])? {
@@ -141,7 +144,7 @@ pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Re
 /// fused on CPU f32 (`kernels::norm`, the adaLN kernel with shared weights).
 pub fn layer_norm_affine(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let fits = x.rank() == 3 && weight.rank() == 1 && bias.dims() == weight.dims() && x.dim(D::Minus1)? == weight.dim(0)?;
-    if fits && crate::kernels::applies(x) && crate::kernels::applies(weight) && crate::kernels::applies(bias) {
+    if fits && ((crate::kernels::applies(x) && crate::kernels::applies(weight) && crate::kernels::applies(bias)) || crate::kernels::on_cuda(&[x, weight, bias])) {
         return crate::kernels::norm::layer_norm_affine(x, weight, bias, eps);
     }
     if fits {
@@ -270,7 +273,7 @@ pub fn rope_tables(gh: usize, gw: usize, head_dim: usize, theta: f64, device: &D
 /// Applies interleaved RoPE to `x` (B, H, N, Dh) with tables (N, Dh/2) shared by the batch
 /// or (B, N, Dh/2) per sample (after token routing has selected a subset per sample).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if crate::kernels::applies(x) {
+    if crate::kernels::applies(x) || (crate::kernels::on_cuda(&[x]) && x.rank() == 4 && cos.device().same_device(x.device())) {
         return crate::kernels::rope::rope(x, cos, sin);
     }
     if let Some(v) = via_f32(&[x])? {

@@ -5,6 +5,49 @@ use std::collections::HashMap;
 
 use super::{OptimConfig, Param};
 
+/// The f32 constants of one AdamW step, rounded from their f64 definitions once: the CPU
+/// fused update and the CUDA kernel (`kernels/cuda/adamw.cu`) both take them from here, so
+/// they compute the same f32 operations on the same operands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamwScalars {
+    pub b1: f32,
+    /// 1 - beta1
+    pub c1: f32,
+    pub b2: f32,
+    /// 1 - beta2
+    pub c2: f32,
+    /// 1 / (1 - beta1^t)
+    pub inv_bc1: f32,
+    /// 1 / (1 - beta2^t)
+    pub inv_bc2: f32,
+    pub eps: f32,
+    /// 1 - lr * weight_decay, or None without weight decay.
+    pub decay: Option<f32>,
+    pub lr: f32,
+}
+
+impl AdamwScalars {
+    /// `bc1`, `bc2`: the bias corrections 1 - beta^t of this step.
+    pub fn new(beta1: f64, beta2: f64, eps: f64, weight_decay: f64, lr: f64, bc1: f64, bc2: f64) -> Self {
+        Self {
+            b1: beta1 as f32,
+            c1: (1.0 - beta1) as f32,
+            b2: beta2 as f32,
+            c2: (1.0 - beta2) as f32,
+            inv_bc1: (1.0 / bc1) as f32,
+            inv_bc2: (1.0 / bc2) as f32,
+            eps: eps as f32,
+            decay: (weight_decay > 0.0).then_some((1.0 - lr * weight_decay) as f32),
+            lr: lr as f32,
+        }
+    }
+
+    /// The bias corrections of step `t` (1-based).
+    pub fn corrections(beta1: f64, beta2: f64, t: usize) -> (f64, f64) {
+        (1.0 - beta1.powi(t as i32), 1.0 - beta2.powi(t as i32))
+    }
+}
+
 pub struct AdamW {
     params: Vec<Param>,
     m: Vec<Tensor>,
@@ -25,8 +68,7 @@ impl AdamW {
 
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.t += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        let (bc1, bc2) = AdamwScalars::corrections(self.beta1, self.beta2, self.t);
         let this = &*self;
         let moments = super::per_param(&self.params, |i, p| {
             let Some(g) = grads.get(p.var.as_tensor()) else { return Ok(None) };
@@ -69,12 +111,7 @@ impl AdamW {
     fn fused(&self, w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, lr: f64, bc1: f64, bc2: f64) -> Result<(Tensor, Tensor, Tensor)> {
         use crate::kernels::with_f32;
         use rayon::prelude::*;
-        let (b1, c1) = (self.beta1 as f32, (1.0 - self.beta1) as f32);
-        let (b2, c2) = (self.beta2 as f32, (1.0 - self.beta2) as f32);
-        let (inv_bc1, inv_bc2) = ((1.0 / bc1) as f32, (1.0 / bc2) as f32);
-        let eps = self.eps as f32;
-        let decay = (self.wd > 0.0).then_some((1.0 - lr * self.wd) as f32);
-        let lr = lr as f32;
+        let AdamwScalars { b1, c1, b2, c2, inv_bc1, inv_bc2, eps, decay, lr } = AdamwScalars::new(self.beta1, self.beta2, self.eps, self.wd, lr, bc1, bc2);
         let n = w.elem_count();
         let (mut nw, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
         with_f32(w, "adamw", |ws| {

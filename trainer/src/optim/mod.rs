@@ -14,7 +14,7 @@ use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-pub use adamw::AdamW;
+pub use adamw::{AdamW, AdamwScalars};
 pub use muon::{newton_schulz5, Muon};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

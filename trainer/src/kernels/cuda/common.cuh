@@ -1,0 +1,68 @@
+// Shared by ablate's CUDA kernels: element types, conversions and deterministic reductions.
+// Compiled by nvcc into PTX for the CUDA build (trainer/build.rs) and, with emu.h standing in
+// for the CUDA runtime, by the host C++ compiler for the CPU tests of the kernels' algorithms
+// (cuda-emu/). Everything here must mean the same in both.
+//
+// Conventions of every kernel file:
+// - element type T is float or bf16; statistics and accumulations are float (or double where
+//   the CPU op accumulates in f64), results are rounded to T once, at the store;
+// - no atomics: reductions are trees over a fixed thread order, and column sums over rows are
+//   two passes (per-chunk partials, then a sum of the partials in chunk order), so a run is
+//   bit-for-bit repeatable;
+// - blocks are whole warps; every thread reaches every __syncthreads and shuffle.
+#pragma once
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#else
+#include "emu.h"
+#endif
+
+typedef __nv_bfloat16 bf16;
+
+#define ABL_FN __device__ __forceinline__
+
+ABL_FN float to_f(float v) { return v; }
+ABL_FN float to_f(bf16 v) { return __bfloat162float(v); }
+
+template <typename T>
+ABL_FN T from_f(float v);
+template <>
+ABL_FN float from_f<float>(float v) { return v; }
+template <>
+ABL_FN bf16 from_f<bf16>(float v) { return __float2bfloat16(v); }
+
+ABL_FN float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+ABL_FN double warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum of `v` over the block (1-D blocks of whole warps, at most 1024 threads); every thread
+// gets the result. `scratch` is 32 floats of shared memory, free again when this returns.
+ABL_FN float block_sum(float v, float* scratch) {
+  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < warps ? scratch[lane] : 0.0f;
+  t = warp_sum(t);
+  __syncthreads();
+  return t;
+}
+ABL_FN double block_sum(double v, double* scratch) {
+  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  double t = lane < warps ? scratch[lane] : 0.0;
+  t = warp_sum(t);
+  __syncthreads();
+  return t;
+}
+
+// The grid-stride loop over `n` elements of a 1-D launch.
+#define ABL_FOR(i, n) \
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (long)(n); i += (long)gridDim.x * blockDim.x)
