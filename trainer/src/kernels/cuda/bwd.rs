@@ -31,7 +31,7 @@ fn cpu_refused(name: &str) -> Result<(CpuStorage, Shape)> {
 /// Second pass of a column sum: `groups * d` sums of `chunks` partials into `out` (a view of T).
 macro_rules! col_sum {
     ($dev:expr, $t:ty, $part:expr, $out:expr, $groups:expr, $chunks:expr, $d:expr) => {
-        launch!(func::<$t>($dev, &NORM, "ablate_col_sum")?, config(geo::column_sum($groups, $d)), $part, $out, $groups as i32, $chunks as i32, $d as i32)
+        launch!($dev, func::<$t>($dev, &NORM, "ablate_col_sum")?, config(geo::column_sum($groups, $d)), $part, $out, $groups as i32, $chunks as i32, $d as i32)
     };
 }
 
@@ -64,8 +64,8 @@ impl CustomOp3 for LnModulateBwd {
             let out = unsafe { dev.alloc::<T>(total)? };
             let stats = unsafe { dev.alloc::<f32>(2 * rows)? };
             let (ps, pc) = unsafe { (dev.alloc::<f32>(groups * chunks * d)?, dev.alloc::<f32>(groups * chunks * d)?) };
-            launch!(func::<T>(&dev, &NORM, "ablate_ln_modulate_bwd_dx")?, config(geo::ln_rows(rows, d)), x()?, sc, dy()?, out.slice(..rows * d), stats.slice(..), rows as i32, n as i32, d as i32, shared as i32, self.offset, self.eps);
-            launch!(func::<T>(&dev, &NORM, "ablate_ln_modulate_param_partials")?, config(geo::column_partials(groups, group_rows, d)), x()?, dy()?, stats.slice(..), ps.slice(..), pc.slice(..), group_rows as i32, geo::CHUNK_ROWS as i32, chunks as i32, d as i32);
+            launch!(&dev, func::<T>(&dev, &NORM, "ablate_ln_modulate_bwd_dx")?, config(geo::ln_rows(rows, d)), x()?, sc, dy()?, out.slice(..rows * d), stats.slice(..), rows as i32, n as i32, d as i32, shared as i32, self.offset, self.eps);
+            launch!(&dev, func::<T>(&dev, &NORM, "ablate_ln_modulate_param_partials")?, config(geo::column_partials(groups, group_rows, d)), x()?, dy()?, stats.slice(..), ps.slice(..), pc.slice(..), group_rows as i32, geo::CHUNK_ROWS as i32, chunks as i32, d as i32);
             col_sum!(&dev, T, ps.slice(..), out.slice(rows * d..rows * d + groups * d), groups, chunks, d);
             col_sum!(&dev, T, pc.slice(..), out.slice(rows * d + groups * d..), groups, chunks, d);
             Ok((wrap(out, &dev), Shape::from(total)))
@@ -105,8 +105,8 @@ impl CustomOp3 for RmsNormBwd {
             // SAFETY: dx and dw are written below; the scratch buffers too
             let out = unsafe { dev.alloc::<T>(total)? };
             let (stats, part) = unsafe { (dev.alloc::<f32>(rows)?, dev.alloc::<f32>(chunks * d)?) };
-            launch!(func::<T>(&dev, &NORM, "ablate_rms_norm_bwd_dx")?, config(geo::rms_rows(rows)), x()?, w, dy()?, out.slice(..rows * d), stats.slice(..), rows as i64, d as i32, self.eps);
-            launch!(func::<T>(&dev, &NORM, "ablate_rms_norm_dw_partials")?, config(geo::column_partials(1, rows, d)), x()?, dy()?, stats.slice(..), part.slice(..), rows as i64, geo::CHUNK_ROWS as i32, d as i32);
+            launch!(&dev, func::<T>(&dev, &NORM, "ablate_rms_norm_bwd_dx")?, config(geo::rms_rows(rows)), x()?, w, dy()?, out.slice(..rows * d), stats.slice(..), rows as i64, d as i32, self.eps);
+            launch!(&dev, func::<T>(&dev, &NORM, "ablate_rms_norm_dw_partials")?, config(geo::column_partials(1, rows, d)), x()?, dy()?, stats.slice(..), part.slice(..), rows as i64, geo::CHUNK_ROWS as i32, d as i32);
             col_sum!(&dev, T, part.slice(..), out.slice(rows * d..), 1usize, chunks, d);
             Ok((wrap(out, &dev), Shape::from(total)))
         })
@@ -138,7 +138,7 @@ impl CustomOp3 for GatedGeluBwd {
             let (av, uv, gv) = (view::<T>(a, al, what)?, view::<T>(u, ul, what)?, view::<T>(g, gl, what)?);
             // SAFETY: both halves are written by the kernel
             let out = unsafe { dev.alloc::<T>(2 * n)? };
-            launch!(func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_bwd")?, config(geo::elementwise(n)), av, uv, gv, out.slice(..n), out.slice(n..), n as i64);
+            launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_bwd")?, config(geo::elementwise(n)), av, uv, gv, out.slice(..n), out.slice(n..), n as i64);
             Ok((wrap(out, &dev), Shape::from(2 * n)))
         })
     }
@@ -178,9 +178,9 @@ impl CustomOp2 for GeluBwd {
             if self.packed {
                 let two_m = xl.dims().last().copied().unwrap_or(0);
                 let (m, rows) = (two_m / 2, n / two_m.max(1));
-                launch!(func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_packed_bwd")?, config(geo::elementwise(rows * m)), xv, gv, dx.slice(..), rows as i64, m as i32);
+                launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_packed_bwd")?, config(geo::elementwise(rows * m)), xv, gv, dx.slice(..), rows as i64, m as i32);
             } else {
-                launch!(func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_bwd")?, config(geo::elementwise(n)), xv, 0u64, gv, dx.slice(..), 0u64, n as i64);
+                launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_bwd")?, config(geo::elementwise(n)), xv, 0u64, gv, dx.slice(..), 0u64, n as i64);
             }
             Ok((wrap(dx, &dev), xl.shape().clone()))
         })
@@ -214,8 +214,8 @@ impl CustomOp3 for GatedResidualBwd {
             // SAFETY: dy and dgate are written below; the partials too
             let out = unsafe { dev.alloc::<T>(total + b * d)? };
             let part = unsafe { dev.alloc::<f32>(b * chunks * d)? };
-            launch!(func::<T>(&dev, &POINTWISE, "ablate_gated_residual_bwd_dy")?, config(geo::elementwise(total)), gate, dout()?, out.slice(..total), total as i64, n as i32, d as i32);
-            launch!(func::<T>(&dev, &POINTWISE, "ablate_gated_residual_dgate_partials")?, config(geo::column_partials(b, n, d)), y, dout()?, part.slice(..), n as i32, geo::CHUNK_ROWS as i32, chunks as i32, d as i32);
+            launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_residual_bwd_dy")?, config(geo::elementwise(total)), gate, dout()?, out.slice(..total), total as i64, n as i32, d as i32);
+            launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_residual_dgate_partials")?, config(geo::column_partials(b, n, d)), y, dout()?, part.slice(..), n as i32, geo::CHUNK_ROWS as i32, chunks as i32, d as i32);
             col_sum!(&dev, T, part.slice(..), out.slice(total..), b, chunks, d);
             Ok((wrap(out, &dev), Shape::from(total + b * d)))
         })
@@ -247,7 +247,7 @@ impl CustomOp3 for MseBwd {
             let (av, bv, gv) = (view::<T>(a, al, what)?, view::<T>(b, bl, what)?, view::<T>(g, gl, what)?);
             // SAFETY: both halves are written by the kernel
             let out = unsafe { dev.alloc::<T>(2 * n)? };
-            launch!(func::<T>(&dev, &LOSS, "ablate_mse_bwd")?, config(geo::elementwise(n)), av, bv, gv, out.slice(..n), out.slice(n..), n as i64);
+            launch!(&dev, func::<T>(&dev, &LOSS, "ablate_mse_bwd")?, config(geo::elementwise(n)), av, bv, gv, out.slice(..n), out.slice(n..), n as i64);
             Ok((wrap(out, &dev), Shape::from(2 * n)))
         })
     }

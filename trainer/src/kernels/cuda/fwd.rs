@@ -20,7 +20,7 @@ pub(crate) fn ln_modulate(eps: f64, offset: f32, (b, n, d, shared): (usize, usiz
         let (xv, sh, sc) = (view::<T>(x.0, x.1, WHAT)?, view::<T>(shift.0, shift.1, WHAT)?, view::<T>(scale.0, scale.1, WHAT)?);
         // SAFETY: every element is written by the kernel before it is read
         let y = unsafe { dev.alloc::<T>(rows * d)? };
-        launch!(func::<T>(&dev, &NORM, "ablate_ln_modulate_fwd")?, config(geo::ln_rows(rows, d)), xv, sh, sc, y.slice(..), rows as i32, n as i32, d as i32, shared as i32, offset, eps);
+        launch!(&dev, func::<T>(&dev, &NORM, "ablate_ln_modulate_fwd")?, config(geo::ln_rows(rows, d)), xv, sh, sc, y.slice(..), rows as i32, n as i32, d as i32, shared as i32, offset, eps);
         Ok((wrap(y, &dev), x.1.shape().clone()))
     })
 }
@@ -35,7 +35,7 @@ pub(crate) fn rms_norm(eps: f64, x: In, w: In) -> Result<(CudaStorage, Shape)> {
         let (xv, wv) = (view::<T>(x.0, x.1, WHAT)?, view::<T>(w.0, w.1, WHAT)?);
         // SAFETY: written whole by the kernel
         let y = unsafe { dev.alloc::<T>(rows * d)? };
-        launch!(func::<T>(&dev, &NORM, "ablate_rms_norm_fwd")?, config(geo::rms_rows(rows)), xv, wv, y.slice(..), rows as i64, d as i32, eps);
+        launch!(&dev, func::<T>(&dev, &NORM, "ablate_rms_norm_fwd")?, config(geo::rms_rows(rows)), xv, wv, y.slice(..), rows as i64, d as i32, eps);
         Ok((wrap(y, &dev), x.1.shape().clone()))
     })
 }
@@ -55,8 +55,8 @@ pub(crate) fn gated_gelu(gate: In, up: Option<In>) -> Result<(CudaStorage, Shape
         let y = unsafe { dev.alloc::<T>(n)? };
         let f = func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_fwd")?;
         match up {
-            Some(u) => launch!(f, config(geo::elementwise(n)), g, view::<T>(u.0, u.1, WHAT)?, y.slice(..), n as i64),
-            None => launch!(f, config(geo::elementwise(n)), g, 0u64, y.slice(..), n as i64),
+            Some(u) => launch!(&dev, f, config(geo::elementwise(n)), g, view::<T>(u.0, u.1, WHAT)?, y.slice(..), n as i64),
+            None => launch!(&dev, f, config(geo::elementwise(n)), g, 0u64, y.slice(..), n as i64),
         }
         Ok((wrap(y, &dev), gate.1.shape().clone()))
     })
@@ -72,7 +72,7 @@ pub(crate) fn gated_gelu_packed(x: In, out_shape: Shape) -> Result<(CudaStorage,
         let xv = view::<T>(x.0, x.1, WHAT)?;
         // SAFETY: written whole by the kernel
         let y = unsafe { dev.alloc::<T>(rows * m)? };
-        launch!(func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_packed_fwd")?, config(geo::elementwise(rows * m)), xv, y.slice(..), rows as i64, m as i32);
+        launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_packed_fwd")?, config(geo::elementwise(rows * m)), xv, y.slice(..), rows as i64, m as i32);
         Ok((wrap(y, &dev), out_shape))
     })
 }
@@ -86,7 +86,7 @@ pub(crate) fn gated_residual((n, d): (usize, usize), x: In, y: In, gate: In) -> 
         let (xv, yv, gv) = (view::<T>(x.0, x.1, WHAT)?, view::<T>(y.0, y.1, WHAT)?, view::<T>(gate.0, gate.1, WHAT)?);
         // SAFETY: written whole by the kernel
         let out = unsafe { dev.alloc::<T>(total)? };
-        launch!(func::<T>(&dev, &POINTWISE, "ablate_gated_residual_fwd")?, config(geo::elementwise(total)), xv, yv, gv, out.slice(..), total as i64, n as i32, d as i32);
+        launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_residual_fwd")?, config(geo::elementwise(total)), xv, yv, gv, out.slice(..), total as i64, n as i32, d as i32);
         Ok((wrap(out, &dev), x.1.shape().clone()))
     })
 }
@@ -103,7 +103,7 @@ pub(crate) fn rope(sign: f32, x: In, cos: In, sin: In) -> Result<(CudaStorage, S
         let xv = view::<T>(x.0, x.1, WHAT)?;
         // SAFETY: written whole by the kernel
         let y = unsafe { dev.alloc::<T>(2 * pairs)? };
-        launch!(func::<T>(&dev, &POINTWISE, "ablate_rope")?, config(geo::elementwise(pairs)), xv, cv, sv, y.slice(..), pairs as i64, h as i32, n as i32, dh as i32, per_sample as i32, sign);
+        launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_rope")?, config(geo::elementwise(pairs)), xv, cv, sv, y.slice(..), pairs as i64, h as i32, n as i32, dh as i32, per_sample as i32, sign);
         Ok((wrap(y, &dev), x.1.shape().clone()))
     })
 }
@@ -119,8 +119,8 @@ pub(crate) fn mean_squared_error(a: In, b: In) -> Result<(CudaStorage, Shape)> {
         // SAFETY: each partial and the result are written by the kernels
         let part = unsafe { dev.alloc::<f64>(l.0 .0 as usize)? };
         let out = unsafe { dev.alloc::<T>(1)? };
-        launch!(func::<T>(&dev, &LOSS, "ablate_mse_partials")?, config(l), av, bv, part.slice(..), n as i64);
-        launch!(func::<T>(&dev, &LOSS, "ablate_mse_finish")?, config(((1, 1), geo::BLOCK)), part.slice(..), l.0 .0 as i32, out.slice(..), n as i64);
+        launch!(&dev, func::<T>(&dev, &LOSS, "ablate_mse_partials")?, config(l), av, bv, part.slice(..), n as i64);
+        launch!(&dev, func::<T>(&dev, &LOSS, "ablate_mse_finish")?, config(((1, 1), geo::BLOCK)), part.slice(..), l.0 .0 as i32, out.slice(..), n as i64);
         Ok((wrap(out, &dev), Shape::from(())))
     })
 }

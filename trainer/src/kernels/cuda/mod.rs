@@ -11,8 +11,8 @@ pub(crate) mod bwd;
 pub(crate) mod fwd;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig};
-use candle_core::cuda_backend::{CudaDType, CudaFunc};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, DeviceRepr, LaunchConfig};
+use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Tensor, WithDType};
 
 use super::launch::Launch;
@@ -35,19 +35,19 @@ pub fn applies(t: &Tensor) -> bool {
 }
 
 /// The kernel `base` for element type `T` (`_f32` / `_bf16` instances).
-pub(crate) fn func<T: WithDType>(dev: &CudaDevice, m: &Module, base: &str) -> Result<CudaFunc> {
+pub(crate) fn func<T: WithDType>(dev: &CudaDevice, m: &Module, base: &str) -> Result<CudaFunction> {
     let suffix = match T::DTYPE {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
         other => candle_core::bail!("{base}: no CUDA kernel for {other:?}"),
     };
-    dev.get_or_load_custom_func(&format!("{base}_{suffix}"), m.name, m.ptx)
+    Ok(dev.get_or_load_custom_func(&format!("{base}_{suffix}"), m.name, m.ptx)?.into_cuda_function())
 }
 
 /// A kernel without a type suffix.
 #[allow(dead_code)]
-pub(crate) fn plain_func(dev: &CudaDevice, m: &Module, name: &str) -> Result<CudaFunc> {
-    dev.get_or_load_custom_func(name, m.name, m.ptx)
+pub(crate) fn plain_func(dev: &CudaDevice, m: &Module, name: &str) -> Result<CudaFunction> {
+    Ok(dev.get_or_load_custom_func(name, m.name, m.ptx)?.into_cuda_function())
 }
 
 pub(crate) fn config(l: Launch) -> LaunchConfig {
@@ -87,14 +87,15 @@ macro_rules! with_elem {
 }
 pub(crate) use with_elem;
 
-/// Launches `$func` with `$cfg` and the arguments (device views by reference, scalars by
-/// value).
+/// Launches `$func` on `$dev`'s stream with `$cfg` and the arguments (device views and
+/// scalars, by value).
 macro_rules! launch {
-    ($func:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
+    ($dev:expr, $func:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::WrapErr;
         let func = $func;
-        let mut b = func.builder();
+        let stream = $dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
         candle_core::builder_arg!(b, $($arg),*);
         // SAFETY: the arguments match the kernel's parameters in number, order and type
         // (checked against the `extern "C"` declarations of the `.cu` file), and every view
