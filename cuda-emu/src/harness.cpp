@@ -1,6 +1,7 @@
 // The CUDA kernel sources compiled for the host (see build.rs), and the one launcher the Rust
 // side calls: it runs a callback as every thread of every block of the grid.
 #include "adamw.cu"
+#include "attention.cu"
 #include "loss.cu"
 #include "norm.cu"
 #include "pointwise.cu"

@@ -103,6 +103,8 @@ pub mod kernels {
         ablate_mse_partials_f32(a: *const f32, b: *const f32, part: *mut f64, n: i64);
         ablate_mse_finish_f32(part: *const f64, parts: i32, out: *mut f32, n: i64);
         ablate_mse_bwd_f32(a: *const f32, b: *const f32, g: *const f32, da: *mut f32, db: *mut f32, n: i64);
+        ablate_masked_softmax_fwd_f32(s: *const f32, bias: *const f32, p: *mut f32, rows: i64, rows_per_sample: i64, nk: i32, scale: f32);
+        ablate_masked_softmax_bwd_f32(p: *const f32, dp: *const f32, ds: *mut f32, rows: i64, nk: i32, scale: f32);
     );
     typed!(
         ablate_ln_modulate_fwd_bf16(x: *const u16, shift: *const u16, scale: *const u16, y: *mut u16, rows: i32, n: i32, d: i32, shared: i32, offset: f32, eps: f64);
@@ -123,6 +125,8 @@ pub mod kernels {
         ablate_mse_partials_bf16(a: *const u16, b: *const u16, part: *mut f64, n: i64);
         ablate_mse_finish_bf16(part: *const f64, parts: i32, out: *mut u16, n: i64);
         ablate_mse_bwd_bf16(a: *const u16, b: *const u16, g: *const u16, da: *mut u16, db: *mut u16, n: i64);
+        ablate_masked_softmax_fwd_bf16(s: *const u16, bias: *const f32, p: *mut u16, rows: i64, rows_per_sample: i64, nk: i32, scale: f32);
+        ablate_masked_softmax_bwd_bf16(p: *const u16, dp: *const u16, ds: *mut u16, rows: i64, nk: i32, scale: f32);
     );
     extern "C" {
         pub fn ablate_grad_sq_partials(table: *const AdamwTensor, chunk_tensor: *const i32, chunk_start: *const i64, part: *mut f64);

@@ -299,3 +299,33 @@ fn mean_squared_error_matches_the_cpu_op() {
         assert_close("mse db", prec, &db.values(), &want_g[1]);
     }
 }
+
+/// Attention's softmax with the key mask of padded text keys: `softmax(s * scale + bias)`
+/// against candle's composition on the CPU, and its backward (from the stored
+/// probabilities), over rows wider than a block (320 image + 64 text keys) and narrower.
+#[test]
+fn masked_softmax_matches_the_composition() {
+    use ablate_trainer::model::layers::padding_bias;
+    for (b, h, nq, n_img, n_txt, valid) in [(2usize, 3usize, 5usize, 320usize, 64usize, [64usize, 17]), (2, 2, 3, 24, 8, [8, 3])] {
+        let nk = n_img + n_txt;
+        let scale = 1.0 / 8.0f32;
+        let rows = b * h * nq;
+        let bias = padding_bias(n_img, &valid, n_txt, &Device::Cpu).unwrap();
+        let bias_v = bias.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(bias_v.len(), b * nk);
+        for prec in [F32, Bf16] {
+            let s = rounded(prec, &randn(rows * nk, 61, 3.0, 0.0));
+            let dp = rounded(prec, &randn(rows * nk, 62, 1.0, 0.0));
+            let (want, want_g) = cpu_grads(&[(&s, &[b, h, nq, nk])], &dp, |t| candle_nn::ops::softmax(&(&t[0] * scale as f64)?.broadcast_add(&bias)?, candle_core::D::Minus1));
+            let (sb, dpb, p, ds) = (Buf::new(prec, &s), Buf::new(prec, &dp), Buf::zeros(prec, rows * nk), Buf::zeros(prec, rows * nk));
+            let (ps, pb, pp, pdp, pds) = (sb.p(), P::of_ref(&bias_v), p.p(), dpb.p(), ds.p());
+            run(geo::ln_rows(rows, nk), || k!(prec, ablate_masked_softmax_fwd_f32, ablate_masked_softmax_fwd_bf16, ps.get(), pb.get(), pp.get(), rows as i64, (h * nq) as i64, nk as i32, scale));
+            assert_close("softmax forward", prec, &p.values(), &want);
+            // masked keys get exactly zero probability
+            let pv = p.values();
+            assert!((0..rows).filter(|r| r / (h * nq) == 1).all(|r| pv[r * nk + n_img + valid[1]..(r + 1) * nk].iter().all(|&x| x == 0.0)), "masked keys");
+            run(geo::ln_rows(rows, nk), || k!(prec, ablate_masked_softmax_bwd_f32, ablate_masked_softmax_bwd_bf16, pp.get(), pdp.get(), pds.get(), rows as i64, nk as i32, scale));
+            assert_close("softmax backward", prec, &ds.values(), &want_g[0]);
+        }
+    }
+}

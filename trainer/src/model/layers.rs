@@ -178,6 +178,13 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
             return Ok(out);
         }
     }
+    #[cfg(feature = "cuda")]
+    if crate::kernels::on_cuda(&[q, k, v]) && bias.is_none_or(|b| b.device().same_device(q.device()) && b.rank() == 4 && b.dim(1).ok() == Some(1) && b.dim(2).ok() == Some(1)) {
+        // batched cuBLAS GEMMs around one fused scale + key mask + softmax kernel
+        let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+        let p = crate::kernels::cuda::softmax::masked_softmax(&q.matmul(&k.t()?)?, bias, scale)?;
+        return p.matmul(v);
+    }
     let mut ins = vec![q, k, v];
     ins.extend(bias);
     if let Some(f) = via_f32(&ins)? {

@@ -69,6 +69,10 @@ impl AdamW {
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.t += 1;
         let (bc1, bc2) = AdamwScalars::corrections(self.beta1, self.beta2, self.t);
+        #[cfg(feature = "cuda")]
+        if self.cuda_step(grads, lr, bc1, bc2)? {
+            return Ok(());
+        }
         let this = &*self;
         let moments = super::per_param(&self.params, |i, p| {
             let Some(g) = grads.get(p.var.as_tensor()) else { return Ok(None) };
@@ -90,6 +94,31 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+
+    /// All parameters in one multi-tensor kernel launch, in place, when every weight, gradient
+    /// and moment is a contiguous f32 tensor on one CUDA device (`kernels::cuda::adamw`);
+    /// false (nothing changed) otherwise.
+    #[cfg(feature = "cuda")]
+    fn cuda_step(&self, grads: &GradStore, lr: f64, bc1: f64, bc2: f64) -> Result<bool> {
+        use crate::kernels::cuda::adamw;
+        let mut rows: Vec<(&Tensor, Tensor, &Tensor, &Tensor)> = Vec::with_capacity(self.params.len());
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            let w = p.var.as_tensor();
+            if g.dims() != w.dims() || g.dtype() != w.dtype() {
+                return Ok(false);
+            }
+            rows.push((w, g.detach().contiguous()?, &self.m[i], &self.v[i]));
+        }
+        let all: Vec<&Tensor> = rows.iter().flat_map(|(w, g, m, v)| [*w, g, *m, *v]).collect();
+        if !adamw::applies(&all) {
+            return Ok(false);
+        }
+        let pick = |k: usize| all.iter().skip(k).step_by(4).copied().collect::<Vec<&Tensor>>();
+        let s = AdamwScalars::new(self.beta1, self.beta2, self.eps, self.wd, lr, bc1, bc2);
+        adamw::step(&pick(0), &pick(1), &pick(2), &pick(3), s)?;
+        Ok(true)
     }
 
     /// One parameter's update as candle ops: (new weight, m, v).
@@ -148,8 +177,10 @@ impl AdamW {
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (i, p) in self.params.iter().enumerate() {
-            out.insert(format!("adamw.m.{}", p.name), self.m[i].clone());
-            out.insert(format!("adamw.v.{}", p.name), self.v[i].clone());
+            // on CUDA the moments are updated in place by later steps: hand out copies there
+            let own = |t: &Tensor| if t.device().is_cuda() { t.copy() } else { Ok(t.clone()) };
+            out.insert(format!("adamw.m.{}", p.name), own(&self.m[i])?);
+            out.insert(format!("adamw.v.{}", p.name), own(&self.v[i])?);
         }
         out.insert("adamw.t".into(), Tensor::new(&[self.t as i64], &candle_core::Device::Cpu)?);
         Ok(out)
@@ -160,7 +191,8 @@ impl AdamW {
             for (kind, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
                 let key = format!("adamw.{kind}.{}", p.name);
                 let s = t.get(&key).ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks optimizer state \"{key}\"")))?;
-                *slot = s.to_dtype(slot.dtype())?.to_device(slot.device())?;
+                // a copy of its own: on CUDA the kernel updates the moments in place
+                *slot = s.to_dtype(slot.dtype())?.to_device(slot.device())?.copy()?;
             }
         }
         let step = t.get("adamw.t").ok_or_else(|| candle_core::Error::Msg("checkpoint lacks \"adamw.t\"".into()))?;

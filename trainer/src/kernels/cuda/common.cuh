@@ -66,3 +66,20 @@ ABL_FN double block_sum(double v, double* scratch) {
 // The grid-stride loop over `n` elements of a 1-D launch.
 #define ABL_FOR(i, n) \
   for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (long)(n); i += (long)gridDim.x * blockDim.x)
+
+ABL_FN float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Maximum of `v` over the block (as block_sum).
+ABL_FN float block_max(float v, float* scratch) {
+  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_max(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < warps ? scratch[lane] : -INFINITY;
+  t = warp_max(t);
+  __syncthreads();
+  return t;
+}

@@ -7,8 +7,10 @@
 //! (`cuda-emu/`). Tensors must be contiguous and f32 or bf16 (every input of an op the same);
 //! `model::layers` keeps the composed ops for everything else.
 
+pub(crate) mod adamw;
 pub(crate) mod bwd;
 pub(crate) mod fwd;
+pub mod softmax;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, DeviceRepr, LaunchConfig};
@@ -26,7 +28,6 @@ pub(crate) struct Module {
 pub(crate) const NORM: Module = Module { name: "ablate-norm", ptx: include_str!(concat!(env!("OUT_DIR"), "/norm.ptx")) };
 pub(crate) const POINTWISE: Module = Module { name: "ablate-pointwise", ptx: include_str!(concat!(env!("OUT_DIR"), "/pointwise.ptx")) };
 pub(crate) const LOSS: Module = Module { name: "ablate-loss", ptx: include_str!(concat!(env!("OUT_DIR"), "/loss.ptx")) };
-#[allow(dead_code)] // the multi-tensor AdamW is wired into the optimizer next (issue 18 item 3)
 pub(crate) const ADAMW: Module = Module { name: "ablate-adamw", ptx: include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx")) };
 
 /// Whether `t` can take a CUDA kernel: fused ops on, a CUDA tensor, f32 or bf16.
@@ -45,7 +46,6 @@ pub(crate) fn func<T: WithDType>(dev: &CudaDevice, m: &Module, base: &str) -> Re
 }
 
 /// A kernel without a type suffix.
-#[allow(dead_code)]
 pub(crate) fn plain_func(dev: &CudaDevice, m: &Module, name: &str) -> Result<CudaFunction> {
     Ok(dev.get_or_load_custom_func(name, m.name, m.ptx)?.into_cuda_function())
 }
