@@ -51,6 +51,17 @@ pub fn on_cuda(ts: &[&Tensor]) -> bool {
     }
 }
 
+/// For an op led by `x` (whose dtype the result takes) on CUDA: the other inputs `ts` cast
+/// to `x`'s dtype (under bf16 autocast the residual stream and the norms' weights are f32
+/// while activations are bf16), or None where the CUDA kernels do not apply.
+pub fn cuda_cast_like(x: &Tensor, ts: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    let float = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16) && t.device().same_device(x.device());
+    if !on_cuda(&[x]) || !ts.iter().all(|t| float(t)) {
+        return Ok(None);
+    }
+    ts.iter().map(|t| t.to_dtype(x.dtype())).collect::<Result<Vec<_>>>().map(Some)
+}
+
 /// The f32 slice of a contiguous CPU tensor.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: fused kernel expects f32") };

@@ -28,8 +28,13 @@ pub(crate) fn via_f32(ts: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
 /// RMSNorm over the last dimension with a learned scale.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let fits = weight.rank() == 1 && x.dim(D::Minus1)? == weight.dim(0)?;
-    if fits && ((crate::kernels::applies(x) && crate::kernels::applies(weight)) || crate::kernels::on_cuda(&[x, weight])) {
+    if fits && crate::kernels::applies(x) && crate::kernels::applies(weight) {
         return crate::kernels::rms::rms_norm(x, weight, eps);
+    }
+    if fits {
+        if let Some(w) = crate::kernels::cuda_cast_like(x, &[weight])? {
+            return crate::kernels::rms::rms_norm(x, &w[0], eps);
+        }
     }
     if let Some(v) = via_f32(&[x, weight])? {
         return rms_norm(&v[0], &v[1], eps)?.to_dtype(x.dtype());
@@ -65,9 +70,14 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 /// The adaLN-zero gated residual `x + y * gate` with `x`, `y` (B, N, D) and `gate` (B, D),
 /// fused on CPU f32 (`kernels::residual`). `y` is cast to `x`'s dtype first.
 pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    let cuda = crate::kernels::on_cuda(&[x, y, gate]) && x.rank() == 3 && y.dims() == x.dims() && gate.dims() == [x.dim(0)?, x.dim(2)?];
-    if cuda || (crate::kernels::applies(x) && crate::kernels::applies(y) && crate::kernels::applies(gate)) {
+    if crate::kernels::applies(x) && crate::kernels::applies(y) && crate::kernels::applies(gate) {
         return crate::kernels::residual::gated_residual(x, y, gate);
+    }
+    if x.rank() == 3 && y.dims() == x.dims() && gate.dims() == [x.dim(0)?, x.dim(2)?] {
+        // on CUDA the bf16 branch output and gate join the f32 stream in f32
+        if let Some(c) = crate::kernels::cuda_cast_like(x, &[y, gate])? {
+            return crate::kernels::residual::gated_residual(x, &c[0], &c[1]);
+        }
     }
     if let Some(v) = via_f32(&[x, y, gate])? {
         return gated_residual(&v[0], &v[1], &v[2])?.to_dtype(x.dtype());
@@ -130,9 +140,13 @@ pub fn gated_gelu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 /// adaLN: `LayerNorm(x) * (1 + scale) + shift`, fused on CPU f32 (`kernels::norm`).
 pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
-    let cuda = crate::kernels::on_cuda(&[x, shift, scale]) && x.rank() == 3 && shift.dims() == [x.dim(0)?, x.dim(2)?] && scale.dims() == shift.dims();
-    if cuda || (crate::kernels::applies(x) && shift.dtype() == DType::F32) {
+    if crate::kernels::applies(x) && shift.dtype() == DType::F32 {
         return crate::kernels::norm::layer_norm_modulate(x, shift, scale, eps);
+    }
+    if x.rank() == 3 && shift.dims() == [x.dim(0)?, x.dim(2)?] && scale.dims() == shift.dims() {
+        if let Some(c) = crate::kernels::cuda_cast_like(x, &[shift, scale])? {
+            return crate::kernels::norm::layer_norm_modulate(x, &c[0], &c[1], eps);
+        }
     }
     if let Some(v) = via_f32(&[x, shift, scale])? {
         return norm_modulate(&v[0], &v[1], &v[2], eps)?.to_dtype(x.dtype());
@@ -144,8 +158,13 @@ pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Re
 /// fused on CPU f32 (`kernels::norm`, the adaLN kernel with shared weights).
 pub fn layer_norm_affine(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let fits = x.rank() == 3 && weight.rank() == 1 && bias.dims() == weight.dims() && x.dim(D::Minus1)? == weight.dim(0)?;
-    if fits && ((crate::kernels::applies(x) && crate::kernels::applies(weight) && crate::kernels::applies(bias)) || crate::kernels::on_cuda(&[x, weight, bias])) {
+    if fits && crate::kernels::applies(x) && crate::kernels::applies(weight) && crate::kernels::applies(bias) {
         return crate::kernels::norm::layer_norm_affine(x, weight, bias, eps);
+    }
+    if fits {
+        if let Some(c) = crate::kernels::cuda_cast_like(x, &[weight, bias])? {
+            return crate::kernels::norm::layer_norm_affine(x, &c[0], &c[1], eps);
+        }
     }
     if fits {
         if let Some(v) = via_f32(&[x, weight, bias])? {
