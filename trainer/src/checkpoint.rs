@@ -8,15 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub fn save_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(tensors, &tmp)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    crate::fsutil::write_durable_with(path, |tmp| candle_core::safetensors::save(tensors, tmp).map_err(std::io::Error::other))?;
     Ok(())
 }
 

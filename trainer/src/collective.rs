@@ -130,16 +130,12 @@ impl Collective for Solo {
 /// Hash of the ordered parameter list (name, shape, dtype): ranks compare it at the
 /// rendezvous, so a rank built from another config or version cannot join the group.
 pub fn params_hash(params: &[Param]) -> String {
-    // FNV-1a, 64 bit: stable across processes and builds (std's hasher is not).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    // stable across processes and builds (std's hasher is not)
+    let mut h = crate::hash::Fnv1a::default();
     for p in params {
-        let line = format!("{}:{:?}:{:?};", p.name, p.var.dims(), p.var.dtype());
-        for b in line.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.write(format!("{}:{:?}:{:?};", p.name, p.var.dims(), p.var.dtype()).as_bytes());
     }
-    format!("{h:016x}")
+    format!("{:016x}", h.finish())
 }
 
 /// Averages `grads` over the group (missing gradients count as zero; a parameter without

@@ -135,7 +135,7 @@ pub struct TrainConfig {
     pub train: TrainSection,
     pub sample: SampleSection,
     /// Evaluation during and at the end of training (off unless `eval.samples` > 0).
-    pub eval: crate::eval::suite::EvalConfig,
+    pub eval: crate::eval::config::EvalConfig,
 }
 
 impl Default for TrainConfig {
@@ -154,7 +154,7 @@ impl Default for TrainConfig {
             data: DataConfig::default(),
             train: TrainSection::default(),
             sample: SampleSection::default(),
-            eval: crate::eval::suite::EvalConfig::default(),
+            eval: crate::eval::config::EvalConfig::default(),
         }
     }
 }
@@ -269,37 +269,34 @@ impl TrainConfig {
 fn describe_toml_error(e: &toml::de::Error) -> String {
     let msg = e.message().trim().to_string();
     let loc = e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default();
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        if let Some(best) = closest(field, &candidates) {
-            return format!("unknown key \"{field}\" (did you mean \"{best}\"?){loc}");
-        }
-        return format!("unknown key \"{field}\" (expected one of: {}){loc}", candidates.join(", "));
+    match describe_unknown_field(&msg) {
+        Some(ours) => format!("{ours}{loc}"),
+        None => format!("{msg}{loc}"),
     }
-    format!("{msg}{loc}")
 }
 
-fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+/// serde's "unknown field `x`, expected one of `a`, `b`" in the project's words:
+/// `unknown key "x" (did you mean "a"?)`, or the list when nothing is near; None for any
+/// other message. Shared by run configs and sweep files.
+pub fn describe_unknown_field(msg: &str) -> Option<String> {
+    let rest = msg.trim().strip_prefix("unknown field `")?;
+    let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    Some(match closest(field, candidates.iter().copied()) {
+        Some(best) => format!("unknown key \"{field}\" (did you mean \"{best}\"?)"),
+        None => format!("unknown key \"{field}\" (expected one of: {})", candidates.join(", ")),
+    })
+}
+
+/// The candidate nearest to `word` for a did-you-mean: a small edit distance (strsim's
+/// Levenshtein), or one a prefix of the other ("optimizer" -> "optim").
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
-        .iter()
-        .map(|c| (levenshtein(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .into_iter()
+        .map(|c| (strsim::levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3) || (c.len() >= 3 && word.len() >= 3 && (word.starts_with(c) || c.starts_with(word))))
         .min()
         .map(|(_, c)| c)
-}
-
-pub fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + (ca != *cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

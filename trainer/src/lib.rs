@@ -9,7 +9,7 @@
 //!   deterministic parameter creation.
 //! - `device`: the compute device (`cpu`, `cuda:N`), synchronisation, peak memory.
 //! - `kernels/`: fused CPU kernels with exact backward passes (attention, RMSNorm, softmax, adaLN norm,
-//!   RoPE, gated GELU).
+//!   RoPE, gated GELU), their CUDA kernels (`kernels/cuda/`, `--features cuda`) and launch geometry.
 //! - `objective/`: flow matching, x-prediction, contrastive FM, REPA.
 //! - `routing/`: TREAD and SPRINT token routing.
 //! - `optim/`: AdamW and Muon with saveable state, clipping, schedule, EMA.
@@ -24,6 +24,8 @@
 //! - `train`: one rank's trainer; `run`: the single-process training loop with metrics,
 //!   checkpoints, resume and samples.
 //! - `rng`: the deterministic random streams everything draws from.
+//! - `fsutil`: durable file writes (temporary file, fsync, rename, directory fsync), used by
+//!   every writer of checkpoints, results, state and caches; `hash`: the one stable hash (FNV-1a).
 
 pub mod checkpoint;
 pub mod collective;
@@ -31,6 +33,8 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod fsutil;
+pub mod hash;
 pub mod kernels;
 pub mod latent;
 pub mod model;

@@ -91,9 +91,7 @@ pub fn sample_prompts(cfg: &TrainConfig, n: usize) -> Vec<String> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    crate::fsutil::write_durable(path, bytes).map_err(|e| TrainError::io(path, e))
 }
 
 /// Reads `metrics.jsonl`, keeping only records before `step` (a resume redoes the rest).
@@ -114,6 +112,21 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
     run_distributed(cfg, opts, device, progress, &mut crate::collective::Solo)
 }
 
+/// The files of a run directory (see the module header).
+struct RunFiles {
+    out: PathBuf,
+    config: PathBuf,
+    ckpt: PathBuf,
+    metrics: PathBuf,
+    evals: PathBuf,
+}
+
+impl RunFiles {
+    fn new(out: &Path) -> Self {
+        Self { out: out.to_path_buf(), config: out.join("config.toml"), ckpt: out.join("checkpoint.safetensors"), metrics: out.join("metrics.jsonl"), evals: out.join("eval.jsonl") }
+    }
+}
+
 /// One rank of a data-parallel run. `group.connect` is called once the model exists, with
 /// the parameter-layout hash (the rendezvous compares it across ranks). Rank 0 owns the run
 /// directory's checkpoint, evaluation and samples and is the source of truth on resume:
@@ -125,208 +138,29 @@ pub fn run_distributed(
     progress: &mut dyn Progress,
     group: &mut dyn crate::collective::Collective,
 ) -> Result<RunSummary, TrainError> {
-    let device = device.clone();
-    let (rank, world) = (group.rank(), group.world());
-    let lead = rank == 0;
+    let files = RunFiles::new(&opts.out);
     std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::io(&opts.out, e))?;
-    let cfg_path = opts.out.join("config.toml");
-    let ckpt = opts.out.join("checkpoint.safetensors");
-    let metrics_path = opts.out.join("metrics.jsonl");
-    let mut trainer = Trainer::new(cfg.clone(), &device)?;
-    trainer.rank = rank;
-    trainer.world = world;
-    group.connect(&crate::collective::params_hash(&trainer.params)).map_err(TrainError::Collective)?;
-    if !lead {
-        // rank 0's checkpoint, or nothing (a fresh start): then rank 0's initial weights
-        let mut bytes = Vec::new();
-        group.broadcast_bytes(&mut bytes, 0).map_err(TrainError::Collective)?;
-        if bytes.is_empty() {
-            crate::collective::broadcast_params(group, &trainer.params)?;
-            let _ = std::fs::remove_file(&ckpt);
-        } else {
-            write_atomic(&ckpt, &bytes)?;
-        }
-    }
-    if lead && opts.resume && ckpt.exists() {
-        let stored = TrainConfig::load(&cfg_path)?;
-        let mut a = stored.clone();
-        let mut b = cfg.clone();
-        a.train.steps = 0;
-        b.train.steps = 0;
-        if a != b {
-            return Err(TrainError::Resume(format!("{} was written by a different configuration; use a new --out or drop --resume", opts.out.display())));
-        }
-        trainer.load(&ckpt)?;
-        progress.message(&format!("resumed from step {} ({})", trainer.step, ckpt.display()));
-    } else if !lead && ckpt.exists() {
-        trainer.load(&ckpt)?;
-    } else if !opts.resume && ckpt.exists() {
-        return Err(TrainError::Resume(format!("{} already holds a run; pass --resume to continue it or choose another --out", opts.out.display())));
-    }
-    if lead && world > 1 {
-        let mut bytes = if trainer.step > 0 { std::fs::read(&ckpt).map_err(|e| TrainError::io(&ckpt, e))? } else { Vec::new() };
-        group.broadcast_bytes(&mut bytes, 0).map_err(TrainError::Collective)?;
-        if bytes.is_empty() {
-            crate::collective::broadcast_params(group, &trainer.params)?;
-        }
-    }
-    write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
-    let first = trainer.step;
-    let total = cfg.train.steps;
-    let mut history = read_metrics(&metrics_path, first)?;
-    {
-        let mut text = String::new();
-        for m in &history {
-            text.push_str(&serde_json::to_string(m).expect("metric serialises"));
-            text.push('\n');
-        }
-        write_atomic(&metrics_path, text.as_bytes())?;
-    }
-    let mut metrics_file = std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
+    let mut trainer = join_group(&cfg, opts.resume, &files, device, progress, group)?;
+    write_atomic(&files.config, cfg.to_toml().as_bytes())?;
+    let (first, total) = (trainer.step, cfg.train.steps);
+    let mut metrics = MetricsLog::open(&files.metrics, first)?;
     progress.started(first, total, trainer.param_count());
-
+    let lead = group.rank() == 0;
     let evaluator = if cfg.eval.samples > 0 && lead {
-        Some(crate::eval::suite::Evaluator::new(&cfg.eval, cfg.latent.image_size, opts.out.join("eval-cache"), &device).map_err(|e| TrainError::Data(format!("evaluation: {e}")))?)
+        Some(crate::eval::suite::Evaluator::new(&cfg.eval, cfg.latent.image_size, opts.out.join("eval-cache"), device).map_err(|e| TrainError::Data(format!("evaluation: {e}")))?)
     } else {
         None
     };
-    let eval_path = opts.out.join("eval.jsonl");
-    let mut final_eval;
-    let mut eval_seconds = 0.0;
-    {
-        // Keep the evaluations of the steps the checkpoint covers (a resume redoes the rest);
-        // lines this version cannot read are kept as they are.
-        let text = match std::fs::read_to_string(&eval_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(TrainError::io(&eval_path, e)),
-        };
-        let step_of = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64());
-        let kept: Vec<&str> = text.lines().filter(|l| step_of(l).is_none_or(|s| s as usize <= first)).collect();
-        final_eval = kept
-            .iter()
-            .rev()
-            .find_map(|l| serde_json::from_str::<crate::eval::suite::EvalReport>(l).ok())
-            .filter(|r| r.step == total);
-        if evaluator.is_some() || !kept.is_empty() {
-            let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
-            write_atomic(&eval_path, body.as_bytes())?;
-        }
-        for l in &kept {
-            if let Some(s) = step_of(l) {
-                progress.evaluated(s as usize, l);
-            }
-        }
-    }
-
-    let spec = BatchSpec::new(&cfg, rank, world).map_err(|e| TrainError::Data(e.to_string()))?;
-    let loader = Loader::start(spec, first, total);
+    let mut evals = EvalLog::restore(&files.evals, first, total, evaluator.is_some(), progress)?;
     let t0 = Instant::now();
-    let mut trained_samples = 0usize;
-    while trainer.step < total {
-        let ts = Instant::now();
-        let batch = loader.next().ok_or_else(|| TrainError::Resume("data loader stopped early".into()))?;
-        let data_s = ts.elapsed().as_secs_f64();
-        let tc = Instant::now();
-        let (mut grads, mut stats) = trainer.compute_grads(&batch)?;
-        let tx = Instant::now();
-        crate::collective::exchange_grads(group, &trainer.params, &mut grads, &mut stats)?;
-        let comm_s = tx.elapsed().as_secs_f64();
-        let stats: StepStats = trainer.apply_grads(grads, stats)?;
-        let compute_s = tc.elapsed().as_secs_f64() - comm_s;
-        let step_s = ts.elapsed().as_secs_f64();
-        trained_samples += batch.size * world;
-        let point = MetricPoint {
-            step: stats.step,
-            loss: stats.loss,
-            mse: stats.mse,
-            repa: stats.repa,
-            grad_norm: stats.grad_norm,
-            lr: stats.lr,
-            samples_per_sec: (batch.size * world) as f64 / step_s,
-            step_seconds: step_s,
-            data_seconds: data_s,
-            compute_seconds: compute_s,
-            comm_seconds: comm_s,
-            phase: cfg.data.phase_at(stats.step).source.name().to_string(),
-            skipped_samples: batch.skipped,
-        };
-        writeln!(metrics_file, "{}", serde_json::to_string(&point).expect("metric serialises")).map_err(|e| TrainError::io(&metrics_path, e))?;
-        progress.step(&point, total);
-        history.push(point);
-        if world > 1 && !lead && cfg.eval.samples > 0 && cfg.eval.due(trainer.step, total) {
-            // rank 0 evaluates alone; wait for it (a dead rank 0 still fails this at once)
-            progress.phase("evaluating");
-            group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
-            progress.phase("training");
-        }
-        if let Some(ev) = evaluator.as_ref().filter(|_| cfg.eval.due(trainer.step, total)) {
-            // Checkpoint first: a failed evaluation must not cost training.
-            metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
-            trainer.save(&ckpt)?;
-            progress.message(&format!("evaluating at step {} ({} samples)", trainer.step, cfg.eval.samples));
-            progress.phase("evaluating");
-            let result = ev.evaluate(&trainer);
-            if world > 1 {
-                group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
-            }
-            progress.phase("training");
-            let report = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    progress.message(&format!("evaluation at step {} failed, training goes on: {e}", trainer.step));
-                    continue;
-                }
-            };
-            progress.message(&format!(
-                "step {}: FD-scenes {:.3}, MMD {:.3}, accuracy {:.1}%{} ({:.0}s)",
-                report.step,
-                report.fd_scenes.value,
-                report.mmd_scenes.value,
-                report.accuracy.value * 100.0,
-                report.fid.as_ref().map(|f| format!(", FID {:.2}", f.value)).unwrap_or_default(),
-                report.seconds
-            ));
-            if let Some(samples) = &report.samples {
-                // the per-image numbers of the latest evaluation, for intervals between runs
-                let p = opts.out.join("eval-samples.safetensors");
-                if let Err(e) = samples.save(&p) {
-                    progress.message(&format!("could not save {}: {e}", p.display()));
-                }
-            }
-            let line = serde_json::to_string(&report).expect("report serialises");
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&eval_path).map_err(|e| TrainError::io(&eval_path, e))?;
-            writeln!(f, "{line}").map_err(|e| TrainError::io(&eval_path, e))?;
-            progress.evaluated(report.step, &line);
-            eval_seconds += report.seconds;
-            final_eval = Some(report);
-        }
-        let every = cfg.train.checkpoint_every;
-        if lead && every > 0 && trainer.step % every == 0 && trainer.step < total {
-            metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
-            trainer.save(&ckpt)?;
-        }
-    }
-    metrics_file.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
-    if lead {
-        trainer.save(&ckpt)?;
-    }
+    let trained_samples = train_loop(&cfg, &files, &mut trainer, group, progress, &mut metrics, evaluator.as_ref(), &mut evals)?;
     // Training time only: evaluation is reported separately.
-    let wall = t0.elapsed().as_secs_f64() - eval_seconds;
+    let wall = t0.elapsed().as_secs_f64() - evals.seconds;
     if opts.samples && lead {
-        progress.message("sampling");
-        progress.phase("sampling");
-        let prompts = sample_prompts(&cfg, cfg.sample.count);
-        let imgs = trainer.sample(&prompts, cfg.sample.seed, cfg.sample.steps, cfg.sample.guidance)?;
-        let n = prompts.len();
-        let s = cfg.latent.image_size;
-        let flat = imgs.flatten_all()?.to_vec1::<f32>()?;
-        let png = opts.out.join("samples.png");
-        crate::sample::grid::write_grid(&png, &flat, n, s, 4, (128 / s).max(1)).map_err(|e| TrainError::io(&png, e))?;
-        let txt: String = prompts.iter().enumerate().map(|(i, p)| format!("{i}: {p}\n")).collect();
-        write_atomic(&opts.out.join("samples.txt"), txt.as_bytes())?;
+        write_samples(&cfg, &files.out, &trainer, progress)?;
     }
     let mean = |xs: &[MetricPoint]| if xs.is_empty() { f64::NAN } else { xs.iter().map(|m| m.mse).sum::<f64>() / xs.len() as f64 };
+    let history = &metrics.history;
     let k = history.len().min(50);
     Ok(RunSummary {
         steps: trainer.step,
@@ -337,6 +171,260 @@ pub fn run_distributed(
         wall_seconds: wall,
         params: trainer.param_count(),
         checksum: trainer.checksum()?,
-        final_eval,
+        final_eval: evals.last_final,
     })
+}
+
+/// Builds this rank's trainer and brings every rank to the same starting point: rank 0
+/// resumes from its checkpoint (checked against the stored configuration) or starts fresh,
+/// and sends the checkpoint (or, fresh, its initial weights) to the others.
+fn join_group(cfg: &TrainConfig, resume: bool, files: &RunFiles, device: &Device, progress: &mut dyn Progress, group: &mut dyn crate::collective::Collective) -> Result<Trainer, TrainError> {
+    let (rank, world) = (group.rank(), group.world());
+    let (lead, ckpt) = (rank == 0, &files.ckpt);
+    let mut trainer = Trainer::new(cfg.clone(), device)?;
+    trainer.rank = rank;
+    trainer.world = world;
+    group.connect(&crate::collective::params_hash(&trainer.params)).map_err(TrainError::Collective)?;
+    if !lead {
+        // rank 0's checkpoint, or nothing (a fresh start): then rank 0's initial weights
+        let mut bytes = Vec::new();
+        group.broadcast_bytes(&mut bytes, 0).map_err(TrainError::Collective)?;
+        if bytes.is_empty() {
+            crate::collective::broadcast_params(group, &trainer.params)?;
+            let _ = std::fs::remove_file(ckpt);
+        } else {
+            write_atomic(ckpt, &bytes)?;
+        }
+    }
+    if lead && resume && ckpt.exists() {
+        let (mut stored, mut asked) = (TrainConfig::load(&files.config)?, cfg.clone());
+        stored.train.steps = 0;
+        asked.train.steps = 0;
+        if stored != asked {
+            return Err(TrainError::Resume(format!("{} was written by a different configuration; use a new --out or drop --resume", files.out.display())));
+        }
+        trainer.load(ckpt)?;
+        progress.message(&format!("resumed from step {} ({})", trainer.step, ckpt.display()));
+    } else if !lead && ckpt.exists() {
+        trainer.load(ckpt)?;
+    } else if !resume && ckpt.exists() {
+        return Err(TrainError::Resume(format!("{} already holds a run; pass --resume to continue it or choose another --out", files.out.display())));
+    }
+    if lead && world > 1 {
+        let mut bytes = if trainer.step > 0 { std::fs::read(ckpt).map_err(|e| TrainError::io(ckpt, e))? } else { Vec::new() };
+        group.broadcast_bytes(&mut bytes, 0).map_err(TrainError::Collective)?;
+        if bytes.is_empty() {
+            crate::collective::broadcast_params(group, &trainer.params)?;
+        }
+    }
+    Ok(trainer)
+}
+
+/// `metrics.jsonl`: the records the checkpoint covers (rewritten without the steps a resume
+/// redoes) and the file open for appending.
+struct MetricsLog {
+    path: PathBuf,
+    history: Vec<MetricPoint>,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    fn open(path: &Path, first: usize) -> Result<Self, TrainError> {
+        let history = read_metrics(path, first)?;
+        let text: String = history.iter().map(|m| serde_json::to_string(m).expect("metric serialises") + "\n").collect();
+        write_atomic(path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+        Ok(Self { path: path.to_path_buf(), history, file })
+    }
+
+    fn push(&mut self, point: MetricPoint) -> Result<(), TrainError> {
+        writeln!(self.file, "{}", serde_json::to_string(&point).expect("metric serialises")).map_err(|e| TrainError::io(&self.path, e))?;
+        self.history.push(point);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), TrainError> {
+        self.file.flush().map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+/// `eval.jsonl` and what the run reports of its evaluations.
+struct EvalLog {
+    path: PathBuf,
+    /// The evaluation at the last step, once there is one.
+    last_final: Option<crate::eval::suite::EvalReport>,
+    /// Time spent evaluating (not training).
+    seconds: f64,
+}
+
+impl EvalLog {
+    /// Keeps the evaluations of the steps the checkpoint covers (a resume redoes the rest;
+    /// lines this version cannot read are kept as they are) and re-announces them.
+    fn restore(path: &Path, first: usize, total: usize, evaluating: bool, progress: &mut dyn Progress) -> Result<Self, TrainError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(TrainError::io(path, e)),
+        };
+        let step_of = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64());
+        let kept: Vec<&str> = text.lines().filter(|l| step_of(l).is_none_or(|s| s as usize <= first)).collect();
+        let last_final = kept.iter().rev().find_map(|l| serde_json::from_str::<crate::eval::suite::EvalReport>(l).ok()).filter(|r| r.step == total);
+        if evaluating || !kept.is_empty() {
+            let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+            write_atomic(path, body.as_bytes())?;
+        }
+        for l in &kept {
+            if let Some(s) = step_of(l) {
+                progress.evaluated(s as usize, l);
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), last_final, seconds: 0.0 })
+    }
+
+    /// Appends a finished evaluation.
+    fn record(&mut self, report: crate::eval::suite::EvalReport, progress: &mut dyn Progress) -> Result<(), TrainError> {
+        let line = serde_json::to_string(&report).expect("report serialises");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| TrainError::io(&self.path, e))?;
+        writeln!(f, "{line}").map_err(|e| TrainError::io(&self.path, e))?;
+        progress.evaluated(report.step, &line);
+        self.seconds += report.seconds;
+        self.last_final = Some(report);
+        Ok(())
+    }
+}
+
+/// Trains from the trainer's step to `cfg.train.steps`: batches from the loader thread,
+/// gradients exchanged over the group, a metrics record per step, evaluations when due (rank
+/// 0; the others wait at a barrier) and periodic checkpoints. Returns the samples trained on.
+#[allow(clippy::too_many_arguments)]
+fn train_loop(
+    cfg: &TrainConfig,
+    files: &RunFiles,
+    trainer: &mut Trainer,
+    group: &mut dyn crate::collective::Collective,
+    progress: &mut dyn Progress,
+    metrics: &mut MetricsLog,
+    evaluator: Option<&crate::eval::suite::Evaluator>,
+    evals: &mut EvalLog,
+) -> Result<usize, TrainError> {
+    let (rank, world, total) = (group.rank(), group.world(), cfg.train.steps);
+    let lead = rank == 0;
+    let spec = BatchSpec::new(cfg, rank, world).map_err(|e| TrainError::Data(e.to_string()))?;
+    let loader = Loader::start(spec, trainer.step, total);
+    let mut trained_samples = 0usize;
+    while trainer.step < total {
+        let (point, samples) = train_step(cfg, trainer, &loader, group)?;
+        trained_samples += samples;
+        progress.step(&point, total);
+        metrics.push(point)?;
+        if world > 1 && !lead && cfg.eval.samples > 0 && cfg.eval.due(trainer.step, total) {
+            // rank 0 evaluates alone; wait for it (a dead rank 0 still fails this at once)
+            progress.phase("evaluating");
+            group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
+            progress.phase("training");
+        }
+        if let Some(ev) = evaluator.filter(|_| cfg.eval.due(trainer.step, total)) {
+            metrics.flush()?;
+            if !evaluate(cfg, files, trainer, ev, group, progress, evals)? {
+                continue;
+            }
+        }
+        let every = cfg.train.checkpoint_every;
+        if lead && every > 0 && trainer.step % every == 0 && trainer.step < total {
+            metrics.flush()?;
+            trainer.save(&files.ckpt)?;
+        }
+    }
+    metrics.flush()?;
+    if lead {
+        trainer.save(&files.ckpt)?;
+    }
+    Ok(trained_samples)
+}
+
+/// One optimizer step on the next batch, with its gradients averaged over the group: its
+/// metrics record and the samples the group trained on.
+fn train_step(cfg: &TrainConfig, trainer: &mut Trainer, loader: &Loader, group: &mut dyn crate::collective::Collective) -> Result<(MetricPoint, usize), TrainError> {
+    let world = group.world();
+    let ts = Instant::now();
+    let batch = loader.next().ok_or_else(|| TrainError::Resume("data loader stopped early".into()))?;
+    let data_s = ts.elapsed().as_secs_f64();
+    let tc = Instant::now();
+    let (mut grads, mut stats) = trainer.compute_grads(&batch)?;
+    let tx = Instant::now();
+    crate::collective::exchange_grads(group, &trainer.params, &mut grads, &mut stats)?;
+    let comm_s = tx.elapsed().as_secs_f64();
+    let stats: StepStats = trainer.apply_grads(grads, stats)?;
+    let compute_s = tc.elapsed().as_secs_f64() - comm_s;
+    let step_s = ts.elapsed().as_secs_f64();
+    let point = MetricPoint {
+        step: stats.step,
+        loss: stats.loss,
+        mse: stats.mse,
+        repa: stats.repa,
+        grad_norm: stats.grad_norm,
+        lr: stats.lr,
+        samples_per_sec: (batch.size * world) as f64 / step_s,
+        step_seconds: step_s,
+        data_seconds: data_s,
+        compute_seconds: compute_s,
+        comm_seconds: comm_s,
+        phase: cfg.data.phase_at(stats.step).source.name().to_string(),
+        skipped_samples: batch.skipped,
+    };
+    Ok((point, batch.size * world))
+}
+
+/// Rank 0's evaluation at the current step: checkpoint first (a failed evaluation must not
+/// cost training), evaluate, release the other ranks, record the report and the per-image
+/// numbers. A failed evaluation is reported and training goes on (false).
+fn evaluate(
+    cfg: &TrainConfig,
+    files: &RunFiles,
+    trainer: &Trainer,
+    ev: &crate::eval::suite::Evaluator,
+    group: &mut dyn crate::collective::Collective,
+    progress: &mut dyn Progress,
+    evals: &mut EvalLog,
+) -> Result<bool, TrainError> {
+    trainer.save(&files.ckpt)?;
+    progress.message(&format!("evaluating at step {} ({} samples)", trainer.step, cfg.eval.samples));
+    progress.phase("evaluating");
+    let result = ev.evaluate(trainer);
+    if group.world() > 1 {
+        group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
+    }
+    progress.phase("training");
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            progress.message(&format!("evaluation at step {} failed, training goes on: {e}", trainer.step));
+            return Ok(false);
+        }
+    };
+    let fid = report.fid.as_ref().map(|f| format!(", FID {:.2}", f.value)).unwrap_or_default();
+    progress.message(&format!("step {}: FD-scenes {:.3}, MMD {:.3}, accuracy {:.1}%{fid} ({:.0}s)", report.step, report.fd_scenes.value, report.mmd_scenes.value, report.accuracy.value * 100.0, report.seconds));
+    if let Some(samples) = &report.samples {
+        // the per-image numbers of the latest evaluation, for intervals between runs
+        let p = files.out.join("eval-samples.safetensors");
+        if let Err(e) = samples.save(&p) {
+            progress.message(&format!("could not save {}: {e}", p.display()));
+        }
+    }
+    evals.record(report, progress)?;
+    Ok(true)
+}
+
+/// The sample grid and its prompts at the end of a run.
+fn write_samples(cfg: &TrainConfig, out: &Path, trainer: &Trainer, progress: &mut dyn Progress) -> Result<(), TrainError> {
+    progress.message("sampling");
+    progress.phase("sampling");
+    let prompts = sample_prompts(cfg, cfg.sample.count);
+    let imgs = trainer.sample(&prompts, cfg.sample.seed, cfg.sample.steps, cfg.sample.guidance)?;
+    let (n, s) = (prompts.len(), cfg.latent.image_size);
+    let flat = imgs.flatten_all()?.to_vec1::<f32>()?;
+    let png = out.join("samples.png");
+    crate::sample::grid::write_grid(&png, &flat, n, s, 4, (128 / s).max(1)).map_err(|e| TrainError::io(&png, e))?;
+    let txt: String = prompts.iter().enumerate().map(|(i, p)| format!("{i}: {p}\n")).collect();
+    write_atomic(&out.join("samples.txt"), txt.as_bytes())
 }

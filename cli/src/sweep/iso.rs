@@ -14,7 +14,7 @@
 use ablate_proto::v1;
 use serde_json::Value;
 
-use super::results::{stat, Stat};
+use super::stat::{stat, Stat};
 
 /// The metrics compared (names as in the results JSON).
 pub const METRICS: [&str; 4] = ["fd_scenes", "mmd", "accuracy", "fid"];

@@ -1,11 +1,15 @@
 //! Sweeps: the file format (`spec`), the all-in-one local runner (`run`: an embedded
 //! coordinator and local CPU workers), the same through a remote coordinator (`remote`) and
-//! the results table (`results`), iso-compute (`iso`) and the HTML report (`report`, `svg`).
+//! the results table (`results`, its seed statistics in `stat`), iso-compute (`iso`) and the HTML report (`report`, `svg`).
 
+pub mod data;
+pub mod display;
 pub mod iso;
+pub mod local;
 pub mod remote;
 pub mod report;
 pub mod results;
 pub mod run;
 pub mod spec;
+pub mod stat;
 pub mod svg;

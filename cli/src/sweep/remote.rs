@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::iso::Series;
 use super::results;
 use std::collections::HashMap;
-use super::run::Display;
+use super::display::Display;
 use super::spec::Sweep;
 
 #[derive(clap::Args)]
@@ -136,4 +136,9 @@ pub fn results(id: &str, coordinator: &str, format: &str) -> anyhow::Result<()> 
     let mut rows = results::rows(&arms, &pairs);
     results::add_iso(&mut rows, &pairs, &series);
     results::print(&rows, &pairs, format)
+}
+
+/// Whether `s` is a sweep id of a coordinator (s000001), as opposed to a folder.
+pub fn is_sweep_id(s: &str) -> bool {
+    s.len() > 1 && s.starts_with('s') && s[1..].chars().all(|c| c.is_ascii_digit())
 }

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::iso::{self, Axis, Series};
+pub use super::data::SweepData;
+use super::iso::{self, Axis};
 use super::results::{self, Row};
 use super::svg::{self, escape, LineChart};
 
@@ -26,25 +27,13 @@ pub struct ReportArgs {
     coordinator: String,
 }
 
-/// Everything the report shows.
-pub struct SweepData {
-    pub name: String,
-    pub description: String,
-    /// Where the numbers come from (a folder or a coordinator).
-    pub source: String,
-    pub jobs: Vec<(String, v1::Job)>,
-    pub rows: Vec<Row>,
-    pub series: HashMap<String, Series>,
-    /// job id -> sample grid (PNG) and its prompts, when the files are at hand (local runs).
-    pub samples: HashMap<String, (Vec<u8>, String)>,
-}
 
 pub fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
     let (data, default_out) = if a.sweep.exists() {
-        (super::run::load(&a.sweep)?, a.sweep.clone())
+        (super::local::load(&a.sweep)?, a.sweep.clone())
     } else {
         let id = a.sweep.display().to_string();
-        anyhow::ensure!(super::run::is_sweep_id(&id), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
+        anyhow::ensure!(super::remote::is_sweep_id(&id), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
         let (arms, jobs, series) = super::remote::fetch(&id, &a.coordinator)?;
         let mut rows = results::rows(&arms, &jobs);
         results::add_iso(&mut rows, &jobs, &series);
@@ -68,9 +57,7 @@ pub fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
 pub fn write(d: &SweepData, out: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join("report.html");
-    let tmp = out.join("report.html.tmp");
-    std::fs::write(&tmp, html(d)).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    ablate_trainer::fsutil::write_durable(&path, html(d).as_bytes())?;
     Ok(path)
 }
 

@@ -19,23 +19,7 @@ use super::iso::{self, AtBudget, Axis, Series};
 
 pub const METRICS: [&str; 7] = ["fd_scenes", "mmd", "accuracy", "fid", "samples_per_sec", "final_loss", "wall_seconds"];
 
-/// Mean and (sample) standard deviation over the seeds that have the number.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stat {
-    pub mean: f64,
-    pub std: f64,
-    pub n: usize,
-}
-
-pub fn stat(xs: &[f64]) -> Option<Stat> {
-    if xs.is_empty() {
-        return None;
-    }
-    let n = xs.len();
-    let mean = xs.iter().sum::<f64>() / n as f64;
-    let std = if n > 1 { (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
-    Some(Stat { mean, std, n })
-}
+pub use super::stat::{stat, Stat};
 
 #[derive(Debug, Clone)]
 pub struct Row {

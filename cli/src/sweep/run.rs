@@ -5,19 +5,17 @@
 //! resumes: finished jobs stay finished, interrupted ones continue from their last
 //! checkpoint. `ablate results <out>` prints the table again.
 
-use ablate_coordinator::{store::redb::RedbStore, Core, Options};
+use ablate_coordinator::Core;
 use ablate_proto::v1::{self, JobState};
 use anyhow::{bail, Context};
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use super::iso::Series;
+use super::display::Display;
+use super::local::{data, fingerprint, jobs_of, local_rows, local_series, open_state, read_record, Record, RecordJob};
 use super::results;
 use super::spec::Sweep;
-use std::collections::HashMap;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -46,56 +44,6 @@ pub struct ResultsArgs {
     /// Where to look up a sweep id.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     coordinator: String,
-}
-
-/// What `<out>/sweep.json` records: which job runs which arm, and a fingerprint of the
-/// resolved configs so a different file cannot resume into the same folder.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Record {
-    name: String,
-    sweep_id: String,
-    fingerprint: String,
-    arms: Vec<String>,
-    jobs: Vec<RecordJob>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct RecordJob {
-    id: String,
-    arm: String,
-    seed: u64,
-    job: String,
-}
-
-fn fingerprint(s: &Sweep) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for j in &s.jobs {
-        for b in j.id.bytes().chain(j.config.to_toml().into_bytes()) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
-}
-
-fn open_state(out: &Path) -> anyhow::Result<Arc<Core>> {
-    let path = out.join("state/coordinator.redb");
-    let store = RedbStore::open(&path).map_err(|e| anyhow::anyhow!("{e} (is another `ablate run` using {}?)", out.display()))?;
-    let opts = Options { heartbeat: Duration::from_millis(200), worker_expiry: Duration::from_secs(3), max_restarts: 1000, runs_dir: out.join("state/runs") };
-    Ok(Arc::new(Core::open(Arc::new(store), opts)?))
-}
-
-fn read_record(out: &Path) -> anyhow::Result<Option<Record>> {
-    let p = out.join("sweep.json");
-    match std::fs::read_to_string(&p) {
-        Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| format!("{} is damaged", p.display()))?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-    }
-}
-
-fn jobs_of(core: &Core, rec: &Record) -> anyhow::Result<Vec<(String, v1::Job)>> {
-    rec.jobs.iter().map(|j| Ok((j.arm.clone(), core.get(&j.job)?))).collect()
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -194,9 +142,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                     arms: sweep.arms.iter().map(|x| x.name.clone()).collect(),
                     jobs: sweep.jobs.iter().zip(&jobs).map(|(s, j)| RecordJob { id: s.id.clone(), arm: s.arm.clone(), seed: s.seed, job: j.id.clone() }).collect(),
                 };
-                let tmp = out.join("sweep.json.tmp");
-                std::fs::write(&tmp, serde_json::to_string_pretty(&rec)?)?;
-                std::fs::rename(&tmp, out.join("sweep.json"))?;
+                ablate_trainer::fsutil::write_durable(&out.join("sweep.json"), serde_json::to_string_pretty(&rec)?.as_bytes())?;
                 rec
             }
         };
@@ -241,115 +187,6 @@ async fn progress(core: &Core, rec: &Record) -> anyhow::Result<bool> {
     }
 }
 
-/// The live progress display: one line per job, redrawn in place on a terminal, printed
-/// every 15 s otherwise (logs, CI).
-pub struct Display {
-    tty: bool,
-    t0: Instant,
-    last_plain: Option<Instant>,
-    drawn: usize,
-    width: usize,
-}
-
-impl Display {
-    pub fn new(width: usize) -> Self {
-        Self { tty: std::io::stderr().is_terminal(), t0: Instant::now(), last_plain: None, drawn: 0, width }
-    }
-
-    pub fn line(&self, name: &str, job: &v1::Job, last: Option<&v1::MetricPoint>) -> String {
-        let total = job.total_steps.max(1);
-        let step = job.step.min(total);
-        let filled = (20 * step / total) as usize;
-        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(20 - filled));
-        // the flow-matching MSE, comparable across arms (and what the results' "final loss"
-        // averages); the total adds arm-specific terms such as REPA's negative cosine
-        let loss = last.map(|p| format!("loss {:.4}", p.mse)).unwrap_or_default();
-        let eta = match (last, job.state()) {
-            (Some(p), JobState::Running) if p.step_seconds > 0.0 => {
-                let s = (total - step) as f64 * p.step_seconds;
-                format!("ETA {}:{:02}", (s / 60.0) as u64, (s % 60.0) as u64)
-            }
-            _ => String::new(),
-        };
-        let why = if job.state() == JobState::Failed { format!(": {}", job.reason) } else { String::new() };
-        format!("{name:<w$} [{bar}] {step:>5}/{total:<5} {loss:<12} {eta:<10} {}{why}", job.state().label(), w = self.width)
-    }
-
-    pub fn draw(&mut self, lines: &[String], done: bool) {
-        if self.tty {
-            let mut err = std::io::stderr().lock();
-            if self.drawn > 0 {
-                let _ = write!(err, "\x1b[{}A", self.drawn);
-            }
-            for l in lines {
-                let _ = writeln!(err, "\x1b[K{l}");
-            }
-            self.drawn = lines.len();
-        } else if done || self.last_plain.is_none_or(|t| t.elapsed() > Duration::from_secs(15)) {
-            eprintln!("[{:>5.0}s]", self.t0.elapsed().as_secs_f64());
-            for l in lines {
-                eprintln!("  {l}");
-            }
-            self.last_plain = Some(Instant::now());
-        }
-    }
-}
-
-/// Every job's metric points and evaluations, as the coordinator keeps them (evaluations from
-/// the job's own `eval.jsonl` for runs the coordinator has none of).
-fn local_series(core: &Core, out: &Path, jobs: &[(String, v1::Job)]) -> anyhow::Result<HashMap<String, Series>> {
-    let mut all = HashMap::new();
-    for (_, j) in jobs {
-        let mut evals = core.evals(&j.id)?;
-        if evals.is_empty() {
-            let p = out.join("work/jobs").join(&j.id).join("eval.jsonl");
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let step = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64();
-            evals = text.lines().filter_map(|l| Some(v1::EvalPoint { step: step(l)?, eval_json: l.to_string() })).collect();
-        }
-        all.insert(j.id.clone(), Series { points: core.metrics(&j.id, 0)?, evals });
-    }
-    Ok(all)
-}
-
-/// The table's rows, with intervals from the jobs' `eval-samples.safetensors` and the
-/// iso-compute comparison.
-fn local_rows(out: &Path, rec: &Record, jobs: &[(String, v1::Job)], series: &HashMap<String, Series>) -> Vec<results::Row> {
-    let mut rows = results::rows(&rec.arms, jobs);
-    let samples = |j: &v1::Job| ablate_trainer::eval::bootstrap::EvalSamples::load(&out.join("work/jobs").join(&j.id).join("eval-samples.safetensors")).ok();
-    results::add_intervals(&mut rows, jobs, &samples);
-    results::add_iso(&mut rows, jobs, series);
-    rows
-}
-
-pub fn is_sweep_id(s: &str) -> bool {
-    s.len() > 1 && s.starts_with('s') && s[1..].chars().all(|c| c.is_ascii_digit())
-}
-
-/// What the report of the run in `out` shows, with the state open (the jobs' sample grids
-/// from their work folders).
-fn data(core: &Core, out: &Path, rec: &Record, jobs: Vec<(String, v1::Job)>) -> anyhow::Result<super::report::SweepData> {
-    let series = local_series(core, out, &jobs)?;
-    let rows = local_rows(out, rec, &jobs, &series);
-    let description = std::fs::read_to_string(out.join("sweep.toml")).ok().and_then(|t| t.parse::<toml::Table>().ok()).and_then(|t| t.get("description")?.as_str().map(String::from)).unwrap_or_default();
-    let mut samples = HashMap::new();
-    for (_, j) in &jobs {
-        let dir = out.join("work/jobs").join(&j.id);
-        if let Ok(png) = std::fs::read(dir.join("samples.png")) {
-            samples.insert(j.id.clone(), (png, std::fs::read_to_string(dir.join("samples.txt")).unwrap_or_default()));
-        }
-    }
-    Ok(super::report::SweepData { name: rec.name.clone(), description, source: format!("ablate run --out {}", out.display()), jobs, rows, series, samples })
-}
-
-/// The report data of the `ablate run` folder `out`.
-pub fn load(out: &Path) -> anyhow::Result<super::report::SweepData> {
-    let rec = read_record(out)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", out.display()))?;
-    let core = open_state(out)?;
-    let jobs = jobs_of(&core, &rec)?;
-    data(&core, out, &rec, jobs)
-}
-
 fn report(core: &Core, out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> anyhow::Result<()> {
     let d = data(core, out, rec, jobs.to_vec())?;
     let rows = &d.rows;
@@ -358,9 +195,10 @@ fn report(core: &Core, out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> 
         println!("{p}");
     }
     print!("{}", results::text(rows, "table"));
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results::json(rows))?)?;
-    std::fs::write(out.join("results.md"), results::text(rows, "markdown"))?;
-    std::fs::write(out.join("results.csv"), results::text(rows, "csv"))?;
+    let write = |name: &str, text: String| ablate_trainer::fsutil::write_durable(&out.join(name), text.as_bytes());
+    write("results.json", serde_json::to_string_pretty(&results::json(rows))?)?;
+    write("results.md", results::text(rows, "markdown"))?;
+    write("results.csv", results::text(rows, "csv"))?;
     super::report::write(&d, out)?;
     println!("wrote {}/results.json, results.md, results.csv, report.html", out.display());
     Ok(())
@@ -369,7 +207,7 @@ fn report(core: &Core, out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> 
 pub fn results_cmd(a: ResultsArgs) -> anyhow::Result<()> {
     if !a.dir.exists() {
         let id = a.dir.display().to_string();
-        anyhow::ensure!(is_sweep_id(&id), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
+        anyhow::ensure!(super::remote::is_sweep_id(&id), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
         return super::remote::results(&id, &a.coordinator, &a.format);
     }
     let rec = read_record(&a.dir)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", a.dir.display()))?;

@@ -22,7 +22,7 @@
 //! "optim.lr" = [3e-4, 1e-3]
 //! ```
 
-use ablate_trainer::config::levenshtein;
+use ablate_trainer::config::{closest, describe_unknown_field};
 use ablate_trainer::TrainConfig;
 use std::collections::BTreeMap;
 use toml::Value;
@@ -108,29 +108,9 @@ fn line_col(text: &str, byte: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The candidate nearest to `word`: a small edit distance, or one a prefix of the other
-/// ("optimizer" -> "optim").
-fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (levenshtein(word, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3) || (c.len() >= 3 && word.len() >= 3 && (word.starts_with(c) || c.starts_with(word))))
-        .min()
-        .map(|(_, c)| c)
-}
-
 /// Rewrites serde's unknown-field message into ours, with a suggestion.
 fn describe(msg: &str) -> String {
-    let msg = msg.trim();
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        return match closest(field, candidates.iter().copied()) {
-            Some(best) => format!("unknown key \"{field}\" (did you mean \"{best}\"?)"),
-            None => format!("unknown key \"{field}\" (expected one of: {})", candidates.join(", ")),
-        };
-    }
-    msg.to_string()
+    describe_unknown_field(msg).unwrap_or_else(|| msg.trim().to_string())
 }
 
 /// Flattens nested override tables into dotted paths (arrays and scalars are leaves).

@@ -72,6 +72,24 @@ fn value_and_grads(
     Ok((y, grads))
 }
 
+/// The largest relative error of `f`'s value and input gradients on `dev` in `dtype`
+/// against `reference` (value and gradients computed on the CPU).
+fn worst_error(
+    f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    inputs: &[Tensor],
+    w: &Tensor,
+    dev: &Device,
+    dtype: DType,
+    (y_ref, g_ref): &(Tensor, Vec<Tensor>),
+) -> Result<f32> {
+    let (y, g) = value_and_grads(f, inputs, w, dev, dtype)?;
+    let mut worst = rel_err(&y, y_ref)?;
+    for (a, r) in g.iter().zip(g_ref) {
+        worst = worst.max(rel_err(a, r)?);
+    }
+    Ok(worst)
+}
+
 /// Each building block of `model::layers` on `dev` against the CPU in f32, forward and
 /// backward, in f32 and bf16. Returns one line per block with the worst relative error.
 pub fn ops(dev: &Device) -> Result<String> {
@@ -95,14 +113,10 @@ pub fn ops(dev: &Device) -> Result<String> {
         let inputs = shapes.iter().enumerate().map(|(i, s)| randn(s, 100 * bi as u64 + i as u64, 1.5)).collect::<Result<Vec<_>>>()?;
         let out_shape = f(&inputs)?.dims().to_vec();
         let w = randn(&out_shape, 999 + bi as u64, 1.0)?;
-        let (y_ref, g_ref) = value_and_grads(f.as_ref(), &inputs, &w, &Device::Cpu, DType::F32)?;
+        let reference = value_and_grads(f.as_ref(), &inputs, &w, &Device::Cpu, DType::F32)?;
         let mut line = format!("{name:<16}");
         for (dtype, tol) in [(DType::F32, 1e-4f32), (DType::BF16, 5e-2)] {
-            let (y, g) = value_and_grads(f.as_ref(), &inputs, &w, dev, dtype)?;
-            let mut worst = rel_err(&y, &y_ref)?;
-            for (a, b) in g.iter().zip(&g_ref) {
-                worst = worst.max(rel_err(a, b)?);
-            }
+            let worst = worst_error(f.as_ref(), &inputs, &w, dev, dtype, &reference)?;
             if worst > tol {
                 return Err(CheckError::Mismatch(format!("{name} in {dtype:?}: relative error {worst:.2e} > {tol:.0e}")));
             }
@@ -150,12 +164,8 @@ pub fn kernels_at_scale(dev: &Device) -> Result<String> {
             for &(dtype, tol) in precisions {
                 // the reference sees the inputs the device sees: rounded to `dtype`
                 let seen = inputs.iter().map(|t| t.to_dtype(dtype)?.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?;
-                let (y_ref, g_ref) = value_and_grads(f.as_ref(), &seen, &w, &Device::Cpu, DType::F32)?;
-                let (y, g) = value_and_grads(f.as_ref(), &seen, &w, dev, dtype)?;
-                let mut worst = rel_err(&y, &y_ref)?;
-                for (a, r) in g.iter().zip(&g_ref) {
-                    worst = worst.max(rel_err(a, r)?);
-                }
+                let reference = value_and_grads(f.as_ref(), &seen, &w, &Device::Cpu, DType::F32)?;
+                let worst = worst_error(f.as_ref(), &seen, &w, dev, dtype, &reference)?;
                 if worst > tol {
                     return Err(CheckError::Mismatch(format!("{preset} {name} in {dtype:?}: relative error {worst:.2e} > {tol:.0e}")));
                 }

@@ -53,9 +53,7 @@ impl EvalSamples {
         t.insert("scores".to_string(), Tensor::from_slice(&self.scores, n, &Device::Cpu)?);
         let proto = serde_json::to_vec(&self.protocol).expect("protocol serialises");
         t.insert("protocol_json".to_string(), Tensor::from_vec(proto.clone(), proto.len(), &Device::Cpu)?);
-        let tmp = path.with_extension("tmp");
-        candle_core::safetensors::save(&t, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| EvalError::File { path: path.display().to_string(), msg: e.to_string() })
+        crate::fsutil::write_durable_with(path, |tmp| candle_core::safetensors::save(&t, tmp).map_err(std::io::Error::other)).map_err(|e| EvalError::File { path: path.display().to_string(), msg: e.to_string() })
     }
 
     pub fn load(path: &Path) -> Result<Self, EvalError> {

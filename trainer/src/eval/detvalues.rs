@@ -11,7 +11,7 @@ pub fn mix64(mut z: u64) -> u64 {
 }
 
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    crate::hash::fnv1a(bytes)
 }
 
 /// Element `i` of the named array, uniform in [0, 1).

@@ -33,21 +33,19 @@ pub fn save_stats(path: &Path, stats: &GaussianStats, protocol: Option<&Protocol
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
     }
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     if is_npz(path) {
-        Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], &tmp).map_err(|e| err(path, e.to_string()))?;
-    } else {
-        let json = protocol.map(|p| serde_json::to_vec(p).expect("protocol serialises")).unwrap_or_default();
-        let n = stats.n.ok_or_else(|| err(path, "statistics without a sample count can only be saved as pytorch-fid .npz"))?;
-        let mut t = HashMap::new();
-        t.insert("mu".to_string(), mu);
-        t.insert("sigma".to_string(), sigma);
-        t.insert("n".to_string(), Tensor::new(&[n as i64], &Device::Cpu)?);
-        let len = json.len();
-        t.insert("protocol".to_string(), Tensor::from_vec(json, len, &Device::Cpu)?);
-        candle_core::safetensors::save(&t, &tmp).map_err(|e| err(path, e.to_string()))?;
+        let write = |tmp: &Path| Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], tmp).map_err(std::io::Error::other);
+        return crate::fsutil::write_durable_with(path, write).map_err(|e| err(path, e.to_string()));
     }
-    std::fs::rename(&tmp, path).map_err(|e| err(path, e.to_string()))
+    let json = protocol.map(|p| serde_json::to_vec(p).expect("protocol serialises")).unwrap_or_default();
+    let n = stats.n.ok_or_else(|| err(path, "statistics without a sample count can only be saved as pytorch-fid .npz"))?;
+    let mut t = HashMap::new();
+    t.insert("mu".to_string(), mu);
+    t.insert("sigma".to_string(), sigma);
+    t.insert("n".to_string(), Tensor::new(&[n as i64], &Device::Cpu)?);
+    let len = json.len();
+    t.insert("protocol".to_string(), Tensor::from_vec(json, len, &Device::Cpu)?);
+    crate::fsutil::write_durable_with(path, |tmp| candle_core::safetensors::save(&t, tmp).map_err(std::io::Error::other)).map_err(|e| err(path, e.to_string()))
 }
 
 /// Loads statistics saved by [`save_stats`] or by pytorch-fid (`.npz` with `mu`, `sigma`).

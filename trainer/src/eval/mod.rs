@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod composition;
+pub mod config;
 pub mod detvalues;
 pub mod fd;
 pub mod files;

@@ -18,72 +18,10 @@ use super::inception::{self, InceptionFid};
 use super::scenes::{self, SceneEvaluator, EMBED_DIM};
 use super::{frechet_distance, EvalError, FeatureStats, Measured, Protocol};
 use crate::data::captions::long_caption;
-use crate::data::scene::{Scene, Style};
+use crate::data::scene::Scene;
 use crate::train::Trainer;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FidMode {
-    /// FID when the Inception weights are present, otherwise reported unavailable.
-    Auto,
-    /// FID required: a missing weights file is an error.
-    On,
-    Off,
-}
-
-/// `[eval]` of a training config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvalConfig {
-    /// Generated images per evaluation; 0 turns evaluation off.
-    pub samples: usize,
-    /// Also evaluate every this many steps (0: only at the end).
-    pub every: usize,
-    pub sampler_steps: usize,
-    pub guidance: f64,
-    /// Seed of the prompts and the starting noise.
-    pub seed: u64,
-    /// Style of the prompted scenes and of the reference renders.
-    pub reference: Style,
-    pub fid: FidMode,
-}
-
-impl Default for EvalConfig {
-    fn default() -> Self {
-        Self { samples: 0, every: 0, sampler_steps: 20, guidance: 3.5, seed: 1234, reference: Style::Photo, fid: FidMode::Auto }
-    }
-}
-
-impl EvalConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.samples == 1 {
-            return Err("eval.samples = 1: FD needs at least 2 images (0 turns evaluation off)".into());
-        }
-        if self.samples > 0 && self.sampler_steps == 0 {
-            return Err("eval.sampler_steps must be at least 1".into());
-        }
-        if !self.guidance.is_finite() || self.guidance < 0.0 {
-            return Err(format!("eval.guidance must be >= 0, got {}", self.guidance));
-        }
-        if self.reference == Style::Curated {
-            return Err("eval.reference must be \"photo\" or \"synthetic\"".into());
-        }
-        Ok(())
-    }
-
-    pub fn due(&self, step: usize, total: usize) -> bool {
-        self.samples > 0 && (step == total || (self.every > 0 && step % self.every == 0))
-    }
-
-    /// The scene prompted for image `i`.
-    pub fn scene(&self, i: u64) -> Scene {
-        Scene::generate(self.seed ^ 0xE7A1_5CE4, i, self.reference)
-    }
-
-    fn reference_name(&self) -> String {
-        format!("scenes-{:?}-seed{}", self.reference, self.seed).to_lowercase()
-    }
-}
+pub use super::config::{EvalConfig, FidMode};
 
 /// One rank's share of an evaluation.
 #[derive(Debug, Clone)]

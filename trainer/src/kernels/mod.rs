@@ -36,6 +36,20 @@ pub fn applies(t: &Tensor) -> bool {
     enabled() && t.dtype() == DType::F32 && t.device().is_cpu()
 }
 
+/// The fused CPU kernels compute in f32. bf16 tensors reach them through f32 copies when
+/// every input is f32 or bf16 on the CPU and at least one is bf16. That is what a bf16 kernel
+/// does inside (GPU kernels read bf16, compute in f32 and round the result once); callers
+/// convert the result to the dtype their composition returns (that of their first input:
+/// bf16 in the bf16 arms). Returns the f32 copies, or None where this route does not apply
+/// (kernels off, another device or dtype, or no bf16 input).
+pub fn via_f32(ts: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    let cpu_float = |t: &&Tensor| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16);
+    if !crate::kernels::enabled() || !ts.iter().all(cpu_float) || !ts.iter().any(|t| t.dtype() == DType::BF16) {
+        return Ok(None);
+    }
+    ts.iter().map(|t| if t.dtype() == DType::F32 { Ok((*t).clone()) } else { t.to_dtype(DType::F32) }).collect::<Result<Vec<_>>>().map(Some)
+}
+
 /// Whether `ts` can take the CUDA kernels (`kernels::cuda`): a CUDA build, fused kernels on,
 /// every tensor on a CUDA device in the same dtype, f32 or bf16. Always false without the
 /// `cuda` feature, so callers need no `cfg` of their own.
@@ -305,7 +319,7 @@ mod tests {
         Ok(())
     }
 
-    /// bf16 inputs reach the fused ops through f32 copies (`layers::via_f32`): every op's
+    /// bf16 inputs reach the fused ops through f32 copies (`kernels::via_f32`): every op's
     /// value and input gradients against its composition run in bf16, within bf16 rounding
     /// (relative to the largest magnitude), and the results come back as bf16.
     #[test]

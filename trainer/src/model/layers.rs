@@ -11,19 +11,7 @@ fn f32_of(x: &Tensor) -> Result<Tensor> {
     if x.dtype() == DType::F32 { Ok(x.clone()) } else { x.to_dtype(DType::F32) }
 }
 
-/// The fused CPU kernels compute in f32. bf16 tensors reach them through f32 copies when
-/// every input is f32 or bf16 on the CPU and at least one is bf16. That is what a bf16 kernel
-/// does inside (GPU kernels read bf16, compute in f32 and round the result once); callers
-/// convert the result to the dtype their composition returns (that of their first input:
-/// bf16 in the bf16 arms). Returns the f32 copies, or None where this route does not apply
-/// (kernels off, another device or dtype, or no bf16 input).
-pub(crate) fn via_f32(ts: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
-    let cpu_float = |t: &&Tensor| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16);
-    if !crate::kernels::enabled() || !ts.iter().all(cpu_float) || !ts.iter().any(|t| t.dtype() == DType::BF16) {
-        return Ok(None);
-    }
-    ts.iter().map(|t| f32_of(t)).collect::<Result<Vec<_>>>().map(Some)
-}
+use crate::kernels::via_f32;
 
 /// RMSNorm over the last dimension with a learned scale.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {

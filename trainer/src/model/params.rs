@@ -113,11 +113,7 @@ impl Params {
 }
 
 fn fnv(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    crate::hash::fnv1a(s.as_bytes())
 }
 
 /// A linear layer `y = x W^T (+ b)` that runs in the dtype of its input: under bf16 compute
@@ -154,7 +150,7 @@ impl Lin {
             let b = self.bias.as_ref().map(|b| b.to_dtype(x.dtype())).transpose()?;
             let mut ins = vec![x, &w];
             ins.extend(b.as_ref());
-            if let Some(f) = super::layers::via_f32(&ins)? {
+            if let Some(f) = crate::kernels::via_f32(&ins)? {
                 return crate::kernels::linear::linear(&f[0], &f[1], f.get(2))?.to_dtype(x.dtype());
             }
         }

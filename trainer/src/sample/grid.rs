@@ -24,14 +24,13 @@ pub fn write_grid(path: &Path, images: &[f32], n: usize, s: usize, cols: usize, 
             }
         }
     }
-    let tmp = path.with_extension("png.tmp");
-    {
-        let f = std::fs::File::create(&tmp)?;
+    crate::fsutil::write_durable_with(path, |tmp| {
+        let f = std::fs::File::create(tmp)?;
         let mut enc = png::Encoder::new(BufWriter::new(f), w as u32, h as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut wr = enc.write_header().map_err(std::io::Error::other)?;
         wr.write_image_data(&buf).map_err(std::io::Error::other)?;
-    }
-    std::fs::rename(tmp, path)
+        wr.finish().map_err(std::io::Error::other)
+    })
 }

@@ -110,12 +110,7 @@ pub fn nccl_id(table: &[String], len: usize) -> Result<Vec<u8>, String> {
 
 /// The ring's handshake token for a (job, generation).
 pub fn token(job: &str, generation: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ generation;
-    for b in job.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    ablate_trainer::hash::Fnv1a::seeded(generation).write(job.as_bytes()).finish()
 }
 
 impl Collective for RendezvousRing {

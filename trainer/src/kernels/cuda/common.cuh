@@ -31,33 +31,22 @@ ABL_FN float from_f<float>(float v) { return v; }
 template <>
 ABL_FN bf16 from_f<bf16>(float v) { return __float2bfloat16(v); }
 
-ABL_FN float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-ABL_FN double warp_sum(double v) {
+// Sum of `v` over the warp (float or double); every lane gets the result.
+template <typename A>
+ABL_FN A warp_sum(A v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 
 // Sum of `v` over the block (1-D blocks of whole warps, at most 1024 threads); every thread
-// gets the result. `scratch` is 32 floats of shared memory, free again when this returns.
-ABL_FN float block_sum(float v, float* scratch) {
+// gets the result. `scratch` is 32 elements of shared memory, free again when this returns.
+template <typename A>
+ABL_FN A block_sum(A v, A* scratch) {
   const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   v = warp_sum(v);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float t = lane < warps ? scratch[lane] : 0.0f;
-  t = warp_sum(t);
-  __syncthreads();
-  return t;
-}
-ABL_FN double block_sum(double v, double* scratch) {
-  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  v = warp_sum(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  double t = lane < warps ? scratch[lane] : 0.0;
+  A t = lane < warps ? scratch[lane] : A(0);
   t = warp_sum(t);
   __syncthreads();
   return t;
