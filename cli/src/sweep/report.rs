@@ -134,7 +134,12 @@ fn delta_html(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -
         Some(true) => "worse",
         _ => "",
     };
-    let ci_text = ci.map(|(lo, hi)| format!("<br>95% CI [{:+.*}, {:+.*}]{}", digits, lo * scale, digits, hi * scale, if class.is_empty() { " n.s." } else { "" })).unwrap_or_default();
+    let verdict = match results::significant(r, m) {
+        Some(true) => "",
+        Some(false) => " n.s.",
+        None => " (one seed: images only)",
+    };
+    let ci_text = ci.map(|(lo, hi)| format!("<br>95% CI [{:+.*}, {:+.*}]{verdict}", digits, lo * scale, digits, hi * scale)).unwrap_or_default();
     format!(r#"<span class="d {class}">{:+.*}{pct}{ci_text}</span>"#, digits, dv * scale)
 }
 
@@ -175,7 +180,7 @@ fn table(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
     h.push_str(&format!(
         r#"<p class="note">Below each number: the delta vs baseline. {}</p>"#,
         if any_ci {
-            format!("Green / red: better / worse, with a 95% paired bootstrap interval ({} resamples of the evaluation images) that excludes zero; n.s.: the interval contains zero.", results::REPS)
+            "Green / red: better / worse, with a 95% t-interval of the per-seed deltas (each seed paired with the baseline's) that excludes zero; n.s.: the interval contains zero. With one seed there is no verdict: the interval shown resamples the evaluation images of one run and does not cover training noise.".to_string()
         } else {
             "No confidence intervals: the per-image evaluation numbers are not at hand (they stay with the workers of a remote sweep).".to_string()
         }

@@ -3,9 +3,13 @@
 //! and %). Printed as a table, markdown, CSV or JSON (stable field names, docs/sweeps.md).
 //!
 //! Is a difference real? For FD-scenes, MMD and accuracy, when the runs' per-image
-//! evaluation numbers are at hand (`eval-samples.safetensors`, local runs), a 95% paired
-//! bootstrap interval of the delta vs baseline (`ablate_trainer::eval::bootstrap`); a delta
-//! whose interval excludes zero is marked significant.
+//! evaluation numbers are at hand (`eval-samples.safetensors`, local runs): with two or more
+//! seeds, a 95% t-interval of the per-seed deltas vs baseline (each seed's run paired with
+//! the baseline's run of the same seed, so training noise, data order and evaluation noise
+//! are all inside it); a delta whose interval excludes zero is marked significant. With one
+//! seed there is no verdict: the interval then resamples the evaluation images of one
+//! training run (`ablate_trainer::eval::bootstrap`), which says nothing about training noise,
+//! and A/A comparisons starred 7 of 9 times that way.
 //!
 //! Iso-compute (`iso`): the same metrics at an equal training-time budget and an equal number
 //! of samples seen, from the evaluations along the runs.
@@ -29,8 +33,11 @@ pub struct Row {
     pub status: String,
     pub steps: u64,
     pub metrics: Vec<(&'static str, Option<Stat>)>,
-    /// 95% interval of the delta vs baseline, per metric that has one.
+    /// 95% interval of the delta vs baseline, per metric that has one: over seeds when
+    /// `n_seeds` >= 2, over the evaluation images of the one seed otherwise.
     pub ci95: Vec<(&'static str, (f64, f64))>,
+    /// Seeds paired with the baseline's behind `ci95` (0: no interval).
+    pub n_seeds: usize,
     /// The metrics at equal training time and at equal samples seen.
     pub iso: Vec<AtBudget>,
     /// The best value of each evaluation metric over the evaluations along the runs (mean
@@ -75,7 +82,7 @@ pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
             let status = mine.iter().map(|j| j.state()).min_by_key(|s| rank(*s)).map(|s| s.label()).unwrap_or("missing").to_string();
             let metrics = METRICS.iter().map(|m| (*m, stat(&mine.iter().filter_map(|j| value(j, m)).collect::<Vec<_>>()))).collect();
             let steps = mine.iter().filter_map(|j| j.result.as_ref().map(|r| r.steps)).max().unwrap_or_else(|| mine.iter().map(|j| j.step).max().unwrap_or(0));
-            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![], iso: vec![], best: vec![] }
+            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![], n_seeds: 0, iso: vec![], best: vec![] }
         })
         .collect()
 }
@@ -86,7 +93,7 @@ pub const REPS: usize = 1000;
 /// Fills `ci95` of every arm from the per-image numbers `samples` gives for a job (pairing
 /// seed s of an arm with seed s of the baseline, by position).
 pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn Fn(&v1::Job) -> Option<EvalSamples>) {
-    use ablate_trainer::eval::bootstrap::{paired_interval, Metric};
+    use ablate_trainer::eval::bootstrap::{paired_interval, per_seed_deltas, t_interval, Metric};
     let of = |arm: &str| -> Vec<Option<EvalSamples>> { jobs.iter().filter(|(a, j)| a == arm && j.state() == JobState::Succeeded).map(|(_, j)| samples(j)).collect() };
     let base = of("baseline");
     for row in rows.iter_mut().filter(|r| r.arm != "baseline") {
@@ -95,8 +102,14 @@ pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn
         if pairs.is_empty() {
             continue;
         }
+        row.n_seeds = pairs.len();
         for (name, m) in [("fd_scenes", Metric::FdScenes), ("mmd", Metric::Mmd), ("accuracy", Metric::Accuracy)] {
-            match paired_interval(&pairs, m, REPS, 0x5eed) {
+            let ci = if pairs.len() >= 2 {
+                per_seed_deltas(&pairs, m).and_then(|d| t_interval(&d).ok_or_else(|| ablate_trainer::eval::EvalError::Shape(format!("a seed's delta is not finite: {d:?}"))))
+            } else {
+                paired_interval(&pairs, m, REPS, 0x5eed)
+            };
+            match ci {
                 Ok(ci) => row.ci95.push((name, ci)),
                 Err(e) => eprintln!("no interval for {} {name}: {e}", row.arm),
             }
@@ -123,7 +136,12 @@ pub fn add_iso(rows: &mut [Row], jobs: &[(String, v1::Job)], series: &HashMap<St
     }
 }
 
+/// Whether the delta of `m` is significant at 95%: only from a seed-level interval (two or
+/// more seeds); None where there is no verdict (one seed, or no interval).
 pub fn significant(r: &Row, m: &str) -> Option<bool> {
+    if r.n_seeds < 2 {
+        return None;
+    }
     r.ci95.iter().find(|(k, _)| *k == m).map(|(_, (lo, hi))| *lo > 0.0 || *hi < 0.0)
 }
 
@@ -191,6 +209,8 @@ pub fn json(rows: &[Row]) -> Value {
                 if !r.ci95.is_empty() {
                     o["ci95"] = Value::Object(r.ci95.iter().map(|(m, (lo, hi))| (m.to_string(), json!([lo, hi]))).collect());
                     o["significant"] = Value::Object(r.ci95.iter().map(|(m, _)| (m.to_string(), json!(significant(r, m)))).collect());
+                    o["n_seeds"] = json!(r.n_seeds);
+                    o["interval"] = json!(if r.n_seeds >= 2 { "seeds-t" } else { "evaluation-images-bootstrap" });
                 }
                 o
             })
@@ -214,11 +234,18 @@ fn cell(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -> Stri
 }
 
 fn footnote(rows: &[Row]) -> String {
-    if rows.iter().any(|r| !r.ci95.is_empty()) {
-        format!("* the 95% paired bootstrap interval of the delta excludes 0 ({REPS} resamples of the evaluation images; FD-scenes, MMD, accuracy)\n")
-    } else {
-        String::from("(no confidence intervals: the per-image evaluation numbers are not at hand)\n")
+    let with_ci: Vec<&Row> = rows.iter().filter(|r| !r.ci95.is_empty()).collect();
+    if with_ci.is_empty() {
+        return String::from("(no confidence intervals: the per-image evaluation numbers are not at hand)\n");
     }
+    let mut out = String::new();
+    if let Some(n) = with_ci.iter().map(|r| r.n_seeds).filter(|&n| n >= 2).min() {
+        out.push_str(&format!("* the 95% t-interval of the delta over the paired seeds ({n} or more per arm) excludes 0 (FD-scenes, MMD, accuracy)\n"));
+    }
+    if with_ci.iter().any(|r| r.n_seeds < 2) {
+        out.push_str("one seed per arm: no significance marks. Training noise is not covered: the intervals in results.json resample the evaluation images of one run (list seeds = [0, 1, 2] or more for seed-level intervals)\n");
+    }
+    out
 }
 
 /// Whether every run reaches the budget exactly at its last step: the iso-compute table is then
@@ -366,7 +393,29 @@ mod tests {
     }
 
     fn row(arm: &str, iso: Vec<AtBudget>) -> Row {
-        Row { arm: arm.into(), job_ids: vec![], status: "succeeded".into(), steps: 400, metrics: vec![], ci95: vec![], iso, best: vec![] }
+        Row { arm: arm.into(), job_ids: vec![], status: "succeeded".into(), steps: 400, metrics: vec![], ci95: vec![], n_seeds: 0, iso, best: vec![] }
+    }
+
+    /// A star only from a seed-level interval: the same interval excluding 0 gives no verdict
+    /// from one seed (and the table says why) and a star from two.
+    #[test]
+    fn one_seed_gives_no_star_and_says_so() {
+        let stat = |v: f64| Some(Stat { mean: v, std: 0.0, n: 1 });
+        let mut base = row("baseline", vec![]);
+        base.metrics = vec![("fd_scenes", stat(100.0))];
+        let mut arm = row("arm", vec![]);
+        arm.metrics = vec![("fd_scenes", stat(80.0))];
+        arm.ci95 = vec![("fd_scenes", (-30.0, -10.0))];
+        arm.n_seeds = 1;
+        assert_eq!(significant(&arm, "fd_scenes"), None);
+        let one = text(&[base.clone(), arm.clone()], "table");
+        assert!(!one.contains(")*"), "{one}");
+        assert!(one.contains("one seed per arm: no significance marks"), "{one}");
+        arm.n_seeds = 2;
+        assert_eq!(significant(&arm, "fd_scenes"), Some(true));
+        let two = text(&[base, arm], "table");
+        assert!(two.contains("(-20.0, -20%)*"), "{two}");
+        assert!(two.contains("t-interval of the delta over the paired seeds") && !two.contains("one seed per arm"), "{two}");
     }
 
     /// An iso-compute table that would repeat the main table (every run at its last step) is

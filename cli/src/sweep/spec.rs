@@ -238,6 +238,10 @@ impl Sweep {
                 return Err(err(format!("seed {d} is listed twice in `seeds`")));
             }
         }
+        // the jobs' seeds come from `seeds`: a different seed in [baseline] would be replaced
+        if file.baseline.seed != 0 && file.seeds != [file.baseline.seed] {
+            return Err(err(format!("[baseline] sets seed = {}, but every job takes its seed from `seeds` ({:?}): move it there (seeds = [{}])", file.baseline.seed, file.seeds, file.baseline.seed)));
+        }
         // the baseline, resolved with every default, is what arms override
         let mut baseline = file.baseline.clone();
         if let Some(s) = file.steps {
@@ -257,6 +261,9 @@ impl Sweep {
             }
             let mut overrides = Vec::new();
             flatten("", &a.overrides, &mut overrides);
+            if overrides.iter().any(|(k, _)| k == "seed") {
+                return Err(err(format!("arm \"{name}\": \"seed\" cannot be overridden: every arm runs once per seed of the sweep's `seeds` list, which would replace it (list the seeds there: seeds = [0, 1, 2])")));
+            }
             if overrides.is_empty() {
                 return Err(err(format!("arm \"{name}\" has no overrides: it would repeat the baseline")));
             }
@@ -266,6 +273,9 @@ impl Sweep {
         if !file.grid.is_empty() {
             let mut points: Vec<Vec<(String, Value)>> = vec![vec![]];
             for (key, values) in &file.grid {
+                if key == "seed" {
+                    return Err(err("grid axis \"seed\": seeds are not an ablation axis; list them in `seeds` (every arm runs once per seed)".into()));
+                }
                 if values.is_empty() {
                     return Err(err(format!("grid axis \"{key}\" has no values")));
                 }
