@@ -131,6 +131,6 @@ pub mod kernels {
     extern "C" {
         pub fn ablate_grad_sq_partials(table: *const AdamwTensor, chunk_tensor: *const i32, chunk_start: *const i64, part: *mut f64);
         pub fn ablate_grad_clip_finish(part: *const f64, parts: i32, max_norm: f32, out: *mut f32);
-        pub fn ablate_adamw_multi(table: *const AdamwTensor, chunk_tensor: *const i32, chunk_start: *const i64, clip: *const f32, b1: f32, c1: f32, b2: f32, c2: f32, inv_bc1: f32, inv_bc2: f32, eps: f32, decay: f32, lr: f32);
+        pub fn ablate_adamw_multi(table: *const AdamwTensor, chunk_tensor: *const i32, chunk_start: *const i64, clip: *const f32, b1: f32, c1: f32, b2: f32, c2: f32, inv_bc1: f32, inv_bc2: f32, eps: f32, decay: f32, use_decay: i32, lr: f32);
     }
 }

@@ -53,7 +53,7 @@ fn multi_tensor_adamw_matches_the_cpu_optimizer_bit_for_bit() {
             let (pt, pc, ps) = (P::of_ref(&table), P::of_ref(&chunk_tensor), P::of_ref(&chunk_start));
             launch((chunk_tensor.len() as u32, 1), geo::BLOCK, || unsafe {
                 // SAFETY: the table points at live host buffers of the sizes it states
-                kernels::ablate_adamw_multi(pt.get(), pc.get(), ps.get(), std::ptr::null(), s.b1, s.c1, s.b2, s.c2, s.inv_bc1, s.inv_bc2, s.eps, s.decay.unwrap_or(-1.0), s.lr)
+                kernels::ablate_adamw_multi(pt.get(), pc.get(), ps.get(), std::ptr::null(), s.b1, s.c1, s.b2, s.c2, s.inv_bc1, s.inv_bc2, s.eps, s.decay.unwrap_or(1.0), s.decay.is_some() as i32, s.lr)
             })
             .expect("emulated launch");
             for (i, (h, p)) in host.iter().zip(&params).enumerate() {
@@ -105,7 +105,7 @@ fn gradient_norm_and_clip_agree_with_the_cpu() {
     let clip_used = [clip[0], want_factor];
     let pcl = P::of_ref(&clip_used);
     launch((chunk_tensor.len() as u32, 1), geo::BLOCK, || unsafe {
-        kernels::ablate_adamw_multi(pt.get(), pc.get(), ps.get(), pcl.get(), s.b1, s.c1, s.b2, s.c2, s.inv_bc1, s.inv_bc2, s.eps, s.decay.unwrap_or(-1.0), s.lr)
+        kernels::ablate_adamw_multi(pt.get(), pc.get(), ps.get(), pcl.get(), s.b1, s.c1, s.b2, s.c2, s.inv_bc1, s.inv_bc2, s.eps, s.decay.unwrap_or(1.0), s.decay.is_some() as i32, s.lr)
     })
     .unwrap();
     for (i, (h, p)) in host.iter().zip(&params).enumerate() {

@@ -131,11 +131,11 @@ fn layer_norm_modulate_matches_the_cpu_op() {
             run(geo::ln_rows(rows, d), || k!(prec, ablate_ln_modulate_bwd_dx_f32, ablate_ln_modulate_bwd_dx_bf16, px.get(), psc.get(), pdy.get(), pdx.get(), pst.get(), rows as i32, n as i32, d as i32, shared as i32, offset, 1e-6f64));
             assert_close("ln dx", prec, &dx.values(), &want_g[0]);
             let (groups, group_rows) = if shared { (1, rows) } else { (b, n) };
-            let chunks = geo::chunks(group_rows);
+            let (chunk_rows, chunks) = (geo::chunk_rows(groups, group_rows), geo::chunks(groups, group_rows));
             assert!(chunks > 1, "the test must cross a chunk boundary");
             let (mut ps, mut pc) = (vec![0f32; groups * chunks * d], vec![0f32; groups * chunks * d]);
             let (pps, ppc, pst) = (P::of(&mut ps), P::of(&mut pc), P::of_ref(&stats));
-            run(geo::column_partials(groups, group_rows, d), || k!(prec, ablate_ln_modulate_param_partials_f32, ablate_ln_modulate_param_partials_bf16, px.get(), pdy.get(), pst.get(), pps.get(), ppc.get(), group_rows as i32, geo::CHUNK_ROWS as i32, chunks as i32, d as i32));
+            run(geo::column_partials(groups, group_rows, d), || k!(prec, ablate_ln_modulate_param_partials_f32, ablate_ln_modulate_param_partials_bf16, px.get(), pdy.get(), pst.get(), pps.get(), ppc.get(), group_rows as i32, chunk_rows as i32, chunks as i32, d as i32));
             for (what, part, want) in [("ln dshift", &ps, &want_g[1]), ("ln dscale", &pc, &want_g[2])] {
                 let out = Buf::zeros(prec, groups * d);
                 let (pp, po) = (P::of_ref(part), out.p());
@@ -165,10 +165,10 @@ fn rms_norm_matches_the_cpu_op() {
             let pst = P::of(&mut stats);
             run(geo::rms_rows(rows), || k!(prec, ablate_rms_norm_bwd_dx_f32, ablate_rms_norm_bwd_dx_bf16, px.get(), pw.get(), pdy.get(), pdx.get(), pst.get(), rows as i64, d as i32, 1e-6f64));
             assert_close("rms dx", prec, &dx.values(), &want_g[0]);
-            let chunks = geo::chunks(rows);
+            let (chunk_rows, chunks) = (geo::chunk_rows(1, rows), geo::chunks(1, rows));
             let mut part = vec![0f32; chunks * d];
             let (pp, pst) = (P::of(&mut part), P::of_ref(&stats));
-            run(geo::column_partials(1, rows, d), || k!(prec, ablate_rms_norm_dw_partials_f32, ablate_rms_norm_dw_partials_bf16, px.get(), pdy.get(), pst.get(), pp.get(), rows as i64, geo::CHUNK_ROWS as i32, d as i32));
+            run(geo::column_partials(1, rows, d), || k!(prec, ablate_rms_norm_dw_partials_f32, ablate_rms_norm_dw_partials_bf16, px.get(), pdy.get(), pst.get(), pp.get(), rows as i64, chunk_rows as i32, d as i32));
             let dw = Buf::zeros(prec, d);
             let (pp, pdw) = (P::of_ref(&part), dw.p());
             run(geo::column_sum(1, d), || k!(prec, ablate_col_sum_f32, ablate_col_sum_bf16, pp.get(), pdw.get(), 1i32, chunks as i32, d as i32));
@@ -235,10 +235,10 @@ fn gated_residual_matches_the_cpu_op() {
         assert_close("residual forward", prec, &out.values(), &want);
         run(geo::elementwise(total), || k!(prec, ablate_gated_residual_bwd_dy_f32, ablate_gated_residual_bwd_dy_bf16, pg.get(), pd.get(), pdy.get(), total as i64, n as i32, d as i32));
         assert_close("residual dy", prec, &dy.values(), &want_g[1]);
-        let chunks = geo::chunks(n);
+        let (chunk_rows, chunks) = (geo::chunk_rows(b, n), geo::chunks(b, n));
         let mut part = vec![0f32; b * chunks * d];
         let pp = P::of(&mut part);
-        run(geo::column_partials(b, n, d), || k!(prec, ablate_gated_residual_dgate_partials_f32, ablate_gated_residual_dgate_partials_bf16, py.get(), pd.get(), pp.get(), n as i32, geo::CHUNK_ROWS as i32, chunks as i32, d as i32));
+        run(geo::column_partials(b, n, d), || k!(prec, ablate_gated_residual_dgate_partials_f32, ablate_gated_residual_dgate_partials_bf16, py.get(), pd.get(), pp.get(), n as i32, chunk_rows as i32, chunks as i32, d as i32));
         let dg = Buf::zeros(prec, b * d);
         let (pp, pdg) = (P::of_ref(&part), dg.p());
         run(geo::column_sum(b, d), || k!(prec, ablate_col_sum_f32, ablate_col_sum_bf16, pp.get(), pdg.get(), b as i32, chunks as i32, d as i32));

@@ -152,10 +152,9 @@ pub fn run_distributed(
         None
     };
     let mut evals = EvalLog::restore(&files.evals, first, total, evaluator.is_some(), progress)?;
-    let t0 = Instant::now();
-    let trained_samples = train_loop(&cfg, &files, &mut trainer, group, progress, &mut metrics, evaluator.as_ref(), &mut evals)?;
+    let (trained_samples, seconds) = train_loop(&cfg, &files, &mut trainer, group, progress, &mut metrics, evaluator.as_ref(), &mut evals)?;
     // Training time only: evaluation is reported separately.
-    let wall = t0.elapsed().as_secs_f64() - evals.seconds;
+    let wall = seconds - evals.seconds;
     if opts.samples && lead {
         write_samples(&cfg, &files.out, &trainer, progress)?;
     }
@@ -295,7 +294,8 @@ impl EvalLog {
 
 /// Trains from the trainer's step to `cfg.train.steps`: batches from the loader thread,
 /// gradients exchanged over the group, a metrics record per step, evaluations when due (rank
-/// 0; the others wait at a barrier) and periodic checkpoints. Returns the samples trained on.
+/// 0; the others wait at a barrier) and periodic checkpoints. Returns the samples trained on
+/// and the seconds from the loader's start to the last checkpoint.
 #[allow(clippy::too_many_arguments)]
 fn train_loop(
     cfg: &TrainConfig,
@@ -306,17 +306,18 @@ fn train_loop(
     metrics: &mut MetricsLog,
     evaluator: Option<&crate::eval::suite::Evaluator>,
     evals: &mut EvalLog,
-) -> Result<usize, TrainError> {
+) -> Result<(usize, f64), TrainError> {
     let (rank, world, total) = (group.rank(), group.world(), cfg.train.steps);
     let lead = rank == 0;
     let spec = BatchSpec::new(cfg, rank, world).map_err(|e| TrainError::Data(e.to_string()))?;
     let loader = Loader::start(spec, trainer.step, total);
+    let t0 = Instant::now();
     let mut trained_samples = 0usize;
     while trainer.step < total {
         let (point, samples) = train_step(cfg, trainer, &loader, group)?;
         trained_samples += samples;
+        metrics.push(point.clone())?;
         progress.step(&point, total);
-        metrics.push(point)?;
         if world > 1 && !lead && cfg.eval.samples > 0 && cfg.eval.due(trainer.step, total) {
             // rank 0 evaluates alone; wait for it (a dead rank 0 still fails this at once)
             progress.phase("evaluating");
@@ -339,7 +340,7 @@ fn train_loop(
     if lead {
         trainer.save(&files.ckpt)?;
     }
-    Ok(trained_samples)
+    Ok((trained_samples, t0.elapsed().as_secs_f64()))
 }
 
 /// One optimizer step on the next batch, with its gradients averaged over the group: its

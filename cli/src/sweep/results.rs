@@ -94,7 +94,9 @@ pub const REPS: usize = 1000;
 /// seed s of an arm with seed s of the baseline, by position).
 pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn Fn(&v1::Job) -> Option<EvalSamples>) {
     use ablate_trainer::eval::bootstrap::{paired_interval, per_seed_deltas, t_interval, Metric};
-    let of = |arm: &str| -> Vec<Option<EvalSamples>> { jobs.iter().filter(|(a, j)| a == arm && j.state() == JobState::Succeeded).map(|(_, j)| samples(j)).collect() };
+    // every arm's jobs come in the order of `seeds`, so the i-th job of an arm and the i-th of
+    // the baseline share a seed; a pair counts only when both succeeded and left samples
+    let of = |arm: &str| -> Vec<Option<EvalSamples>> { jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| (j.state() == JobState::Succeeded).then(|| samples(j)).flatten()).collect() };
     let base = of("baseline");
     for row in rows.iter_mut().filter(|r| r.arm != "baseline") {
         let mine = of(&row.arm);

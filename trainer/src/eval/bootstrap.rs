@@ -150,7 +150,9 @@ pub fn t_interval(deltas: &[f64]) -> Option<(f64, f64)> {
     }
     let mean = deltas.iter().sum::<f64>() / n as f64;
     let sd = (deltas.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
-    let t = T975.get(n - 2).copied().unwrap_or(1.96);
+    // beyond the table, the first-order expansion of t around the normal quantile
+    let df = (n - 1) as f64;
+    let t = T975.get(n - 2).copied().unwrap_or(1.959_964 + (1.959_964f64.powi(3) + 1.959_964) / (4.0 * df));
     let half = t * sd / (n as f64).sqrt();
     Some((mean - half, mean + half))
 }

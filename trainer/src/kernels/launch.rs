@@ -42,16 +42,26 @@ pub fn rms_rows(rows: usize) -> Launch {
     ((ceil_div(rows, 8).clamp(1, MAX_GRID) as u32, 1), 256)
 }
 
-/// Chunks of `CHUNK_ROWS` rows in a group of `group_rows` rows.
-pub fn chunks(group_rows: usize) -> usize {
-    ceil_div(group_rows, CHUNK_ROWS).max(1)
+/// CUDA's limit on `gridDim.y`.
+const MAX_GRID_Y: usize = 65_535;
+
+/// Rows per chunk of the first pass of a column sum over `groups` groups of `group_rows` rows:
+/// `CHUNK_ROWS`, or more where the chunks would not fit in one grid's y dimension.
+pub fn chunk_rows(groups: usize, group_rows: usize) -> usize {
+    let per_group = (MAX_GRID_Y / groups.max(1)).max(1);
+    CHUNK_ROWS.max(ceil_div(group_rows, per_group))
+}
+
+/// Chunks per group (see [`chunk_rows`]).
+pub fn chunks(groups: usize, group_rows: usize) -> usize {
+    ceil_div(group_rows, chunk_rows(groups, group_rows)).max(1)
 }
 
 /// First pass of a column sum over `groups` groups of `group_rows` rows of width `d`: a
 /// thread per column and chunk of rows.
 pub fn column_partials(groups: usize, group_rows: usize, d: usize) -> Launch {
     let block = row_block(d);
-    ((ceil_div(d, block as usize) as u32, (groups * chunks(group_rows)) as u32), block)
+    ((ceil_div(d, block as usize) as u32, (groups * chunks(groups, group_rows)) as u32), block)
 }
 
 /// Second pass: `groups * d` sums over the chunks.
@@ -91,5 +101,10 @@ mod tests {
         assert_eq!(t, vec![0, 1, 2, 2]);
         assert_eq!(s, vec![0, 0, 0, 65_536]);
         assert_eq!(super::elementwise(0).0 .0, 1);
+        // a column sum over more rows than 64-row chunks fit in gridDim.y takes longer chunks
+        let (groups, rows) = (1, 256 * 16 * 1024);
+        let ((_, gy), _) = super::column_partials(groups, rows, 64);
+        assert!(gy as usize <= 65_535 && gy as usize * super::chunk_rows(groups, rows) >= rows, "{gy}");
+        assert_eq!(super::chunk_rows(3, 130), super::CHUNK_ROWS);
     }
 }

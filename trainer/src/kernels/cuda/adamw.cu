@@ -52,11 +52,12 @@ extern "C" __global__ void ablate_grad_clip_finish(const double* part, int parts
   }
 }
 
-// `clip` null: gradients used as they are; otherwise clip[1] scales them. `decay` < 0: no
-// weight decay. b1 = beta1, c1 = 1 - beta1 (each rounded to f32 from f64, like the CPU op).
+// `clip` null: gradients used as they are; otherwise clip[1] scales them. `use_decay` 0: no
+// weight decay (`decay` = 1 - lr * weight_decay is ignored). b1 = beta1, c1 = 1 - beta1 (each rounded to f32 from f64, like the CPU op).
 extern "C" __global__ void ablate_adamw_multi(const AdamwTensor* table, const int* chunk_tensor, const long* chunk_start,
                                               const float* clip, float b1, float c1, float b2, float c2,
-                                              float inv_bc1, float inv_bc2, float eps, float decay, float lr) {
+                                              float inv_bc1, float inv_bc2, float eps, float decay, int use_decay,
+                                              float lr) {
   const AdamwTensor t = table[chunk_tensor[blockIdx.x]];
   const long c0 = chunk_start[blockIdx.x], cend = min(c0 + ABL_ADAMW_CHUNK, t.n);
   const float s = clip ? clip[1] : 1.0f;
@@ -67,7 +68,7 @@ extern "C" __global__ void ablate_adamw_multi(const AdamwTensor* table, const in
     const float vk = __fadd_rn(__fadd_rn(__fmul_rn(t.v[k], b2), 0.0f), __fadd_rn(__fmul_rn(__fmul_rn(g, g), c2), 0.0f));
     const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(__fadd_rn(__fmul_rn(vk, inv_bc2), 0.0f)), 1.0f), eps);
     const float update = __fdiv_rn(__fadd_rn(__fmul_rn(mk, inv_bc1), 0.0f), denom);
-    const float w = decay >= 0.0f ? __fadd_rn(__fmul_rn(t.w[k], decay), 0.0f) : t.w[k];
+    const float w = use_decay ? __fadd_rn(__fmul_rn(t.w[k], decay), 0.0f) : t.w[k];
     const float nw = __fadd_rn(w, -__fadd_rn(__fmul_rn(update, lr), 0.0f));
     t.w[k] = nw;
     t.m[k] = mk;

@@ -57,7 +57,7 @@ pub(crate) fn step(w: &[&Tensor], g: &[&Tensor], m: &[&Tensor], v: &[&Tensor], s
     let table = stream.clone_htod(&table).w()?;
     let chunk_tensor_d = stream.clone_htod(&chunk_tensor).w()?;
     let chunk_start_d = stream.clone_htod(&chunk_start).w()?;
-    let decay = s.decay.unwrap_or(-1.0);
+    let (decay, use_decay) = (s.decay.unwrap_or(1.0), s.decay.is_some() as i32);
     launch!(
         &dev,
         plain_func(&dev, &ADAMW, "ablate_adamw_multi")?,
@@ -74,6 +74,7 @@ pub(crate) fn step(w: &[&Tensor], g: &[&Tensor], m: &[&Tensor], v: &[&Tensor], s
         s.inv_bc2,
         s.eps,
         decay,
+        use_decay,
         s.lr,
     );
     Ok(())

@@ -55,7 +55,7 @@ impl CustomOp3 for LnModulateBwd {
         let shared = sl.dims()[0] == 1;
         let rows = b * n;
         let (groups, group_rows) = if shared { (1, rows) } else { (b, n) };
-        let chunks = geo::chunks(group_rows);
+        let (chunk_rows, chunks) = (geo::chunk_rows(groups, group_rows), geo::chunks(groups, group_rows));
         let total = rows * d + 2 * groups * d;
         with_elem!(same_dtype(what, &[xs, ss, gs])?, what, T => {
             let (x, dy) = (|| view::<T>(xs, xl, what), || view::<T>(gs, gl, what));
@@ -65,7 +65,7 @@ impl CustomOp3 for LnModulateBwd {
             let stats = unsafe { dev.alloc::<f32>(2 * rows)? };
             let (ps, pc) = unsafe { (dev.alloc::<f32>(groups * chunks * d)?, dev.alloc::<f32>(groups * chunks * d)?) };
             launch!(&dev, func::<T>(&dev, &NORM, "ablate_ln_modulate_bwd_dx")?, config(geo::ln_rows(rows, d)), x()?, sc, dy()?, out.slice(..rows * d), stats.slice(..), rows as i32, n as i32, d as i32, shared as i32, self.offset, self.eps);
-            launch!(&dev, func::<T>(&dev, &NORM, "ablate_ln_modulate_param_partials")?, config(geo::column_partials(groups, group_rows, d)), x()?, dy()?, stats.slice(..), ps.slice(..), pc.slice(..), group_rows as i32, geo::CHUNK_ROWS as i32, chunks as i32, d as i32);
+            launch!(&dev, func::<T>(&dev, &NORM, "ablate_ln_modulate_param_partials")?, config(geo::column_partials(groups, group_rows, d)), x()?, dy()?, stats.slice(..), ps.slice(..), pc.slice(..), group_rows as i32, chunk_rows as i32, chunks as i32, d as i32);
             col_sum!(&dev, T, ps.slice(..), out.slice(rows * d..rows * d + groups * d), groups, chunks, d);
             col_sum!(&dev, T, pc.slice(..), out.slice(rows * d + groups * d..), groups, chunks, d);
             Ok((wrap(out, &dev), Shape::from(total)))
@@ -97,7 +97,7 @@ impl CustomOp3 for RmsNormBwd {
         let dev = xs.device().clone();
         let d = wl.shape().elem_count();
         let rows = xl.shape().elem_count() / d.max(1);
-        let chunks = geo::chunks(rows);
+        let (chunk_rows, chunks) = (geo::chunk_rows(1, rows), geo::chunks(1, rows));
         let total = rows * d + d;
         with_elem!(same_dtype(what, &[xs, ws, gs])?, what, T => {
             let (x, dy) = (|| view::<T>(xs, xl, what), || view::<T>(gs, gl, what));
@@ -106,7 +106,7 @@ impl CustomOp3 for RmsNormBwd {
             let out = unsafe { dev.alloc::<T>(total)? };
             let (stats, part) = unsafe { (dev.alloc::<f32>(rows)?, dev.alloc::<f32>(chunks * d)?) };
             launch!(&dev, func::<T>(&dev, &NORM, "ablate_rms_norm_bwd_dx")?, config(geo::rms_rows(rows)), x()?, w, dy()?, out.slice(..rows * d), stats.slice(..), rows as i64, d as i32, self.eps);
-            launch!(&dev, func::<T>(&dev, &NORM, "ablate_rms_norm_dw_partials")?, config(geo::column_partials(1, rows, d)), x()?, dy()?, stats.slice(..), part.slice(..), rows as i64, geo::CHUNK_ROWS as i32, d as i32);
+            launch!(&dev, func::<T>(&dev, &NORM, "ablate_rms_norm_dw_partials")?, config(geo::column_partials(1, rows, d)), x()?, dy()?, stats.slice(..), part.slice(..), rows as i64, chunk_rows as i32, d as i32);
             col_sum!(&dev, T, part.slice(..), out.slice(rows * d..), 1usize, chunks, d);
             Ok((wrap(out, &dev), Shape::from(total)))
         })
@@ -207,7 +207,7 @@ impl CustomOp3 for GatedResidualBwd {
         let dev = ys.device().clone();
         let (b, n, d) = yl.shape().dims3()?;
         let total = b * n * d;
-        let chunks = geo::chunks(n);
+        let (chunk_rows, chunks) = (geo::chunk_rows(b, n), geo::chunks(b, n));
         with_elem!(same_dtype(what, &[ys, gs, ds])?, what, T => {
             let (y, gate) = (view::<T>(ys, yl, what)?, view::<T>(gs, gl, what)?);
             let dout = || view::<T>(ds, dl, what);
@@ -215,7 +215,7 @@ impl CustomOp3 for GatedResidualBwd {
             let out = unsafe { dev.alloc::<T>(total + b * d)? };
             let part = unsafe { dev.alloc::<f32>(b * chunks * d)? };
             launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_residual_bwd_dy")?, config(geo::elementwise(total)), gate, dout()?, out.slice(..total), total as i64, n as i32, d as i32);
-            launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_residual_dgate_partials")?, config(geo::column_partials(b, n, d)), y, dout()?, part.slice(..), n as i32, geo::CHUNK_ROWS as i32, chunks as i32, d as i32);
+            launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_residual_dgate_partials")?, config(geo::column_partials(b, n, d)), y, dout()?, part.slice(..), n as i32, chunk_rows as i32, chunks as i32, d as i32);
             col_sum!(&dev, T, part.slice(..), out.slice(total..), b, chunks, d);
             Ok((wrap(out, &dev), Shape::from(total + b * d)))
         })
