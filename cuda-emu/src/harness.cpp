@@ -5,6 +5,7 @@
 #include "loss.cu"
 #include "norm.cu"
 #include "pointwise.cu"
+#include "qkv.cu"
 
 extern "C" int ablate_emu_launch(unsigned gx, unsigned gy, unsigned bx, void (*thread_fn)(void*), void* data,
                                  char* err, unsigned long err_len) {

@@ -105,6 +105,9 @@ pub mod kernels {
         ablate_mse_bwd_f32(a: *const f32, b: *const f32, g: *const f32, da: *mut f32, db: *mut f32, n: i64);
         ablate_masked_softmax_fwd_f32(s: *const f32, bias: *const f32, p: *mut f32, rows: i64, rows_per_sample: i64, nk: i32, scale: f32);
         ablate_masked_softmax_bwd_f32(p: *const f32, dp: *const f32, ds: *mut f32, rows: i64, nk: i32, scale: f32);
+        ablate_qkv_prep_fwd_f32(qkv: *const f32, tkv: *const f32, w: *const f32, cos: *const f32, sin: *const f32, out: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
+        ablate_qkv_prep_bwd_f32(qkv: *const f32, tkv: *const f32, w: *const f32, cos: *const f32, sin: *const f32, g: *const f32, dqkv: *mut f32, dtkv: *mut f32, stats: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
+        ablate_qkv_prep_dw_partials_f32(qkv: *const f32, tkv: *const f32, cos: *const f32, sin: *const f32, g: *const f32, stats: *const f32, part: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, chunk_rows: i32, chunks: i32);
     );
     typed!(
         ablate_ln_modulate_fwd_bf16(x: *const u16, shift: *const u16, scale: *const u16, y: *mut u16, rows: i32, n: i32, d: i32, shared: i32, offset: f32, eps: f64);
@@ -127,6 +130,9 @@ pub mod kernels {
         ablate_mse_bwd_bf16(a: *const u16, b: *const u16, g: *const u16, da: *mut u16, db: *mut u16, n: i64);
         ablate_masked_softmax_fwd_bf16(s: *const u16, bias: *const f32, p: *mut u16, rows: i64, rows_per_sample: i64, nk: i32, scale: f32);
         ablate_masked_softmax_bwd_bf16(p: *const u16, dp: *const u16, ds: *mut u16, rows: i64, nk: i32, scale: f32);
+        ablate_qkv_prep_fwd_bf16(qkv: *const u16, tkv: *const u16, w: *const u16, cos: *const f32, sin: *const f32, out: *mut u16, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
+        ablate_qkv_prep_bwd_bf16(qkv: *const u16, tkv: *const u16, w: *const u16, cos: *const f32, sin: *const f32, g: *const u16, dqkv: *mut u16, dtkv: *mut u16, stats: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
+        ablate_qkv_prep_dw_partials_bf16(qkv: *const u16, tkv: *const u16, cos: *const f32, sin: *const f32, g: *const u16, stats: *const f32, part: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, chunk_rows: i32, chunks: i32);
     );
     extern "C" {
         pub fn ablate_grad_sq_partials(table: *const AdamwTensor, chunk_tensor: *const i32, chunk_start: *const i64, part: *mut f64);

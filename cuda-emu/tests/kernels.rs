@@ -329,3 +329,67 @@ fn masked_softmax_matches_the_composition() {
         }
     }
 }
+
+/// Attention's input preparation (head split, QK RMSNorms, RoPE, text-key concatenation)
+/// against the composition of `layers::attention_core_composed`, with shared and per-sample
+/// RoPE tables: the packed [q | k | v], and dqkv, dtkv and the three norm weights' gradients.
+#[test]
+fn qkv_prep_matches_the_composition() {
+    use ablate_trainer::model::layers::{apply_rope_composed, rms_norm_composed, rope_tables};
+    let (b, n, t, heads, dh) = (2usize, 6usize, 4usize, 3usize, 8usize);
+    let h = heads * dh;
+    let (cos, sin) = rope_tables(2, 3, dh, 10000.0, &Device::Cpu).unwrap();
+    let idx = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 5, 4, 3, 2, 1, 0], &Device::Cpu).unwrap();
+    let per = (cos.index_select(&idx, 0).unwrap().reshape((b, n, dh / 2)).unwrap(), sin.index_select(&idx, 0).unwrap().reshape((b, n, dh / 2)).unwrap());
+    // the composed preparation, packed as the kernel packs it
+    let prep = |x: &[Tensor], c: &Tensor, s: &Tensor| -> candle_core::Result<Tensor> {
+        let heads_first = |t: Tensor| t.squeeze(2)?.transpose(1, 2)?.contiguous();
+        let qkv = x[0].reshape((b, n, 3, heads, dh))?;
+        let q = heads_first(qkv.narrow(2, 0, 1)?)?;
+        let k = heads_first(qkv.narrow(2, 1, 1)?)?;
+        let v = heads_first(qkv.narrow(2, 2, 1)?)?;
+        let q = apply_rope_composed(&rms_norm_composed(&q, &x[2], 1e-6)?, c, s)?;
+        let k = apply_rope_composed(&rms_norm_composed(&k, &x[3], 1e-6)?, c, s)?;
+        let tkv = x[1].reshape((b, t, 2, heads, dh))?;
+        let tk = rms_norm_composed(&heads_first(tkv.narrow(2, 0, 1)?)?, &x[4], 1e-6)?;
+        let tv = heads_first(tkv.narrow(2, 1, 1)?)?;
+        let k = Tensor::cat(&[&k, &tk], 2)?;
+        let v = Tensor::cat(&[&v, &tv], 2)?;
+        Tensor::cat(&[q.flatten_all()?, k.flatten_all()?, v.flatten_all()?], 0)
+    };
+    let rows = b * heads * (n + 2 * (n + t));
+    for prec in [F32, Bf16] {
+        let qkv = rounded(prec, &randn(b * n * 3 * h, 71, 1.5, 0.0));
+        let tkv = rounded(prec, &randn(b * t * 2 * h, 72, 1.5, 0.0));
+        let ws: Vec<Vec<f32>> = (0..3).map(|i| rounded(prec, &randn(dh, 73 + i, 0.3, 1.0))).collect();
+        let g = rounded(prec, &randn(rows * dh, 76, 1.0, 0.0));
+        let w_all: Vec<f32> = ws.concat();
+        for (c, s) in [(&cos, &sin), (&per.0, &per.1)] {
+            let (want, want_g) = cpu_grads(&[(&qkv, &[b, n, 3 * h]), (&tkv, &[b, t, 2 * h]), (&ws[0], &[dh]), (&ws[1], &[dh]), (&ws[2], &[dh])], &g, |x| prep(x, c, s));
+            let (cv, sv) = (c.flatten_all().unwrap().to_vec1::<f32>().unwrap(), s.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let per_sample = (c.rank() == 3) as i32;
+            let (qb, tb, wb, gb) = (Buf::new(prec, &qkv), Buf::new(prec, &tkv), Buf::new(prec, &w_all), Buf::new(prec, &g));
+            let out = Buf::zeros(prec, rows * dh);
+            let (pq, pt, pw, pc, ps, po) = (qb.p(), tb.p(), wb.p(), P::of_ref(&cv), P::of_ref(&sv), out.p());
+            run(geo::rms_rows(rows), || k!(prec, ablate_qkv_prep_fwd_f32, ablate_qkv_prep_fwd_bf16, pq.get(), pt.get(), pw.get(), pc.get(), ps.get(), po.get(), b as i64, heads as i32, n as i32, t as i32, dh as i32, per_sample, 1e-6f64));
+            assert_close("qkv prep forward", prec, &out.values(), &want);
+            let (dq, dt, mut stats) = (Buf::zeros(prec, qkv.len()), Buf::zeros(prec, tkv.len()), vec![0f32; rows]);
+            let (pg, pdq, pdt, pst) = (gb.p(), dq.p(), dt.p(), P::of(&mut stats));
+            run(geo::rms_rows(rows), || k!(prec, ablate_qkv_prep_bwd_f32, ablate_qkv_prep_bwd_bf16, pq.get(), pt.get(), pw.get(), pc.get(), ps.get(), pg.get(), pdq.get(), pdt.get(), pst.get(), b as i64, heads as i32, n as i32, t as i32, dh as i32, per_sample, 1e-6f64));
+            assert_close("qkv prep dqkv", prec, &dq.values(), &want_g[0]);
+            assert_close("qkv prep dtkv", prec, &dt.values(), &want_g[1]);
+            let per_weight = b * heads * n.max(t);
+            let (chunk_rows, chunks) = (geo::chunk_rows(3, per_weight), geo::chunks(3, per_weight));
+            let mut part = vec![0f32; 3 * chunks * dh];
+            let (pst, pp) = (P::of_ref(&stats), P::of(&mut part));
+            run(geo::column_partials(3, per_weight, dh), || k!(prec, ablate_qkv_prep_dw_partials_f32, ablate_qkv_prep_dw_partials_bf16, pq.get(), pt.get(), pc.get(), ps.get(), pg.get(), pst.get(), pp.get(), b as i64, heads as i32, n as i32, t as i32, dh as i32, per_sample, chunk_rows as i32, chunks as i32));
+            let dw = Buf::zeros(prec, 3 * dh);
+            let (pp, pdw) = (P::of_ref(&part), dw.p());
+            run(geo::column_sum(3, dh), || k!(prec, ablate_col_sum_f32, ablate_col_sum_bf16, pp.get(), pdw.get(), 3i32, chunks as i32, dh as i32));
+            let dwv = dw.values();
+            for (i, name) in ["qkv prep dwq", "qkv prep dwk", "qkv prep dwt"].iter().enumerate() {
+                assert_close(name, prec, &dwv[i * dh..(i + 1) * dh], &want_g[2 + i]);
+            }
+        }
+    }
+}

@@ -228,6 +228,13 @@ pub fn attention_core(qkv: &Tensor, tkv: &Tensor, norms: [&Tensor; 3], cos: &Ten
     if let Some(f) = via_f32(&[qkv, tkv, norms[0], norms[1], norms[2], bias])? {
         return attention_core(&f[0], &f[1], [&f[2], &f[3], &f[4]], cos, sin, &f[5], heads, eps)?.to_dtype(qkv.dtype());
     }
+    #[cfg(feature = "cuda")]
+    if crate::kernels::on_cuda(&[qkv, tkv]) && cos.device().same_device(qkv.device()) && norms.iter().all(|w| w.device().same_device(qkv.device())) {
+        // one kernel for the head split, QK norms, RoPE and text-key concatenation
+        let (b, n, h3) = qkv.dims3()?;
+        let (q, k, v) = crate::kernels::cuda::qkv::qkv_prep(qkv, tkv, norms, cos, sin, heads, eps)?;
+        return attention(&q, &k, &v, Some(bias))?.transpose(1, 2)?.reshape((b, n, h3 / 3));
+    }
     attention_core_composed(qkv, tkv, norms, cos, sin, bias, heads, eps)
 }
 

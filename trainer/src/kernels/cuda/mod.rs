@@ -10,6 +10,7 @@
 pub(crate) mod adamw;
 pub(crate) mod bwd;
 pub(crate) mod fwd;
+pub mod qkv;
 pub mod softmax;
 
 use candle_core::backend::BackendStorage;
