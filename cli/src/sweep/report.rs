@@ -176,6 +176,9 @@ fn table(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
         h.push_str("</tr>");
     }
     h.push_str("</table>");
+    for note in results::protocol_notes(&d.rows) {
+        h.push_str(&format!(r#"<p class="note">{}</p>"#, escape(&note)));
+    }
     let any_ci = d.rows.iter().any(|r| !r.ci95.is_empty());
     h.push_str(&format!(
         r#"<p class="note">Below each number: the delta vs baseline. {}</p>"#,

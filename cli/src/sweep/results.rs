@@ -16,6 +16,7 @@
 
 use ablate_proto::v1::{self, JobState};
 use ablate_trainer::eval::bootstrap::EvalSamples;
+use ablate_trainer::eval::protocol::Protocol;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -38,6 +39,10 @@ pub struct Row {
     pub ci95: Vec<(&'static str, (f64, f64))>,
     /// Seeds paired with the baseline's behind `ci95` (0: no interval).
     pub n_seeds: usize,
+    /// How this arm's evaluation protocol differs from the baseline's (another sample count,
+    /// reference, sampler...): its evaluation numbers are then not compared (no delta), since
+    /// FD in particular depends on N and on the reference set.
+    pub protocol_note: Option<String>,
     /// The metrics at equal training time and at equal samples seen.
     pub iso: Vec<AtBudget>,
     /// The best value of each evaluation metric over the evaluations along the runs (mean
@@ -66,8 +71,17 @@ fn value(job: &v1::Job, metric: &str) -> Option<f64> {
     }
 }
 
+/// The FD-scenes protocol of the first of `arm`'s jobs that has an evaluation.
+fn eval_protocol(jobs: &[(String, v1::Job)], arm: &str) -> Option<Protocol> {
+    jobs.iter().filter(|(a, _)| a == arm).find_map(|(_, j)| {
+        let v: Value = serde_json::from_str(&j.result.as_ref()?.eval_json).ok()?;
+        serde_json::from_value(v["fd_scenes"]["protocol"].clone()).ok()
+    })
+}
+
 /// Rows in arm order (`arms`), from the sweep's jobs (`(arm, job)` pairs).
 pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
+    let base_protocol = eval_protocol(jobs, "baseline");
     arms.iter()
         .map(|arm| {
             let mine: Vec<&v1::Job> = jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| j).collect();
@@ -82,7 +96,11 @@ pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
             let status = mine.iter().map(|j| j.state()).min_by_key(|s| rank(*s)).map(|s| s.label()).unwrap_or("missing").to_string();
             let metrics = METRICS.iter().map(|m| (*m, stat(&mine.iter().filter_map(|j| value(j, m)).collect::<Vec<_>>()))).collect();
             let steps = mine.iter().filter_map(|j| j.result.as_ref().map(|r| r.steps)).max().unwrap_or_else(|| mine.iter().map(|j| j.step).max().unwrap_or(0));
-            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![], n_seeds: 0, iso: vec![], best: vec![] }
+            let protocol_note = match (&base_protocol, eval_protocol(jobs, arm)) {
+                (Some(b), Some(p)) if arm != "baseline" => Some(p.differences(b).join(", ")).filter(|d| !d.is_empty()),
+                _ => None,
+            };
+            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![], n_seeds: 0, protocol_note, iso: vec![], best: vec![] }
         })
         .collect()
 }
@@ -170,7 +188,11 @@ pub fn protocol(jobs: &[(String, v1::Job)]) -> Option<String> {
 }
 
 /// (absolute, %) change of `m` against `base`; the % is NaN when the baseline is 0.
+/// None too for an evaluation metric when the arm was evaluated under another protocol.
 pub fn delta(row: &Row, base: &Row, m: &str) -> Option<(f64, f64)> {
+    if row.protocol_note.is_some() && matches!(m, "fd_scenes" | "mmd" | "accuracy" | "fid") {
+        return None;
+    }
     let (a, b) = (row.get(m)?, base.get(m)?);
     Some((a.mean - b.mean, if b.mean != 0.0 { 100.0 * (a.mean - b.mean) / b.mean.abs() } else { f64::NAN }))
 }
@@ -214,6 +236,9 @@ pub fn json(rows: &[Row]) -> Value {
                     o["n_seeds"] = json!(r.n_seeds);
                     o["interval"] = json!(if r.n_seeds >= 2 { "seeds-t" } else { "evaluation-images-bootstrap" });
                 }
+                if let Some(note) = &r.protocol_note {
+                    o["protocol_differs"] = json!(note);
+                }
                 o
             })
             .collect(),
@@ -235,12 +260,18 @@ fn cell(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -> Stri
     out
 }
 
+/// One line per arm evaluated under another protocol than the baseline.
+pub fn protocol_notes(rows: &[Row]) -> Vec<String> {
+    rows.iter().filter_map(|r| Some(format!("{}: evaluated under another protocol than the baseline ({}): no deltas of its evaluation numbers", r.arm, r.protocol_note.as_ref()?))).collect()
+}
+
 fn footnote(rows: &[Row]) -> String {
+    let notes: String = protocol_notes(rows).iter().map(|l| format!("{l}\n")).collect();
     let with_ci: Vec<&Row> = rows.iter().filter(|r| !r.ci95.is_empty()).collect();
     if with_ci.is_empty() {
-        return String::from("(no confidence intervals: the per-image evaluation numbers are not at hand)\n");
+        return format!("{notes}(no confidence intervals: the per-image evaluation numbers are not at hand)\n");
     }
-    let mut out = String::new();
+    let mut out = notes;
     if let Some(n) = with_ci.iter().map(|r| r.n_seeds).filter(|&n| n >= 2).min() {
         out.push_str(&format!("* the 95% t-interval of the delta over the paired seeds ({n} or more per arm) excludes 0 (FD-scenes, MMD, accuracy)\n"));
     }
@@ -395,7 +426,29 @@ mod tests {
     }
 
     fn row(arm: &str, iso: Vec<AtBudget>) -> Row {
-        Row { arm: arm.into(), job_ids: vec![], status: "succeeded".into(), steps: 400, metrics: vec![], ci95: vec![], n_seeds: 0, iso, best: vec![] }
+        Row { arm: arm.into(), job_ids: vec![], status: "succeeded".into(), steps: 400, metrics: vec![], ci95: vec![], n_seeds: 0, protocol_note: None, iso, best: vec![] }
+    }
+
+    /// An arm evaluated on another number of images (or against another reference) than the
+    /// baseline gets no deltas of its evaluation numbers, and the table says why; its
+    /// throughput and loss deltas stay.
+    #[test]
+    fn another_evaluation_protocol_gets_no_evaluation_deltas() {
+        let job = |id: &str, samples: u64, fd: f64| {
+            let protocol = json!({"metric": "fd_scenes", "network": "scene-evaluator", "weights_sha256": "ab", "samples": samples, "sampler_steps": 20, "guidance": 3.5, "seed": 1234, "reference": "r", "resize": "none"});
+            let eval = json!({"step": 400, "fd_scenes": {"value": fd, "protocol": protocol}, "mmd_scenes": {"value": 1.0}, "accuracy": {"value": 0.1}});
+            let result = v1::JobResult { steps: 400, samples_per_sec: 100.0, final_loss: 0.1, wall_seconds: 10.0, eval_json: eval.to_string(), ..Default::default() };
+            v1::Job { id: id.into(), state: JobState::Succeeded as i32, result: Some(result), ..Default::default() }
+        };
+        let jobs = vec![("baseline".to_string(), job("b", 128, 100.0)), ("same".into(), job("s", 128, 90.0)), ("fewer".into(), job("f", 64, 120.0))];
+        let rows = rows(&["baseline".into(), "same".into(), "fewer".into()], &jobs);
+        assert_eq!(rows[1].protocol_note, None);
+        assert_eq!(rows[2].protocol_note.as_deref(), Some("samples: 64 vs 128"));
+        assert!(delta(&rows[1], &rows[0], "fd_scenes").is_some());
+        assert_eq!(delta(&rows[2], &rows[0], "fd_scenes"), None);
+        assert!(delta(&rows[2], &rows[0], "samples_per_sec").is_some(), "throughput still compares");
+        let t = text(&rows, "table");
+        assert!(t.contains("fewer: evaluated under another protocol than the baseline (samples: 64 vs 128)"), "{t}");
     }
 
     /// A star only from a seed-level interval: the same interval excluding 0 gives no verdict
