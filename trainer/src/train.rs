@@ -17,7 +17,7 @@ use crate::model::text::LearnedTextEncoder;
 use crate::model::{Denoiser, Params};
 use crate::objective::flow::{flow_loss, interpolate, velocity_of, velocity_target};
 use crate::objective::repa::{repa_loss, select_tokens, Projector};
-use crate::optim::{clip_grad_norm, Ema, Optimizer, Param};
+use crate::optim::{Ema, Optimizer, Param};
 use crate::precision::PrecisionPolicy;
 use crate::rng::Rng;
 use crate::routing::{RoutePlan, RoutingKind};
@@ -335,12 +335,12 @@ impl Trainer {
 
     /// Clips, steps the optimizer and the EMA, and advances the step counter.
     pub fn apply_grads(&mut self, mut grads: GradStore, mut stats: StepStats) -> Result<StepStats, TrainError> {
-        stats.grad_norm = clip_grad_norm(&self.params, &mut grads, self.cfg.optim.grad_clip)?;
+        stats.lr = self.cfg.optim.lr_at(self.step);
+        // a non-finite norm stops the run before any weight changes
+        (stats.grad_norm, _) = self.opt.clip_and_step(&self.params, &mut grads, self.cfg.optim.grad_clip, stats.lr)?;
         if !stats.grad_norm.is_finite() {
             return Err(TrainError::NonFinite { step: self.step, what: "gradient norm".into() });
         }
-        stats.lr = self.cfg.optim.lr_at(self.step);
-        self.opt.step(&grads, stats.lr)?;
         if let Some(e) = &mut self.ema {
             e.update(&self.params)?;
         }

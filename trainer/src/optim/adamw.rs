@@ -96,29 +96,54 @@ impl AdamW {
         Ok(())
     }
 
+    /// Weights, gradients (detached, contiguous) and moments of the parameters that have a
+    /// gradient, when all are f32 on one CUDA device (the multi-tensor kernel's domain).
+    #[cfg(feature = "cuda")]
+    fn cuda_rows(&self, grads: &GradStore) -> Result<Option<Vec<[Tensor; 4]>>> {
+        let mut rows = Vec::with_capacity(self.params.len());
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            let w = p.var.as_tensor();
+            if g.dims() != w.dims() || g.dtype() != w.dtype() {
+                return Ok(None);
+            }
+            rows.push([w.clone(), g.detach().contiguous()?, self.m[i].clone(), self.v[i].clone()]);
+        }
+        let all: Vec<&Tensor> = rows.iter().flatten().collect();
+        Ok(crate::kernels::cuda::adamw::applies(&all).then_some(rows))
+    }
+
     /// All parameters in one multi-tensor kernel launch, in place, when every weight, gradient
     /// and moment is a contiguous f32 tensor on one CUDA device (`kernels::cuda::adamw`);
     /// false (nothing changed) otherwise.
     #[cfg(feature = "cuda")]
     fn cuda_step(&self, grads: &GradStore, lr: f64, bc1: f64, bc2: f64) -> Result<bool> {
-        use crate::kernels::cuda::adamw;
-        let mut rows: Vec<(&Tensor, Tensor, &Tensor, &Tensor)> = Vec::with_capacity(self.params.len());
-        for (i, p) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
-            let w = p.var.as_tensor();
-            if g.dims() != w.dims() || g.dtype() != w.dtype() {
-                return Ok(false);
-            }
-            rows.push((w, g.detach().contiguous()?, &self.m[i], &self.v[i]));
+        let Some(rows) = self.cuda_rows(grads)? else { return Ok(false) };
+        let pick = |k: usize| rows.iter().map(|r| &r[k]).collect::<Vec<&Tensor>>();
+        if let Some(t) = crate::kernels::cuda::adamw::table(&pick(0), &pick(1), &pick(2), &pick(3))? {
+            t.update(AdamwScalars::new(self.beta1, self.beta2, self.eps, self.wd, lr, bc1, bc2), None)?;
         }
-        let all: Vec<&Tensor> = rows.iter().flat_map(|(w, g, m, v)| [*w, g, *m, *v]).collect();
-        if !adamw::applies(&all) {
-            return Ok(false);
-        }
-        let pick = |k: usize| all.iter().skip(k).step_by(4).copied().collect::<Vec<&Tensor>>();
-        let s = AdamwScalars::new(self.beta1, self.beta2, self.eps, self.wd, lr, bc1, bc2);
-        adamw::step(&pick(0), &pick(1), &pick(2), &pick(3), s)?;
         Ok(true)
+    }
+
+    /// Gradient-norm clipping and the update in two kernels on the device (no per-tensor
+    /// scaling pass): the global norm and clip factor are computed there, the norm read back,
+    /// and unless it is non-finite the update runs with the gradients scaled by the factor.
+    /// Returns (norm, whether the weights were updated), or None where the kernels do not
+    /// apply (nothing done).
+    #[cfg(feature = "cuda")]
+    pub fn cuda_clip_and_step(&mut self, grads: &GradStore, max_norm: f64, lr: f64) -> Result<Option<(f64, bool)>> {
+        let Some(rows) = self.cuda_rows(grads)? else { return Ok(None) };
+        let pick = |k: usize| rows.iter().map(|r| &r[k]).collect::<Vec<&Tensor>>();
+        let Some(t) = crate::kernels::cuda::adamw::table(&pick(0), &pick(1), &pick(2), &pick(3))? else { return Ok(None) };
+        let (norm, clip) = t.clip(max_norm)?;
+        if !norm.is_finite() {
+            return Ok(Some((norm, false)));
+        }
+        self.t += 1;
+        let (bc1, bc2) = AdamwScalars::corrections(self.beta1, self.beta2, self.t);
+        t.update(AdamwScalars::new(self.beta1, self.beta2, self.eps, self.wd, lr, bc1, bc2), Some(&clip))?;
+        Ok(Some((norm, true)))
     }
 
     /// One parameter's update as candle ops: (new weight, m, v).

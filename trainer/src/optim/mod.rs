@@ -195,6 +195,25 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Clips the gradients' global norm to `max_norm` (0: off) and steps, unless the norm is
+    /// not finite; returns the norm before clipping and whether the weights were updated. With
+    /// AdamW alone on CUDA both run as kernels on the device (`AdamW::cuda_clip_and_step`);
+    /// otherwise `clip_grad_norm` then `step`.
+    pub fn clip_and_step(&mut self, params: &[Param], grads: &mut GradStore, max_norm: f64, lr: f64) -> Result<(f64, bool)> {
+        #[cfg(feature = "cuda")]
+        if self.muon.is_none() {
+            if let Some(done) = self.adamw.cuda_clip_and_step(grads, max_norm, lr)? {
+                return Ok(done);
+            }
+        }
+        let norm = clip_grad_norm(params, grads, max_norm)?;
+        if !norm.is_finite() {
+            return Ok((norm, false));
+        }
+        self.step(grads, lr)?;
+        Ok((norm, true))
+    }
+
     /// Optimizer state as named tensors (for checkpoints).
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = self.adamw.state()?;
@@ -240,6 +259,41 @@ impl Ema {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// `clip_and_step` is clipping then stepping (the same weights bit for bit), and a
+    /// non-finite gradient norm leaves every weight as it was.
+    #[test]
+    fn clip_and_step_is_clip_then_step_and_refuses_a_non_finite_norm() -> Result<()> {
+        let make = || -> Result<Vec<Param>> {
+            (0..3).map(|i| Ok(Param { name: format!("p{i}"), var: candle_core::Var::from_vec((0..40).map(|k| ((k * 7 + i) % 11) as f32 * 0.1).collect::<Vec<f32>>(), 40, &Device::Cpu)? })).collect()
+        };
+        let grads_of = |ps: &[Param], scale: f32| -> Result<GradStore> {
+            let mut loss = Tensor::new(0f32, &Device::Cpu)?;
+            for (i, p) in ps.iter().enumerate() {
+                loss = (loss + (p.var.as_tensor().sqr()? * (scale * (i + 1) as f32) as f64)?.sum_all()?)?;
+            }
+            loss.backward()
+        };
+        let cfg = OptimConfig { lr: 1e-2, ..Default::default() };
+        let (a, b) = (make()?, make()?);
+        let (mut oa, mut ob) = (Optimizer::new(&cfg, a.clone())?, Optimizer::new(&cfg, b.clone())?);
+        let mut ga = grads_of(&a, 3.0)?;
+        let (norm, stepped) = oa.clip_and_step(&a, &mut ga, 0.5, 1e-2)?;
+        let mut gb = grads_of(&b, 3.0)?;
+        let want = clip_grad_norm(&b, &mut gb, 0.5)?;
+        ob.step(&gb, 1e-2)?;
+        assert!(stepped && norm == want && norm > 0.5, "norm {norm} vs {want}");
+        for (p, q) in a.iter().zip(&b) {
+            assert_eq!(p.var.as_tensor().to_vec1::<f32>()?, q.var.as_tensor().to_vec1::<f32>()?);
+        }
+        let before: Vec<Vec<f32>> = a.iter().map(|p| p.var.as_tensor().to_vec1::<f32>()).collect::<Result<_>>()?;
+        let mut bad = grads_of(&a, f32::NAN)?;
+        let (norm, stepped) = oa.clip_and_step(&a, &mut bad, 0.5, 1e-2)?;
+        assert!(!norm.is_finite() && !stepped);
+        let after: Vec<Vec<f32>> = a.iter().map(|p| p.var.as_tensor().to_vec1::<f32>()).collect::<Result<_>>()?;
+        assert_eq!(before, after, "a non-finite norm must not move the weights");
+        Ok(())
+    }
 
     /// Three steps of AdamW + Muon, clipping and EMA over a few dozen parameters: in a
     /// one-thread pool (parameters one by one, every product in one piece) and a four-thread
