@@ -335,7 +335,7 @@ fn masked_softmax_matches_the_composition() {
 /// RoPE tables: the packed [q | k | v], and dqkv, dtkv and the three norm weights' gradients.
 #[test]
 fn qkv_prep_matches_the_composition() {
-    use ablate_trainer::model::layers::{apply_rope_composed, rms_norm_composed, rope_tables};
+    use ablate_trainer::model::layers::{qkv_prep_composed, rope_tables};
     let (b, n, t, heads, dh) = (2usize, 6usize, 4usize, 3usize, 8usize);
     let h = heads * dh;
     let (cos, sin) = rope_tables(2, 3, dh, 10000.0, &Device::Cpu).unwrap();
@@ -343,18 +343,7 @@ fn qkv_prep_matches_the_composition() {
     let per = (cos.index_select(&idx, 0).unwrap().reshape((b, n, dh / 2)).unwrap(), sin.index_select(&idx, 0).unwrap().reshape((b, n, dh / 2)).unwrap());
     // the composed preparation, packed as the kernel packs it
     let prep = |x: &[Tensor], c: &Tensor, s: &Tensor| -> candle_core::Result<Tensor> {
-        let heads_first = |t: Tensor| t.squeeze(2)?.transpose(1, 2)?.contiguous();
-        let qkv = x[0].reshape((b, n, 3, heads, dh))?;
-        let q = heads_first(qkv.narrow(2, 0, 1)?)?;
-        let k = heads_first(qkv.narrow(2, 1, 1)?)?;
-        let v = heads_first(qkv.narrow(2, 2, 1)?)?;
-        let q = apply_rope_composed(&rms_norm_composed(&q, &x[2], 1e-6)?, c, s)?;
-        let k = apply_rope_composed(&rms_norm_composed(&k, &x[3], 1e-6)?, c, s)?;
-        let tkv = x[1].reshape((b, t, 2, heads, dh))?;
-        let tk = rms_norm_composed(&heads_first(tkv.narrow(2, 0, 1)?)?, &x[4], 1e-6)?;
-        let tv = heads_first(tkv.narrow(2, 1, 1)?)?;
-        let k = Tensor::cat(&[&k, &tk], 2)?;
-        let v = Tensor::cat(&[&v, &tv], 2)?;
+        let (q, k, v) = qkv_prep_composed(&x[0], &x[1], [&x[2], &x[3], &x[4]], c, s, heads, 1e-6)?;
         Tensor::cat(&[q.flatten_all()?, k.flatten_all()?, v.flatten_all()?], 0)
     };
     let rows = b * heads * (n + 2 * (n + t));

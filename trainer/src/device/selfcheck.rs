@@ -181,34 +181,16 @@ pub fn kernels_at_scale(dev: &Device) -> Result<String> {
 /// Attention's input preparation, packed [q | k | v]: the CUDA kernel on a CUDA device, the
 /// composition `layers::attention_core_composed` uses on the CPU (its reference).
 fn qkv_prep_packed(t: &[Tensor], cos: &Tensor, sin: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let (q, k, v) = {
-        #[cfg(feature = "cuda")]
-        {
-            if t[0].device().is_cuda() {
-                crate::kernels::cuda::qkv::qkv_prep(&t[0], &t[1], [&t[2], &t[3], &t[4]], cos, sin, heads, 1e-6)?
-            } else {
-                composed_qkv_prep(t, cos, sin, heads)?
-            }
-        }
-        #[cfg(not(feature = "cuda"))]
-        composed_qkv_prep(t, cos, sin, heads)?
+    let norms = [&t[2], &t[3], &t[4]];
+    #[cfg(feature = "cuda")]
+    let (q, k, v) = if t[0].device().is_cuda() {
+        crate::kernels::cuda::qkv::qkv_prep(&t[0], &t[1], norms, cos, sin, heads, 1e-6)?
+    } else {
+        layers::qkv_prep_composed(&t[0], &t[1], norms, cos, sin, heads, 1e-6)?
     };
+    #[cfg(not(feature = "cuda"))]
+    let (q, k, v) = layers::qkv_prep_composed(&t[0], &t[1], norms, cos, sin, heads, 1e-6)?;
     Tensor::cat(&[q.flatten_all()?, k.flatten_all()?, v.flatten_all()?], 0)
-}
-
-fn composed_qkv_prep(t: &[Tensor], cos: &Tensor, sin: &Tensor, heads: usize) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-    let (b, n, h3) = t[0].dims3()?;
-    let tt = t[1].dim(1)?;
-    let dh = h3 / 3 / heads;
-    let heads_first = |x: Tensor| x.squeeze(2)?.transpose(1, 2)?.contiguous();
-    let qkv = t[0].reshape((b, n, 3, heads, dh))?;
-    let q = layers::apply_rope_composed(&layers::rms_norm_composed(&heads_first(qkv.narrow(2, 0, 1)?)?, &t[2], 1e-6)?, cos, sin)?;
-    let k = layers::apply_rope_composed(&layers::rms_norm_composed(&heads_first(qkv.narrow(2, 1, 1)?)?, &t[3], 1e-6)?, cos, sin)?;
-    let v = heads_first(qkv.narrow(2, 2, 1)?)?;
-    let tkv = t[1].reshape((b, tt, 2, heads, dh))?;
-    let tk = layers::rms_norm_composed(&heads_first(tkv.narrow(2, 0, 1)?)?, &t[4], 1e-6)?;
-    let tv = heads_first(tkv.narrow(2, 1, 1)?)?;
-    Ok((q, Tensor::cat(&[&k, &tk], 2)?, Tensor::cat(&[&v, &tv], 2)?))
 }
 
 /// The small config the checks train: tiny preset, 32-pixel images, batch 4, no warm-up.

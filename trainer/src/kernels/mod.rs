@@ -47,7 +47,12 @@ pub fn via_f32(ts: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
     if !crate::kernels::enabled() || !ts.iter().all(cpu_float) || !ts.iter().any(|t| t.dtype() == DType::BF16) {
         return Ok(None);
     }
-    ts.iter().map(|t| if t.dtype() == DType::F32 { Ok((*t).clone()) } else { t.to_dtype(DType::F32) }).collect::<Result<Vec<_>>>().map(Some)
+    ts.iter().map(|t| f32_of(t)).collect::<Result<Vec<_>>>().map(Some)
+}
+
+/// `x` in f32 (itself when it already is).
+pub(crate) fn f32_of(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 { Ok(x.clone()) } else { x.to_dtype(DType::F32) }
 }
 
 /// Whether `ts` can take the CUDA kernels (`kernels::cuda`): a CUDA build, fused kernels on,

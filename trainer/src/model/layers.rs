@@ -7,11 +7,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-fn f32_of(x: &Tensor) -> Result<Tensor> {
-    if x.dtype() == DType::F32 { Ok(x.clone()) } else { x.to_dtype(DType::F32) }
-}
 
-use crate::kernels::via_f32;
+use crate::kernels::{f32_of, via_f32};
 
 /// RMSNorm over the last dimension with a learned scale.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -242,22 +239,29 @@ pub fn attention_core(qkv: &Tensor, tkv: &Tensor, norms: [&Tensor; 3], cos: &Ten
 #[allow(clippy::too_many_arguments)]
 pub fn attention_core_composed(qkv: &Tensor, tkv: &Tensor, norms: [&Tensor; 3], cos: &Tensor, sin: &Tensor, bias: &Tensor, heads: usize, eps: f64) -> Result<Tensor> {
     let (b, n, h3) = qkv.dims3()?;
+    let (q, k, v) = qkv_prep_composed(qkv, tkv, norms, cos, sin, heads, eps)?;
+    attention(&q, &k, &v, Some(bias))?.transpose(1, 2)?.reshape((b, n, h3 / 3))
+}
+
+/// The attention's inputs from a PRX block's projections, composed: q (B, H, N, Dh) normed
+/// and rotated; k (B, H, N + T, Dh) the normed, rotated image keys then the normed text keys;
+/// v (B, H, N + T, Dh) the image values then the text values. The reference of the CUDA
+/// kernel that does this in one pass (`kernels::cuda::qkv`).
+pub fn qkv_prep_composed(qkv: &Tensor, tkv: &Tensor, norms: [&Tensor; 3], cos: &Tensor, sin: &Tensor, heads: usize, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, n, h3) = qkv.dims3()?;
     let t = tkv.dim(1)?;
-    let (h, nh) = (h3 / 3, heads);
-    let dh = h / nh;
-    let qkv = qkv.reshape((b, n, 3, nh, dh))?;
+    let dh = h3 / 3 / heads;
+    let qkv = qkv.reshape((b, n, 3, heads, dh))?;
     let heads_first = |t: Tensor| t.squeeze(2)?.transpose(1, 2)?.contiguous(); // (B, H, N, Dh)
     let q = heads_first(qkv.narrow(2, 0, 1)?)?;
     let k = heads_first(qkv.narrow(2, 1, 1)?)?;
     let v = heads_first(qkv.narrow(2, 2, 1)?)?;
     let q = apply_rope(&rms_norm(&q, norms[0], eps)?, cos, sin)?;
     let k = apply_rope(&rms_norm(&k, norms[1], eps)?, cos, sin)?;
-    let tkv = tkv.reshape((b, t, 2, nh, dh))?;
+    let tkv = tkv.reshape((b, t, 2, heads, dh))?;
     let tk = rms_norm(&heads_first(tkv.narrow(2, 0, 1)?)?, norms[2], eps)?;
     let tv = heads_first(tkv.narrow(2, 1, 1)?)?;
-    let k = Tensor::cat(&[&k, &tk], 2)?;
-    let v = Tensor::cat(&[&v, &tv], 2)?;
-    attention(&q, &k, &v, Some(bias))?.transpose(1, 2)?.reshape((b, n, h))
+    Ok((q, Tensor::cat(&[&k, &tk], 2)?, Tensor::cat(&[&v, &tv], 2)?))
 }
 
 /// Rotary tables for a 2-axis (row, column) RoPE over a `gh` x `gw` token grid.

@@ -48,6 +48,17 @@ impl AdamwScalars {
     }
 }
 
+/// `t` with storage of its own where the multi-tensor kernel updates moments in place (CUDA),
+/// so moments handed out (checkpoints) or taken in (resume) are never shared with a live
+/// buffer; a cheap handle elsewhere, where every update makes new tensors.
+fn owned(t: &Tensor) -> Result<Tensor> {
+    if t.device().is_cuda() {
+        t.copy()
+    } else {
+        Ok(t.clone())
+    }
+}
+
 pub struct AdamW {
     params: Vec<Param>,
     m: Vec<Tensor>,
@@ -68,11 +79,11 @@ impl AdamW {
 
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.t += 1;
-        let (bc1, bc2) = AdamwScalars::corrections(self.beta1, self.beta2, self.t);
         #[cfg(feature = "cuda")]
-        if self.cuda_step(grads, lr, bc1, bc2)? {
+        if self.cuda_step(grads, lr)? {
             return Ok(());
         }
+        let (bc1, bc2) = AdamwScalars::corrections(self.beta1, self.beta2, self.t);
         let this = &*self;
         let moments = super::per_param(&self.params, |i, p| {
             let Some(g) = grads.get(p.var.as_tensor()) else { return Ok(None) };
@@ -96,10 +107,20 @@ impl AdamW {
         Ok(())
     }
 
-    /// Weights, gradients (detached, contiguous) and moments of the parameters that have a
-    /// gradient, when all are f32 on one CUDA device (the multi-tensor kernel's domain).
+    /// The f32 constants of this step (`self.t` already counts it) at learning rate `lr`.
     #[cfg(feature = "cuda")]
-    fn cuda_rows(&self, grads: &GradStore) -> Result<Option<Vec<[Tensor; 4]>>> {
+    fn scalars(&self, lr: f64) -> AdamwScalars {
+        let (bc1, bc2) = AdamwScalars::corrections(self.beta1, self.beta2, self.t);
+        AdamwScalars::new(self.beta1, self.beta2, self.eps, self.wd, lr, bc1, bc2)
+    }
+
+    /// The multi-tensor kernels' table of the parameters that have a gradient (None inside
+    /// when there is nothing to update), with the tensors it points into, when every weight,
+    /// gradient (detached, contiguous) and moment is f32 on one CUDA device
+    /// (`kernels::cuda::adamw`); None where the kernels do not apply.
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::type_complexity)]
+    fn cuda_table(&self, grads: &GradStore) -> Result<Option<(Vec<[Tensor; 4]>, Option<crate::kernels::cuda::adamw::Table>)>> {
         let mut rows = Vec::with_capacity(self.params.len());
         for (i, p) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.var.as_tensor()) else { continue };
@@ -110,18 +131,21 @@ impl AdamW {
             rows.push([w.clone(), g.detach().contiguous()?, self.m[i].clone(), self.v[i].clone()]);
         }
         let all: Vec<&Tensor> = rows.iter().flatten().collect();
-        Ok(crate::kernels::cuda::adamw::applies(&all).then_some(rows))
+        if !crate::kernels::cuda::adamw::applies(&all) {
+            return Ok(None);
+        }
+        let pick = |k: usize| rows.iter().map(|r| &r[k]).collect::<Vec<&Tensor>>();
+        let table = crate::kernels::cuda::adamw::table(&pick(0), &pick(1), &pick(2), &pick(3))?;
+        Ok(Some((rows, table)))
     }
 
-    /// All parameters in one multi-tensor kernel launch, in place, when every weight, gradient
-    /// and moment is a contiguous f32 tensor on one CUDA device (`kernels::cuda::adamw`);
-    /// false (nothing changed) otherwise.
+    /// All parameters in one multi-tensor kernel launch, in place, on CUDA (`self.t` already
+    /// counts the step); false (nothing changed) where the kernel does not apply.
     #[cfg(feature = "cuda")]
-    fn cuda_step(&self, grads: &GradStore, lr: f64, bc1: f64, bc2: f64) -> Result<bool> {
-        let Some(rows) = self.cuda_rows(grads)? else { return Ok(false) };
-        let pick = |k: usize| rows.iter().map(|r| &r[k]).collect::<Vec<&Tensor>>();
-        if let Some(t) = crate::kernels::cuda::adamw::table(&pick(0), &pick(1), &pick(2), &pick(3))? {
-            t.update(AdamwScalars::new(self.beta1, self.beta2, self.eps, self.wd, lr, bc1, bc2), None)?;
+    fn cuda_step(&self, grads: &GradStore, lr: f64) -> Result<bool> {
+        let Some((_rows, table)) = self.cuda_table(grads)? else { return Ok(false) };
+        if let Some(t) = table {
+            t.update(self.scalars(lr), None)?;
         }
         Ok(true)
     }
@@ -133,16 +157,13 @@ impl AdamW {
     /// apply (nothing done).
     #[cfg(feature = "cuda")]
     pub fn cuda_clip_and_step(&mut self, grads: &GradStore, max_norm: f64, lr: f64) -> Result<Option<(f64, bool)>> {
-        let Some(rows) = self.cuda_rows(grads)? else { return Ok(None) };
-        let pick = |k: usize| rows.iter().map(|r| &r[k]).collect::<Vec<&Tensor>>();
-        let Some(t) = crate::kernels::cuda::adamw::table(&pick(0), &pick(1), &pick(2), &pick(3))? else { return Ok(None) };
+        let Some((_rows, Some(t))) = self.cuda_table(grads)? else { return Ok(None) };
         let (norm, clip) = t.clip(max_norm)?;
         if !norm.is_finite() {
             return Ok(Some((norm, false)));
         }
         self.t += 1;
-        let (bc1, bc2) = AdamwScalars::corrections(self.beta1, self.beta2, self.t);
-        t.update(AdamwScalars::new(self.beta1, self.beta2, self.eps, self.wd, lr, bc1, bc2), Some(&clip))?;
+        t.update(self.scalars(lr), Some(&clip))?;
         Ok(Some((norm, true)))
     }
 
@@ -202,10 +223,8 @@ impl AdamW {
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (i, p) in self.params.iter().enumerate() {
-            // on CUDA the moments are updated in place by later steps: hand out copies there
-            let own = |t: &Tensor| if t.device().is_cuda() { t.copy() } else { Ok(t.clone()) };
-            out.insert(format!("adamw.m.{}", p.name), own(&self.m[i])?);
-            out.insert(format!("adamw.v.{}", p.name), own(&self.v[i])?);
+            out.insert(format!("adamw.m.{}", p.name), owned(&self.m[i])?);
+            out.insert(format!("adamw.v.{}", p.name), owned(&self.v[i])?);
         }
         out.insert("adamw.t".into(), Tensor::new(&[self.t as i64], &candle_core::Device::Cpu)?);
         Ok(out)
@@ -216,8 +235,7 @@ impl AdamW {
             for (kind, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
                 let key = format!("adamw.{kind}.{}", p.name);
                 let s = t.get(&key).ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks optimizer state \"{key}\"")))?;
-                // a copy of its own: on CUDA the kernel updates the moments in place
-                *slot = s.to_dtype(slot.dtype())?.to_device(slot.device())?.copy()?;
+                *slot = owned(&s.to_dtype(slot.dtype())?.to_device(slot.device())?)?;
             }
         }
         let step = t.get("adamw.t").ok_or_else(|| candle_core::Error::Msg("checkpoint lacks \"adamw.t\"".into()))?;

@@ -24,11 +24,10 @@ fn address(t: &Tensor, stream: &candle_core::cuda_backend::cudarc::driver::CudaS
     Ok(ptr + 4 * layout.start_offset() as u64)
 }
 
-/// Whether every tensor can take [`step`]: f32, contiguous, on one CUDA device.
+/// Whether every tensor can go into a [`Table`]: f32 (the kernel's only type), contiguous, on
+/// one CUDA device, fused kernels on.
 pub(crate) fn applies(ts: &[&Tensor]) -> bool {
-    crate::kernels::enabled()
-        && !ts.is_empty()
-        && ts.iter().all(|t| t.device().is_cuda() && t.dtype() == candle_core::DType::F32 && t.is_contiguous() && t.device().same_device(ts[0].device()))
+    !ts.is_empty() && ts.iter().all(|t| super::applies(t) && t.dtype() == candle_core::DType::F32 && t.is_contiguous() && t.device().same_device(ts[0].device()))
 }
 
 /// The parameters of one step as the kernels see them: the `AdamwTensor` table and the chunk

@@ -7,33 +7,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{config, func, launch, same_dtype, view, with_elem, wrap, LOSS, NORM, POINTWISE};
+use super::{col_sum, config, cpu_refused, func, launch, same_dtype, unpack, view, with_elem, wrap, LOSS, NORM, POINTWISE};
 use crate::kernels::launch as geo;
-
-/// Cuts the packed gradient `p` into tensors of `shapes`, in order.
-fn unpack(p: &Tensor, shapes: &[&Shape]) -> Result<Vec<Tensor>> {
-    let mut at = 0;
-    shapes
-        .iter()
-        .map(|s| {
-            let n = s.elem_count();
-            let t = p.narrow(0, at, n)?.reshape(*s)?;
-            at += n;
-            Ok(t)
-        })
-        .collect()
-}
-
-fn cpu_refused(name: &str) -> Result<(CpuStorage, Shape)> {
-    candle_core::bail!("{name}: the CUDA backward op ran on a CPU tensor")
-}
-
-/// Second pass of a column sum: `groups * d` sums of `chunks` partials into `out` (a view of T).
-macro_rules! col_sum {
-    ($dev:expr, $t:ty, $part:expr, $out:expr, $groups:expr, $chunks:expr, $d:expr) => {
-        launch!($dev, func::<$t>($dev, &NORM, "ablate_col_sum")?, config(geo::column_sum($groups, $d)), $part, $out, $groups as i32, $chunks as i32, $d as i32)
-    };
-}
 
 /// adaLN / LayerNorm-affine backward on (x, scale, dy): [dx | dshift | dscale].
 struct LnModulateBwd {

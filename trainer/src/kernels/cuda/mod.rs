@@ -30,6 +30,8 @@ pub(crate) const NORM: Module = Module { name: "ablate-norm", ptx: include_str!(
 pub(crate) const POINTWISE: Module = Module { name: "ablate-pointwise", ptx: include_str!(concat!(env!("OUT_DIR"), "/pointwise.ptx")) };
 pub(crate) const LOSS: Module = Module { name: "ablate-loss", ptx: include_str!(concat!(env!("OUT_DIR"), "/loss.ptx")) };
 pub(crate) const ADAMW: Module = Module { name: "ablate-adamw", ptx: include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx")) };
+pub(crate) const ATTENTION: Module = Module { name: "ablate-attention", ptx: include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")) };
+pub(crate) const QKV: Module = Module { name: "ablate-qkv", ptx: include_str!(concat!(env!("OUT_DIR"), "/qkv.ptx")) };
 
 /// Whether `t` can take a CUDA kernel: fused ops on, a CUDA tensor, f32 or bf16.
 pub fn applies(t: &Tensor) -> bool {
@@ -105,6 +107,35 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+/// The `cpu_fwd` of the CUDA-only custom ops: a CPU tensor reaching one is a routing bug.
+pub(crate) fn cpu_refused(name: &str) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    candle_core::bail!("{name}: a CPU tensor reached the CUDA op")
+}
+
+/// Cuts a packed output `p` (gradients or outputs one after another) into tensors of
+/// `shapes`, in order.
+pub(crate) fn unpack(p: &Tensor, shapes: &[&candle_core::Shape]) -> Result<Vec<Tensor>> {
+    let mut at = 0;
+    shapes
+        .iter()
+        .map(|s| {
+            let n = s.elem_count();
+            let t = p.narrow(0, at, n)?.reshape(*s)?;
+            at += n;
+            Ok(t)
+        })
+        .collect()
+}
+
+/// Second pass of a column sum (`norm.cu`'s `ablate_col_sum`): `groups * d` sums of `chunks`
+/// partials into `out` (a view of element type `$t`).
+macro_rules! col_sum {
+    ($dev:expr, $t:ty, $part:expr, $out:expr, $groups:expr, $chunks:expr, $d:expr) => {
+        $crate::kernels::cuda::launch!($dev, $crate::kernels::cuda::func::<$t>($dev, &$crate::kernels::cuda::NORM, "ablate_col_sum")?, $crate::kernels::cuda::config($crate::kernels::launch::column_sum($groups, $d)), $part, $out, $groups as i32, $chunks as i32, $d as i32)
+    };
+}
+pub(crate) use col_sum;
 
 /// A storage on `dev` wrapping a freshly computed slice.
 pub(crate) fn wrap<T: CudaDType>(slice: candle_core::cuda_backend::cudarc::driver::CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {

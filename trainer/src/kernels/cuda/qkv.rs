@@ -5,10 +5,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 
-use super::{config, func, launch, same_dtype, view, with_elem, wrap, Module, NORM};
+use super::{col_sum, config, cpu_refused, func, launch, same_dtype, unpack, view, with_elem, wrap, QKV};
 use crate::kernels::launch as geo;
-
-const QKV: Module = Module { name: "ablate-qkv", ptx: include_str!(concat!(env!("OUT_DIR"), "/qkv.ptx")) };
 
 /// The shapes of one preparation.
 #[derive(Clone, Copy)]
@@ -60,7 +58,7 @@ impl CustomOp3 for QkvPrep {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{}: a CPU tensor reached the CUDA op", self.name())
+        cpu_refused(self.name())
     }
 
     fn cuda_fwd(&self, qs: &CudaStorage, ql: &Layout, ts: &CudaStorage, tl: &Layout, ws: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -83,11 +81,8 @@ impl CustomOp3 for QkvPrep {
     fn bwd(&self, qkv: &Tensor, tkv: &Tensor, w: &Tensor, _out: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = QkvPrepBwd { fwd: QkvPrep { cos: self.cos.clone(), sin: self.sin.clone(), heads: self.heads, eps: self.eps }, w: w.clone() };
         let p = qkv.apply_op3_no_bwd(tkv, &g.to_dtype(qkv.dtype())?.contiguous()?, &op)?;
-        let (nq, nt) = (qkv.elem_count(), tkv.elem_count());
-        let dq = p.narrow(0, 0, nq)?.reshape(qkv.shape())?;
-        let dt = p.narrow(0, nq, nt)?.reshape(tkv.shape())?;
-        let dw = p.narrow(0, nq + nt, w.elem_count())?.reshape(w.shape())?;
-        Ok((Some(dq), Some(dt), Some(dw)))
+        let d = unpack(&p, &[qkv.shape(), tkv.shape(), w.shape()])?;
+        Ok((Some(d[0].clone()), Some(d[1].clone()), Some(d[2].clone())))
     }
 }
 
@@ -103,7 +98,7 @@ impl CustomOp3 for QkvPrepBwd {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{}: a CPU tensor reached the CUDA op", self.name())
+        cpu_refused(self.name())
     }
 
     fn cuda_fwd(&self, qs: &CudaStorage, ql: &Layout, ts: &CudaStorage, tl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -127,7 +122,7 @@ impl CustomOp3 for QkvPrepBwd {
             let (stats, part) = unsafe { (dev.alloc::<f32>(d.rows())?, dev.alloc::<f32>(3 * chunks * d.dh)?) };
             launch!(&dev, func::<T>(&dev, &QKV, "ablate_qkv_prep_bwd")?, config(geo::rms_rows(d.rows())), q()?, t()?, w, cv()?, sv()?, g()?, out.slice(..nq), out.slice(nq..nq + nt), stats.slice(..), d.b as i64, d.heads as i32, d.n as i32, d.t as i32, d.dh as i32, per_sample, self.fwd.eps);
             launch!(&dev, func::<T>(&dev, &QKV, "ablate_qkv_prep_dw_partials")?, config(geo::column_partials(3, per_weight, d.dh)), q()?, t()?, cv()?, sv()?, g()?, stats.slice(..), part.slice(..), d.b as i64, d.heads as i32, d.n as i32, d.t as i32, d.dh as i32, per_sample, chunk_rows as i32, chunks as i32);
-            launch!(&dev, func::<T>(&dev, &NORM, "ablate_col_sum")?, config(geo::column_sum(3, d.dh)), part.slice(..), out.slice(nq + nt..), 3i32, chunks as i32, d.dh as i32);
+            col_sum!(&dev, T, part.slice(..), out.slice(nq + nt..), 3usize, chunks, d.dh);
             Ok((wrap(out, &dev), Shape::from(nq + nt + 3 * d.dh)))
         })
     }
@@ -144,9 +139,7 @@ pub fn qkv_prep(qkv: &Tensor, tkv: &Tensor, norms: [&Tensor; 3], cos: &Tensor, s
     let table = |x: &Tensor| x.to_dtype(DType::F32)?.contiguous();
     let op = QkvPrep { cos: table(cos)?, sin: table(sin)?, heads, eps };
     let p = qkv.contiguous()?.apply_op3(&tkv.contiguous()?, &w, op)?;
-    let (lq, lk) = (b * heads * n * dh, b * heads * (n + t) * dh);
-    let q = p.narrow(0, 0, lq)?.reshape((b, heads, n, dh))?;
-    let k = p.narrow(0, lq, lk)?.reshape((b, heads, n + t, dh))?;
-    let v = p.narrow(0, lq + lk, lk)?.reshape((b, heads, n + t, dh))?;
-    Ok((q, k, v))
+    let (q, kv) = (Shape::from((b, heads, n, dh)), Shape::from((b, heads, n + t, dh)));
+    let parts = unpack(&p, &[&q, &kv, &kv])?;
+    Ok((parts[0].clone(), parts[1].clone(), parts[2].clone()))
 }

@@ -6,10 +6,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use super::{config, func, launch, view, with_elem, wrap, Module};
+use super::{config, cpu_refused, func, launch, view, with_elem, wrap, ATTENTION};
 use crate::kernels::launch as geo;
-
-const ATTENTION: Module = Module { name: "ablate-attention", ptx: include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")) };
 
 /// Forward on (scores (B, H, Nq, Nk), bias (B, Nk) f32).
 struct MaskedSoftmax {
@@ -22,7 +20,7 @@ impl CustomOp2 for MaskedSoftmax {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{}: a CPU tensor reached the CUDA op", self.name())
+        cpu_refused(self.name())
     }
 
     fn cuda_fwd(&self, ss: &CudaStorage, sl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -60,7 +58,7 @@ impl CustomOp2 for MaskedSoftmaxBwd {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{}: a CPU tensor reached the CUDA op", self.name())
+        cpu_refused(self.name())
     }
 
     fn cuda_fwd(&self, ps: &CudaStorage, pl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
