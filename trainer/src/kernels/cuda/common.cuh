@@ -52,6 +52,18 @@ ABL_FN A block_sum(A v, A* scratch) {
   return t;
 }
 
+// 1 / sqrt(mean(x^2) + eps) of row `xr` (d elements), computed by one warp (lanes over the
+// row, sums in double); every lane gets it.
+template <typename T>
+ABL_FN float rms_row_rstd(const T* xr, int d, double eps) {
+  double s = 0.0;
+  for (int j = threadIdx.x % 32; j < d; j += 32) {
+    const double v = (double)to_f(xr[j]);
+    s += v * v;
+  }
+  return (float)(1.0 / sqrt(warp_sum(s) / d + eps));
+}
+
 // The grid-stride loop over `n` elements of a 1-D launch.
 #define ABL_FOR(i, n) \
   for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (long)(n); i += (long)gridDim.x * blockDim.x)

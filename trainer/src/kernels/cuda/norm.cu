@@ -109,16 +109,6 @@ ABL_FN void col_sum(const float* part, T* out, int groups, int chunks, int d) {
 
 // RMSNorm: one warp per row (blocks of whole warps), y = x * rstd * w.
 template <typename T>
-ABL_FN float rms_row_rstd(const T* xr, int d, double eps) {
-  double s = 0.0;
-  for (int j = threadIdx.x % 32; j < d; j += 32) {
-    const double v = (double)to_f(xr[j]);
-    s += v * v;
-  }
-  return (float)(1.0 / sqrt(warp_sum(s) / d + eps));
-}
-
-template <typename T>
 ABL_FN void rms_norm_fwd(const T* x, const T* w, T* y, long rows, int d, double eps) {
   const long warps = (long)gridDim.x * (blockDim.x / 32);
   for (long r = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {

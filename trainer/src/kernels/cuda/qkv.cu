@@ -51,6 +51,9 @@ ABL_FN long qkv_tab(const QkvRow& o, int N, int dh, int per_sample) {
   return ((per_sample ? o.b * N : 0) + o.tok) * (dh / 2);
 }
 
+// which of the three norm weights (rows of w: wq, wk, wt) a q or k row uses
+ABL_FN int qkv_weight(const QkvRow& o) { return o.part == 0 ? 0 : (o.text ? 2 : 1); }
+
 // rows = B * heads * (N + 2 (N + T)); w: (3, Dh) = [wq; wk; wt]; tables f32
 template <typename T>
 ABL_FN void qkv_prep_fwd(const T* qkv, const T* tkv, const T* w, const float* cos_t, const float* sin_t, T* out, long B,
@@ -66,10 +69,8 @@ ABL_FN void qkv_prep_fwd(const T* qkv, const T* tkv, const T* w, const float* co
       for (int j = lane; j < dh; j += 32) y[j] = x[j];
       continue;
     }
-    double s = 0.0;
-    for (int j = lane; j < dh; j += 32) s += (double)to_f(x[j]) * (double)to_f(x[j]);
-    const float rs = (float)(1.0 / sqrt(warp_sum(s) / dh + eps));
-    const T* wr = w + (o.part == 0 ? 0 : (o.text ? 2 : 1)) * dh;
+    const float rs = rms_row_rstd(x, dh, eps);
+    const T* wr = w + qkv_weight(o) * dh;
     for (int p = lane; p < half; p += 32) {
       const float a = to_f(x[2 * p]) * rs * to_f(wr[2 * p]), c = to_f(x[2 * p + 1]) * rs * to_f(wr[2 * p + 1]);
       if (o.text) {
@@ -120,10 +121,8 @@ ABL_FN void qkv_prep_bwd(const T* qkv, const T* tkv, const T* w, const float* co
       for (int j = lane; j < dh; j += 32) dx[j] = gr[j];
       continue;
     }
-    double s = 0.0;
-    for (int j = lane; j < dh; j += 32) s += (double)to_f(x[j]) * (double)to_f(x[j]);
-    const float rs = (float)(1.0 / sqrt(warp_sum(s) / dh + eps));
-    const T* wr = w + (o.part == 0 ? 0 : (o.text ? 2 : 1)) * dh;
+    const float rs = rms_row_rstd(x, dh, eps);
+    const T* wr = w + qkv_weight(o) * dh;
     float m = 0.0f;
     for (int p = lane; p < half; p += 32) {
       float g0, g1;
