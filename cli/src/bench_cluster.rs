@@ -1,5 +1,6 @@
 //! `ablate bench ring` and `ablate bench scheduler`: the distributed runtime's figures.
 
+use ablate_coordinator::domain::{Device, DeviceKind, JobId, JobSpec, JobState, Worker, WorkerId};
 use ablate_coordinator::scheduler::{schedule, Pending, WorkerSlots};
 use ablate_proto::v1;
 use ablate_trainer::collective::Collective;
@@ -80,12 +81,12 @@ pub fn ring(sizes_mb: &[usize], worlds: &[usize]) -> anyhow::Result<()> {
 }
 
 fn cluster(workers: usize, slots: u32) -> Vec<WorkerSlots> {
-    (0..workers).map(|i| WorkerSlots { worker: format!("w{i:04}"), kind: 1, free: (0..slots).collect() }).collect()
+    (0..workers).map(|i| WorkerSlots { worker: WorkerId(format!("w{i:04}")), kind: DeviceKind::Cpu, free: (0..slots).collect() }).collect()
 }
 
 pub fn scheduler(workers: usize, slots: u32, jobs: usize, store: &str) -> anyhow::Result<()> {
     // the pure function: a full queue onto an empty cluster
-    let queue: Vec<Pending> = (0..jobs).map(|i| Pending { job: format!("j{i:06}"), priority: (i % 3) as i32, sequence: i as u64, world: [1, 2, 4, 8][i % 4] }).collect();
+    let queue: Vec<Pending> = (0..jobs).map(|i| Pending { job: JobId(format!("j{i:06}")), priority: (i % 3) as i32, sequence: i as u64, world: [1, 2, 4, 8][i % 4] }).collect();
     let ws = cluster(workers, slots);
     let reps = 5;
     let t = Instant::now();
@@ -102,22 +103,23 @@ pub fn scheduler(workers: usize, slots: u32, jobs: usize, store: &str) -> anyhow
     anyhow::ensure!(kv.range("")?.is_empty(), "bench scheduler needs an empty store: {store} already holds keys");
     let core = ablate_coordinator::Core::open(kv.clone(), ablate_coordinator::Options { worker_expiry: Duration::from_secs(3600), runs_dir: dir.clone(), ..Default::default() })?;
     for i in 0..workers {
-        core.register(v1::Registration {
-            worker_id: format!("w{i:04}"),
-            devices: (0..slots).map(|s| v1::Device { kind: v1::DeviceKind::Cpu as i32, index: s, ..Default::default() }).collect(),
+        core.register(Worker {
+            id: WorkerId(format!("w{i:04}")),
+            host: String::new(),
+            devices: (0..slots).map(|s| Device { kind: DeviceKind::Cpu, index: s, memory_bytes: 0, name: String::new() }).collect(),
+            labels: Default::default(),
             protocol_version: ablate_proto::PROTOCOL_VERSION,
-            ..Default::default()
         })?;
     }
     let t = Instant::now();
     for i in 0..jobs {
-        core.submit(v1::SubmitJobRequest { config_toml: "[train]\nsteps = 1\n".into(), world_size: [1, 2, 4, 8][i % 4], ..Default::default() })?;
+        core.submit(JobSpec { config_toml: "[train]\nsteps = 1\n".into(), world_size: [1, 2, 4, 8][i % 4], ..Default::default() })?;
     }
     let submit = t.elapsed().as_secs_f64();
     let t = Instant::now();
     core.tick()?;
     let pass = t.elapsed().as_secs_f64();
-    let n = core.list(&[v1::JobState::Scheduled], "").len();
+    let n = core.list(&[JobState::Scheduled], None).len();
     println!("coordinator (store {store}): {jobs} submits in {:.0} ms ({:.0}/s); one scheduling pass placed {n} jobs in {:.0} ms ({:.0} jobs/s, store writes included)", submit * 1e3, jobs as f64 / submit, pass * 1e3, n as f64 / pass);
     drop(core);
     for e in kv.range("")? {

@@ -9,12 +9,12 @@
 //! placed again under the next generation, up to `max_restarts` times. A failure that a
 //! restart would repeat (non-finite loss, bad config or data) fails the job at once.
 
-use ablate_proto::v1::{self, JobState};
-use prost::Message;
+use ablate_proto::v1;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::domain::*;
 use crate::error::CoordinatorError;
 use crate::runs::Runs;
 use crate::scheduler::{self, Pending, WorkerSlots};
@@ -36,7 +36,7 @@ impl Default for Options {
 }
 
 pub(crate) struct WorkerEntry {
-    pub reg: v1::Registration,
+    pub reg: Worker,
     pub last_seen: Instant,
     pub alive: bool,
 }
@@ -48,12 +48,12 @@ struct Table {
 }
 
 struct Inner {
-    jobs: BTreeMap<String, v1::Job>,
+    jobs: BTreeMap<JobId, Job>,
     next_sequence: u64,
-    workers: BTreeMap<String, WorkerEntry>,
-    rendezvous: HashMap<(String, u64), Table>,
+    workers: BTreeMap<WorkerId, WorkerEntry>,
+    rendezvous: HashMap<(JobId, Generation), Table>,
     /// When each job was last queued (for the queue-wait histogram).
-    queued_at: HashMap<String, Instant>,
+    queued_at: HashMap<JobId, Instant>,
 }
 
 pub struct Core {
@@ -63,7 +63,7 @@ pub struct Core {
     runs: Runs,
     started: Instant,
     /// (job id, event) for watchers.
-    pub events: tokio::sync::broadcast::Sender<(String, v1::JobEvent)>,
+    pub events: tokio::sync::broadcast::Sender<(JobId, Event)>,
     pub rendezvous_changed: tokio::sync::Notify,
     /// Cancelled when the server shuts down: ends open watch streams.
     pub closing: tokio_util::sync::CancellationToken,
@@ -83,11 +83,11 @@ impl Core {
     pub fn open(store: Arc<dyn Kv>, opts: Options) -> Result<Self, CoordinatorError> {
         let mut jobs = BTreeMap::new();
         for e in store.range(JOBS)? {
-            let job = v1::Job::decode(e.value.as_slice()).map_err(|err| crate::store::StoreError::Backend { op: "decode job", key: e.key.clone(), message: err.to_string() })?;
+            let job = crate::wire::decode_job(&e.key, &e.value)?;
             jobs.insert(job.id.clone(), job);
         }
         let next_sequence = jobs.values().map(|j| j.sequence).max().unwrap_or(0) + 1;
-        let queued_at = jobs.values().filter(|j| j.state() == JobState::Queued).map(|j| (j.id.clone(), Instant::now())).collect();
+        let queued_at = jobs.values().filter(|j| j.state == JobState::Queued).map(|j| (j.id.clone(), Instant::now())).collect();
         let (events, _) = tokio::sync::broadcast::channel(4096);
         Ok(Self {
             store,
@@ -107,39 +107,52 @@ impl Core {
 
     /// Writes the job through to the store and tells watchers; `entered` when its state
     /// changed (counted in `ablate_job_transitions_total`).
-    fn persist(&self, job: &v1::Job, entered: bool) -> Result<(), CoordinatorError> {
-        self.store.put(&format!("{JOBS}{}", job.id), &job.encode_to_vec())?;
+    fn persist(&self, job: &Job, entered: bool) -> Result<(), CoordinatorError> {
+        self.store.put(&format!("{JOBS}{}", job.id), &crate::wire::encode_job(job))?;
         if entered {
-            let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::State(job.clone())) }));
-            crate::metrics::job_state_changed(job);
+            self.entered(job);
         }
         Ok(())
+    }
+
+    /// Tells watchers and the transition counter that `job` entered its state.
+    fn entered(&self, job: &Job) {
+        let _ = self.events.send((job.id.clone(), Event::State(Box::new(job.clone()))));
+        crate::metrics::job_state_changed(job);
     }
 
     // ------------------------------------------------------------ user operations
 
     /// Checks a submission and builds its job (not yet stored).
-    fn new_job(&self, req: v1::SubmitJobRequest, seq: u64) -> Result<v1::Job, CoordinatorError> {
+    fn new_job(&self, req: JobSpec, seq: u64) -> Result<Job, CoordinatorError> {
         if req.world_size == 0 {
             return Err(CoordinatorError::InvalidJob("world_size must be at least 1".into()));
         }
         let cfg: toml::Value = toml::from_str(&req.config_toml).map_err(|e| CoordinatorError::InvalidJob(format!("config_toml: {e}")))?;
         let total_steps = cfg.get("train").and_then(|t| t.get("steps")).and_then(|s| s.as_integer()).unwrap_or(0).max(0) as u64;
-        let id = format!("j{seq:06}");
-        Ok(v1::Job {
-            id: id.clone(),
-            name: if req.name.is_empty() { id } else { req.name },
-            state: JobState::Queued as i32,
+        let id = JobId(format!("j{seq:06}"));
+        Ok(Job {
+            name: if req.name.is_empty() { id.0.clone() } else { req.name },
+            id,
+            state: JobState::Queued,
             world_size: req.world_size,
             priority: req.priority,
             sweep: req.sweep,
             arm: req.arm,
+            generation: Generation(0),
+            placement: Vec::new(),
+            reason: String::new(),
             submitted_unix_ms: now_ms(),
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            step: 0,
             total_steps,
+            result: None,
             config_toml: req.config_toml,
             sequence: seq,
+            restarts: 0,
             max_restarts: self.opts.max_restarts,
-            ..Default::default()
+            ranks_done: Vec::new(),
         })
     }
 
@@ -147,13 +160,13 @@ impl Core {
     /// transaction size (etcd: 128 jobs), one per chunk, the chunks already written taken
     /// back if a later one fails. (A coordinator crash between chunks leaves the first chunks
     /// of a sweep queued.)
-    fn queue(&self, g: &mut Inner, jobs: Vec<v1::Job>) -> Result<Vec<v1::Job>, CoordinatorError> {
+    fn queue(&self, g: &mut Inner, jobs: Vec<Job>) -> Result<Vec<Job>, CoordinatorError> {
         let mut written: Vec<String> = Vec::new();
         for chunk in jobs.chunks(self.store.max_txn_ops().max(1)) {
             // create-if-absent: a second coordinator on the same store can never overwrite a job
             let keys: Vec<String> = chunk.iter().map(|j| format!("{JOBS}{}", j.id)).collect();
             let compares: Vec<Compare> = keys.iter().map(|k| Compare::Exists(k.clone(), false)).collect();
-            let puts: Vec<Op> = keys.iter().zip(chunk).map(|(k, j)| Op::Put(k.clone(), j.encode_to_vec())).collect();
+            let puts: Vec<Op> = keys.iter().zip(chunk).map(|(k, j)| Op::Put(k.clone(), crate::wire::encode_job(j))).collect();
             let outcome = self.store.txn(&compares, &puts, &[]);
             if !matches!(outcome, Ok(ref t) if t.succeeded) {
                 for k in &written {
@@ -170,65 +183,66 @@ impl Core {
         for j in &jobs {
             g.jobs.insert(j.id.clone(), j.clone());
             g.queued_at.insert(j.id.clone(), Instant::now());
-            let _ = self.events.send((j.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::State(j.clone())) }));
-            crate::metrics::job_state_changed(j);
+            self.entered(j);
         }
         Ok(jobs)
     }
 
-    pub fn submit(&self, req: v1::SubmitJobRequest) -> Result<v1::Job, CoordinatorError> {
+    pub fn submit(&self, req: JobSpec) -> Result<Job, CoordinatorError> {
         let mut g = self.lock();
         let job = self.new_job(req, g.next_sequence)?;
         Ok(self.queue(&mut g, vec![job])?.remove(0))
     }
 
     /// A sweep's jobs, all or none; the sweep id is `s` + the first job's sequence number.
-    pub fn submit_sweep(&self, req: v1::SubmitSweepRequest) -> Result<(String, Vec<v1::Job>), CoordinatorError> {
-        if req.jobs.is_empty() {
+    /// Each spec's `sweep` is set here; `name` names the sweep in errors.
+    pub fn submit_sweep(&self, name: &str, specs: Vec<JobSpec>) -> Result<(SweepId, Vec<Job>), CoordinatorError> {
+        if specs.is_empty() {
             return Err(CoordinatorError::InvalidJob("a sweep needs at least one job".into()));
         }
         let mut g = self.lock();
-        let sweep = format!("s{:06}", g.next_sequence);
-        let mut jobs = Vec::with_capacity(req.jobs.len());
-        for (i, mut r) in req.jobs.into_iter().enumerate() {
-            r.sweep = sweep.clone();
+        let sweep = SweepId(format!("s{:06}", g.next_sequence));
+        let mut jobs = Vec::with_capacity(specs.len());
+        for (i, mut r) in specs.into_iter().enumerate() {
+            r.sweep = Some(sweep.clone());
             let arm = r.arm.clone();
-            jobs.push(self.new_job(r, g.next_sequence + i as u64).map_err(|e| CoordinatorError::InvalidJob(format!("sweep {:?}, job {i} ({arm}): {e}", req.name)))?);
+            jobs.push(self.new_job(r, g.next_sequence + i as u64).map_err(|e| CoordinatorError::InvalidJob(format!("sweep {name:?}, job {i} ({arm}): {e}")))?);
         }
         Ok((sweep, self.queue(&mut g, jobs)?))
     }
 
-    pub fn get(&self, id: &str) -> Result<v1::Job, CoordinatorError> {
-        self.lock().jobs.get(id).cloned().ok_or_else(|| CoordinatorError::NoJob(id.into()))
+    pub fn get(&self, id: &JobId) -> Result<Job, CoordinatorError> {
+        self.lock().jobs.get(id).cloned().ok_or_else(|| CoordinatorError::NoJob(id.to_string()))
     }
 
-    pub fn list(&self, states: &[JobState], sweep: &str) -> Vec<v1::Job> {
-        self.lock().jobs.values().filter(|j| states.is_empty() || states.contains(&j.state())).filter(|j| sweep.is_empty() || j.sweep == sweep).cloned().collect()
+    /// Jobs in any of `states` (every state when empty) of `sweep` (every job when None).
+    pub fn list(&self, states: &[JobState], sweep: Option<&SweepId>) -> Vec<Job> {
+        self.lock().jobs.values().filter(|j| states.is_empty() || states.contains(&j.state)).filter(|j| sweep.is_none() || j.sweep.as_ref() == sweep).cloned().collect()
     }
 
-    pub fn cancel(&self, id: &str, reason: &str) -> Result<v1::Job, CoordinatorError> {
+    pub fn cancel(&self, id: &JobId, reason: &str) -> Result<Job, CoordinatorError> {
         let mut g = self.lock();
-        let mut job = g.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::NoJob(id.into()))?;
-        if job.state().is_terminal() {
-            return Err(CoordinatorError::WrongState { job: id.into(), state: job.state().label(), what: "it cannot be cancelled" });
+        let mut job = g.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::NoJob(id.to_string()))?;
+        if job.state.is_terminal() {
+            return Err(CoordinatorError::WrongState { job: id.to_string(), state: job.state.label(), what: "it cannot be cancelled" });
         }
         finish(&mut job, JobState::Cancelled, if reason.is_empty() { "cancelled by user" } else { reason });
         // store first, under the lock: memory never runs ahead of the store, writes keep order
         self.persist(&job, true)?;
         g.queued_at.remove(id);
-        g.jobs.insert(id.to_string(), job.clone());
+        g.jobs.insert(id.clone(), job.clone());
         Ok(job)
     }
 
     /// Queues a failed or cancelled job again (`ablate run --rerun-failed`); its restarts
     /// start over.
-    pub fn retry(&self, id: &str) -> Result<v1::Job, CoordinatorError> {
+    pub fn retry(&self, id: &JobId) -> Result<Job, CoordinatorError> {
         let mut g = self.lock();
-        let mut job = g.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::NoJob(id.into()))?;
-        if !matches!(job.state(), JobState::Failed | JobState::Cancelled) {
-            return Err(CoordinatorError::WrongState { job: id.into(), state: job.state().label(), what: "only failed or cancelled jobs run again" });
+        let mut job = g.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::NoJob(id.to_string()))?;
+        if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+            return Err(CoordinatorError::WrongState { job: id.to_string(), state: job.state.label(), what: "only failed or cancelled jobs run again" });
         }
-        job.state = JobState::Queued as i32;
+        job.state = JobState::Queued;
         job.reason = format!("rerun after: {}", job.reason);
         job.restarts = 0;
         job.placement.clear();
@@ -236,89 +250,87 @@ impl Core {
         job.result = None;
         job.finished_unix_ms = 0;
         self.persist(&job, true)?;
-        g.queued_at.insert(id.to_string(), Instant::now());
-        g.jobs.insert(id.to_string(), job.clone());
+        g.queued_at.insert(id.clone(), Instant::now());
+        g.jobs.insert(id.clone(), job.clone());
         Ok(job)
     }
 
-    pub fn metrics(&self, id: &str, from: u64) -> Result<Vec<v1::MetricPoint>, CoordinatorError> {
+    pub fn metrics(&self, id: &JobId, from: u64) -> Result<Vec<v1::MetricPoint>, CoordinatorError> {
         self.get(id)?;
-        self.runs.metrics(id, from)
+        self.runs.metrics(id.as_str(), from)
     }
 
-    pub fn evals(&self, id: &str) -> Result<Vec<v1::EvalPoint>, CoordinatorError> {
+    pub fn evals(&self, id: &JobId) -> Result<Vec<v1::EvalPoint>, CoordinatorError> {
         self.get(id)?;
-        self.runs.evals(id)
+        self.runs.evals(id.as_str())
     }
 
-    pub fn logs(&self, id: &str, from: u64) -> Result<(Vec<String>, u64), CoordinatorError> {
+    pub fn logs(&self, id: &JobId, from: u64) -> Result<(Vec<String>, u64), CoordinatorError> {
         self.get(id)?;
-        self.runs.logs(id, from)
+        self.runs.logs(id.as_str(), from)
     }
 
-    pub fn workers(&self) -> Vec<v1::WorkerInfo> {
+    pub fn workers(&self) -> Vec<WorkerStatus> {
         let g = self.lock();
+        let busy = busy_slots(&g.jobs);
         g.workers
             .values()
             .map(|w| {
-                let busy = busy_slots(&g.jobs).iter().filter(|(wid, _)| *wid == w.reg.worker_id).count() as u32;
-                v1::WorkerInfo { registration: Some(w.reg.clone()), alive: w.alive, last_heartbeat_ms_ago: w.last_seen.elapsed().as_millis() as u64, busy_slots: busy }
+                let busy_slots = busy.iter().filter(|(wid, _)| *wid == w.reg.id).count() as u32;
+                WorkerStatus { worker: w.reg.clone(), alive: w.alive, last_heartbeat_ms_ago: w.last_seen.elapsed().as_millis() as u64, busy_slots }
             })
             .collect()
     }
 
     // ------------------------------------------------------------ worker operations
 
-    fn check_protocol(reg: &v1::Registration) -> Result<(), CoordinatorError> {
+    fn check_protocol(reg: &Worker) -> Result<(), CoordinatorError> {
         if reg.protocol_version != ablate_proto::PROTOCOL_VERSION {
-            return Err(CoordinatorError::Protocol { worker: reg.worker_id.clone(), got: reg.protocol_version, want: ablate_proto::PROTOCOL_VERSION });
-        }
-        if reg.worker_id.is_empty() {
-            return Err(CoordinatorError::InvalidJob("registration without worker_id".into()));
+            return Err(CoordinatorError::Protocol { worker: reg.id.to_string(), got: reg.protocol_version, want: ablate_proto::PROTOCOL_VERSION });
         }
         Ok(())
     }
 
-    pub fn register(&self, reg: v1::Registration) -> Result<(), CoordinatorError> {
+    pub fn register(&self, reg: Worker) -> Result<(), CoordinatorError> {
         Self::check_protocol(&reg)?;
         let mut g = self.lock();
-        g.workers.insert(reg.worker_id.clone(), WorkerEntry { reg, last_seen: Instant::now(), alive: true });
+        g.workers.insert(reg.id.clone(), WorkerEntry { reg, last_seen: Instant::now(), alive: true });
         Ok(())
     }
 
     /// Records the worker's liveness and running ranks; answers with what it must run.
-    pub fn heartbeat(&self, reg: v1::Registration, running: &[v1::RunningRank]) -> Result<Vec<v1::Assignment>, CoordinatorError> {
+    pub fn heartbeat(&self, reg: Worker, running: &[RunningRank]) -> Result<Vec<Assignment>, CoordinatorError> {
         Self::check_protocol(&reg)?;
-        let wid = reg.worker_id.clone();
+        let wid = reg.id.clone();
         let mut changed = Vec::new();
         let mut g = self.lock();
         g.workers.insert(wid.clone(), WorkerEntry { reg, last_seen: Instant::now(), alive: true });
         for r in running {
-            if let Some(job) = g.jobs.get_mut(&r.job_id) {
-                if job.generation != r.generation || job.state().is_terminal() || r.rank >= job.world_size {
+            if let Some(job) = g.jobs.get_mut(&r.job) {
+                if job.generation != r.generation || job.state.is_terminal() || r.rank.0 >= job.world_size {
                     continue;
                 }
                 job.step = job.step.max(r.step);
-                if let Some(p) = job.placement.iter_mut().find(|p| p.rank == r.rank && p.worker_id == wid) {
+                if let Some(p) = job.placement.iter_mut().find(|p| p.rank == r.rank && p.worker == wid) {
                     if r.pid != 0 && p.pid != r.pid {
                         p.pid = r.pid;
                         changed.push((job.id.clone(), false));
                     }
                 }
-                if job.state() == JobState::Scheduled && job.placement.iter().all(|p| p.pid != 0) {
-                    job.state = JobState::Running as i32;
+                if job.state == JobState::Scheduled && job.placement.iter().all(|p| p.pid != 0) {
+                    job.state = JobState::Running;
                     job.started_unix_ms = now_ms();
                     changed.push((job.id.clone(), true));
                 }
             }
         }
-        let assignments: Vec<v1::Assignment> = g
+        let assignments: Vec<Assignment> = g
             .jobs
             .values()
-            .filter(|j| matches!(j.state(), JobState::Scheduled | JobState::Running))
+            .filter(|j| j.state.is_placed())
             .flat_map(|j| {
-                j.placement.iter().filter(|p| p.worker_id == wid && !j.ranks_done.get(p.rank as usize).copied().unwrap_or(false)).map(move |p| v1::Assignment {
-                    job_id: j.id.clone(),
+                j.placement.iter().filter(|p| p.worker == wid && !j.rank_done(p.rank)).map(move |p| Assignment {
+                    job: j.id.clone(),
                     generation: j.generation,
                     rank: p.rank,
                     world_size: j.world_size,
@@ -331,12 +343,12 @@ impl Core {
             .collect();
         // A running job's rank that this worker no longer runs (its agent restarted, or lost
         // the process without a report) will never finish: restart the gang.
-        let vanished: Vec<(String, u32)> = g
+        let vanished: Vec<(JobId, Rank)> = g
             .jobs
             .values()
-            .filter(|j| j.state() == JobState::Running)
-            .flat_map(|j| j.placement.iter().filter(|p| p.worker_id == wid && !j.ranks_done.get(p.rank as usize).copied().unwrap_or(false)).map(move |p| (j, p.rank)))
-            .filter(|(j, rank)| !running.iter().any(|r| r.job_id == j.id && r.generation == j.generation && r.rank == *rank))
+            .filter(|j| j.state == JobState::Running)
+            .flat_map(|j| j.placement.iter().filter(|p| p.worker == wid && !j.rank_done(p.rank)).map(move |p| (j, p.rank)))
+            .filter(|(j, rank)| !running.iter().any(|r| r.job == j.id && r.generation == j.generation && r.rank == *rank))
             .map(|(j, rank)| (j.id.clone(), rank))
             .collect();
         for (id, rank) in vanished {
@@ -356,39 +368,35 @@ impl Core {
             self.persist(j, *entered)?;
         }
         // ranks of a job requeued just now are no longer assigned
-        let live: Vec<(String, u64)> = g.jobs.values().filter(|j| matches!(j.state(), JobState::Scheduled | JobState::Running)).map(|j| (j.id.clone(), j.generation)).collect();
-        Ok(assignments.into_iter().filter(|a: &v1::Assignment| live.contains(&(a.job_id.clone(), a.generation))).collect())
+        Ok(assignments.into_iter().filter(|a| g.jobs.get(&a.job).is_some_and(|j| j.state.is_placed() && j.generation == a.generation)).collect())
     }
 
-    fn current(&self, g: &Inner, job: &str, generation: u64) -> Result<v1::Job, CoordinatorError> {
-        let j = g.jobs.get(job).ok_or_else(|| CoordinatorError::NoJob(job.into()))?;
+    fn current(&self, g: &Inner, job: &JobId, generation: Generation) -> Result<Job, CoordinatorError> {
+        let j = g.jobs.get(job).ok_or_else(|| CoordinatorError::NoJob(job.to_string()))?;
         if j.generation != generation {
-            return Err(CoordinatorError::StaleGeneration { job: job.into(), got: generation, current: j.generation });
+            return Err(CoordinatorError::StaleGeneration { job: job.to_string(), got: generation.0, current: j.generation.0 });
         }
-        if !matches!(j.state(), JobState::Scheduled | JobState::Running) {
-            return Err(CoordinatorError::WrongState { job: job.into(), state: j.state().label(), what: "its ranks must stop" });
+        if !j.state.is_placed() {
+            return Err(CoordinatorError::WrongState { job: job.to_string(), state: j.state.label(), what: "its ranks must stop" });
         }
         Ok(j.clone())
     }
 
-    pub fn rendezvous_publish(&self, r: v1::RendezvousPublishRequest) -> Result<(), CoordinatorError> {
+    pub fn rendezvous_publish(&self, r: Publication) -> Result<(), CoordinatorError> {
         let mut g = self.lock();
-        let job = self.current(&g, &r.job_id, r.generation)?;
+        let job = self.current(&g, &r.job, r.generation)?;
         let world = job.world_size as usize;
-        if r.rank as usize >= world {
-            return Err(CoordinatorError::Rendezvous { job: r.job_id, generation: r.generation, message: format!("rank {} outside world size {world}", r.rank) });
+        let refuse = |message: String| CoordinatorError::Rendezvous { job: r.job.to_string(), generation: r.generation.0, message };
+        if r.rank.0 as usize >= world {
+            return Err(refuse(format!("rank {} outside world size {world}", r.rank)));
         }
-        let t = g.rendezvous.entry((r.job_id.clone(), r.generation)).or_default();
+        let t = g.rendezvous.entry((r.job.clone(), r.generation)).or_default();
         t.addresses.resize(world, None);
         t.opened.get_or_insert_with(Instant::now);
         if let Some((_, other)) = t.addresses.iter().flatten().find(|(_, h)| *h != r.params_hash) {
-            return Err(CoordinatorError::Rendezvous {
-                job: r.job_id,
-                generation: r.generation,
-                message: format!("rank {} has parameter layout {} but the group has {other}: the ranks run different configs or versions", r.rank, r.params_hash),
-            });
+            return Err(refuse(format!("rank {} has parameter layout {} but the group has {other}: the ranks run different configs or versions", r.rank, r.params_hash)));
         }
-        t.addresses[r.rank as usize] = Some((r.address, r.params_hash));
+        t.addresses[r.rank.0 as usize] = Some((r.address, r.params_hash));
         if t.addresses.iter().all(|a| a.is_some()) {
             if let Some(opened) = t.opened {
                 crate::metrics::rendezvous_done(opened.elapsed());
@@ -399,11 +407,12 @@ impl Core {
         Ok(())
     }
 
-    /// Every rank's address once all published, else None (the caller waits and retries).
-    pub fn rendezvous_table(&self, job: &str, generation: u64) -> Result<Result<Vec<String>, usize>, CoordinatorError> {
+    /// Every rank's address once all published, else how many have (the caller waits and
+    /// retries).
+    pub fn rendezvous_table(&self, job: &JobId, generation: Generation) -> Result<Result<Vec<String>, usize>, CoordinatorError> {
         let g = self.lock();
         self.current(&g, job, generation)?;
-        let Some(t) = g.rendezvous.get(&(job.to_string(), generation)) else { return Ok(Err(0)) };
+        let Some(t) = g.rendezvous.get(&(job.clone(), generation)) else { return Ok(Err(0)) };
         let present = t.addresses.iter().filter(|a| a.is_some()).count();
         if present == t.addresses.len() && present > 0 {
             Ok(Ok(t.addresses.iter().map(|a| a.as_ref().expect("all present").0.clone()).collect()))
@@ -412,10 +421,10 @@ impl Core {
         }
     }
 
-    pub fn report_metrics(&self, r: v1::ReportMetricsRequest) -> Result<(), CoordinatorError> {
+    pub fn report_progress(&self, r: Progress) -> Result<(), CoordinatorError> {
         let job = {
             let mut g = self.lock();
-            let Some(j) = g.jobs.get_mut(&r.job_id) else { return Err(CoordinatorError::NoJob(r.job_id)) };
+            let Some(j) = g.jobs.get_mut(&r.job) else { return Err(CoordinatorError::NoJob(r.job.to_string())) };
             if let Some(last) = r.points.last() {
                 if j.generation == r.generation {
                     j.step = j.step.max(last.step + 1);
@@ -423,71 +432,80 @@ impl Core {
             }
             j.clone()
         };
+        let id = r.job.as_str();
         // points of another generation (a partitioned old rank 0) would overwrite the curve
         if !r.points.is_empty() && r.generation == job.generation {
-            self.runs.append_metrics(&r.job_id, &r.points)?;
+            self.runs.append_metrics(id, &r.points)?;
             crate::metrics::job_points(&job, &r.points);
             for p in &r.points {
-                let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::Metric(*p)) }));
+                let _ = self.events.send((job.id.clone(), Event::Metric(*p)));
             }
         }
         if !r.evals.is_empty() && r.generation == job.generation {
-            self.runs.append_evals(&r.job_id, &r.evals)?;
+            self.runs.append_evals(id, &r.evals)?;
             for e in r.evals {
-                let _ = self.events.send((job.id.clone(), v1::JobEvent { event: Some(v1::job_event::Event::Eval(e)) }));
+                let _ = self.events.send((job.id.clone(), Event::Eval(e)));
             }
         }
         if !r.log_lines.is_empty() {
-            self.runs.append_logs(&r.job_id, &r.log_lines)?;
+            self.runs.append_logs(id, &r.log_lines)?;
         }
         Ok(())
     }
 
-    pub fn report_completion(&self, r: v1::ReportCompletionRequest) -> Result<(), CoordinatorError> {
+    pub fn report_completion(&self, r: Completion) -> Result<(), CoordinatorError> {
         let mut g = self.lock();
-        let Some(current) = g.jobs.get(&r.job_id) else { return Err(CoordinatorError::NoJob(r.job_id)) };
-        if r.rank >= current.world_size {
-            return Err(CoordinatorError::InvalidJob(format!("rank {} reported for job {} of world size {}", r.rank, r.job_id, current.world_size)));
+        let Some(current) = g.jobs.get(&r.job) else { return Err(CoordinatorError::NoJob(r.job.to_string())) };
+        if r.rank.0 >= current.world_size {
+            return Err(CoordinatorError::InvalidJob(format!("rank {} reported for job {} of world size {}", r.rank, r.job, current.world_size)));
         }
-        let placed_here = current.placement.iter().any(|p| p.rank == r.rank && p.worker_id == r.worker_id);
-        if current.generation != r.generation || !matches!(current.state(), JobState::Scheduled | JobState::Running) || !placed_here {
+        let placed_here = current.placement.iter().any(|p| p.rank == r.rank && p.worker == r.worker);
+        if current.generation != r.generation || !current.state.is_placed() || !placed_here {
             // a late report (finished, requeued or restarted generation): keep it in the log only
-            let line = format!("[coordinator] late report from rank {} (generation {}): {}", r.rank, r.generation, if r.success { "succeeded" } else { &r.reason });
+            let how = match &r.outcome {
+                Outcome::Succeeded { .. } => "succeeded",
+                Outcome::Failed { reason, .. } => reason.as_str(),
+            };
+            let line = format!("[coordinator] late report from rank {} (generation {}): {how}", r.rank, r.generation);
             drop(g);
-            return self.runs.append_logs(&r.job_id, &[line]);
+            return self.runs.append_logs(r.job.as_str(), &[line]);
         }
         let mut job = current.clone();
         let world = job.world_size as usize;
         let before = job.state;
         let mut requeued = false;
-        if !r.success {
-            let reason = format!("rank {} on worker {}: {}", r.rank, r.worker_id, r.reason);
-            if r.retryable {
-                // the whole gang restarts (from rank 0's last checkpoint) under a new generation
-                requeued = requeue(&mut job, &reason);
-            } else {
-                finish(&mut job, JobState::Failed, &reason);
-            }
-        } else {
-            job.ranks_done.resize(world, false);
-            let res = job.result.get_or_insert_with(Default::default);
-            res.rank_checksums.resize(world, f64::NAN);
-            res.rank_checksums[r.rank as usize] = r.checksum;
-            if r.rank == 0 {
-                if let Some(mine) = r.result {
-                    let sums = std::mem::take(&mut res.rank_checksums);
-                    *res = v1::JobResult { rank_checksums: sums, ..mine };
+        let rank = r.rank.0 as usize;
+        match r.outcome {
+            Outcome::Failed { reason, retryable } => {
+                let reason = format!("rank {} on worker {}: {reason}", r.rank, r.worker);
+                if retryable {
+                    // the whole gang restarts (from rank 0's last checkpoint) under a new generation
+                    requeued = requeue(&mut job, &reason);
+                } else {
+                    finish(&mut job, JobState::Failed, &reason);
                 }
             }
-            job.ranks_done[r.rank as usize] = true;
-            if job.ranks_done.iter().all(|d| *d) {
-                let sums = &job.result.as_ref().expect("set above").rank_checksums;
-                if sums.windows(2).all(|w| w[0] == w[1]) {
-                    finish(&mut job, JobState::Succeeded, "");
-                    crate::metrics::job_eval(&job);
-                } else {
-                    let reason = format!("ranks finished with different parameters (checksums {sums:?}): data parallelism broke");
-                    finish(&mut job, JobState::Failed, &reason);
+            Outcome::Succeeded { checksum, result } => {
+                job.ranks_done.resize(world, false);
+                let res = job.result.get_or_insert_with(Default::default);
+                res.rank_checksums.resize(world, f64::NAN);
+                res.rank_checksums[rank] = checksum;
+                if rank == 0 {
+                    if let Some(mine) = result {
+                        let sums = std::mem::take(&mut res.rank_checksums);
+                        *res = JobResult { rank_checksums: sums, ..mine };
+                    }
+                }
+                job.ranks_done[rank] = true;
+                if job.ranks_done.iter().all(|d| *d) {
+                    let sums = &job.result.as_ref().expect("set above").rank_checksums;
+                    if sums.windows(2).all(|w| w[0] == w[1]) {
+                        finish(&mut job, JobState::Succeeded, "");
+                        crate::metrics::job_eval(&job);
+                    } else {
+                        let reason = format!("ranks finished with different parameters (checksums {sums:?}): data parallelism broke");
+                        finish(&mut job, JobState::Failed, &reason);
+                    }
                 }
             }
         }
@@ -510,18 +528,18 @@ impl Core {
         for w in g.workers.values_mut() {
             if w.alive && w.last_seen.elapsed() > expiry {
                 w.alive = false;
-                tracing::warn!(worker = %w.reg.worker_id, "worker lost: no heartbeat for {:?}", expiry);
+                tracing::warn!(worker = %w.reg.id, "worker lost: no heartbeat for {:?}", expiry);
             }
         }
-        let alive: Vec<String> = g.workers.values().filter(|w| w.alive).map(|w| w.reg.worker_id.clone()).collect();
+        let alive: Vec<WorkerId> = g.workers.values().filter(|w| w.alive).map(|w| w.reg.id.clone()).collect();
         // after a coordinator restart, workers get one expiry period to re-attach
         let grace_over = self.started.elapsed() > expiry;
         let mut requeued = Vec::new();
         for job in g.jobs.values_mut() {
-            if !matches!(job.state(), JobState::Scheduled | JobState::Running) {
+            if !job.state.is_placed() {
                 continue;
             }
-            let lost: Vec<String> = job.placement.iter().filter(|p| !alive.contains(&p.worker_id)).map(|p| p.worker_id.clone()).collect();
+            let lost: Vec<WorkerId> = job.placement.iter().filter(|p| !alive.contains(&p.worker)).map(|p| p.worker.clone()).collect();
             if lost.is_empty() || !grace_over {
                 continue;
             }
@@ -538,24 +556,24 @@ impl Core {
         let busy = busy_slots(&g.jobs);
         let mut slots = Vec::new();
         for w in g.workers.values().filter(|w| w.alive) {
-            let mut by_kind: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+            let mut by_kind: BTreeMap<DeviceKind, Vec<u32>> = BTreeMap::new();
             for d in &w.reg.devices {
-                if !busy.contains(&(w.reg.worker_id.clone(), d.index)) {
+                if !busy.contains(&(w.reg.id.clone(), d.index)) {
                     by_kind.entry(d.kind).or_default().push(d.index);
                 }
             }
-            slots.extend(by_kind.into_iter().map(|(kind, free)| WorkerSlots { worker: w.reg.worker_id.clone(), kind, free }));
+            slots.extend(by_kind.into_iter().map(|(kind, free)| WorkerSlots { worker: w.reg.id.clone(), kind, free }));
         }
         // a gang larger than the live workers' slots of any one kind cannot be placed until
         // more register: it waits with a reason that says so and, once the re-attach grace is
         // over, no longer holds up the strict queue behind it
-        let mut capacity: BTreeMap<i32, usize> = BTreeMap::new();
+        let mut capacity: BTreeMap<DeviceKind, usize> = BTreeMap::new();
         for d in g.workers.values().filter(|w| w.alive).flat_map(|w| &w.reg.devices) {
             *capacity.entry(d.kind).or_default() += 1;
         }
         let largest = capacity.values().copied().max().unwrap_or(0);
         let mut queue = Vec::new();
-        for j in g.jobs.values_mut().filter(|j| j.state() == JobState::Queued) {
+        for j in g.jobs.values_mut().filter(|j| j.state == JobState::Queued) {
             let fits = j.world_size as usize <= largest;
             if grace_over {
                 let waiting = (!fits).then(|| format!("{WAITING}a gang of {} needs that many slots of one kind; the live workers have {largest}", j.world_size));
@@ -580,18 +598,18 @@ impl Core {
         for p in scheduler::schedule(&slots, &queue) {
             let waited = g.queued_at.remove(&p.job);
             let job = g.jobs.get_mut(&p.job).expect("queued job exists");
-            job.generation += 1;
-            job.state = JobState::Scheduled as i32;
+            job.generation = Generation(job.generation.0 + 1);
+            job.state = JobState::Scheduled;
             job.ranks_done = vec![false; job.world_size as usize];
             job.result = None;
-            job.placement = p.ranks.iter().enumerate().map(|(r, (w, s))| v1::RankPlacement { rank: r as u32, worker_id: w.clone(), slot: *s, pid: 0 }).collect();
+            job.placement = p.ranks.into_iter().enumerate().map(|(r, (worker, slot))| RankPlacement { rank: Rank(r as u32), worker, slot, pid: 0 }).collect();
             if let Some(t) = waited {
                 crate::metrics::queue_wait(t.elapsed());
             }
-            changed.push(p.job.clone());
+            changed.push(p.job);
         }
         // rendezvous tables of generations that are over
-        let live: Vec<(String, u64)> = g.jobs.values().filter(|j| !j.state().is_terminal()).map(|j| (j.id.clone(), j.generation)).collect();
+        let live: Vec<(JobId, Generation)> = g.jobs.values().filter(|j| !j.state.is_terminal()).map(|j| (j.id.clone(), j.generation)).collect();
         g.rendezvous.retain(|k, _| live.contains(k));
         // workers lost long ago with nothing placed on them are forgotten
         let held = busy_slots(&g.jobs);
@@ -610,10 +628,10 @@ impl Core {
 
 /// Sends a placed job back to the queue after an infrastructure failure (it does not count
 /// against the user), or fails it when its restarts are spent. Returns whether it requeued.
-fn requeue(job: &mut v1::Job, why: &str) -> bool {
+fn requeue(job: &mut Job, why: &str) -> bool {
     if job.restarts < job.max_restarts {
         job.restarts += 1;
-        job.state = JobState::Queued as i32;
+        job.state = JobState::Queued;
         job.placement.clear();
         job.ranks_done.clear();
         job.reason = format!("restart {} of {}: {why}", job.restarts, job.max_restarts);
@@ -624,20 +642,17 @@ fn requeue(job: &mut v1::Job, why: &str) -> bool {
     }
 }
 
-fn finish(job: &mut v1::Job, state: JobState, reason: &str) {
-    job.state = state as i32;
+fn finish(job: &mut Job, state: JobState, reason: &str) {
+    job.state = state;
     job.reason = reason.to_string();
     job.finished_unix_ms = now_ms();
 }
 
 /// (worker, slot) pairs held by placed jobs.
-fn busy_slots(jobs: &BTreeMap<String, v1::Job>) -> Vec<(String, u32)> {
-    jobs.values().filter(|j| matches!(j.state(), JobState::Scheduled | JobState::Running)).flat_map(|j| j.placement.iter().map(|p| (p.worker_id.clone(), p.slot))).collect()
+fn busy_slots(jobs: &BTreeMap<JobId, Job>) -> Vec<(WorkerId, u32)> {
+    jobs.values().filter(|j| j.state.is_placed()).flat_map(|j| j.placement.iter().map(|p| (p.worker.clone(), p.slot))).collect()
 }
 
-fn state_counts(jobs: &BTreeMap<String, v1::Job>) -> Vec<(JobState, usize)> {
-    [JobState::Queued, JobState::Scheduled, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled]
-        .into_iter()
-        .map(|s| (s, jobs.values().filter(|j| j.state() == s).count()))
-        .collect()
+fn state_counts(jobs: &BTreeMap<JobId, Job>) -> Vec<(JobState, usize)> {
+    JobState::ALL.into_iter().map(|s| (s, jobs.values().filter(|j| j.state == s).count())).collect()
 }

@@ -10,6 +10,8 @@ pub enum CoordinatorError {
     NoSweep(String),
     #[error("invalid job: {0}")]
     InvalidJob(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
     #[error("job {job} is {state}: {what}")]
     WrongState { job: String, state: &'static str, what: &'static str },
     #[error("worker {worker} speaks protocol {got}, this coordinator {want}: upgrade the older side")]
@@ -32,7 +34,7 @@ impl From<CoordinatorError> for tonic::Status {
         let msg = e.to_string();
         match e {
             NoJob(_) | NoSweep(_) => tonic::Status::not_found(msg),
-            InvalidJob(_) => tonic::Status::invalid_argument(msg),
+            InvalidJob(_) | BadRequest(_) => tonic::Status::invalid_argument(msg),
             WrongState { .. } | Protocol { .. } | StaleGeneration { .. } | Rendezvous { .. } => tonic::Status::failed_precondition(msg),
             RendezvousTimeout { .. } => tonic::Status::deadline_exceeded(msg),
             Store(_) | Io { .. } => tonic::Status::internal(msg),

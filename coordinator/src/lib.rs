@@ -8,14 +8,17 @@
 //!   in-memory one, and the conformance suite every backend passes;
 //! - `leader`: leader election among coordinators sharing an etcd store (HA);
 //! - `scheduler`: the gang scheduler, a pure function over a cluster snapshot;
+//! - `domain`: the coordinator's types (jobs, states, placements, workers, typed ids);
+//! - `wire`: their conversions to and from `ablate.v1` (requests, answers, the stored job);
 //! - `core`: job state machine, worker registry, rendezvous tables, result collection;
-//! - `service`: the gRPC `JobService` and `WorkerService` over `core`;
+//! - `service`: the gRPC `JobService` and `WorkerService` over `core`, converting through `wire`;
 //! - `runs`: per-job metric and log files on the coordinator;
 //! - `metrics`: the Prometheus recorder and `/metrics` endpoint;
 //! - `server`: wires it all to listeners and a shutdown token;
 //! - `error`: `CoordinatorError` and its mapping to gRPC statuses.
 
 pub mod core;
+pub mod domain;
 pub mod error;
 pub mod leader;
 pub mod metrics;
@@ -24,6 +27,7 @@ pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod wire;
 
 pub use core::{Core, Options};
 pub use error::CoordinatorError;

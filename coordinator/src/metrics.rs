@@ -3,7 +3,9 @@
 //! job, dropped an hour after its last update; never step or rank); histograms have
 //! explicit buckets. `serve` answers `GET /metrics` (and `/healthz`) on its own listener.
 
-use ablate_proto::v1::{self, JobState};
+use ablate_proto::v1;
+
+use crate::domain::{Job, JobState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -49,15 +51,16 @@ fn describe() {
     metrics::describe_counter!("ablate_job_transitions_total", "Job state transitions, by the state entered");
 }
 
-fn labels(job: &v1::Job) -> [(&'static str, String); 3] {
-    [("job", job.id.clone()), ("sweep", job.sweep.clone()), ("arm", job.arm.clone())]
+fn labels(job: &Job) -> [(&'static str, String); 3] {
+    let sweep = job.sweep.as_ref().map(|s| s.to_string()).unwrap_or_default();
+    [("job", job.id.to_string()), ("sweep", sweep), ("arm", job.arm.clone())]
 }
 
-pub fn job_state_changed(job: &v1::Job) {
-    metrics::counter!("ablate_job_transitions_total", "state" => job.state().label()).increment(1);
+pub fn job_state_changed(job: &Job) {
+    metrics::counter!("ablate_job_transitions_total", "state" => job.state.label()).increment(1);
 }
 
-pub fn job_points(job: &v1::Job, points: &[v1::MetricPoint]) {
+pub fn job_points(job: &Job, points: &[v1::MetricPoint]) {
     let Some(last) = points.last() else { return };
     let l = labels(job);
     metrics::gauge!("ablate_job_train_loss", &l).set(last.loss);
@@ -72,7 +75,7 @@ pub fn job_points(job: &v1::Job, points: &[v1::MetricPoint]) {
 }
 
 /// The final evaluation of a finished job (FD-scenes, MMD, accuracy, FID when available).
-pub fn job_eval(job: &v1::Job) {
+pub fn job_eval(job: &Job) {
     let Some(r) = job.result.as_ref().filter(|r| !r.eval_json.is_empty()) else { return };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.eval_json) else { return };
     let l = labels(job);

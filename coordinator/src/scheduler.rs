@@ -11,18 +11,19 @@
 
 use std::collections::BTreeMap;
 
+use crate::domain::{DeviceKind, JobId, WorkerId};
+
 /// One worker's free slots of one device kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSlots {
-    pub worker: String,
-    /// `DeviceKind` as its wire number (CPU 1, CUDA 2).
-    pub kind: i32,
+    pub worker: WorkerId,
+    pub kind: DeviceKind,
     pub free: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    pub job: String,
+    pub job: JobId,
     pub priority: i32,
     pub sequence: u64,
     pub world: u32,
@@ -30,16 +31,16 @@ pub struct Pending {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    pub job: String,
+    pub job: JobId,
     /// (worker, slot) of rank 0, 1, ...
-    pub ranks: Vec<(String, u32)>,
+    pub ranks: Vec<(WorkerId, u32)>,
 }
 
-const CUDA: i32 = 2;
+const CUDA: DeviceKind = DeviceKind::Cuda;
 
 pub fn schedule(workers: &[WorkerSlots], queue: &[Pending]) -> Vec<Placement> {
     // free slots per (kind, worker), sorted, deduplicated
-    let mut free: BTreeMap<(i32, String), Vec<u32>> = BTreeMap::new();
+    let mut free: BTreeMap<(DeviceKind, WorkerId), Vec<u32>> = BTreeMap::new();
     for w in workers {
         let e = free.entry((w.kind, w.worker.clone())).or_default();
         e.extend(&w.free);
@@ -54,7 +55,7 @@ pub fn schedule(workers: &[WorkerSlots], queue: &[Pending]) -> Vec<Placement> {
         if world == 0 {
             continue;
         }
-        let total = |kind: i32| free.iter().filter(|((k, _), _)| *k == kind).map(|(_, v)| v.len()).sum::<usize>();
+        let total = |kind: DeviceKind| free.iter().filter(|((k, _), _)| *k == kind).map(|(_, v)| v.len()).sum::<usize>();
         let kind = if total(CUDA) >= world {
             CUDA
         } else if let Some(k) = free.keys().map(|(k, _)| *k).filter(|k| *k != CUDA).find(|k| total(*k) >= world) {
@@ -62,9 +63,9 @@ pub fn schedule(workers: &[WorkerSlots], queue: &[Pending]) -> Vec<Placement> {
         } else {
             break; // strict queue: the head waits for slots
         };
-        let mut cands: Vec<(String, usize)> = free.iter().filter(|((k, _), v)| *k == kind && !v.is_empty()).map(|((_, w), v)| (w.clone(), v.len())).collect();
-        let fits: Option<String> = cands.iter().filter(|(_, n)| *n >= world).min_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0))).map(|(w, _)| w.clone());
-        let chosen: Vec<String> = match fits {
+        let mut cands: Vec<(WorkerId, usize)> = free.iter().filter(|((k, _), v)| *k == kind && !v.is_empty()).map(|((_, w), v)| (w.clone(), v.len())).collect();
+        let fits: Option<WorkerId> = cands.iter().filter(|(_, n)| *n >= world).min_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0))).map(|(w, _)| w.clone());
+        let chosen: Vec<WorkerId> = match fits {
             Some(w) => vec![w],
             None => {
                 cands.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -91,17 +92,20 @@ mod tests {
     use super::*;
 
     fn cpu(w: &str, n: u32) -> WorkerSlots {
-        WorkerSlots { worker: w.into(), kind: 1, free: (0..n).collect() }
+        WorkerSlots { worker: w.into(), kind: DeviceKind::Cpu, free: (0..n).collect() }
     }
     fn job(id: &str, priority: i32, sequence: u64, world: u32) -> Pending {
         Pending { job: id.into(), priority, sequence, world }
+    }
+    fn at(w: &str, slot: u32) -> (WorkerId, u32) {
+        (w.into(), slot)
     }
 
     #[test]
     fn a_gang_waits_for_all_its_slots() {
         assert_eq!(schedule(&[cpu("a", 1), cpu("b", 1)], &[job("j", 0, 1, 3)]), vec![]);
         let p = schedule(&[cpu("a", 1), cpu("b", 1), cpu("c", 1)], &[job("j", 0, 1, 3)]);
-        assert_eq!(p[0].ranks, vec![("a".into(), 0), ("b".into(), 0), ("c".into(), 0)]);
+        assert_eq!(p[0].ranks, vec![at("a", 0), at("b", 0), at("c", 0)]);
     }
 
     #[test]
@@ -118,9 +122,9 @@ mod tests {
     fn best_fit_packing_and_gpus_first() {
         // the 2-slot gang goes to the worker with 2 free, keeping the 4-slot one whole
         let p = schedule(&[cpu("big", 4), cpu("small", 2)], &[job("j", 0, 1, 2)]);
-        assert_eq!(p[0].ranks, vec![("small".into(), 0), ("small".into(), 1)]);
-        let gpu = WorkerSlots { worker: "g".into(), kind: 2, free: vec![0, 1] };
+        assert_eq!(p[0].ranks, vec![at("small", 0), at("small", 1)]);
+        let gpu = WorkerSlots { worker: "g".into(), kind: DeviceKind::Cuda, free: vec![0, 1] };
         let p = schedule(&[cpu("c", 8), gpu], &[job("j", 0, 1, 2)]);
-        assert!(p[0].ranks.iter().all(|(w, _)| w == "g"));
+        assert!(p[0].ranks.iter().all(|(w, _)| w.as_str() == "g"));
     }
 }

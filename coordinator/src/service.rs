@@ -1,4 +1,4 @@
-//! The gRPC services: thin translations between ablate.v1 and [`Core`].
+//! The gRPC services: thin translations between ablate.v1 and [`Core`], through `wire`.
 
 use ablate_proto::v1::{self, job_service_server::JobService, worker_service_server::WorkerService};
 use std::pin::Pin;
@@ -8,6 +8,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
+use crate::domain::{Event, Generation, JobId, Progress, SweepId};
+use crate::wire;
 
 #[derive(Clone)]
 pub struct Jobs(pub Arc<Core>);
@@ -20,52 +22,54 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Sen
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn submit_job(&self, r: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobResponse>, Status> {
-        let job = self.0.submit(r.into_inner())?;
-        Ok(Response::new(v1::SubmitJobResponse { job: Some(job) }))
+        let job = self.0.submit(r.into_inner().into())?;
+        Ok(Response::new(v1::SubmitJobResponse { job: Some(job.into()) }))
     }
 
     async fn submit_sweep(&self, r: Request<v1::SubmitSweepRequest>) -> Result<Response<v1::SubmitSweepResponse>, Status> {
-        let (sweep, jobs) = self.0.submit_sweep(r.into_inner())?;
-        Ok(Response::new(v1::SubmitSweepResponse { sweep, jobs }))
+        let r = r.into_inner();
+        let (sweep, jobs) = self.0.submit_sweep(&r.name, r.jobs.into_iter().map(Into::into).collect())?;
+        Ok(Response::new(v1::SubmitSweepResponse { sweep: sweep.0, jobs: jobs.into_iter().map(Into::into).collect() }))
     }
 
     async fn get_sweep_results(&self, r: Request<v1::GetSweepResultsRequest>) -> Result<Response<v1::GetSweepResultsResponse>, Status> {
-        let sweep = r.into_inner().sweep;
-        let mut jobs = self.0.list(&[], &sweep);
+        let sweep = SweepId(r.into_inner().sweep);
+        let mut jobs = self.0.list(&[], Some(&sweep));
         if jobs.is_empty() {
-            return Err(crate::error::CoordinatorError::NoSweep(sweep).into());
+            return Err(crate::error::CoordinatorError::NoSweep(sweep.0).into());
         }
         jobs.sort_by_key(|j| j.sequence);
-        Ok(Response::new(v1::GetSweepResultsResponse { sweep, jobs }))
+        Ok(Response::new(v1::GetSweepResultsResponse { sweep: sweep.0, jobs: jobs.into_iter().map(Into::into).collect() }))
     }
 
     async fn get_job(&self, r: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
-        Ok(Response::new(self.0.get(&r.into_inner().id)?))
+        Ok(Response::new(self.0.get(&JobId(r.into_inner().id))?.into()))
     }
 
     async fn list_jobs(&self, r: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
         let r = r.into_inner();
-        let states: Vec<v1::JobState> = r.states().collect();
-        Ok(Response::new(v1::ListJobsResponse { jobs: self.0.list(&states, &r.sweep) }))
+        let states = wire::job_states(&r.states)?;
+        let sweep = (!r.sweep.is_empty()).then_some(SweepId(r.sweep));
+        Ok(Response::new(v1::ListJobsResponse { jobs: self.0.list(&states, sweep.as_ref()).into_iter().map(Into::into).collect() }))
     }
 
     async fn cancel_job(&self, r: Request<v1::CancelJobRequest>) -> Result<Response<v1::Job>, Status> {
         let r = r.into_inner();
-        Ok(Response::new(self.0.cancel(&r.id, &r.reason)?))
+        Ok(Response::new(self.0.cancel(&JobId(r.id), &r.reason)?.into()))
     }
 
     type WatchJobStream = EventStream;
 
     async fn watch_job(&self, r: Request<v1::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
-        let id = r.into_inner().id;
+        let id = JobId(r.into_inner().id);
         // subscribe before reading the state, so no change falls between the two
         let mut rx = self.0.events.subscribe();
         let first = self.0.get(&id)?;
         let (tx, out) = tokio::sync::mpsc::channel(256);
         let core = self.0.clone();
         tokio::spawn(async move {
-            let done = first.state().is_terminal();
-            if tx.send(Ok(v1::JobEvent { event: Some(v1::job_event::Event::State(first)) })).await.is_err() || done {
+            let done = first.state.is_terminal();
+            if tx.send(Ok(Event::State(Box::new(first)).into())).await.is_err() || done {
                 return;
             }
             loop {
@@ -76,8 +80,8 @@ impl JobService for Jobs {
                 };
                 match got {
                     Ok((job, ev)) if job == id => {
-                        let end = matches!(&ev.event, Some(v1::job_event::Event::State(j)) if j.state().is_terminal());
-                        if tx.send(Ok(ev)).await.is_err() || end {
+                        let end = matches!(&ev, Event::State(j) if j.state.is_terminal());
+                        if tx.send(Ok(ev.into())).await.is_err() || end {
                             return;
                         }
                     }
@@ -86,9 +90,8 @@ impl JobService for Jobs {
                         // events were skipped, maybe the last one: look at the job itself
                         tracing::warn!("watcher of {id} skipped {n} events");
                         if let Ok(j) = core.get(&id) {
-                            let end = j.state().is_terminal();
-                            if end {
-                                let _ = tx.send(Ok(v1::JobEvent { event: Some(v1::job_event::Event::State(j)) })).await;
+                            if j.state.is_terminal() {
+                                let _ = tx.send(Ok(Event::State(Box::new(j)).into())).await;
                                 return;
                             }
                         }
@@ -102,56 +105,55 @@ impl JobService for Jobs {
 
     async fn get_metrics(&self, r: Request<v1::GetMetricsRequest>) -> Result<Response<v1::GetMetricsResponse>, Status> {
         let r = r.into_inner();
-        Ok(Response::new(v1::GetMetricsResponse { points: self.0.metrics(&r.id, r.from_step)?, evals: self.0.evals(&r.id)? }))
+        let id = JobId(r.id);
+        Ok(Response::new(v1::GetMetricsResponse { points: self.0.metrics(&id, r.from_step)?, evals: self.0.evals(&id)? }))
     }
 
     async fn get_logs(&self, r: Request<v1::GetLogsRequest>) -> Result<Response<v1::GetLogsResponse>, Status> {
         let r = r.into_inner();
-        let (lines, next_line) = self.0.logs(&r.id, r.from_line)?;
+        let (lines, next_line) = self.0.logs(&JobId(r.id), r.from_line)?;
         Ok(Response::new(v1::GetLogsResponse { lines, next_line }))
     }
 
     async fn list_workers(&self, _: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        Ok(Response::new(v1::ListWorkersResponse { workers: self.0.workers() }))
+        Ok(Response::new(v1::ListWorkersResponse { workers: self.0.workers().iter().map(Into::into).collect() }))
     }
-}
-
-fn registration(r: Option<v1::Registration>) -> Result<v1::Registration, Status> {
-    r.ok_or_else(|| Status::invalid_argument("request without registration"))
 }
 
 #[tonic::async_trait]
 impl WorkerService for Workers {
     async fn register(&self, r: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
-        self.0.register(registration(r.into_inner().registration)?)?;
+        self.0.register(wire::worker(r.into_inner().registration)?)?;
         let o = &self.0.opts;
         Ok(Response::new(v1::RegisterResponse { heartbeat_interval_ms: o.heartbeat.as_millis() as u64, expiry_ms: o.worker_expiry.as_millis() as u64 }))
     }
 
     async fn heartbeat(&self, r: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let r = r.into_inner();
-        let assignments = self.0.heartbeat(registration(r.registration)?, &r.running)?;
-        Ok(Response::new(v1::HeartbeatResponse { assignments }))
+        let running: Vec<_> = r.running.into_iter().map(Into::into).collect();
+        let assignments = self.0.heartbeat(wire::worker(r.registration)?, &running)?;
+        Ok(Response::new(v1::HeartbeatResponse { assignments: assignments.iter().map(Into::into).collect() }))
     }
 
     async fn rendezvous_publish(&self, r: Request<v1::RendezvousPublishRequest>) -> Result<Response<v1::RendezvousPublishResponse>, Status> {
-        self.0.rendezvous_publish(r.into_inner())?;
+        self.0.rendezvous_publish(r.into_inner().into())?;
         Ok(Response::new(v1::RendezvousPublishResponse {}))
     }
 
     async fn rendezvous_fetch(&self, r: Request<v1::RendezvousFetchRequest>) -> Result<Response<v1::RendezvousFetchResponse>, Status> {
         let r = r.into_inner();
+        let (job, generation) = (JobId(r.job_id), Generation(r.generation));
         let wait = Duration::from_millis(r.timeout_ms.clamp(1, 600_000));
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.0.rendezvous_changed.notified();
-            match self.0.rendezvous_table(&r.job_id, r.generation)? {
+            match self.0.rendezvous_table(&job, generation)? {
                 Ok(addresses) => return Ok(Response::new(v1::RendezvousFetchResponse { addresses })),
                 Err(present) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        let world = self.0.get(&r.job_id)?.world_size as usize;
-                        return Err(crate::error::CoordinatorError::RendezvousTimeout { job: r.job_id, generation: r.generation, present, world, waited_ms: wait.as_millis() as u64 }.into());
+                        let world = self.0.get(&job)?.world_size as usize;
+                        return Err(crate::error::CoordinatorError::RendezvousTimeout { job: job.0, generation: generation.0, present, world, waited_ms: wait.as_millis() as u64 }.into());
                     }
                     // wake on any publish, and poll now and then (a lost notification costs 200 ms)
                     let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
@@ -161,18 +163,19 @@ impl WorkerService for Workers {
     }
 
     async fn report_metrics(&self, r: Request<v1::ReportMetricsRequest>) -> Result<Response<v1::ReportMetricsResponse>, Status> {
-        self.0.report_metrics(r.into_inner())?;
+        self.0.report_progress(r.into_inner().into())?;
         Ok(Response::new(v1::ReportMetricsResponse {}))
     }
 
     async fn report_checkpoint(&self, r: Request<v1::ReportCheckpointRequest>) -> Result<Response<v1::ReportCheckpointResponse>, Status> {
         let r = r.into_inner();
-        self.0.report_metrics(v1::ReportMetricsRequest { job_id: r.job_id, generation: r.generation, log_lines: vec![format!("[checkpoint] step {} at {}", r.step, r.path)], ..Default::default() })?;
+        let line = format!("[checkpoint] step {} at {}", r.step, r.path);
+        self.0.report_progress(Progress { job: JobId(r.job_id), generation: Generation(r.generation), points: Vec::new(), evals: Vec::new(), log_lines: vec![line] })?;
         Ok(Response::new(v1::ReportCheckpointResponse {}))
     }
 
     async fn report_completion(&self, r: Request<v1::ReportCompletionRequest>) -> Result<Response<v1::ReportCompletionResponse>, Status> {
-        self.0.report_completion(r.into_inner())?;
+        self.0.report_completion(r.into_inner().into())?;
         Ok(Response::new(v1::ReportCompletionResponse {}))
     }
 }

@@ -100,9 +100,9 @@ fn an_unreachable_etcd_is_an_error_that_names_it_and_a_dead_one_fails_calls() {
     assert!(err.contains("put") && err.contains("jobs/b") && err.contains(&e.endpoint), "{err}");
 }
 
-fn sweep_of(n: usize) -> ablate_proto::v1::SubmitSweepRequest {
-    let job = |i: usize| ablate_proto::v1::SubmitJobRequest { config_toml: "[train]\nsteps = 1\n".into(), world_size: 1, arm: format!("arm{i}"), ..Default::default() };
-    ablate_proto::v1::SubmitSweepRequest { name: "big".into(), jobs: (0..n).map(job).collect() }
+fn sweep_of(n: usize) -> Vec<ablate_coordinator::domain::JobSpec> {
+    let job = |i: usize| ablate_coordinator::domain::JobSpec { config_toml: "[train]\nsteps = 1\n".into(), world_size: 1, arm: format!("arm{i}"), ..Default::default() };
+    (0..n).map(job).collect()
 }
 
 fn core_on(kv: Arc<dyn Kv>, dir: &std::path::Path) -> ablate_coordinator::Core {
@@ -116,16 +116,16 @@ fn sweeps_larger_than_one_transaction_are_stored_whole_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let kv: Arc<dyn Kv> = Arc::new(MemoryStore::with_max_txn_ops(4));
     let core = core_on(kv.clone(), dir.path());
-    let (_, jobs) = core.submit_sweep(sweep_of(10)).unwrap();
+    let (_, jobs) = core.submit_sweep("big", sweep_of(10)).unwrap();
     assert_eq!(jobs.len(), 10);
     assert_eq!(kv.range("jobs/").unwrap().len(), 10);
     // the next sweep's ids are j000011..j000020: plant a stranger's j000017 (third chunk)
     kv.put("jobs/j000017", b"someone else's").unwrap();
-    let e = core.submit_sweep(sweep_of(10)).unwrap_err().to_string();
+    let e = core.submit_sweep("big", sweep_of(10)).unwrap_err().to_string();
     assert!(e.contains("job ids are taken"), "{e}");
     let keys: Vec<String> = kv.range("jobs/").unwrap().into_iter().map(|e| e.key).collect();
     assert_eq!(keys.len(), 11, "the first two chunks were taken back: {keys:?}");
-    assert!(core.list(&[], "").len() == 10, "nothing of the failed sweep is queued");
+    assert!(core.list(&[], None).len() == 10, "nothing of the failed sweep is queued");
 }
 
 /// etcd: a transaction over its 128-op limit is refused by name; a 300-job sweep goes
@@ -143,12 +143,12 @@ fn etcd_takes_big_sweeps_in_chunks_and_passes_over_a_dead_member() {
     assert_eq!(store.revision().unwrap(), 0, "nothing was written");
     let dir = tempfile::tempdir().unwrap();
     let core = core_on(store.clone(), dir.path());
-    let (_, jobs) = core.submit_sweep(sweep_of(300)).unwrap();
+    let (_, jobs) = core.submit_sweep("big", sweep_of(300)).unwrap();
     assert_eq!(jobs.len(), 300);
     assert_eq!(store.range("jobs/").unwrap().len(), 300);
     // a second coordinator on the same store sees every job
     drop(core);
-    assert_eq!(core_on(Arc::new(EtcdStore::open(&spec).unwrap()), dir.path()).list(&[], "").len(), 300);
+    assert_eq!(core_on(Arc::new(EtcdStore::open(&spec).unwrap()), dir.path()).list(&[], None).len(), 300);
 }
 
 #[test]

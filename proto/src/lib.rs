@@ -5,9 +5,9 @@
 //!   servers (proto/ablate/v1/ablate.proto, compiled by protox in build.rs);
 //! - `etcd`: clients of etcd's v3 KV and Lease services (proto/etcd/kv.proto);
 //! - `DESCRIPTOR_SET`: the encoded descriptors, for gRPC reflection;
-//! - typed ids and `PROTOCOL_VERSION`.
+//! - `PROTOCOL_VERSION` and the coordinator URL helpers (the coordinator's typed ids and
+//!   domain types live in the coordinator, converted at its service boundary).
 
-use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of the coordinator <-> worker protocol.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -25,36 +25,6 @@ pub mod etcd {
 
 /// The encoded `FileDescriptorSet` of ablate.v1 (for tonic-reflection).
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ablate_v1_descriptor.bin"));
-
-macro_rules! id {
-    ($(#[$m:meta])* $name:ident) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        pub struct $name(pub String);
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-id!(/// A training job (one arm x one seed of a sweep, or a standalone job).
-    JobId);
-id!(/// A sweep: a baseline and its arms.
-    SweepId);
-id!(/// A registered worker (node agent).
-    WorkerId);
-
-/// A rank within a job's data-parallel group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Rank(pub u32);
-
-/// Rendezvous generation: bumped on every (re)start of a job's gang, so a stale rank can
-/// never join a newer group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Generation(pub u64);
 
 impl v1::JobState {
     /// Succeeded, failed or cancelled: nothing more happens to the job.

@@ -3,6 +3,7 @@
 //! state, and the report data read back from both. Below the local runner (`run`), the
 //! report (`report`) and `ablate results`, none of which it knows.
 
+use ablate_coordinator::domain::JobId;
 use ablate_coordinator::{store::redb::RedbStore, Core, Options};
 use ablate_proto::v1;
 use anyhow::Context;
@@ -60,7 +61,7 @@ pub(super) fn read_record(out: &Path) -> anyhow::Result<Option<Record>> {
 }
 
 pub(super) fn jobs_of(core: &Core, rec: &Record) -> anyhow::Result<Vec<(String, v1::Job)>> {
-    rec.jobs.iter().map(|j| Ok((j.arm.clone(), core.get(&j.job)?))).collect()
+    rec.jobs.iter().map(|j| Ok((j.arm.clone(), core.get(&JobId(j.job.clone()))?.into()))).collect()
 }
 
 /// Every job's metric points and evaluations, as the coordinator keeps them (evaluations from
@@ -68,14 +69,15 @@ pub(super) fn jobs_of(core: &Core, rec: &Record) -> anyhow::Result<Vec<(String, 
 pub(super) fn local_series(core: &Core, out: &Path, jobs: &[(String, v1::Job)]) -> anyhow::Result<HashMap<String, Series>> {
     let mut all = HashMap::new();
     for (_, j) in jobs {
-        let mut evals = core.evals(&j.id)?;
+        let id = JobId(j.id.clone());
+        let mut evals = core.evals(&id)?;
         if evals.is_empty() {
             let p = out.join("work/jobs").join(&j.id).join("eval.jsonl");
             let text = std::fs::read_to_string(&p).unwrap_or_default();
             let step = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64();
             evals = text.lines().filter_map(|l| Some(v1::EvalPoint { step: step(l)?, eval_json: l.to_string() })).collect();
         }
-        all.insert(j.id.clone(), Series { points: core.metrics(&j.id, 0)?, evals });
+        all.insert(j.id.clone(), Series { points: core.metrics(&id, 0)?, evals });
     }
     Ok(all)
 }

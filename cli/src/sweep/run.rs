@@ -5,8 +5,9 @@
 //! resumes: finished jobs stay finished, interrupted ones continue from their last
 //! checkpoint. `ablate results <out>` prints the table again.
 
+use ablate_coordinator::domain::{JobId, JobSpec, JobState};
 use ablate_coordinator::Core;
-use ablate_proto::v1::{self, JobState};
+use ablate_proto::v1;
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -120,8 +121,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             Some(mut rec) => {
                 if a.rerun_failed {
                     for j in &rec.jobs {
-                        if matches!(core.get(&j.job)?.state(), JobState::Failed | JobState::Cancelled) {
-                            core.retry(&j.job)?;
+                        let id = JobId(j.job.clone());
+                        if matches!(core.get(&id)?.state, JobState::Failed | JobState::Cancelled) {
+                            core.retry(&id)?;
                         }
                     }
                 }
@@ -132,15 +134,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 let reqs = sweep
                     .jobs
                     .iter()
-                    .map(|j| v1::SubmitJobRequest { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: sweep.world_size, priority: sweep.priority, sweep: String::new(), arm: j.arm.clone() })
+                    .map(|j| JobSpec { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: sweep.world_size, priority: sweep.priority, sweep: None, arm: j.arm.clone() })
                     .collect();
-                let (sweep_id, jobs) = core.submit_sweep(v1::SubmitSweepRequest { name: sweep.name.clone(), jobs: reqs })?;
+                let (sweep_id, jobs) = core.submit_sweep(&sweep.name, reqs)?;
                 let rec = Record {
                     name: sweep.name.clone(),
-                    sweep_id,
+                    sweep_id: sweep_id.0,
                     fingerprint: fp,
                     arms: sweep.arms.iter().map(|x| x.name.clone()).collect(),
-                    jobs: sweep.jobs.iter().zip(&jobs).map(|(s, j)| RecordJob { id: s.id.clone(), arm: s.arm.clone(), seed: s.seed, job: j.id.clone() }).collect(),
+                    jobs: sweep.jobs.iter().zip(&jobs).map(|(s, j)| RecordJob { id: s.id.clone(), arm: s.arm.clone(), seed: s.seed, job: j.id.0.clone() }).collect(),
                 };
                 ablate_trainer::fsutil::write_durable(&out.join("sweep.json"), serde_json::to_string_pretty(&rec)?.as_bytes())?;
                 rec
@@ -168,10 +170,10 @@ async fn progress(core: &Core, rec: &Record) -> anyhow::Result<bool> {
         let mut lines = Vec::new();
         let mut done = true;
         for j in &rec.jobs {
-            let job = core.get(&j.job)?;
+            let job = core.get(&JobId(j.job.clone()))?;
             let last = core.metrics(&job.id, job.step.saturating_sub(1))?.pop();
-            done &= job.state().is_terminal();
-            lines.push(display.line(&j.id, &job, last.as_ref()));
+            done &= job.state.is_terminal();
+            lines.push(display.line(&j.id, &job.into(), last.as_ref()));
         }
         display.draw(&lines, done);
         if done {
