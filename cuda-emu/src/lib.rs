@@ -78,62 +78,56 @@ pub struct AdamwTensor {
 pub mod kernels {
     use super::AdamwTensor;
 
-    macro_rules! typed {
-        ($($name:ident ( $($arg:ident : $ty:ty),* );)*) => {
-            extern "C" { $(pub fn $name($($arg: $ty),*);)* }
+    /// Declares each kernel once, with `E` for its element type, under its name without
+    /// the dtype suffix; the module it expands in says `E` and the suffix.
+    macro_rules! element_kernels {
+        ($suffix:literal) => {
+            declare!($suffix;
+                ablate_ln_modulate_fwd(x: *const E, shift: *const E, scale: *const E, y: *mut E, rows: i32, n: i32, d: i32, shared: i32, offset: f32, eps: f64);
+                ablate_ln_modulate_bwd_dx(x: *const E, scale: *const E, dy: *const E, dx: *mut E, stats: *mut f32, rows: i32, n: i32, d: i32, shared: i32, offset: f32, eps: f64);
+                ablate_ln_modulate_param_partials(x: *const E, dy: *const E, stats: *const f32, ps: *mut f32, pc: *mut f32, group_rows: i32, chunk_rows: i32, chunks: i32, d: i32);
+                ablate_col_sum(part: *const f32, out: *mut E, groups: i32, chunks: i32, d: i32);
+                ablate_rms_norm_fwd(x: *const E, w: *const E, y: *mut E, rows: i64, d: i32, eps: f64);
+                ablate_rms_norm_bwd_dx(x: *const E, w: *const E, dy: *const E, dx: *mut E, stats: *mut f32, rows: i64, d: i32, eps: f64);
+                ablate_rms_norm_dw_partials(x: *const E, dy: *const E, stats: *const f32, part: *mut f32, rows: i64, chunk_rows: i32, d: i32);
+                ablate_gated_gelu_fwd(gate: *const E, up: *const E, y: *mut E, n: i64);
+                ablate_gated_gelu_bwd(gate: *const E, up: *const E, dy: *const E, dgate: *mut E, dup: *mut E, n: i64);
+                ablate_gated_gelu_packed_fwd(x: *const E, y: *mut E, rows: i64, m: i32);
+                ablate_gated_gelu_packed_bwd(x: *const E, dy: *const E, dx: *mut E, rows: i64, m: i32);
+                ablate_gated_residual_fwd(x: *const E, y: *const E, gate: *const E, out: *mut E, total: i64, n: i32, d: i32);
+                ablate_gated_residual_bwd_dy(gate: *const E, dout: *const E, dy: *mut E, total: i64, n: i32, d: i32);
+                ablate_gated_residual_dgate_partials(y: *const E, dout: *const E, part: *mut f32, n: i32, chunk_rows: i32, chunks: i32, d: i32);
+                ablate_rope(x: *const E, cos: *const f32, sin: *const f32, y: *mut E, pairs: i64, h: i32, n: i32, dh: i32, per_sample: i32, sign: f32);
+                ablate_mse_partials(a: *const E, b: *const E, part: *mut f64, n: i64);
+                ablate_mse_finish(part: *const f64, parts: i32, out: *mut E, n: i64);
+                ablate_mse_bwd(a: *const E, b: *const E, g: *const E, da: *mut E, db: *mut E, n: i64);
+                ablate_masked_softmax_fwd(s: *const E, bias: *const f32, p: *mut E, rows: i64, rows_per_sample: i64, nk: i32, scale: f32);
+                ablate_masked_softmax_bwd(p: *const E, dp: *const E, ds: *mut E, rows: i64, nk: i32, scale: f32);
+                ablate_qkv_prep_fwd(qkv: *const E, tkv: *const E, w: *const E, cos: *const f32, sin: *const f32, out: *mut E, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
+                ablate_qkv_prep_bwd(qkv: *const E, tkv: *const E, w: *const E, cos: *const f32, sin: *const f32, g: *const E, dqkv: *mut E, dtkv: *mut E, stats: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
+                ablate_qkv_prep_dw_partials(qkv: *const E, tkv: *const E, cos: *const f32, sin: *const f32, g: *const E, stats: *const f32, part: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, chunk_rows: i32, chunks: i32);
+            );
         };
     }
 
-    typed!(
-        ablate_ln_modulate_fwd_f32(x: *const f32, shift: *const f32, scale: *const f32, y: *mut f32, rows: i32, n: i32, d: i32, shared: i32, offset: f32, eps: f64);
-        ablate_ln_modulate_bwd_dx_f32(x: *const f32, scale: *const f32, dy: *const f32, dx: *mut f32, stats: *mut f32, rows: i32, n: i32, d: i32, shared: i32, offset: f32, eps: f64);
-        ablate_ln_modulate_param_partials_f32(x: *const f32, dy: *const f32, stats: *const f32, ps: *mut f32, pc: *mut f32, group_rows: i32, chunk_rows: i32, chunks: i32, d: i32);
-        ablate_col_sum_f32(part: *const f32, out: *mut f32, groups: i32, chunks: i32, d: i32);
-        ablate_rms_norm_fwd_f32(x: *const f32, w: *const f32, y: *mut f32, rows: i64, d: i32, eps: f64);
-        ablate_rms_norm_bwd_dx_f32(x: *const f32, w: *const f32, dy: *const f32, dx: *mut f32, stats: *mut f32, rows: i64, d: i32, eps: f64);
-        ablate_rms_norm_dw_partials_f32(x: *const f32, dy: *const f32, stats: *const f32, part: *mut f32, rows: i64, chunk_rows: i32, d: i32);
-        ablate_gated_gelu_fwd_f32(gate: *const f32, up: *const f32, y: *mut f32, n: i64);
-        ablate_gated_gelu_bwd_f32(gate: *const f32, up: *const f32, dy: *const f32, dgate: *mut f32, dup: *mut f32, n: i64);
-        ablate_gated_gelu_packed_fwd_f32(x: *const f32, y: *mut f32, rows: i64, m: i32);
-        ablate_gated_gelu_packed_bwd_f32(x: *const f32, dy: *const f32, dx: *mut f32, rows: i64, m: i32);
-        ablate_gated_residual_fwd_f32(x: *const f32, y: *const f32, gate: *const f32, out: *mut f32, total: i64, n: i32, d: i32);
-        ablate_gated_residual_bwd_dy_f32(gate: *const f32, dout: *const f32, dy: *mut f32, total: i64, n: i32, d: i32);
-        ablate_gated_residual_dgate_partials_f32(y: *const f32, dout: *const f32, part: *mut f32, n: i32, chunk_rows: i32, chunks: i32, d: i32);
-        ablate_rope_f32(x: *const f32, cos: *const f32, sin: *const f32, y: *mut f32, pairs: i64, h: i32, n: i32, dh: i32, per_sample: i32, sign: f32);
-        ablate_mse_partials_f32(a: *const f32, b: *const f32, part: *mut f64, n: i64);
-        ablate_mse_finish_f32(part: *const f64, parts: i32, out: *mut f32, n: i64);
-        ablate_mse_bwd_f32(a: *const f32, b: *const f32, g: *const f32, da: *mut f32, db: *mut f32, n: i64);
-        ablate_masked_softmax_fwd_f32(s: *const f32, bias: *const f32, p: *mut f32, rows: i64, rows_per_sample: i64, nk: i32, scale: f32);
-        ablate_masked_softmax_bwd_f32(p: *const f32, dp: *const f32, ds: *mut f32, rows: i64, nk: i32, scale: f32);
-        ablate_qkv_prep_fwd_f32(qkv: *const f32, tkv: *const f32, w: *const f32, cos: *const f32, sin: *const f32, out: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
-        ablate_qkv_prep_bwd_f32(qkv: *const f32, tkv: *const f32, w: *const f32, cos: *const f32, sin: *const f32, g: *const f32, dqkv: *mut f32, dtkv: *mut f32, stats: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
-        ablate_qkv_prep_dw_partials_f32(qkv: *const f32, tkv: *const f32, cos: *const f32, sin: *const f32, g: *const f32, stats: *const f32, part: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, chunk_rows: i32, chunks: i32);
-    );
-    typed!(
-        ablate_ln_modulate_fwd_bf16(x: *const u16, shift: *const u16, scale: *const u16, y: *mut u16, rows: i32, n: i32, d: i32, shared: i32, offset: f32, eps: f64);
-        ablate_ln_modulate_bwd_dx_bf16(x: *const u16, scale: *const u16, dy: *const u16, dx: *mut u16, stats: *mut f32, rows: i32, n: i32, d: i32, shared: i32, offset: f32, eps: f64);
-        ablate_ln_modulate_param_partials_bf16(x: *const u16, dy: *const u16, stats: *const f32, ps: *mut f32, pc: *mut f32, group_rows: i32, chunk_rows: i32, chunks: i32, d: i32);
-        ablate_col_sum_bf16(part: *const f32, out: *mut u16, groups: i32, chunks: i32, d: i32);
-        ablate_rms_norm_fwd_bf16(x: *const u16, w: *const u16, y: *mut u16, rows: i64, d: i32, eps: f64);
-        ablate_rms_norm_bwd_dx_bf16(x: *const u16, w: *const u16, dy: *const u16, dx: *mut u16, stats: *mut f32, rows: i64, d: i32, eps: f64);
-        ablate_rms_norm_dw_partials_bf16(x: *const u16, dy: *const u16, stats: *const f32, part: *mut f32, rows: i64, chunk_rows: i32, d: i32);
-        ablate_gated_gelu_fwd_bf16(gate: *const u16, up: *const u16, y: *mut u16, n: i64);
-        ablate_gated_gelu_bwd_bf16(gate: *const u16, up: *const u16, dy: *const u16, dgate: *mut u16, dup: *mut u16, n: i64);
-        ablate_gated_gelu_packed_fwd_bf16(x: *const u16, y: *mut u16, rows: i64, m: i32);
-        ablate_gated_gelu_packed_bwd_bf16(x: *const u16, dy: *const u16, dx: *mut u16, rows: i64, m: i32);
-        ablate_gated_residual_fwd_bf16(x: *const u16, y: *const u16, gate: *const u16, out: *mut u16, total: i64, n: i32, d: i32);
-        ablate_gated_residual_bwd_dy_bf16(gate: *const u16, dout: *const u16, dy: *mut u16, total: i64, n: i32, d: i32);
-        ablate_gated_residual_dgate_partials_bf16(y: *const u16, dout: *const u16, part: *mut f32, n: i32, chunk_rows: i32, chunks: i32, d: i32);
-        ablate_rope_bf16(x: *const u16, cos: *const f32, sin: *const f32, y: *mut u16, pairs: i64, h: i32, n: i32, dh: i32, per_sample: i32, sign: f32);
-        ablate_mse_partials_bf16(a: *const u16, b: *const u16, part: *mut f64, n: i64);
-        ablate_mse_finish_bf16(part: *const f64, parts: i32, out: *mut u16, n: i64);
-        ablate_mse_bwd_bf16(a: *const u16, b: *const u16, g: *const u16, da: *mut u16, db: *mut u16, n: i64);
-        ablate_masked_softmax_fwd_bf16(s: *const u16, bias: *const f32, p: *mut u16, rows: i64, rows_per_sample: i64, nk: i32, scale: f32);
-        ablate_masked_softmax_bwd_bf16(p: *const u16, dp: *const u16, ds: *mut u16, rows: i64, nk: i32, scale: f32);
-        ablate_qkv_prep_fwd_bf16(qkv: *const u16, tkv: *const u16, w: *const u16, cos: *const f32, sin: *const f32, out: *mut u16, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
-        ablate_qkv_prep_bwd_bf16(qkv: *const u16, tkv: *const u16, w: *const u16, cos: *const f32, sin: *const f32, g: *const u16, dqkv: *mut u16, dtkv: *mut u16, stats: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, eps: f64);
-        ablate_qkv_prep_dw_partials_bf16(qkv: *const u16, tkv: *const u16, cos: *const f32, sin: *const f32, g: *const u16, stats: *const f32, part: *mut f32, b: i64, heads: i32, n: i32, t: i32, dh: i32, per_sample: i32, chunk_rows: i32, chunks: i32);
-    );
+    macro_rules! declare {
+        ($suffix:literal; $($name:ident ( $($arg:ident : $ty:ty),* );)*) => {
+            extern "C" { $(#[link_name = concat!(stringify!($name), "_", $suffix)] pub fn $name($($arg: $ty),*);)* }
+        };
+    }
+
+    /// The f32 kernels.
+    pub mod f32 {
+        type E = f32;
+        element_kernels!("f32");
+    }
+
+    /// The bf16 kernels (bf16 as its 16 bits).
+    pub mod bf16 {
+        type E = u16;
+        element_kernels!("bf16");
+    }
+
     extern "C" {
         pub fn ablate_grad_sq_partials(table: *const AdamwTensor, chunk_tensor: *const i32, chunk_start: *const i64, part: *mut f64);
         pub fn ablate_grad_clip_finish(part: *const f64, parts: i32, max_norm: f32, out: *mut f32);

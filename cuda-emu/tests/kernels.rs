@@ -51,10 +51,10 @@ impl Buf {
 
 /// Calls the f32 or bf16 instance of a kernel.
 macro_rules! k {
-    ($prec:expr, $f32:ident, $bf16:ident, $($a:expr),* $(,)?) => {
+    ($prec:expr, $name:ident, $($a:expr),* $(,)?) => {
         // SAFETY: every pointer is a live buffer of the size the kernel indexes (the tests
         // size them from the same shapes they pass).
-        unsafe { match $prec { F32 => kernels::$f32($($a as _),*), Bf16 => kernels::$bf16($($a as _),*) } }
+        unsafe { match $prec { F32 => kernels::f32::$name($($a as _),*), Bf16 => kernels::bf16::$name($($a as _),*) } }
     };
 }
 
@@ -122,24 +122,24 @@ fn layer_norm_modulate_matches_the_cpu_op() {
             for l in [geo::ln_rows(rows, d), ((2, 1), geo::row_block(d))] {
                 let y = Buf::zeros(prec, rows * d);
                 let (px, psh, psc, py) = (xb.p(), shb.p(), scb.p(), y.p());
-                run(l, || k!(prec, ablate_ln_modulate_fwd_f32, ablate_ln_modulate_fwd_bf16, px.get(), psh.get(), psc.get(), py.get(), rows as i32, n as i32, d as i32, shared as i32, offset, 1e-6f64));
+                run(l, || k!(prec, ablate_ln_modulate_fwd, px.get(), psh.get(), psc.get(), py.get(), rows as i32, n as i32, d as i32, shared as i32, offset, 1e-6f64));
                 assert_close("ln forward", prec, &y.values(), &want_y);
             }
             // backward: dx and the row statistics, then the two-pass parameter sums
             let (dx, mut stats) = (Buf::zeros(prec, rows * d), vec![0f32; 2 * rows]);
             let (px, psc, pdy, pdx, pst) = (xb.p(), scb.p(), dyb.p(), dx.p(), P::of(&mut stats));
-            run(geo::ln_rows(rows, d), || k!(prec, ablate_ln_modulate_bwd_dx_f32, ablate_ln_modulate_bwd_dx_bf16, px.get(), psc.get(), pdy.get(), pdx.get(), pst.get(), rows as i32, n as i32, d as i32, shared as i32, offset, 1e-6f64));
+            run(geo::ln_rows(rows, d), || k!(prec, ablate_ln_modulate_bwd_dx, px.get(), psc.get(), pdy.get(), pdx.get(), pst.get(), rows as i32, n as i32, d as i32, shared as i32, offset, 1e-6f64));
             assert_close("ln dx", prec, &dx.values(), &want_g[0]);
             let (groups, group_rows) = if shared { (1, rows) } else { (b, n) };
             let (chunk_rows, chunks) = (geo::chunk_rows(groups, group_rows), geo::chunks(groups, group_rows));
             assert!(chunks > 1, "the test must cross a chunk boundary");
             let (mut ps, mut pc) = (vec![0f32; groups * chunks * d], vec![0f32; groups * chunks * d]);
             let (pps, ppc, pst) = (P::of(&mut ps), P::of(&mut pc), P::of_ref(&stats));
-            run(geo::column_partials(groups, group_rows, d), || k!(prec, ablate_ln_modulate_param_partials_f32, ablate_ln_modulate_param_partials_bf16, px.get(), pdy.get(), pst.get(), pps.get(), ppc.get(), group_rows as i32, chunk_rows as i32, chunks as i32, d as i32));
+            run(geo::column_partials(groups, group_rows, d), || k!(prec, ablate_ln_modulate_param_partials, px.get(), pdy.get(), pst.get(), pps.get(), ppc.get(), group_rows as i32, chunk_rows as i32, chunks as i32, d as i32));
             for (what, part, want) in [("ln dshift", &ps, &want_g[1]), ("ln dscale", &pc, &want_g[2])] {
                 let out = Buf::zeros(prec, groups * d);
                 let (pp, po) = (P::of_ref(part), out.p());
-                run(geo::column_sum(groups, d), || k!(prec, ablate_col_sum_f32, ablate_col_sum_bf16, pp.get(), po.get(), groups as i32, chunks as i32, d as i32));
+                run(geo::column_sum(groups, d), || k!(prec, ablate_col_sum, pp.get(), po.get(), groups as i32, chunks as i32, d as i32));
                 assert_close(what, prec, &out.values(), want);
             }
         }
@@ -159,19 +159,19 @@ fn rms_norm_matches_the_cpu_op() {
             let (want_y, want_g) = cpu_grads(&[(&x, &shape), (&w, &[d])], &dy, |t| ablate_trainer::kernels::rms::rms_norm(&t[0], &t[1], 1e-6));
             let (xb, wb, dyb, y, dx) = (Buf::new(prec, &x), Buf::new(prec, &w), Buf::new(prec, &dy), Buf::zeros(prec, rows * d), Buf::zeros(prec, rows * d));
             let (px, pw, pdy, py, pdx) = (xb.p(), wb.p(), dyb.p(), y.p(), dx.p());
-            run(geo::rms_rows(rows), || k!(prec, ablate_rms_norm_fwd_f32, ablate_rms_norm_fwd_bf16, px.get(), pw.get(), py.get(), rows as i64, d as i32, 1e-6f64));
+            run(geo::rms_rows(rows), || k!(prec, ablate_rms_norm_fwd, px.get(), pw.get(), py.get(), rows as i64, d as i32, 1e-6f64));
             assert_close("rms forward", prec, &y.values(), &want_y);
             let mut stats = vec![0f32; rows];
             let pst = P::of(&mut stats);
-            run(geo::rms_rows(rows), || k!(prec, ablate_rms_norm_bwd_dx_f32, ablate_rms_norm_bwd_dx_bf16, px.get(), pw.get(), pdy.get(), pdx.get(), pst.get(), rows as i64, d as i32, 1e-6f64));
+            run(geo::rms_rows(rows), || k!(prec, ablate_rms_norm_bwd_dx, px.get(), pw.get(), pdy.get(), pdx.get(), pst.get(), rows as i64, d as i32, 1e-6f64));
             assert_close("rms dx", prec, &dx.values(), &want_g[0]);
             let (chunk_rows, chunks) = (geo::chunk_rows(1, rows), geo::chunks(1, rows));
             let mut part = vec![0f32; chunks * d];
             let (pp, pst) = (P::of(&mut part), P::of_ref(&stats));
-            run(geo::column_partials(1, rows, d), || k!(prec, ablate_rms_norm_dw_partials_f32, ablate_rms_norm_dw_partials_bf16, px.get(), pdy.get(), pst.get(), pp.get(), rows as i64, chunk_rows as i32, d as i32));
+            run(geo::column_partials(1, rows, d), || k!(prec, ablate_rms_norm_dw_partials, px.get(), pdy.get(), pst.get(), pp.get(), rows as i64, chunk_rows as i32, d as i32));
             let dw = Buf::zeros(prec, d);
             let (pp, pdw) = (P::of_ref(&part), dw.p());
-            run(geo::column_sum(1, d), || k!(prec, ablate_col_sum_f32, ablate_col_sum_bf16, pp.get(), pdw.get(), 1i32, chunks as i32, d as i32));
+            run(geo::column_sum(1, d), || k!(prec, ablate_col_sum, pp.get(), pdw.get(), 1i32, chunks as i32, d as i32));
             assert_close("rms dw", prec, &dw.values(), &want_g[1]);
         }
     }
@@ -196,9 +196,9 @@ fn gated_gelu_matches_the_cpu_ops() {
             let (y, dg, du) = (Buf::zeros(prec, n), Buf::zeros(prec, n), Buf::zeros(prec, n));
             let pu = if with_up { ub.p() } else { P::null() };
             let (pg, py, pdy, pdg, pdu) = (gb.p(), y.p(), dyb.p(), dg.p(), du.p());
-            run(geo::elementwise(n), || k!(prec, ablate_gated_gelu_fwd_f32, ablate_gated_gelu_fwd_bf16, pg.get(), pu.get(), py.get(), n as i64));
+            run(geo::elementwise(n), || k!(prec, ablate_gated_gelu_fwd, pg.get(), pu.get(), py.get(), n as i64));
             assert_close("gelu forward", prec, &y.values(), &want_y);
-            run(geo::elementwise(n), || k!(prec, ablate_gated_gelu_bwd_f32, ablate_gated_gelu_bwd_bf16, pg.get(), pu.get(), pdy.get(), pdg.get(), pdu.get(), n as i64));
+            run(geo::elementwise(n), || k!(prec, ablate_gated_gelu_bwd, pg.get(), pu.get(), pdy.get(), pdg.get(), pdu.get(), n as i64));
             assert_close("gelu dgate", prec, &dg.values(), &want_g[0]);
             if with_up {
                 assert_close("gelu dup", prec, &du.values(), &want_g[1]);
@@ -209,9 +209,9 @@ fn gated_gelu_matches_the_cpu_ops() {
         let (want_y, want_g) = cpu_grads(&[(&packed, &[rows, 2 * m])], &dy, |t| ablate_trainer::kernels::gelu::gated_gelu_packed(&t[0]));
         let (xb, y, dx) = (Buf::new(prec, &packed), Buf::zeros(prec, n), Buf::zeros(prec, 2 * n));
         let (px, py, pdy, pdx) = (xb.p(), y.p(), dyb.p(), dx.p());
-        run(geo::elementwise(n), || k!(prec, ablate_gated_gelu_packed_fwd_f32, ablate_gated_gelu_packed_fwd_bf16, px.get(), py.get(), rows as i64, m as i32));
+        run(geo::elementwise(n), || k!(prec, ablate_gated_gelu_packed_fwd, px.get(), py.get(), rows as i64, m as i32));
         assert_close("packed gelu forward", prec, &y.values(), &want_y);
-        run(geo::elementwise(n), || k!(prec, ablate_gated_gelu_packed_bwd_f32, ablate_gated_gelu_packed_bwd_bf16, px.get(), pdy.get(), pdx.get(), rows as i64, m as i32));
+        run(geo::elementwise(n), || k!(prec, ablate_gated_gelu_packed_bwd, px.get(), pdy.get(), pdx.get(), rows as i64, m as i32));
         assert_close("packed gelu dx", prec, &dx.values(), &want_g[0]);
     }
 }
@@ -231,17 +231,17 @@ fn gated_residual_matches_the_cpu_op() {
         let (xb, yb, gb, db) = (Buf::new(prec, &x), Buf::new(prec, &y), Buf::new(prec, &gate), Buf::new(prec, &dout));
         let (out, dy) = (Buf::zeros(prec, total), Buf::zeros(prec, total));
         let (px, py, pg, pd, po, pdy) = (xb.p(), yb.p(), gb.p(), db.p(), out.p(), dy.p());
-        run(geo::elementwise(total), || k!(prec, ablate_gated_residual_fwd_f32, ablate_gated_residual_fwd_bf16, px.get(), py.get(), pg.get(), po.get(), total as i64, n as i32, d as i32));
+        run(geo::elementwise(total), || k!(prec, ablate_gated_residual_fwd, px.get(), py.get(), pg.get(), po.get(), total as i64, n as i32, d as i32));
         assert_close("residual forward", prec, &out.values(), &want);
-        run(geo::elementwise(total), || k!(prec, ablate_gated_residual_bwd_dy_f32, ablate_gated_residual_bwd_dy_bf16, pg.get(), pd.get(), pdy.get(), total as i64, n as i32, d as i32));
+        run(geo::elementwise(total), || k!(prec, ablate_gated_residual_bwd_dy, pg.get(), pd.get(), pdy.get(), total as i64, n as i32, d as i32));
         assert_close("residual dy", prec, &dy.values(), &want_g[1]);
         let (chunk_rows, chunks) = (geo::chunk_rows(b, n), geo::chunks(b, n));
         let mut part = vec![0f32; b * chunks * d];
         let pp = P::of(&mut part);
-        run(geo::column_partials(b, n, d), || k!(prec, ablate_gated_residual_dgate_partials_f32, ablate_gated_residual_dgate_partials_bf16, py.get(), pd.get(), pp.get(), n as i32, chunk_rows as i32, chunks as i32, d as i32));
+        run(geo::column_partials(b, n, d), || k!(prec, ablate_gated_residual_dgate_partials, py.get(), pd.get(), pp.get(), n as i32, chunk_rows as i32, chunks as i32, d as i32));
         let dg = Buf::zeros(prec, b * d);
         let (pp, pdg) = (P::of_ref(&part), dg.p());
-        run(geo::column_sum(b, d), || k!(prec, ablate_col_sum_f32, ablate_col_sum_bf16, pp.get(), pdg.get(), b as i32, chunks as i32, d as i32));
+        run(geo::column_sum(b, d), || k!(prec, ablate_col_sum, pp.get(), pdg.get(), b as i32, chunks as i32, d as i32));
         assert_close("residual dgate", prec, &dg.values(), &want_g[2]);
     }
 }
@@ -267,7 +267,7 @@ fn rope_matches_the_cpu_op() {
             let per_sample = (c.rank() == 3) as i32;
             let pairs = total / 2;
             for (src, dst, sign, want, what) in [(xb.p(), y.p(), 1.0f32, &want, "rope forward"), (dyb.p(), dx.p(), -1.0, &want_g[0], "rope backward")] {
-                run(geo::elementwise(pairs), || k!(prec, ablate_rope_f32, ablate_rope_bf16, src.get(), pc.get(), ps.get(), dst.get(), pairs as i64, h as i32, n as i32, dh as i32, per_sample, sign));
+                run(geo::elementwise(pairs), || k!(prec, ablate_rope, src.get(), pc.get(), ps.get(), dst.get(), pairs as i64, h as i32, n as i32, dh as i32, per_sample, sign));
                 let got = if sign > 0.0 { y.values() } else { dx.values() };
                 assert_close(what, prec, &got, want);
             }
@@ -289,12 +289,12 @@ fn mean_squared_error_matches_the_cpu_op() {
         assert_eq!(l.0 .0, 3);
         let mut part = vec![0f64; l.0 .0 as usize];
         let (pa, pb, pp) = (ab.p(), bb.p(), P::of(&mut part));
-        run(l, || k!(prec, ablate_mse_partials_f32, ablate_mse_partials_bf16, pa.get(), pb.get(), pp.get(), n as i64));
+        run(l, || k!(prec, ablate_mse_partials, pa.get(), pb.get(), pp.get(), n as i64));
         let (pp, po) = (P::of_ref(&part), out.p());
-        run(((1, 1), geo::BLOCK), || k!(prec, ablate_mse_finish_f32, ablate_mse_finish_bf16, pp.get(), part.len() as i32, po.get(), n as i64));
+        run(((1, 1), geo::BLOCK), || k!(prec, ablate_mse_finish, pp.get(), part.len() as i32, po.get(), n as i64));
         assert_close("mse value", prec, &out.values(), &want);
         let (pg, pda, pdb) = (gb.p(), da.p(), db.p());
-        run(geo::elementwise(n), || k!(prec, ablate_mse_bwd_f32, ablate_mse_bwd_bf16, pa.get(), pb.get(), pg.get(), pda.get(), pdb.get(), n as i64));
+        run(geo::elementwise(n), || k!(prec, ablate_mse_bwd, pa.get(), pb.get(), pg.get(), pda.get(), pdb.get(), n as i64));
         assert_close("mse da", prec, &da.values(), &want_g[0]);
         assert_close("mse db", prec, &db.values(), &want_g[1]);
     }
@@ -319,12 +319,12 @@ fn masked_softmax_matches_the_composition() {
             let (want, want_g) = cpu_grads(&[(&s, &[b, h, nq, nk])], &dp, |t| candle_nn::ops::softmax(&(&t[0] * scale as f64)?.broadcast_add(&bias)?, candle_core::D::Minus1));
             let (sb, dpb, p, ds) = (Buf::new(prec, &s), Buf::new(prec, &dp), Buf::zeros(prec, rows * nk), Buf::zeros(prec, rows * nk));
             let (ps, pb, pp, pdp, pds) = (sb.p(), P::of_ref(&bias_v), p.p(), dpb.p(), ds.p());
-            run(geo::ln_rows(rows, nk), || k!(prec, ablate_masked_softmax_fwd_f32, ablate_masked_softmax_fwd_bf16, ps.get(), pb.get(), pp.get(), rows as i64, (h * nq) as i64, nk as i32, scale));
+            run(geo::ln_rows(rows, nk), || k!(prec, ablate_masked_softmax_fwd, ps.get(), pb.get(), pp.get(), rows as i64, (h * nq) as i64, nk as i32, scale));
             assert_close("softmax forward", prec, &p.values(), &want);
             // masked keys get exactly zero probability
             let pv = p.values();
             assert!((0..rows).filter(|r| r / (h * nq) == 1).all(|r| pv[r * nk + n_img + valid[1]..(r + 1) * nk].iter().all(|&x| x == 0.0)), "masked keys");
-            run(geo::ln_rows(rows, nk), || k!(prec, ablate_masked_softmax_bwd_f32, ablate_masked_softmax_bwd_bf16, pp.get(), pdp.get(), pds.get(), rows as i64, nk as i32, scale));
+            run(geo::ln_rows(rows, nk), || k!(prec, ablate_masked_softmax_bwd, pp.get(), pdp.get(), pds.get(), rows as i64, nk as i32, scale));
             assert_close("softmax backward", prec, &ds.values(), &want_g[0]);
         }
     }
@@ -360,21 +360,21 @@ fn qkv_prep_matches_the_composition() {
             let (qb, tb, wb, gb) = (Buf::new(prec, &qkv), Buf::new(prec, &tkv), Buf::new(prec, &w_all), Buf::new(prec, &g));
             let out = Buf::zeros(prec, rows * dh);
             let (pq, pt, pw, pc, ps, po) = (qb.p(), tb.p(), wb.p(), P::of_ref(&cv), P::of_ref(&sv), out.p());
-            run(geo::rms_rows(rows), || k!(prec, ablate_qkv_prep_fwd_f32, ablate_qkv_prep_fwd_bf16, pq.get(), pt.get(), pw.get(), pc.get(), ps.get(), po.get(), b as i64, heads as i32, n as i32, t as i32, dh as i32, per_sample, 1e-6f64));
+            run(geo::rms_rows(rows), || k!(prec, ablate_qkv_prep_fwd, pq.get(), pt.get(), pw.get(), pc.get(), ps.get(), po.get(), b as i64, heads as i32, n as i32, t as i32, dh as i32, per_sample, 1e-6f64));
             assert_close("qkv prep forward", prec, &out.values(), &want);
             let (dq, dt, mut stats) = (Buf::zeros(prec, qkv.len()), Buf::zeros(prec, tkv.len()), vec![0f32; rows]);
             let (pg, pdq, pdt, pst) = (gb.p(), dq.p(), dt.p(), P::of(&mut stats));
-            run(geo::rms_rows(rows), || k!(prec, ablate_qkv_prep_bwd_f32, ablate_qkv_prep_bwd_bf16, pq.get(), pt.get(), pw.get(), pc.get(), ps.get(), pg.get(), pdq.get(), pdt.get(), pst.get(), b as i64, heads as i32, n as i32, t as i32, dh as i32, per_sample, 1e-6f64));
+            run(geo::rms_rows(rows), || k!(prec, ablate_qkv_prep_bwd, pq.get(), pt.get(), pw.get(), pc.get(), ps.get(), pg.get(), pdq.get(), pdt.get(), pst.get(), b as i64, heads as i32, n as i32, t as i32, dh as i32, per_sample, 1e-6f64));
             assert_close("qkv prep dqkv", prec, &dq.values(), &want_g[0]);
             assert_close("qkv prep dtkv", prec, &dt.values(), &want_g[1]);
             let per_weight = b * heads * n.max(t);
             let (chunk_rows, chunks) = (geo::chunk_rows(3, per_weight), geo::chunks(3, per_weight));
             let mut part = vec![0f32; 3 * chunks * dh];
             let (pst, pp) = (P::of_ref(&stats), P::of(&mut part));
-            run(geo::column_partials(3, per_weight, dh), || k!(prec, ablate_qkv_prep_dw_partials_f32, ablate_qkv_prep_dw_partials_bf16, pq.get(), pt.get(), pc.get(), ps.get(), pg.get(), pst.get(), pp.get(), b as i64, heads as i32, n as i32, t as i32, dh as i32, per_sample, chunk_rows as i32, chunks as i32));
+            run(geo::column_partials(3, per_weight, dh), || k!(prec, ablate_qkv_prep_dw_partials, pq.get(), pt.get(), pc.get(), ps.get(), pg.get(), pst.get(), pp.get(), b as i64, heads as i32, n as i32, t as i32, dh as i32, per_sample, chunk_rows as i32, chunks as i32));
             let dw = Buf::zeros(prec, 3 * dh);
             let (pp, pdw) = (P::of_ref(&part), dw.p());
-            run(geo::column_sum(3, dh), || k!(prec, ablate_col_sum_f32, ablate_col_sum_bf16, pp.get(), pdw.get(), 3i32, chunks as i32, dh as i32));
+            run(geo::column_sum(3, dh), || k!(prec, ablate_col_sum, pp.get(), pdw.get(), 3i32, chunks as i32, dh as i32));
             let dwv = dw.values();
             for (i, name) in ["qkv prep dwq", "qkv prep dwk", "qkv prep dwt"].iter().enumerate() {
                 assert_close(name, prec, &dwv[i * dh..(i + 1) * dh], &want_g[2 + i]);

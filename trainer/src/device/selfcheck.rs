@@ -72,6 +72,16 @@ fn value_and_grads(
     Ok((y, grads))
 }
 
+/// A mismatch past `tol` fails the check naming `what`; otherwise the dtype's worst error
+/// joins the report `line`.
+fn judge(line: &mut String, what: &str, dtype: DType, worst: f32, tol: f32) -> std::result::Result<(), CheckError> {
+    if worst > tol {
+        return Err(CheckError::Mismatch(format!("{what} in {dtype:?}: relative error {worst:.2e} > {tol:.0e}")));
+    }
+    line.push_str(&format!(" {dtype:?} {worst:.1e}"));
+    Ok(())
+}
+
 /// The largest relative error of `f`'s value and input gradients on `dev` in `dtype`
 /// against `reference` (value and gradients computed on the CPU).
 fn worst_error(
@@ -117,10 +127,7 @@ pub fn ops(dev: &Device) -> Result<String> {
         let mut line = format!("{name:<16}");
         for (dtype, tol) in [(DType::F32, 1e-4f32), (DType::BF16, 5e-2)] {
             let worst = worst_error(f.as_ref(), &inputs, &w, dev, dtype, &reference)?;
-            if worst > tol {
-                return Err(CheckError::Mismatch(format!("{name} in {dtype:?}: relative error {worst:.2e} > {tol:.0e}")));
-            }
-            line.push_str(&format!(" {dtype:?} {worst:.1e}"));
+            judge(&mut line, name, dtype, worst, tol)?;
         }
         lines.push(line);
     }
@@ -167,10 +174,7 @@ pub fn kernels_at_scale(dev: &Device) -> Result<String> {
                 let seen = inputs.iter().map(|t| t.to_dtype(dtype)?.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?;
                 let reference = value_and_grads(f.as_ref(), &seen, &w, &Device::Cpu, DType::F32)?;
                 let worst = worst_error(f.as_ref(), &seen, &w, dev, dtype, &reference)?;
-                if worst > tol {
-                    return Err(CheckError::Mismatch(format!("{preset} {name} in {dtype:?}: relative error {worst:.2e} > {tol:.0e}")));
-                }
-                line.push_str(&format!(" {dtype:?} {worst:.1e}"));
+                judge(&mut line, &format!("{preset} {name}"), dtype, worst, tol)?;
             }
             lines.push(line);
         }

@@ -148,6 +148,17 @@ mod tests {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
     }
 
+    /// The fused op's value and gradients `(yf, gf)` equal the composed op's `(yc, gc)` within
+    /// `tol_y` and `tol_g` (largest absolute difference).
+    fn assert_matches((yf, gf): (&Tensor, &[Tensor]), (yc, gc): (&Tensor, &[Tensor]), tol_y: f32, tol_g: f32) -> Result<()> {
+        assert!(max_diff(yf, yc)? < tol_y, "forward {}", max_diff(yf, yc)?);
+        assert_eq!(gf.len(), gc.len(), "gradient count");
+        for (i, (a, c)) in gf.iter().zip(gc).enumerate() {
+            assert!(max_diff(a, c)? < tol_g, "grad {i}: {}", max_diff(a, c)?);
+        }
+        Ok(())
+    }
+
     /// Value and all input gradients of `sum(f(inputs) * w)`.
     fn value_and_grads(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Var], w: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
@@ -172,10 +183,7 @@ mod tests {
         let fused = |t: &[Tensor]| super::attention::attention(&t[0], &t[1], &t[2], Some(&bias)).map(|o| o.expect("shapes fit"));
         let (yf, gf) = value_and_grads(fused, &[q.clone(), k.clone(), v.clone()], &w)?;
         let (yc, gc) = value_and_grads(|t| attention_composed(&t[0], &t[1], &t[2], Some(&bias)), &[q.clone(), k.clone(), v.clone()], &w)?;
-        assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
-        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
-            assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
-        }
+        assert_matches((&yf, &gf), (&yc, &gc), 1e-5, 1e-4)?;
         // masked keys get no gradient and no weight
         let dk = gf[1].narrow(0, 1, 1)?.narrow(2, 5, 2)?;
         assert_eq!(dk.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?, 0.0);
@@ -272,10 +280,7 @@ mod tests {
             let composed = |x: &[Tensor]| attention_core_composed(&x[0], &x[1], [&x[2], &x[3], &x[4]], c, s, &bias, heads, 1e-6);
             let (yf, gf) = value_and_grads(fused, &inputs, &w)?;
             let (yc, gc) = value_and_grads(composed, &inputs, &w)?;
-            assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
-            for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
-                assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
-            }
+            assert_matches((&yf, &gf), (&yc, &gc), 1e-5, 1e-4)?;
             // a second backward through the same graph (REPA-E does one per objective) finds
             // forward's kept heads already used and recomputes them: same gradients
             let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
@@ -317,10 +322,7 @@ mod tests {
         let inputs = [x, y, g];
         let (yf, gf) = value_and_grads(|t| gated_residual(&t[0], &t[1], &t[2]), &inputs, &w)?;
         let (yc, gc) = value_and_grads(|t| gated_residual_composed(&t[0], &t[1], &t[2]), &inputs, &w)?;
-        assert!(max_diff(&yf, &yc)? < 1e-6);
-        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
-            assert!(max_diff(a, c)? < 1e-5, "grad {i}: {}", max_diff(a, c)?);
-        }
+        assert_matches((&yf, &gf), (&yc, &gc), 1e-6, 1e-5)?;
         Ok(())
     }
 
@@ -427,10 +429,7 @@ mod tests {
         };
         let (yf, gf) = all(&|t| gated_mlp_hidden(t, &gate, &up))?;
         let (yc, gc) = all(&|t| gate.forward_composed(t)?.gelu()? * up.forward_composed(t)?)?;
-        assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
-        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
-            assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
-        }
+        assert_matches((&yf, &gf), (&yc, &gc), 1e-5, 1e-4)?;
         Ok(())
     }
 
@@ -442,10 +441,7 @@ mod tests {
         let w = randn(&[2, 3, 5, 8], 43, 1.0)?;
         let (yf, gf) = value_and_grads(|t| super::rms::rms_norm(&t[0], &t[1], 1e-6), &[x.clone(), wt.clone()], &w)?;
         let (yc, gc) = value_and_grads(|t| rms_norm_composed(&t[0], &t[1], 1e-6), &[x, wt], &w)?;
-        assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
-        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
-            assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
-        }
+        assert_matches((&yf, &gf), (&yc, &gc), 1e-5, 1e-4)?;
         Ok(())
     }
 
@@ -545,10 +541,7 @@ mod tests {
         let inputs = [x.clone(), wt, bs];
         let (yf, gf) = value_and_grads(|t| layer_norm_affine(&t[0], &t[1], &t[2], 1e-5), &inputs, &w)?;
         let (yc, gc) = value_and_grads(|t| layer_norm_affine_composed(&t[0], &t[1], &t[2], 1e-5), &inputs, &w)?;
-        assert!(max_diff(&yf, &yc)? < 1e-5, "forward {}", max_diff(&yf, &yc)?);
-        for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
-            assert!(max_diff(a, c)? < 1e-4, "grad {i}: {}", max_diff(a, c)?);
-        }
+        assert_matches((&yf, &gf), (&yc, &gc), 1e-5, 1e-4)?;
         let err = super::norm::layer_norm_modulate(x.as_tensor(), &randn(&[2, 16], 25, 1.0)?, &randn(&[2, 16], 26, 1.0)?, 1e-6).unwrap_err().to_string();
         assert!(err.contains("do not fit"), "{err}");
         Ok(())

@@ -3,7 +3,6 @@
 //! scale measured on held-out images.
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use candle_nn::VarMap;
 use std::collections::HashMap;
 
 use super::conv_ae::{AeArch, ConvAe};
@@ -44,12 +43,10 @@ pub fn train_ae(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)) -> 
     let arch = AeArch::named(name).filter(|_| name != "repa-e").ok_or_else(|| candle_core::Error::Msg(format!("unknown autoencoder recipe \"{name}\" (expected lean or rich)")))?;
     let (steps, batch) = recipe(name).expect("recipe for every trainable arch");
     let dev = Device::Cpu;
-    let map = VarMap::new();
-    let p = Params::new(map.clone(), seed, DType::F32, &dev);
+    let p = Params::fresh_cpu(seed);
     let ae = ConvAe::new(arch, &p)?;
-    let params = crate::optim::trainable(&map);
     let cfg = OptimConfig::asset_recipe();
-    let mut opt = AdamW::new(&cfg, params)?;
+    let mut opt = AdamW::new(&cfg, p.trainable())?;
     for step in 0..steps {
         let x = image_batch(seed, (step * batch) as u64, batch, &dev)?;
         let loss = (ae.decode_raw(&ae.encode_raw(&x)?)? - &x)?.sqr()?.mean_all()?;
@@ -58,8 +55,7 @@ pub fn train_ae(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)) -> 
             progress(step, loss.to_scalar::<f32>()? as f64);
         }
     }
-    let data = map.data().lock().unwrap();
-    let mut tensors: HashMap<String, Tensor> = data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let mut tensors = p.tensors();
     let mse = finalize(&ae, &mut tensors, seed)?;
     Ok((tensors, psnr(mse)))
 }

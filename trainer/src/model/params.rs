@@ -39,6 +39,22 @@ impl Params {
         Self { map, prefix: String::new(), seed, dtype, device: device.clone(), frozen: None }
     }
 
+    /// Fresh f32 CPU parameters in a map of their own: how the project's small asset networks
+    /// (REPA teachers, autoencoders, the scene evaluator) start training.
+    pub fn fresh_cpu(seed: u64) -> Self {
+        Self::new(VarMap::new(), seed, DType::F32, &Device::Cpu)
+    }
+
+    /// Every tensor made so far, by name (the weights a trained asset network saves).
+    pub fn tensors(&self) -> std::collections::HashMap<String, Tensor> {
+        self.map.data().lock().expect("parameter map lock").iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+    }
+
+    /// Every trainable parameter made so far, by name (`optim::trainable` of the map).
+    pub fn trainable(&self) -> Vec<crate::optim::Param> {
+        crate::optim::trainable(&self.map)
+    }
+
     /// Read-only parameters from a loaded tensor table (frozen networks).
     pub fn frozen(tensors: std::collections::HashMap<String, Tensor>, dtype: DType, device: &Device) -> Self {
         Self {

@@ -8,7 +8,6 @@
 //! rendering style.
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use candle_nn::VarMap;
 use std::collections::HashMap;
 
 use super::{SceneNet, TeacherArch};
@@ -105,12 +104,10 @@ pub fn train_teacher(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)
     let arch = TeacherArch::named(name).ok_or_else(|| candle_core::Error::Msg(format!("unknown teacher \"{name}\" (expected strong or weak)")))?;
     let (steps, batch) = recipe(name).expect("recipe exists for every named arch");
     let dev = Device::Cpu;
-    let map = VarMap::new();
-    let p = Params::new(map.clone(), seed, DType::F32, &dev);
+    let p = Params::fresh_cpu(seed);
     let model = LabelledNet::new(arch, &p)?;
-    let params = crate::optim::trainable(&map);
     let cfg = OptimConfig::asset_recipe();
-    let mut opt = AdamW::new(&cfg, params)?;
+    let mut opt = AdamW::new(&cfg, p.trainable())?;
     for step in 0..steps {
         let (x, ys, yc) = labelled_batch(seed, (step * batch) as u64, batch, &dev)?;
         let (ls, lc) = model.logits(&x)?;
@@ -124,13 +121,6 @@ pub fn train_teacher(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)
     let (x, ys, yc) = labelled_batch(seed ^ 0xfeed, 0, 128, &dev)?;
     let (ls, lc) = model.logits(&x)?;
     let (acc_s, acc_c) = (accuracy(&ls, &ys)?, accuracy(&lc, &yc)?);
-    let tensors = map
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(n, _)| n.starts_with("net."))
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
+    let tensors = p.tensors().into_iter().filter(|(n, _)| n.starts_with("net.")).collect();
     Ok((tensors, acc_s, acc_c))
 }

@@ -1,7 +1,6 @@
 //! Training the scene evaluator on the renderer's ground truth, and its held-out accuracy.
 
-use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::VarMap;
+use candle_core::{Device, Result, Tensor};
 use std::collections::HashMap;
 
 use super::{cell_truth, labels, render_batch, scene_stream, SceneEvaluator, EVAL_SIZE};
@@ -30,12 +29,11 @@ pub struct HeadAccuracy {
 /// held-out accuracy on `heldout` images.
 pub fn train_evaluator(seed: u64, steps: usize, batch: usize, heldout: usize, mut progress: impl FnMut(usize, f64)) -> Result<(HashMap<String, Tensor>, HeadAccuracy)> {
     let dev = Device::Cpu;
-    let map = VarMap::new();
-    let p = Params::new(map.clone(), seed, DType::F32, &dev);
+    let p = Params::fresh_cpu(seed);
     let net = SceneEvaluator::new(&p)?;
     let mut cfg = OptimConfig::asset_recipe();
     cfg.warmup_steps = 50;
-    let mut opt = AdamW::new(&cfg, crate::optim::trainable(&map))?;
+    let mut opt = AdamW::new(&cfg, p.trainable())?;
     let ce = candle_nn::loss::cross_entropy;
     for step in 0..steps {
         let scenes = scene_stream(seed, (step * batch) as u64, batch);
@@ -49,8 +47,7 @@ pub fn train_evaluator(seed: u64, steps: usize, batch: usize, heldout: usize, mu
         }
     }
     let acc = heldout_accuracy(&net, seed ^ 0xfeed, heldout)?;
-    let tensors = map.data().lock().unwrap().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-    Ok((tensors, acc))
+    Ok((p.tensors(), acc))
 }
 
 /// Accuracy per head on `n` renders of the held-out stream `seed`.

@@ -7,7 +7,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{col_sum, config, cpu_refused, func, launch, same_dtype, unpack, view, with_elem, wrap, LOSS, NORM, POINTWISE};
+use super::{col_sum, config, cpu_refused, func, launch, same_dtype, unpack, view, with_elem, wrap, Module, LOSS, NORM, POINTWISE};
 use crate::kernels::launch as geo;
 
 /// adaLN / LayerNorm-affine backward on (x, scale, dy): [dx | dshift | dscale].
@@ -95,25 +95,34 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<
     Ok((g[0].clone(), g[1].clone()))
 }
 
-/// gelu(gate) * up backward on (gate, up, dy): [dgate | dup].
-struct GatedGeluBwd;
+/// The backward of an elementwise op of two same-shaped inputs (a, b) and its upstream
+/// gradient g (same shape, or one scalar for a mean): [da | db], by one kernel that writes
+/// both halves. `gelu(gate) * up` and the squared error are two instances.
+struct PairBwd {
+    name: &'static str,
+    module: &'static Module,
+    kernel: &'static str,
+}
 
-impl CustomOp3 for GatedGeluBwd {
+const GATED_GELU_BWD: PairBwd = PairBwd { name: "ablate-gated-gelu-bwd", module: &POINTWISE, kernel: "ablate_gated_gelu_bwd" };
+const MSE_BWD: PairBwd = PairBwd { name: "ablate-mean-squared-error-bwd", module: &LOSS, kernel: "ablate_mse_bwd" };
+
+impl CustomOp3 for PairBwd {
     fn name(&self) -> &'static str {
-        "ablate-gated-gelu-bwd"
+        self.name
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         cpu_refused(self.name())
     }
-    fn cuda_fwd(&self, a: &CudaStorage, al: &Layout, u: &CudaStorage, ul: &Layout, g: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(&self, a: &CudaStorage, al: &Layout, b: &CudaStorage, bl: &Layout, g: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
         let what = self.name();
         let dev = a.device().clone();
         let n = al.shape().elem_count();
-        with_elem!(same_dtype(what, &[a, u, g])?, what, T => {
-            let (av, uv, gv) = (view::<T>(a, al, what)?, view::<T>(u, ul, what)?, view::<T>(g, gl, what)?);
+        with_elem!(same_dtype(what, &[a, b, g])?, what, T => {
+            let (av, bv, gv) = (view::<T>(a, al, what)?, view::<T>(b, bl, what)?, view::<T>(g, gl, what)?);
             // SAFETY: both halves are written by the kernel
             let out = unsafe { dev.alloc::<T>(2 * n)? };
-            launch!(&dev, func::<T>(&dev, &POINTWISE, "ablate_gated_gelu_bwd")?, config(geo::elementwise(n)), av, uv, gv, out.slice(..n), out.slice(n..), n as i64);
+            launch!(&dev, func::<T>(&dev, self.module, self.kernel)?, config(geo::elementwise(n)), av, bv, gv, out.slice(..n), out.slice(n..), n as i64);
             Ok((wrap(out, &dev), Shape::from(2 * n)))
         })
     }
@@ -121,7 +130,7 @@ impl CustomOp3 for GatedGeluBwd {
 
 /// (dgate, dup) of `gelu_tanh(gate) * up` on CUDA.
 pub(crate) fn gated_gelu(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let p = gate.contiguous()?.apply_op3_no_bwd(&up.contiguous()?, &dy.contiguous()?, &GatedGeluBwd)?;
+    let p = gate.contiguous()?.apply_op3_no_bwd(&up.contiguous()?, &dy.contiguous()?, &GATED_GELU_BWD)?;
     let g = unpack(&p, &[gate.shape(), up.shape()])?;
     Ok((g[0].clone(), g[1].clone()))
 }
@@ -204,34 +213,10 @@ pub(crate) fn gated_residual(y: &Tensor, gate: &Tensor, dout: &Tensor) -> Result
     Ok((g[0].clone(), g[1].clone()))
 }
 
-/// Squared-error backward on (a, b, g): [da | db].
-struct MseBwd;
-
-impl CustomOp3 for MseBwd {
-    fn name(&self) -> &'static str {
-        "ablate-mean-squared-error-bwd"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
-    fn cuda_fwd(&self, a: &CudaStorage, al: &Layout, b: &CudaStorage, bl: &Layout, g: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
-        let what = self.name();
-        let dev = a.device().clone();
-        let n = al.shape().elem_count();
-        with_elem!(same_dtype(what, &[a, b, g])?, what, T => {
-            let (av, bv, gv) = (view::<T>(a, al, what)?, view::<T>(b, bl, what)?, view::<T>(g, gl, what)?);
-            // SAFETY: both halves are written by the kernel
-            let out = unsafe { dev.alloc::<T>(2 * n)? };
-            launch!(&dev, func::<T>(&dev, &LOSS, "ablate_mse_bwd")?, config(geo::elementwise(n)), av, bv, gv, out.slice(..n), out.slice(n..), n as i64);
-            Ok((wrap(out, &dev), Shape::from(2 * n)))
-        })
-    }
-}
-
 /// (da, db) of `mean((a - b)^2)` for upstream gradient `g` (a scalar), on CUDA.
 pub(crate) fn mean_squared_error(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
     let g = g.to_dtype(a.dtype())?.reshape(1)?;
-    let p = a.contiguous()?.apply_op3_no_bwd(&b.contiguous()?, &g.contiguous()?, &MseBwd)?;
+    let p = a.contiguous()?.apply_op3_no_bwd(&b.contiguous()?, &g.contiguous()?, &MSE_BWD)?;
     let gr = unpack(&p, &[a.shape(), b.shape()])?;
     Ok((gr[0].clone(), gr[1].clone()))
 }
