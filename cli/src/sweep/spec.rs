@@ -18,6 +18,10 @@
 //! description = "short captions only"
 //! overrides = { "data.phases.0.captions" = "short" }
 //!
+//! [[arm]]                # an A/A control: the baseline's config under other seeds
+//! name = "baseline-again"
+//! seed_offset = 1000     # its run paired with the baseline's seed s runs at seed s + 1000
+//!
 //! [grid]                 # optional: one arm per point of the cartesian product
 //! "optim.lr" = [3e-4, 1e-3]
 //! ```
@@ -63,6 +67,10 @@ struct ArmSpec {
     description: String,
     #[serde(default)]
     overrides: toml::Table,
+    /// Runs this arm at seed + offset for each seed of `seeds` (pairs stay by position): with
+    /// no overrides, an A/A control that measures how often training noise alone gets a star.
+    #[serde(default)]
+    seed_offset: u64,
 }
 
 /// One arm of the expanded sweep.
@@ -72,6 +80,8 @@ pub struct Arm {
     pub description: String,
     /// (dotted path, value) as written.
     pub overrides: Vec<(String, Value)>,
+    /// Added to every seed of the sweep for this arm's jobs (0 for all but A/A controls).
+    pub seed_offset: u64,
 }
 
 /// One job: an arm at one seed, with its fully resolved config.
@@ -250,7 +260,7 @@ impl Sweep {
         baseline.validate().map_err(|e| err(format!("[baseline]: {}", strip_config_prefix(&e.to_string()))))?;
         let resolved: Value = toml::from_str(&baseline.to_toml()).expect("a config round-trips");
 
-        let mut arms = vec![Arm { name: "baseline".into(), description: "the baseline".into(), overrides: vec![] }];
+        let mut arms = vec![Arm { name: "baseline".into(), description: "the baseline".into(), overrides: vec![], seed_offset: 0 }];
         for (i, a) in file.arm.iter().enumerate() {
             let name = a.name.trim();
             if name.is_empty() {
@@ -264,10 +274,22 @@ impl Sweep {
             if overrides.iter().any(|(k, _)| k == "seed") {
                 return Err(err(format!("arm \"{name}\": \"seed\" cannot be overridden: every arm runs once per seed of the sweep's `seeds` list, which would replace it (list the seeds there: seeds = [0, 1, 2])")));
             }
-            if overrides.is_empty() {
-                return Err(err(format!("arm \"{name}\" has no overrides: it would repeat the baseline")));
+            if overrides.is_empty() && a.seed_offset == 0 {
+                return Err(err(format!("arm \"{name}\" has no overrides: it would repeat the baseline (an A/A control needs other seeds: seed_offset = 1000)")));
             }
-            arms.push(Arm { name: name.into(), description: a.description.clone(), overrides });
+            if file.seeds.iter().any(|s| s.checked_add(a.seed_offset).is_none()) {
+                return Err(err(format!("arm \"{name}\": seed_offset {} takes a seed of {:?} past the largest seed", a.seed_offset, file.seeds)));
+            }
+            // A/A controls (no overrides) must run on seeds no other such arm, nor the
+            // baseline, runs: a shared seed would be the same run twice, not a new draw
+            if overrides.is_empty() {
+                let mine: Vec<u64> = file.seeds.iter().map(|s| s + a.seed_offset).collect();
+                let same = arms.iter().filter(|x| x.overrides.is_empty()).find(|x| file.seeds.iter().any(|s| mine.contains(&(s + x.seed_offset))));
+                if let Some(other) = same {
+                    return Err(err(format!("arm \"{name}\": with seed_offset {} it runs seeds {mine:?}, some of which \"{}\" runs too with the same config: give each A/A control an offset beyond the others' seeds", a.seed_offset, other.name)));
+                }
+            }
+            arms.push(Arm { name: name.into(), description: a.description.clone(), overrides, seed_offset: a.seed_offset });
         }
         // grid: the cartesian product of the axes, one arm per point
         if !file.grid.is_empty() {
@@ -283,7 +305,7 @@ impl Sweep {
             }
             for p in points {
                 let name = p.iter().map(|(k, v)| format!("{k}={}", show(v).trim_matches('"'))).collect::<Vec<_>>().join(",");
-                arms.push(Arm { name: format!("grid:{name}"), description: String::new(), overrides: p });
+                arms.push(Arm { name: format!("grid:{name}"), description: String::new(), overrides: p, seed_offset: 0 });
             }
         }
         // resolve every arm; refuse overrides that do not exist, do not parse, or change nothing
@@ -319,6 +341,7 @@ impl Sweep {
         let mut jobs = Vec::new();
         for (arm, cfg) in arms.iter().zip(&configs) {
             for &seed in &file.seeds {
+                let seed = seed + arm.seed_offset;
                 let mut c = cfg.clone();
                 c.seed = seed;
                 c.name = format!("{}/{}", file.name, arm.name);
@@ -385,7 +408,7 @@ mod tests {
     #[test]
     fn every_example_sweep_is_valid() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        for name in ["quick.toml", "prx-part2.toml", "curriculum.toml"] {
+        for name in ["quick.toml", "prx-part2.toml", "curriculum.toml", "calibration.toml"] {
             let s = Sweep::load(&root.join(name)).unwrap_or_else(|e| panic!("{e}"));
             assert!(s.jobs.len() >= 4, "{name}");
         }
@@ -393,6 +416,23 @@ mod tests {
         assert_eq!(prx.arms.len(), 16);
         let tread = &prx.jobs.iter().find(|j| j.id == "tokens-144-tread").unwrap().config;
         assert_eq!((tread.latent.image_size, tread.routing.kind), (48, ablate_trainer::routing::RoutingKind::Tread));
+    }
+
+    #[test]
+    fn a_a_controls_run_the_baseline_under_other_seeds() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let cal = Sweep::load(&root.join("calibration.toml")).unwrap();
+        let quick = Sweep::load(&root.join("quick.toml")).unwrap();
+        let strip = |c: &TrainConfig| TrainConfig { name: String::new(), seed: 0, ..c.clone() };
+        assert_eq!(strip(&cal.jobs[0].config), strip(&quick.jobs[0].config), "calibration.toml's baseline is quick.toml's");
+        let aa: Vec<&Arm> = cal.arms.iter().filter(|a| a.seed_offset > 0).collect();
+        assert_eq!(aa.len() * 3, 21, "7 controls x 3 metrics");
+        for a in aa {
+            let runs: Vec<&Job> = cal.jobs.iter().filter(|j| j.arm == a.name).collect();
+            assert_eq!(runs.iter().map(|j| j.config.seed).collect::<Vec<_>>(), [0, 1, 2].map(|s| s + a.seed_offset));
+            assert!(runs.iter().all(|j| strip(&j.config) == strip(&cal.jobs[0].config)), "{}: same config", a.name);
+            assert_eq!(runs[0].id, format!("{}-s{}", a.name, a.seed_offset));
+        }
     }
 
     #[test]
