@@ -20,7 +20,7 @@ use crate::objective::repa::{repa_loss, select_tokens, Projector};
 use crate::optim::{Ema, Optimizer, Param};
 use crate::precision::PrecisionPolicy;
 use crate::rng::Rng;
-use crate::routing::{RoutePlan, RoutingKind};
+use crate::routing::RoutePlan;
 use crate::teacher::Teacher;
 use crate::TrainError;
 use rayon::prelude::*;
@@ -82,7 +82,7 @@ impl Trainer {
             "bert" => TextEncoder::Bert(crate::model::bert::BertEncoder::load(&cfg.bert_dir(), cfg.text.max_tokens, device)?),
             _ => TextEncoder::Learned(LearnedTextEncoder::new(&cfg.text_encoder(tokenizer.vocab_size()), &p.pp("text"))?),
         };
-        let denoiser = Denoiser::new(&d, &p.pp("denoiser"), cfg.routing.kind == RoutingKind::Sprint)?;
+        let denoiser = Denoiser::new(&d, &p.pp("denoiser"), cfg.routing.sprint_span())?;
         let (projector, teacher) = if cfg.repa.enabled {
             let teacher = Teacher::load(&cfg.repa, device)?;
             let proj = Projector::new(&p.pp("repa"), d.hidden, cfg.repa.projector_width, teacher.dim())?;
@@ -151,7 +151,7 @@ impl Trainer {
         // routing draws stay per rank and are made for the whole batch
         let mut rng = Rng::derive(cfg.seed, &[0x7ead, self.step as u64, self.rank as u64]);
         let tokens = (cfg.latent_size() / self.denoiser.cfg.patch).pow(2);
-        let route = if cfg.routing.enabled() { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
+        let route = if cfg.routing.routes_at(self.step, cfg.train.steps) { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
         let parts = self.micro_batches(b);
         if parts.len() <= 1 {
             return self.batch_grads(batch, 0, b, route.as_ref(), None, None, 1.0);

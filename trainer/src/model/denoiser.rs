@@ -1,5 +1,12 @@
 //! The PRX-style flow-matching denoiser: patchify -> PRX blocks -> adaLN final layer ->
 //! unpatchify, with optional token routing (TREAD/SPRINT) and a REPA feature tap.
+//!
+//! A SPRINT model's fusion is part of its architecture: at the end of its span the deep
+//! features are fused with the dense features from before the span, `Linear(2C -> C)([dense
+//! || deep])`, on every pass. A routed training pass fills the dropped positions of `deep`
+//! with the mask token first; a dense pass (sampling, evaluation, the full-token tail of
+//! training) fuses the span's output on all tokens. Without the fusion on the dense path the
+//! model sampled would not be the model trained.
 
 use candle_core::{DType, Result, Tensor};
 
@@ -20,7 +27,16 @@ pub struct Denoiser {
     final_ada: Lin,
     final_out: Lin,
     /// SPRINT extras (present only when built for SPRINT).
-    sprint: Option<(Tensor, Lin)>,
+    sprint: Option<Sprint>,
+}
+
+/// SPRINT's mask token and fusion, and the span (0-based blocks `first..=last`) they close.
+#[derive(Debug, Clone)]
+struct Sprint {
+    mask: Tensor,
+    fuse: Lin,
+    first: usize,
+    last: usize,
 }
 
 /// What a forward pass returns.
@@ -34,15 +50,18 @@ pub struct DenoiserOut {
 }
 
 impl Denoiser {
-    pub fn new(cfg: &DenoiserConfig, p: &Params, sprint: bool) -> Result<Self> {
+    /// `sprint`: the 0-based blocks `(first, last)` of a SPRINT model's span (None: no SPRINT).
+    pub fn new(cfg: &DenoiserConfig, p: &Params, sprint: Option<(usize, usize)>) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let h = cfg.hidden;
         let blocks = (0..cfg.depth).map(|i| PrxBlock::new(cfg, &p.pp("blocks").pp(i))).collect::<Result<Vec<_>>>()?;
-        let sprint = if sprint {
-            let sp = p.pp("sprint");
-            Some((sp.get(&[h], "mask_token", Init::Normal(0.02))?, Lin::new(&sp.pp("fuse"), 2 * h, h, true)?))
-        } else {
-            None
+        let sprint = match sprint {
+            Some((first, last)) if first <= last && last < cfg.depth => {
+                let sp = p.pp("sprint");
+                Some(Sprint { mask: sp.get(&[h], "mask_token", Init::Normal(0.02))?, fuse: Lin::new(&sp.pp("fuse"), 2 * h, h, true)?, first, last })
+            }
+            Some((first, last)) => candle_core::bail!("SPRINT span {}..{} outside the model's blocks 1..{}", first + 1, last + 1, cfg.depth),
+            None => None,
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -108,10 +127,17 @@ impl Denoiser {
         let mut dense = None;
         let mut repa = None;
         let mut repa_tokens = None;
+        if let (Some(r), Some(sp)) = (route, &self.sprint) {
+            if (r.first, r.last) != (sp.first, sp.last) {
+                candle_core::bail!("routing span {}..{} differs from the SPRINT model's {}..{}", r.first + 1, r.last + 1, sp.first + 1, sp.last + 1);
+            }
+        }
         for (i, blk) in self.blocks.iter().enumerate() {
+            if self.sprint.as_ref().is_some_and(|sp| sp.first == i) {
+                dense = Some(h.clone());
+            }
             if let Some(r) = route.filter(|r| r.first == i) {
                 let (kept, skip) = r.split(&h)?;
-                dense = Some(h.clone());
                 h = kept;
                 skipped = Some(skip);
                 cos = r.select_table(&cos_full)?;
@@ -129,18 +155,20 @@ impl Denoiser {
             if let Some(r) = route.filter(|r| r.last == i) {
                 let skip = skipped.take().expect("route split before merge");
                 h = match (r.kind, &self.sprint) {
-                    (RoutingKind::Sprint, Some((mask, fuse))) => {
-                        let fill = mask.to_dtype(h.dtype())?.reshape((1, 1, ()))?.broadcast_as(skip.shape())?;
-                        let deep = r.merge(&h, &fill.contiguous()?)?;
-                        let d = dense.take().expect("dense features kept");
-                        let cat = Tensor::cat(&[&d, &deep], 2)?;
-                        fuse.forward(&cat.to_dtype(compute)?)?.to_dtype(stream)?
+                    (RoutingKind::Sprint, Some(sp)) => {
+                        let fill = sp.mask.to_dtype(h.dtype())?.reshape((1, 1, ()))?.broadcast_as(skip.shape())?;
+                        r.merge(&h, &fill.contiguous()?)?
                     }
                     _ => r.merge(&h, &skip)?,
                 };
                 cos = cos_full.clone();
                 sin = sin_full.clone();
                 bias = bias_full.clone();
+            }
+            if let Some(sp) = self.sprint.as_ref().filter(|sp| sp.last == i) {
+                let d = dense.take().expect("dense features kept at the span's start");
+                let cat = Tensor::cat(&[&d, &h], 2)?;
+                h = sp.fuse.forward(&cat.to_dtype(compute)?)?.to_dtype(stream)?;
             }
         }
         let m = self.final_ada.forward(&cond_act)?.chunk(2, 1)?;

@@ -34,17 +34,31 @@ pub struct RoutingConfig {
     pub end: usize,
     /// Fraction of image tokens that skip the span (TREAD 0.5, SPRINT 0.75).
     pub rate: f64,
+    /// Fraction of the training steps, at the end, that run with every token (SPRINT's
+    /// short full-token fine-tune after masked pre-training; 0: route every step).
+    pub full_token_fraction: f64,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        Self { kind: RoutingKind::None, start: 2, end: 6, rate: 0.5 }
+        Self { kind: RoutingKind::None, start: 2, end: 6, rate: 0.5, full_token_fraction: 0.0 }
     }
 }
 
 impl RoutingConfig {
     pub fn enabled(&self) -> bool {
         self.kind != RoutingKind::None
+    }
+
+    /// Whether training step `step` of `steps` drops tokens (routing on, and not in the
+    /// full-token tail).
+    pub fn routes_at(&self, step: usize, steps: usize) -> bool {
+        self.enabled() && (step as f64) < ((1.0 - self.full_token_fraction) * steps as f64).round()
+    }
+
+    /// A SPRINT model's span as 0-based blocks (None for other kinds).
+    pub fn sprint_span(&self) -> Option<(usize, usize)> {
+        (self.kind == RoutingKind::Sprint).then(|| (self.start - 1, self.end - 1))
     }
 
     pub fn validate(&self, depth: usize) -> std::result::Result<(), String> {
@@ -59,6 +73,9 @@ impl RoutingConfig {
         }
         if !(self.rate > 0.0 && self.rate < 1.0) {
             return Err(format!("routing.rate must be in (0, 1), got {}", self.rate));
+        }
+        if !(0.0..1.0).contains(&self.full_token_fraction) {
+            return Err(format!("routing.full_token_fraction must be in [0, 1), got {}", self.full_token_fraction));
         }
         Ok(())
     }
@@ -159,7 +176,7 @@ mod tests {
     #[test]
     fn split_then_merge_restores_token_order_exactly() -> Result<()> {
         let dev = Device::Cpu;
-        let cfg = RoutingConfig { kind: RoutingKind::Tread, start: 2, end: 4, rate: 0.5 };
+        let cfg = RoutingConfig { kind: RoutingKind::Tread, start: 2, end: 4, rate: 0.5, full_token_fraction: 0.0 };
         let mut rng = Rng::new(3);
         let plan = RoutePlan::draw(&cfg, 3, 16, &mut rng, &dev)?;
         let x = Tensor::arange(0f32, (3 * 16 * 5) as f32, &dev)?.reshape((3, 16, 5))?;
@@ -183,7 +200,7 @@ mod tests {
     #[test]
     fn a_slice_is_the_plan_of_those_samples() -> Result<()> {
         let dev = Device::Cpu;
-        let cfg = RoutingConfig { kind: RoutingKind::Tread, start: 2, end: 4, rate: 0.5 };
+        let cfg = RoutingConfig { kind: RoutingKind::Tread, start: 2, end: 4, rate: 0.5, full_token_fraction: 0.0 };
         let plan = RoutePlan::draw(&cfg, 4, 16, &mut Rng::new(9), &dev)?;
         let part = plan.slice(1..3)?;
         assert_eq!(part.kept, plan.kept[1..3].to_vec());
@@ -197,9 +214,9 @@ mod tests {
 
     #[test]
     fn bad_spans_are_refused() {
-        let cfg = RoutingConfig { kind: RoutingKind::Tread, start: 2, end: 9, rate: 0.5 };
+        let cfg = RoutingConfig { kind: RoutingKind::Tread, start: 2, end: 9, rate: 0.5, full_token_fraction: 0.0 };
         assert!(cfg.validate(8).unwrap_err().contains("routing.start..routing.end"));
-        let cfg = RoutingConfig { kind: RoutingKind::Sprint, start: 2, end: 6, rate: 1.0 };
+        let cfg = RoutingConfig { kind: RoutingKind::Sprint, start: 2, end: 6, rate: 1.0, full_token_fraction: 0.0 };
         assert!(cfg.validate(8).is_err());
     }
 }
