@@ -17,6 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // (missing fields default: lines written before a field existed stay readable)
         .type_attribute("ablate.v1.MetricPoint", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
         .type_attribute("ablate.v1.EvalPoint", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .type_attribute("ablate.v1.EvalReport", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .type_attribute("ablate.v1.Measured", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .type_attribute("ablate.v1.EvalProtocol", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .type_attribute("ablate.v1.Composition", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .type_attribute("ablate.v1.EvalSamples", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
         .compile_fds(fds)?;
     let etcd = "proto/etcd/kv.proto";
     println!("cargo:rerun-if-changed={etcd}");

@@ -4,7 +4,7 @@
 use ablate_proto::v1::{self, job_service_client::JobServiceClient, JobState};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -110,7 +110,7 @@ pub fn job_json(j: &v1::Job) -> serde_json::Value {
         "result": j.result.as_ref().map(|r| json!({
             "steps": r.steps, "final_loss": r.final_loss, "samples_per_sec": r.samples_per_sec,
             "wall_seconds": r.wall_seconds, "rank_checksums": r.rank_checksums,
-            "eval": serde_json::from_str::<serde_json::Value>(&r.eval_json).unwrap_or(serde_json::Value::Null),
+            "eval": r.eval.as_ref().and_then(|e| ablate_worker::evalwire::report_from_wire(e).ok()),
         })),
     })
 }
@@ -245,12 +245,12 @@ pub fn watch(a: IdArgs) -> anyhow::Result<()> {
                     }
                 },
                 Some(v1::job_event::Event::Eval(e)) => {
-                    let v: Value = serde_json::from_str(&e.eval_json).unwrap_or(Value::Null);
+                    let r = e.report.as_ref().and_then(|r| ablate_worker::evalwire::report_from_wire(r).ok());
                     match a.conn.output {
-                        Output::Json => println!("{}", json!({"eval": v})),
+                        Output::Json => println!("{}", json!({"eval": r})),
                         Output::Text => {
-                            let num = |k: &str| v[k]["value"].as_f64().unwrap_or(f64::NAN);
-                            eprintln!("\r\x1b[Kevaluation at step {}: FD-scenes {:.1}, MMD {:.3}, accuracy {:.1}%", e.step, num("fd_scenes"), num("mmd_scenes"), num("accuracy") * 100.0);
+                            let num = |k: &str| r.as_ref().and_then(|r| r.value(k)).unwrap_or(f64::NAN);
+                            eprintln!("\r\x1b[Kevaluation at step {}: FD-scenes {:.1}, MMD {:.3}, accuracy {:.1}%", e.step, num("fd_scenes"), num("mmd"), num("accuracy") * 100.0);
                         }
                     }
                 }

@@ -8,7 +8,9 @@
 //! - SIGKILL of the coordinator mid-job: restarted on the same store, it still has the job,
 //!   the workers re-attach and the job finishes;
 //! - two coordinators on one etcd store: SIGKILL of the leader mid-job, the standby takes
-//!   over, the workers (given both URLs) re-attach to it and the job finishes.
+//!   over, the workers (given both URLs) re-attach to it and the job finishes;
+//! - a sweep submitted to the cluster runs to its table, and `ablate results` prints the same
+//!   table, seed-level intervals included, with the workers' directories deleted.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -313,6 +315,7 @@ fn a_sweep_submitted_to_the_cluster_runs_to_its_table() {
         r#"
 name = "remote"
 steps = 6
+seeds = [0, 1]
 [baseline]
 train = { batch_size = 2 }
 sample = { count = 2, steps = 2 }
@@ -325,7 +328,7 @@ overrides = { "optim.kind" = "muon" }
     .unwrap();
     let v: Value = serde_json::from_str(&c.cli(&["sweep", "submit", file.to_str().unwrap(), "--json"])).unwrap();
     let id = v["sweep"].as_str().unwrap().to_string();
-    assert_eq!(v["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 4);
     // `ablate watch <sweep>` follows it to the end and prints the table
     let out = Command::new(BIN).args(["watch", &id, "--coordinator", &c.url]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
@@ -340,6 +343,21 @@ overrides = { "optim.kind" = "muon" }
     assert!(iso["train_seconds"]["budget"].as_f64().unwrap() > 0.0, "{iso}");
     assert_eq!(iso["samples_seen"]["budget"].as_f64(), Some(12.0), "{iso}");
     assert!(iso["samples_seen"]["fd_scenes"].as_f64().unwrap() > 0.0, "{iso}");
+    // the per-image data reached the coordinator: seed-level intervals with the workers'
+    // directories gone, the same table as before
+    let before = c.cli(&["results", &id]);
+    for w in ["w0", "w1"] {
+        std::fs::remove_dir_all(c.dir.path().join(w)).unwrap();
+    }
+    let rows: Value = serde_json::from_str(&c.cli(&["results", &id, "--format", "json"])).unwrap();
+    assert_eq!(rows[1]["n_seeds"], 2, "{}", rows[1]);
+    assert_eq!(rows[1]["interval"], "seeds-t");
+    for m in ["fd_scenes", "mmd", "accuracy"] {
+        let ci = rows[1]["ci95"][m].as_array().unwrap_or_else(|| panic!("no {m} interval: {}", rows[1]));
+        assert!(ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap());
+        assert!(rows[1]["significant"][m].is_boolean());
+    }
+    assert_eq!(c.cli(&["results", &id]), before);
     // and the report of the remote sweep is written from the API alone
     let out = c.dir.path().join("report");
     c.cli(&["report", &id, "--out", out.to_str().unwrap()]);

@@ -265,6 +265,12 @@ impl Core {
         self.runs.evals(id.as_str())
     }
 
+    /// The per-image data of the job's final evaluation (None when it has none).
+    pub fn eval_samples(&self, id: &JobId) -> Result<Option<v1::EvalSamples>, CoordinatorError> {
+        self.get(id)?;
+        self.runs.eval_samples(id.as_str())
+    }
+
     pub fn logs(&self, id: &JobId, from: u64) -> Result<(Vec<String>, u64), CoordinatorError> {
         self.get(id)?;
         self.runs.logs(id.as_str(), from)
@@ -485,7 +491,11 @@ impl Core {
                     finish(&mut job, JobState::Failed, &reason);
                 }
             }
-            Outcome::Succeeded { checksum, result } => {
+            Outcome::Succeeded { checksum, mut result } => {
+                // the per-image data goes to the run directory, not into the stored job
+                if let Some(samples) = result.as_mut().and_then(|r| r.eval.as_mut()).and_then(|e| e.samples.take()) {
+                    self.runs.save_eval_samples(r.job.as_str(), &samples)?;
+                }
                 job.ranks_done.resize(world, false);
                 let res = job.result.get_or_insert_with(Default::default);
                 res.rank_checksums.resize(world, f64::NAN);

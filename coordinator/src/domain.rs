@@ -151,8 +151,9 @@ pub struct JobResult {
     pub wall_seconds: f64,
     /// Parameter checksum of each rank at the end (all equal when data parallelism holds).
     pub rank_checksums: Vec<f64>,
-    /// The final evaluation report (JSON, with protocols), when the config asks for one.
-    pub eval_json: String,
+    /// The final evaluation, when the config asks for one (a record the coordinator keeps and
+    /// forwards; its per-image data lives in the job's run directory, not here).
+    pub eval: Option<v1::EvalReport>,
 }
 
 /// A submission: what the user asks to run.

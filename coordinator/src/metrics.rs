@@ -76,12 +76,11 @@ pub fn job_points(job: &Job, points: &[v1::MetricPoint]) {
 
 /// The final evaluation of a finished job (FD-scenes, MMD, accuracy, FID when available).
 pub fn job_eval(job: &Job) {
-    let Some(r) = job.result.as_ref().filter(|r| !r.eval_json.is_empty()) else { return };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.eval_json) else { return };
+    let Some(r) = job.result.as_ref().and_then(|r| r.eval.as_ref()) else { return };
     let l = labels(job);
-    for (key, name) in [("fd_scenes", "ablate_job_fd_scenes"), ("mmd_scenes", "ablate_job_mmd"), ("accuracy", "ablate_job_accuracy"), ("fid", "ablate_job_fid")] {
-        if let Some(x) = v[key]["value"].as_f64() {
-            metrics::gauge!(name, &l).set(x);
+    for (m, name) in [(&r.fd_scenes, "ablate_job_fd_scenes"), (&r.mmd_scenes, "ablate_job_mmd"), (&r.accuracy, "ablate_job_accuracy"), (&r.fid, "ablate_job_fid")] {
+        if let Some(m) = m {
+            metrics::gauge!(name, &l).set(m.value);
         }
     }
 }

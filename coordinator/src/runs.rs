@@ -1,9 +1,12 @@
 //! Per-job run directories on the coordinator (`<runs>/<job>/`): the metric points the
 //! workers report (`metrics.jsonl`, one JSON object per line), the evaluations along the run
-//! (`evals.jsonl`) and the ranks' log lines (`log.txt`). Metric history lives here, not in
-//! the store.
+//! (`evals.jsonl`), the ranks' log lines (`log.txt`), and the per-image data of the final
+//! evaluation (`eval-samples.pb`: length-delimited `EvalSamples` records, appended; the last
+//! whole one counts, so a restart's report replaces an earlier one and a torn tail is
+//! ignored). Metric history lives here, not in the store.
 
-use ablate_proto::v1::{EvalPoint, MetricPoint};
+use ablate_proto::v1::{EvalPoint, EvalSamples, MetricPoint};
+use prost::Message;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -28,25 +31,52 @@ impl Runs {
         Ok(d)
     }
 
-    fn append(&self, job: &str, file: &str, text: &str) -> Result<(), CoordinatorError> {
+    fn append(&self, job: &str, file: &str, bytes: &[u8]) -> Result<(), CoordinatorError> {
         let p = self.dir(job)?.join(file);
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(io(&p))?;
-        f.write_all(text.as_bytes()).map_err(io(&p))
+        f.write_all(bytes).map_err(io(&p))
+    }
+
+    /// Keeps the per-image data of a job's final evaluation (on disk before the completion
+    /// that carries it is acknowledged).
+    pub fn save_eval_samples(&self, job: &str, samples: &EvalSamples) -> Result<(), CoordinatorError> {
+        let p = self.dir(job)?.join("eval-samples.pb");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(io(&p))?;
+        f.write_all(&samples.encode_length_delimited_to_vec()).and_then(|_| f.sync_all()).map_err(io(&p))
+    }
+
+    /// The latest per-image data of a job's final evaluation, if any arrived.
+    pub fn eval_samples(&self, job: &str) -> Result<Option<EvalSamples>, CoordinatorError> {
+        let p = self.root.join(job).join("eval-samples.pb");
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&p)(e)),
+        };
+        let mut rest = bytes.as_slice();
+        let mut last = None;
+        while !rest.is_empty() {
+            match EvalSamples::decode_length_delimited(&mut rest) {
+                Ok(s) => last = Some(s),
+                Err(_) => break, // a torn last record (a crash mid-write): the one before counts
+            }
+        }
+        Ok(last)
     }
 
     pub fn append_metrics(&self, job: &str, points: &[MetricPoint]) -> Result<(), CoordinatorError> {
         let text: String = points.iter().map(|p| serde_json::to_string(p).expect("metric serialises") + "\n").collect();
-        self.append(job, "metrics.jsonl", &text)
+        self.append(job, "metrics.jsonl", text.as_bytes())
     }
 
     pub fn append_evals(&self, job: &str, evals: &[EvalPoint]) -> Result<(), CoordinatorError> {
         let text: String = evals.iter().map(|e| serde_json::to_string(e).expect("eval serialises") + "\n").collect();
-        self.append(job, "evals.jsonl", &text)
+        self.append(job, "evals.jsonl", text.as_bytes())
     }
 
     pub fn append_logs(&self, job: &str, lines: &[String]) -> Result<(), CoordinatorError> {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        self.append(job, "log.txt", &text)
+        self.append(job, "log.txt", text.as_bytes())
     }
 
     fn read(&self, job: &str, file: &str) -> Result<String, CoordinatorError> {

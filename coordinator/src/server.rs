@@ -64,8 +64,9 @@ pub async fn serve(core: Arc<Core>, listeners: Listeners, shutdown: Cancellation
     let r = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(JobServiceServer::new(Jobs(core.clone())))
-        .add_service(WorkerServiceServer::new(Workers(core.clone())))
+        .add_service(JobServiceServer::new(Jobs(core.clone())).max_encoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
+        // a completion carries the final evaluation's per-image data (N x 320 floats, twice)
+        .add_service(WorkerServiceServer::new(Workers(core.clone())).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();

@@ -115,6 +115,14 @@ impl JobService for Jobs {
         Ok(Response::new(v1::GetLogsResponse { lines, next_line }))
     }
 
+    async fn get_eval_samples(&self, r: Request<v1::GetEvalSamplesRequest>) -> Result<Response<v1::EvalSamples>, Status> {
+        let id = JobId(r.into_inner().id);
+        match self.0.eval_samples(&id)? {
+            Some(s) => Ok(Response::new(s)),
+            None => Err(Status::not_found(format!("job {id} has no per-image evaluation data (no final evaluation, or it has not finished)"))),
+        }
+    }
+
     async fn list_workers(&self, _: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
         Ok(Response::new(v1::ListWorkersResponse { workers: self.0.workers().iter().map(Into::into).collect() }))
     }

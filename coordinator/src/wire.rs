@@ -118,7 +118,7 @@ impl From<v1::ReportCompletionRequest> for Completion {
 
 impl From<v1::JobResult> for JobResult {
     fn from(r: v1::JobResult) -> Self {
-        JobResult { steps: r.steps, final_loss: r.final_loss, samples_per_sec: r.samples_per_sec, wall_seconds: r.wall_seconds, rank_checksums: r.rank_checksums, eval_json: r.eval_json }
+        JobResult { steps: r.steps, final_loss: r.final_loss, samples_per_sec: r.samples_per_sec, wall_seconds: r.wall_seconds, rank_checksums: r.rank_checksums, eval: r.eval }
     }
 }
 
@@ -126,7 +126,7 @@ impl From<v1::JobResult> for JobResult {
 
 impl From<&JobResult> for v1::JobResult {
     fn from(r: &JobResult) -> Self {
-        v1::JobResult { steps: r.steps, final_loss: r.final_loss, samples_per_sec: r.samples_per_sec, wall_seconds: r.wall_seconds, rank_checksums: r.rank_checksums.clone(), eval_json: r.eval_json.clone() }
+        v1::JobResult { steps: r.steps, final_loss: r.final_loss, samples_per_sec: r.samples_per_sec, wall_seconds: r.wall_seconds, rank_checksums: r.rank_checksums.clone(), eval: r.eval.clone() }
     }
 }
 
@@ -271,7 +271,7 @@ mod tests {
             finished_unix_ms: 0,
             step: 17,
             total_steps: 100,
-            result: Some(JobResult { steps: 17, final_loss: 0.5, samples_per_sec: 3.0, wall_seconds: 4.0, rank_checksums: vec![1.0, 1.0], eval_json: "{}".into() }),
+            result: Some(JobResult { steps: 17, final_loss: 0.5, samples_per_sec: 3.0, wall_seconds: 4.0, rank_checksums: vec![1.0, 1.0], eval: Some(v1::EvalReport { step: 17, seconds: 2.0, ..Default::default() }) }),
             config_toml: "[train]\nsteps = 100\n".into(),
             sequence: 7,
             restarts: 1,

@@ -10,7 +10,12 @@
 
 
 /// Bumped on every incompatible change of the coordinator <-> worker protocol.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The largest gRPC message the coordinator takes and the CLI reads: a completion report
+/// and `GetEvalSamples` carry an evaluation's per-image data (2 x N x 320 floats: 64 MiB
+/// holds N = 26,000).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

@@ -60,9 +60,10 @@ pub trait Progress {
     /// The run enters "evaluating", "sampling" or (back to) "training": a supervisor
     /// watching for step progress gives the other phases longer.
     fn phase(&mut self, _name: &str) {}
-    /// An evaluation finished: its `EvalReport` as JSON (also re-announced on resume for the
-    /// evaluations the checkpoint covers, so a supervisor that missed one still gets it).
-    fn evaluated(&mut self, _step: usize, _report_json: &str) {}
+    /// An evaluation finished (also re-announced on resume for the evaluations the
+    /// checkpoint covers, so a supervisor that missed one still gets it). The per-image data
+    /// stays in the run directory (`eval::bootstrap::SAMPLES_FILE`).
+    fn evaluated(&mut self, _report: &crate::eval::suite::EvalReport) {}
 }
 
 pub struct NoProgress;
@@ -272,10 +273,8 @@ impl EvalLog {
             let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
             write_atomic(path, body.as_bytes())?;
         }
-        for l in &kept {
-            if let Some(s) = step_of(l) {
-                progress.evaluated(s as usize, l);
-            }
+        for report in kept.iter().filter_map(|l| serde_json::from_str::<crate::eval::suite::EvalReport>(l).ok()) {
+            progress.evaluated(&report);
         }
         Ok(Self { path: path.to_path_buf(), last_final, seconds: 0.0 })
     }
@@ -285,7 +284,7 @@ impl EvalLog {
         let line = serde_json::to_string(&report).expect("report serialises");
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| TrainError::io(&self.path, e))?;
         writeln!(f, "{line}").map_err(|e| TrainError::io(&self.path, e))?;
-        progress.evaluated(report.step, &line);
+        progress.evaluated(&report);
         self.seconds += report.seconds;
         self.last_final = Some(report);
         Ok(())
@@ -407,7 +406,7 @@ fn evaluate(
     progress.message(&format!("step {}: FD-scenes {:.3}, MMD {:.3}, accuracy {:.1}%{fid} ({:.0}s)", report.step, report.fd_scenes.value, report.mmd_scenes.value, report.accuracy.value * 100.0, report.seconds));
     if let Some(samples) = &report.samples {
         // the per-image numbers of the latest evaluation, for intervals between runs
-        let p = files.out.join("eval-samples.safetensors");
+        let p = files.out.join(crate::eval::bootstrap::SAMPLES_FILE);
         if let Err(e) = samples.save(&p) {
             progress.message(&format!("could not save {}: {e}", p.display()));
         }

@@ -308,13 +308,13 @@ fn push_point(state: &Shared, job: &str, generation: u64, p: &ablate_trainer::ru
     points.push(wire(p));
 }
 
-fn push_eval(state: &Shared, job: &str, generation: u64, step: usize, eval_json: String) {
+fn push_eval(state: &Shared, job: &str, generation: u64, report: &ablate_trainer::eval::suite::EvalReport) {
     let mut s = state.lock().expect("agent state");
     let evals = &mut s.outbox.batches.entry((job.to_string(), generation)).or_default().evals;
     if evals.len() >= OUTBOX_CAP / 100 {
         evals.remove(0);
     }
-    evals.push(v1::EvalPoint { step: step as u64, eval_json });
+    evals.push(v1::EvalPoint { step: report.step as u64, report: Some(crate::evalwire::report_to_wire(report, false)) });
 }
 
 fn wire(p: &ablate_trainer::run::MetricPoint) -> v1::MetricPoint {
@@ -436,10 +436,10 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
                     phase = name;
                 }
                 Event::Checkpoint { .. } => {}
-                Event::Evaluated { step, eval_json } => {
+                Event::Evaluated { report } => {
                     last_progress = Instant::now();
                     if rank == 0 {
-                        push_eval(state, &job, generation, step, eval_json);
+                        push_eval(state, &job, generation, &report);
                     }
                 }
                 Event::Done(o) => outcome = Some(o),
@@ -474,7 +474,7 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
             Event::Done(o) => outcome = Some(o),
             Event::Failed { reason, retryable } => reported = Some((reason, retryable)),
             Event::Step { point } if rank == 0 => push_point(state, &job, generation, &point),
-            Event::Evaluated { step, eval_json } if rank == 0 => push_eval(state, &job, generation, step, eval_json),
+            Event::Evaluated { report } if rank == 0 => push_eval(state, &job, generation, &report),
             _ => {}
         }
     }
@@ -492,7 +492,12 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
                 samples_per_sec: o.samples_per_sec,
                 wall_seconds: o.wall_seconds,
                 rank_checksums: vec![],
-                eval_json: o.eval_json,
+                eval: o.eval.map(|mut r| {
+                    // the per-image data of the final evaluation, from rank 0's job directory
+                    let p = dir.join(ablate_trainer::eval::bootstrap::SAMPLES_FILE);
+                    r.samples = ablate_trainer::eval::bootstrap::EvalSamples::load(&p).ok().filter(|s| s.n() as u64 == r.fd_scenes.protocol.samples);
+                    crate::evalwire::report_to_wire(&r, true)
+                }),
             }),
             reason: String::new(),
             retryable: false,

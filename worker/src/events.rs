@@ -1,6 +1,7 @@
 //! What a rank process tells its worker: one JSON object per line on stdout. Everything a
 //! human should read goes to stderr, which the worker forwards as log lines.
 
+use ablate_trainer::eval::suite::EvalReport;
 use ablate_trainer::run::MetricPoint;
 use serde::{Deserialize, Serialize};
 
@@ -12,8 +13,8 @@ pub enum Event {
     Checkpoint { step: usize, path: String },
     /// "training", "evaluating", "sampling".
     Phase { name: String },
-    /// An evaluation report (JSON) at `step` (rank 0).
-    Evaluated { step: usize, eval_json: String },
+    /// An evaluation (rank 0), without its per-image data (that stays in the job directory).
+    Evaluated { report: EvalReport },
     Done(Outcome),
     Failed {
         reason: String,
@@ -31,8 +32,8 @@ pub struct Outcome {
     pub final_loss: f64,
     pub samples_per_sec: f64,
     pub wall_seconds: f64,
-    /// The final evaluation report as JSON (rank 0, when `[eval]` is on), else empty.
-    pub eval_json: String,
+    /// The final evaluation (rank 0, when `[eval]` is on), without its per-image data.
+    pub eval: Option<EvalReport>,
 }
 
 impl Event {

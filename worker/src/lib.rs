@@ -7,10 +7,13 @@
 //!   supervision, batching of metrics, logs and completions to the coordinator;
 //! - `rank`: `ablate rank`: one training process of a data-parallel job;
 //! - `events`: the JSON lines a rank process prints for its agent;
+//! - `evalwire`: the evaluation report to and from `ablate.v1` (the worker sends it, the CLI
+//!   reads it back);
 //! - `collective/`: gradient exchange backends (TCP ring; ring joined through the
 //!   coordinator's rendezvous).
 
 pub mod agent;
 pub mod collective;
+pub mod evalwire;
 pub mod events;
 pub mod rank;

@@ -60,8 +60,8 @@ impl Progress for Reporter {
     fn phase(&mut self, name: &str) {
         emit(&Event::Phase { name: name.to_string() });
     }
-    fn evaluated(&mut self, step: usize, report_json: &str) {
-        emit(&Event::Evaluated { step, eval_json: report_json.to_string() });
+    fn evaluated(&mut self, report: &ablate_trainer::eval::suite::EvalReport) {
+        emit(&Event::Evaluated { report: report.clone() });
     }
 }
 
@@ -102,7 +102,7 @@ fn run(a: &RankArgs) -> Result<Outcome, (String, bool)> {
         final_loss: s.mean_loss_last50,
         samples_per_sec: s.samples_per_sec,
         wall_seconds: s.wall_seconds,
-        eval_json: s.final_eval.as_ref().map(|r| serde_json::to_string(r).expect("report serialises")).unwrap_or_default(),
+        eval: s.final_eval,
     })
 }
 

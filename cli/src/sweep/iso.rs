@@ -12,7 +12,7 @@
 //! evaluation comes later.
 
 use ablate_proto::v1;
-use serde_json::Value;
+use ablate_worker::evalwire::report_from_wire;
 
 use super::stat::{stat, Stat};
 
@@ -63,11 +63,6 @@ impl Axis {
     }
 }
 
-/// The value of metric `m` in an `EvalReport` JSON.
-pub fn eval_value(v: &Value, m: &str) -> Option<f64> {
-    let key = if m == "mmd" { "mmd_scenes" } else { m };
-    v[key]["value"].as_f64().filter(|x| x.is_finite())
-}
 
 /// The run's evaluations on the compute axes, by step.
 pub fn place(s: &Series) -> Vec<Placed> {
@@ -84,8 +79,8 @@ pub fn place(s: &Series) -> Vec<Placed> {
             seen += pts[i].samples_per_sec * pts[i].step_seconds;
             i += 1;
         }
-        let Ok(v) = serde_json::from_str::<Value>(&e.eval_json) else { continue };
-        let values = METRICS.iter().filter_map(|m| Some((*m, eval_value(&v, m)?))).collect();
+        let Some(report) = e.report.as_ref().and_then(|r| report_from_wire(r).ok()) else { continue };
+        let values = METRICS.iter().filter_map(|m| Some((*m, report.value(m)?))).collect();
         out.push(Placed { step: e.step as f64, train_seconds: secs, samples_seen: seen.round(), values });
     }
     out
@@ -152,10 +147,16 @@ pub fn compare(arms: &[Vec<Vec<Placed>>]) -> Vec<Vec<AtBudget>> {
 mod tests {
     use super::*;
 
+    /// A report with FD-scenes `fd`, MMD 1 and no accuracy (not finite).
+    pub(crate) fn report(step: u64, fd: f64) -> v1::EvalReport {
+        let m = |value: f64| Some(v1::Measured { value, protocol: Some(v1::EvalProtocol::default()) });
+        v1::EvalReport { step, fd_scenes: m(fd), mmd_scenes: m(1.0), accuracy: m(f64::NAN), composition: Some(v1::Composition::default()), ..Default::default() }
+    }
+
     fn series(step_seconds: f64, batch: f64, steps: u64, evals: &[(u64, f64)]) -> Series {
         Series {
             points: (0..steps).map(|s| v1::MetricPoint { step: s, step_seconds, samples_per_sec: batch / step_seconds, ..Default::default() }).collect(),
-            evals: evals.iter().map(|(s, fd)| v1::EvalPoint { step: *s, eval_json: format!(r#"{{"step":{s},"fd_scenes":{{"value":{fd}}},"mmd_scenes":{{"value":1.0}}}}"#) }).collect(),
+            evals: evals.iter().map(|(s, fd)| v1::EvalPoint { step: *s, report: Some(report(*s, *fd)) }).collect(),
         }
     }
 

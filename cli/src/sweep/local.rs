@@ -74,8 +74,8 @@ pub(super) fn local_series(core: &Core, out: &Path, jobs: &[(String, v1::Job)]) 
         if evals.is_empty() {
             let p = out.join("work/jobs").join(&j.id).join("eval.jsonl");
             let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let step = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64();
-            evals = text.lines().filter_map(|l| Some(v1::EvalPoint { step: step(l)?, eval_json: l.to_string() })).collect();
+            let report = |l: &str| serde_json::from_str::<ablate_trainer::eval::suite::EvalReport>(l).ok();
+            evals = text.lines().filter_map(report).map(|r| v1::EvalPoint { step: r.step as u64, report: Some(ablate_worker::evalwire::report_to_wire(&r, false)) }).collect();
         }
         all.insert(j.id.clone(), Series { points: core.metrics(&id, 0)?, evals });
     }
@@ -86,7 +86,7 @@ pub(super) fn local_series(core: &Core, out: &Path, jobs: &[(String, v1::Job)]) 
 /// iso-compute comparison.
 pub(super) fn local_rows(out: &Path, rec: &Record, jobs: &[(String, v1::Job)], series: &HashMap<String, Series>) -> Vec<results::Row> {
     let mut rows = results::rows(&rec.arms, jobs);
-    let samples = |j: &v1::Job| ablate_trainer::eval::bootstrap::EvalSamples::load(&out.join("work/jobs").join(&j.id).join("eval-samples.safetensors")).ok();
+    let samples = |j: &v1::Job| ablate_trainer::eval::bootstrap::EvalSamples::load(&out.join("work/jobs").join(&j.id).join(ablate_trainer::eval::bootstrap::SAMPLES_FILE)).ok();
     results::add_intervals(&mut rows, jobs, &samples);
     results::add_iso(&mut rows, jobs, series);
     rows

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::iso::Series;
+use ablate_trainer::eval::bootstrap::EvalSamples;
 use super::results;
 use std::collections::HashMap;
 use super::display::Display;
@@ -35,7 +36,7 @@ pub enum SweepCmd {
 
 async fn client(url: &str) -> anyhow::Result<JobServiceClient<tonic::transport::Channel>> {
     let (_, channel) = ablate_proto::connect_first(url).await.map_err(|e| anyhow::anyhow!("cannot reach the coordinator: {e}"))?;
-    Ok(JobServiceClient::new(channel))
+    Ok(JobServiceClient::new(channel).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
 }
 
 pub fn sweep(cmd: SweepCmd) -> anyhow::Result<()> {
@@ -97,7 +98,10 @@ pub fn watch(id: &str, coordinator: &str) -> anyhow::Result<()> {
             display.draw(&lines, done);
             if done {
                 let (arms, pairs) = arms_of(&jobs);
-                print!("{}", results::text(&results::rows(&arms, &pairs), "table"));
+                let samples = samples_of(&mut c, &jobs).await?;
+                let mut rows = results::rows(&arms, &pairs);
+                results::add_intervals(&mut rows, &pairs, &|j| samples.get(&j.id).cloned());
+                print!("{}", results::text(&rows, "table"));
                 anyhow::ensure!(jobs.iter().all(|j| j.state() == JobState::Succeeded), "some jobs of sweep {id} did not succeed");
                 return Ok(());
             }
@@ -116,26 +120,53 @@ async fn series_of(c: &mut JobServiceClient<tonic::transport::Channel>, jobs: &[
     Ok(all)
 }
 
-/// A remote sweep's jobs (arm, job), its arms in order and every job's history.
-pub fn fetch(id: &str, coordinator: &str) -> anyhow::Result<(Vec<String>, Vec<(String, v1::Job)>, HashMap<String, Series>)> {
+/// The per-image data of every succeeded job's final evaluation, by job id, as the
+/// coordinator kept it (jobs without any are left out).
+async fn samples_of(c: &mut JobServiceClient<tonic::transport::Channel>, jobs: &[v1::Job]) -> anyhow::Result<HashMap<String, EvalSamples>> {
+    let mut all = HashMap::new();
+    for j in jobs.iter().filter(|j| j.state() == JobState::Succeeded) {
+        match c.get_eval_samples(v1::GetEvalSamplesRequest { id: j.id.clone() }).await {
+            Ok(r) => {
+                let s = ablate_worker::evalwire::samples_from_wire(&r.into_inner()).map_err(|e| anyhow::anyhow!("job {}: {e}", j.id))?;
+                all.insert(j.id.clone(), s);
+            }
+            Err(e) if e.code() == tonic::Code::NotFound => {}
+            Err(e) => anyhow::bail!("per-image evaluation data of job {}: {}", j.id, e.message()),
+        }
+    }
+    Ok(all)
+}
+
+/// A remote sweep as `ablate results` reads it: its arms in order, its jobs (arm, job), every
+/// job's history and the per-image data of every final evaluation.
+pub struct Remote {
+    pub arms: Vec<String>,
+    pub jobs: Vec<(String, v1::Job)>,
+    pub series: HashMap<String, Series>,
+    pub samples: HashMap<String, EvalSamples>,
+}
+
+pub fn fetch(id: &str, coordinator: &str) -> anyhow::Result<Remote> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut c = client(coordinator).await?;
         let jobs = sweep_jobs(&mut c, id).await?;
         anyhow::ensure!(!jobs.is_empty(), "sweep {id} has no jobs on {coordinator}");
         let series = series_of(&mut c, &jobs).await?;
+        let samples = samples_of(&mut c, &jobs).await?;
         let (arms, pairs) = arms_of(&jobs);
-        Ok((arms, pairs, series))
+        Ok(Remote { arms, jobs: pairs, series, samples })
     })
 }
 
-/// `ablate results s000001 --coordinator URL` (no intervals: the per-image evaluation numbers
-/// stay with the workers).
+/// `ablate results s000001 --coordinator URL`: the table from what the coordinator keeps
+/// (results, histories, per-image data), with no worker's directory needed.
 pub fn results(id: &str, coordinator: &str, format: &str) -> anyhow::Result<()> {
-    let (arms, pairs, series) = fetch(id, coordinator)?;
-    let mut rows = results::rows(&arms, &pairs);
-    results::add_iso(&mut rows, &pairs, &series);
-    results::print(&rows, &pairs, format)
+    let r = fetch(id, coordinator)?;
+    let mut rows = results::rows(&r.arms, &r.jobs);
+    results::add_intervals(&mut rows, &r.jobs, &|j| r.samples.get(&j.id).cloned());
+    results::add_iso(&mut rows, &r.jobs, &r.series);
+    results::print(&rows, &r.jobs, format)
 }
 
 /// Whether `s` is a sweep id of a coordinator (s000001), as opposed to a folder.

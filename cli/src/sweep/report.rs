@@ -34,18 +34,11 @@ pub fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
     } else {
         let id = a.sweep.display().to_string();
         anyhow::ensure!(super::remote::is_sweep_id(&id), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
-        let (arms, jobs, series) = super::remote::fetch(&id, &a.coordinator)?;
-        let mut rows = results::rows(&arms, &jobs);
-        results::add_iso(&mut rows, &jobs, &series);
-        let data = SweepData {
-            name: id.clone(),
-            description: String::new(),
-            source: format!("sweep {id} on {}", a.coordinator),
-            jobs,
-            rows,
-            series,
-            samples: HashMap::new(),
-        };
+        let r = super::remote::fetch(&id, &a.coordinator)?;
+        let mut rows = results::rows(&r.arms, &r.jobs);
+        results::add_intervals(&mut rows, &r.jobs, &|j| r.samples.get(&j.id).cloned());
+        results::add_iso(&mut rows, &r.jobs, &r.series);
+        let data = SweepData { name: id.clone(), description: String::new(), source: format!("sweep {id} on {}", a.coordinator), jobs: r.jobs, rows, series: r.series, samples: HashMap::new() };
         (data, PathBuf::from(format!("report-{id}")))
     };
     let path = write(&data, &a.out.unwrap_or(default_out))?;

@@ -2,8 +2,12 @@
 //! wall time, mean and standard deviation over seeds, and the delta vs baseline (absolute
 //! and %). Printed as a table, markdown, CSV or JSON (stable field names, docs/sweeps.md).
 //!
+//! Every evaluation number is read from the trainer's `EvalReport` (converted from the wire
+//! by `ablate_worker::evalwire`), whichever way it came: a local run or a coordinator.
+//!
 //! Is a difference real? For FD-scenes, MMD and accuracy, when the runs' per-image
-//! evaluation numbers are at hand (`eval-samples.safetensors`, local runs): with two or more
+//! evaluation numbers are at hand (a local run's `eval-samples.safetensors`, or the
+//! coordinator's copy, `GetEvalSamples`): with two or more
 //! seeds, a 95% t-interval of the per-seed deltas vs baseline (each seed's run paired with
 //! the baseline's run of the same seed, so training noise, data order and evaluation noise
 //! are all inside it); a delta whose interval excludes zero is marked significant. With one
@@ -17,6 +21,7 @@
 use ablate_proto::v1::{self, JobState};
 use ablate_trainer::eval::bootstrap::EvalSamples;
 use ablate_trainer::eval::protocol::Protocol;
+use ablate_trainer::eval::suite::EvalReport;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -56,27 +61,26 @@ impl Row {
     }
 }
 
+/// A job's final evaluation, if it has one the wire could carry whole (a damaged one is
+/// reported on stderr and left out).
+pub fn report(job: &v1::Job) -> Option<EvalReport> {
+    let wire = job.result.as_ref()?.eval.as_ref()?;
+    ablate_worker::evalwire::report_from_wire(wire).map_err(|e| eprintln!("job {}: {e}", job.id)).ok()
+}
+
 fn value(job: &v1::Job, metric: &str) -> Option<f64> {
     let r = job.result.as_ref().filter(|_| job.state() == JobState::Succeeded)?;
-    let eval = || serde_json::from_str::<Value>(&r.eval_json).ok();
     match metric {
         "samples_per_sec" => Some(r.samples_per_sec),
         "final_loss" => Some(r.final_loss),
         "wall_seconds" => Some(r.wall_seconds),
-        "fd_scenes" => eval()?["fd_scenes"]["value"].as_f64(),
-        "mmd" => eval()?["mmd_scenes"]["value"].as_f64(),
-        "accuracy" => eval()?["accuracy"]["value"].as_f64(),
-        "fid" => eval()?["fid"]["value"].as_f64(),
-        _ => None,
+        m => report(job)?.value(m),
     }
 }
 
 /// The FD-scenes protocol of the first of `arm`'s jobs that has an evaluation.
 fn eval_protocol(jobs: &[(String, v1::Job)], arm: &str) -> Option<Protocol> {
-    jobs.iter().filter(|(a, _)| a == arm).find_map(|(_, j)| {
-        let v: Value = serde_json::from_str(&j.result.as_ref()?.eval_json).ok()?;
-        serde_json::from_value(v["fd_scenes"]["protocol"].clone()).ok()
-    })
+    jobs.iter().filter(|(a, _)| a == arm).find_map(|(_, j)| Some(report(j)?.fd_scenes.protocol))
 }
 
 /// Rows in arm order (`arms`), from the sweep's jobs (`(arm, job)` pairs).
@@ -167,22 +171,23 @@ pub fn significant(r: &Row, m: &str) -> Option<bool> {
 
 /// The evaluation protocol, stated once (from the baseline's report).
 pub fn protocol(jobs: &[(String, v1::Job)]) -> Option<String> {
-    let j = jobs.iter().find(|(a, j)| a == "baseline" && j.result.as_ref().is_some_and(|r| !r.eval_json.is_empty()))?;
-    let v: Value = serde_json::from_str(&j.1.result.as_ref()?.eval_json).ok()?;
-    let p = &v["fd_scenes"]["protocol"];
+    let r = jobs.iter().filter(|(a, _)| a == "baseline").find_map(|(_, j)| report(j))?;
+    let p = &r.fd_scenes.protocol;
+    let opt = |x: Option<String>| x.unwrap_or_else(|| "none".into());
     Some(format!(
         "FD-scenes, MMD, accuracy: {} (weights sha256 {}...), {} generated images at step {}, {} sampler steps, guidance {}, seed {}, reference {}{}",
-        p["network"].as_str().unwrap_or("?"),
-        &p["weights_sha256"].as_str().unwrap_or("?").chars().take(12).collect::<String>(),
-        p["samples"],
-        v["step"],
-        p["sampler_steps"],
-        p["guidance"],
-        p["seed"],
-        p["reference"].as_str().unwrap_or("?"),
-        match v["fid"]["value"].as_f64() {
-            Some(_) => String::from("; FID: pytorch-fid Inception-v3"),
-            None => String::from("; FID unavailable (Inception weights not installed)"),
+        p.network,
+        p.weights_sha256.chars().take(12).collect::<String>(),
+        p.samples,
+        r.step,
+        opt(p.sampler_steps.map(|s| s.to_string())),
+        opt(p.guidance.map(|g| g.to_string())),
+        opt(p.seed.map(|s| s.to_string())),
+        p.reference,
+        match (&r.fid, &r.fid_unavailable) {
+            (Some(_), _) => String::from("; FID: pytorch-fid Inception-v3"),
+            (None, Some(why)) => format!("; FID unavailable ({why})"),
+            (None, None) => String::from("; FID unavailable"),
         }
     ))
 }
@@ -435,9 +440,10 @@ mod tests {
     #[test]
     fn another_evaluation_protocol_gets_no_evaluation_deltas() {
         let job = |id: &str, samples: u64, fd: f64| {
-            let protocol = json!({"metric": "fd_scenes", "network": "scene-evaluator", "weights_sha256": "ab", "samples": samples, "sampler_steps": 20, "guidance": 3.5, "seed": 1234, "reference": "r", "resize": "none"});
-            let eval = json!({"step": 400, "fd_scenes": {"value": fd, "protocol": protocol}, "mmd_scenes": {"value": 1.0}, "accuracy": {"value": 0.1}});
-            let result = v1::JobResult { steps: 400, samples_per_sec: 100.0, final_loss: 0.1, wall_seconds: 10.0, eval_json: eval.to_string(), ..Default::default() };
+            let protocol = v1::EvalProtocol { metric: "fd_scenes".into(), network: "scene-evaluator".into(), weights_sha256: "ab".into(), samples, sampler_steps: Some(20), guidance: Some(3.5), seed: Some(1234), reference: "r".into(), resize: "none".into() };
+            let m = |value: f64| Some(v1::Measured { value, protocol: Some(protocol.clone()) });
+            let eval = v1::EvalReport { step: 400, fd_scenes: m(fd), mmd_scenes: m(1.0), accuracy: m(0.1), composition: Some(v1::Composition::default()), ..Default::default() };
+            let result = v1::JobResult { steps: 400, samples_per_sec: 100.0, final_loss: 0.1, wall_seconds: 10.0, eval: Some(eval), ..Default::default() };
             v1::Job { id: id.into(), state: JobState::Succeeded as i32, result: Some(result), ..Default::default() }
         };
         let jobs = vec![("baseline".to_string(), job("b", 128, 100.0)), ("same".into(), job("s", 128, 90.0)), ("fewer".into(), job("f", 64, 120.0))];

@@ -228,7 +228,7 @@ mod tests {
     /// cosine term pulls below zero.
     #[test]
     fn progress_line_shows_the_flow_matching_mse() {
-        let job = v1::Job { id: "repa".into(), state: JobState::Running as i32, step: 47, total_steps: 400, ..Default::default() };
+        let job = v1::Job { id: "repa".into(), state: v1::JobState::Running as i32, step: 47, total_steps: 400, ..Default::default() };
         let point = v1::MetricPoint { step: 46, loss: -0.1592, mse: 0.2101, step_seconds: 0.25, ..Default::default() };
         let line = Display::new(8).line("repa", &job, Some(&point));
         assert!(line.contains("loss 0.2101"), "{line}");

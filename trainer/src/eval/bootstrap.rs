@@ -19,6 +19,9 @@ use faer::{Mat, Side};
 use super::{EvalError, FeatureStats, Protocol};
 use crate::rng::Rng;
 
+/// Where a run directory keeps the per-image numbers of its latest evaluation.
+pub const SAMPLES_FILE: &str = "eval-samples.safetensors";
+
 /// The per-image numbers of one evaluation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalSamples {

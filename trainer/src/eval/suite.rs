@@ -71,6 +71,21 @@ pub struct EvalReport {
     pub samples: Option<super::bootstrap::EvalSamples>,
 }
 
+impl EvalReport {
+    /// A headline number by its results name: `fd_scenes`, `mmd`, `accuracy`, `fid` (None
+    /// when not measured or not finite).
+    pub fn value(&self, name: &str) -> Option<f64> {
+        let v = match name {
+            "fd_scenes" => self.fd_scenes.value,
+            "mmd" => self.mmd_scenes.value,
+            "accuracy" => self.accuracy.value,
+            "fid" => self.fid.as_ref()?.value,
+            _ => return None,
+        };
+        v.is_finite().then_some(v)
+    }
+}
+
 /// The networks, loaded once per run.
 pub struct Evaluator {
     pub cfg: EvalConfig,
