@@ -60,8 +60,26 @@ pub(super) fn read_record(out: &Path) -> anyhow::Result<Option<Record>> {
     }
 }
 
-pub(super) fn jobs_of(core: &Core, rec: &Record) -> anyhow::Result<Vec<(String, v1::Job)>> {
-    rec.jobs.iter().map(|j| Ok((j.arm.clone(), core.get(&JobId(j.job.clone()))?.into()))).collect()
+/// The sweep's jobs as the folder's coordinator state has them. A job finished by an older
+/// version (its report stored as JSON, which this one no longer reads) gets its final
+/// evaluation from its own `eval.jsonl`, so old folders keep their numbers.
+pub(super) fn jobs_of(core: &Core, out: &Path, rec: &Record) -> anyhow::Result<Vec<(String, v1::Job)>> {
+    rec.jobs
+        .iter()
+        .map(|j| {
+            let mut job: v1::Job = core.get(&JobId(j.job.clone()))?.into();
+            if let Some(r) = job.result.as_mut().filter(|r| r.eval.is_none()) {
+                r.eval = job_reports(out, &job.id).into_iter().rfind(|e| e.step as u64 == r.steps).map(|e| ablate_worker::evalwire::report_to_wire(&e, false));
+            }
+            Ok((j.arm.clone(), job))
+        })
+        .collect()
+}
+
+/// The evaluations a job's rank 0 wrote to its directory (`eval.jsonl`).
+fn job_reports(out: &Path, job: &str) -> Vec<ablate_trainer::eval::suite::EvalReport> {
+    let text = std::fs::read_to_string(out.join("work/jobs").join(job).join("eval.jsonl")).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Every job's metric points and evaluations, as the coordinator keeps them (evaluations from
@@ -71,11 +89,9 @@ pub(super) fn local_series(core: &Core, out: &Path, jobs: &[(String, v1::Job)]) 
     for (_, j) in jobs {
         let id = JobId(j.id.clone());
         let mut evals = core.evals(&id)?;
-        if evals.is_empty() {
-            let p = out.join("work/jobs").join(&j.id).join("eval.jsonl");
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let report = |l: &str| serde_json::from_str::<ablate_trainer::eval::suite::EvalReport>(l).ok();
-            evals = text.lines().filter_map(report).map(|r| v1::EvalPoint { step: r.step as u64, report: Some(ablate_worker::evalwire::report_to_wire(&r, false)) }).collect();
+        // none kept, or kept by an older version in a form this one does not read
+        if evals.iter().all(|e| e.report.is_none()) {
+            evals = job_reports(out, &j.id).iter().map(|r| v1::EvalPoint { step: r.step as u64, report: Some(ablate_worker::evalwire::report_to_wire(r, false)) }).collect();
         }
         all.insert(j.id.clone(), Series { points: core.metrics(&id, 0)?, evals });
     }
@@ -112,6 +128,6 @@ pub(super) fn data(core: &Core, out: &Path, rec: &Record, jobs: Vec<(String, v1:
 pub fn load(out: &Path) -> anyhow::Result<SweepData> {
     let rec = read_record(out)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", out.display()))?;
     let core = open_state(out)?;
-    let jobs = jobs_of(&core, &rec)?;
+    let jobs = jobs_of(&core, out, &rec)?;
     data(&core, out, &rec, jobs)
 }

@@ -154,7 +154,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             h.await??;
         }
         server.await??;
-        let jobs = jobs_of(&core, &record)?;
+        let jobs = jobs_of(&core, &out, &record)?;
         report(&core, &out, &record, &jobs)?;
         if interrupted {
             println!("interrupted: run the same command again to continue (finished jobs are kept, the others resume from their checkpoints)");
@@ -214,7 +214,7 @@ pub fn results_cmd(a: ResultsArgs) -> anyhow::Result<()> {
     }
     let rec = read_record(&a.dir)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", a.dir.display()))?;
     let core = open_state(&a.dir)?;
-    let jobs = jobs_of(&core, &rec)?;
+    let jobs = jobs_of(&core, &a.dir, &rec)?;
     let series = local_series(&core, &a.dir, &jobs)?;
     let rows = local_rows(&a.dir, &rec, &jobs, &series);
     results::print(&rows, &jobs, &a.format)
