@@ -186,6 +186,7 @@ pub fn protocol(jobs: &[(String, v1::Job)]) -> Option<String> {
         p.reference,
         match (&r.fid, &r.fid_unavailable) {
             (Some(_), _) => String::from("; FID: pytorch-fid Inception-v3"),
+            (None, Some(why)) if why.contains("Inception weights") => String::from("; FID unavailable (Inception weights not installed)"),
             (None, Some(why)) => format!("; FID unavailable ({why})"),
             (None, None) => String::from("; FID unavailable"),
         }
