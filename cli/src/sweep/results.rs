@@ -287,6 +287,23 @@ fn footnote(rows: &[Row]) -> String {
     out
 }
 
+/// The seed-level 95% intervals of the deltas behind the stars, one line per arm with two or
+/// more paired seeds (empty when none has): what a star means, and how wide "not
+/// significant" is.
+pub fn intervals_text(rows: &[Row], format: &str) -> String {
+    let seeded: Vec<&Row> = rows.iter().filter(|r| r.n_seeds >= 2).collect();
+    if seeded.is_empty() {
+        return String::new();
+    }
+    let range = |r: &Row, m: &str, scale: f64, digits: usize| match r.ci95.iter().find(|(k, _)| *k == m) {
+        Some((_, (lo, hi))) => format!("{:+.*} .. {:+.*}{}", digits, lo * scale, digits, hi * scale, if significant(r, m) == Some(true) { " *" } else { "" }),
+        None => "-".into(),
+    };
+    let head = ["arm", "seeds", "FD-scenes", "MMD", "accuracy %"];
+    let body: Vec<Vec<String>> = seeded.iter().map(|r| vec![r.arm.clone(), r.n_seeds.to_string(), range(r, "fd_scenes", 1.0, 1), range(r, "mmd", 1.0, 3), range(r, "accuracy", 100.0, 1)]).collect();
+    format!("95% t-intervals of the delta vs baseline over the paired seeds:\n{}", grid(&head, &body, format))
+}
+
 /// Whether every run reaches the budget exactly at its last step: the iso-compute table is then
 /// the main table again (equal samples seen when every arm ran the same steps and batch).
 pub(crate) fn at_every_final_step(ats: &[(&Row, &AtBudget)]) -> bool {
@@ -417,6 +434,7 @@ pub fn text(rows: &[Row], format: &str) -> String {
         f => {
             let mut out = grid(&head, &body, f);
             out.push_str(&footnote(rows));
+            out.push_str(&intervals_text(rows, f));
             out.push_str(&iso_text(rows, f));
             out
         }
@@ -473,8 +491,12 @@ mod tests {
         let one = text(&[base.clone(), arm.clone()], "table");
         assert!(!one.contains(")*"), "{one}");
         assert!(one.contains("one seed per arm: no significance marks"), "{one}");
+        assert!(!one.contains("95% t-intervals"), "no seed-level intervals to show: {one}");
         arm.n_seeds = 2;
         assert_eq!(significant(&arm, "fd_scenes"), Some(true));
+        let two = text(&[base.clone(), arm.clone()], "table");
+        assert!(two.contains("95% t-intervals of the delta vs baseline over the paired seeds"), "{two}");
+        assert!(two.lines().any(|l| l.starts_with("arm ") && l.contains(" 2 ") && l.contains("-30.0 .. -10.0 *")), "{two}");
         let two = text(&[base, arm], "table");
         assert!(two.contains("(-20.0, -20%)*"), "{two}");
         assert!(two.contains("t-interval of the delta over the paired seeds") && !two.contains("one seed per arm"), "{two}");
