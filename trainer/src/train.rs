@@ -335,7 +335,7 @@ impl Trainer {
 
     /// Clips, steps the optimizer and the EMA, and advances the step counter.
     pub fn apply_grads(&mut self, mut grads: GradStore, mut stats: StepStats) -> Result<StepStats, TrainError> {
-        stats.lr = self.cfg.optim.lr_at(self.step);
+        stats.lr = self.cfg.optim.lr_at(self.step, self.cfg.train.steps);
         // a non-finite norm stops the run before any weight changes
         (stats.grad_norm, _) = self.opt.clip_and_step(&self.params, &mut grads, self.cfg.optim.grad_clip, stats.lr)?;
         if !stats.grad_norm.is_finite() {
@@ -364,7 +364,13 @@ impl Trainer {
     /// `(seed, indices[k])`, so an evaluation split across ranks draws exactly the images a
     /// single process would.
     pub fn sample_indexed(&self, prompts: &[String], indices: Option<&[u64]>, seed: u64, steps: usize, guidance: f64) -> Result<Tensor, TrainError> {
-        let Some(ema) = &self.ema else {
+        self.sample_weights(prompts, indices, seed, steps, guidance, true)
+    }
+
+    /// As [`sample_indexed`](Self::sample_indexed), with the EMA weights only when `ema` (and
+    /// there is an EMA); otherwise the training weights.
+    pub fn sample_weights(&self, prompts: &[String], indices: Option<&[u64]>, seed: u64, steps: usize, guidance: f64, ema: bool) -> Result<Tensor, TrainError> {
+        let Some(ema) = self.ema.as_ref().filter(|_| ema) else {
             return self.sample_current(prompts, indices, seed, steps, guidance);
         };
         let saved: Vec<Tensor> = self.params.iter().map(|p| p.var.as_tensor().copy()).collect::<candle_core::Result<_>>()?;

@@ -16,6 +16,17 @@ pub enum FidMode {
     Off,
 }
 
+/// Which weights an evaluation samples with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalWeights {
+    /// The EMA of the weights when the run keeps one (`optim.ema_decay` > 0), else the raw.
+    #[default]
+    Ema,
+    /// The training weights, even when an EMA is kept.
+    Raw,
+}
+
 /// `[eval]` of a training config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,11 +42,13 @@ pub struct EvalConfig {
     /// Style of the prompted scenes and of the reference renders.
     pub reference: Style,
     pub fid: FidMode,
+    /// EMA (when kept) or raw weights.
+    pub weights: EvalWeights,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { samples: 0, every: 0, sampler_steps: 20, guidance: 3.5, seed: 1234, reference: Style::Photo, fid: FidMode::Auto }
+        Self { samples: 0, every: 0, sampler_steps: 20, guidance: 3.5, seed: 1234, reference: Style::Photo, fid: FidMode::Auto, weights: EvalWeights::Ema }
     }
 }
 

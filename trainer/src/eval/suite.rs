@@ -169,7 +169,8 @@ impl Evaluator {
         for chunk in idx.chunks(32) {
             let scenes: Vec<Scene> = chunk.iter().map(|&i| self.cfg.scene(i)).collect();
             let prompts: Vec<String> = scenes.iter().map(long_caption).collect();
-            let imgs = trainer.sample_indexed(&prompts, Some(chunk), self.cfg.seed, self.cfg.sampler_steps, self.cfg.guidance)?;
+            let ema = self.cfg.weights == super::config::EvalWeights::Ema;
+            let imgs = trainer.sample_weights(&prompts, Some(chunk), self.cfg.seed, self.cfg.sampler_steps, self.cfg.guidance, ema)?;
             let imgs = ((imgs.to_dtype(DType::F32)? + 1.0)? * 0.5)?.clamp(0f32, 1f32)?;
             self.add_images(&mut shard, &imgs, chunk, Some(&scenes)).map_err(|e| crate::TrainError::Data(format!("evaluation: {e}")))?;
         }

@@ -50,7 +50,7 @@ pub fn train_ae(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)) -> 
     for step in 0..steps {
         let x = image_batch(seed, (step * batch) as u64, batch, &dev)?;
         let loss = (ae.decode_raw(&ae.encode_raw(&x)?)? - &x)?.sqr()?.mean_all()?;
-        opt.step(&loss.backward()?, cfg.lr_at(step))?;
+        opt.step(&loss.backward()?, cfg.lr_at(step, steps))?;
         if step % 50 == 0 || step + 1 == steps {
             progress(step, loss.to_scalar::<f32>()? as f64);
         }

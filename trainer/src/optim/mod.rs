@@ -1,7 +1,8 @@
 //! Optimizers with state we own (candle-nn's AdamW hides its moments, so it can be neither
 //! checkpointed nor inspected): AdamW, and Muon for the 2-D weight matrices inside the
 //! transformer blocks with AdamW for everything else. Plus global grad-norm clipping, the
-//! warm-up-then-constant schedule of PRX, and an optional EMA of the weights.
+//! warm-up-then-constant schedule of PRX (or a cosine / linear decay after the warm-up), and
+//! an optional EMA of the weights.
 //!
 //! Updates run in each parameter's own dtype: with fp32 master weights that is fp32; in the
 //! "bf16-stored weights" arm the weights and moments are bf16 and small updates round away,
@@ -25,6 +26,19 @@ pub enum OptimKind {
     Muon,
 }
 
+/// The learning rate after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrDecay {
+    /// Constant (PRX).
+    #[default]
+    None,
+    /// Half a cosine from `lr` down to `lr * min_lr_ratio` at the last step.
+    Cosine,
+    /// A straight line from `lr` down to `lr * min_lr_ratio` at the last step.
+    Linear,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
@@ -37,6 +51,10 @@ pub struct OptimConfig {
     /// Global grad-norm clip (0 = off).
     pub grad_clip: f64,
     pub warmup_steps: usize,
+    /// The schedule after the warm-up.
+    pub decay: LrDecay,
+    /// Where a decay ends, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
     /// Muon momentum (Nesterov).
     pub muon_momentum: f64,
     /// EMA decay; when on, samples are drawn with the EMA weights (0 = off, the PRX baseline).
@@ -55,6 +73,8 @@ impl Default for OptimConfig {
             weight_decay: 0.0,
             grad_clip: 0.2,
             warmup_steps: 1000,
+            decay: LrDecay::None,
+            min_lr_ratio: 0.1,
             muon_momentum: 0.95,
             ema_decay: 0.0,
         }
@@ -62,12 +82,19 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
-    /// Warm-up (linear from lr/warmup) then constant.
-    pub fn lr_at(&self, step: usize) -> f64 {
-        if self.warmup_steps == 0 || step >= self.warmup_steps {
-            self.lr
-        } else {
-            self.lr * (step + 1) as f64 / self.warmup_steps as f64
+    /// The rate of step `step` (from 0) of `total`: a linear warm-up from lr/warmup, then
+    /// constant or decaying to `lr * min_lr_ratio` at the last step.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if self.warmup_steps > 0 && step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = total.saturating_sub(self.warmup_steps + 1);
+        let p = if span == 0 { 1.0 } else { ((step - self.warmup_steps) as f64 / span as f64).min(1.0) };
+        let r = self.min_lr_ratio;
+        match self.decay {
+            LrDecay::None => self.lr,
+            LrDecay::Cosine => self.lr * (r + (1.0 - r) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())),
+            LrDecay::Linear => self.lr * (1.0 - (1.0 - r) * p),
         }
     }
 
@@ -85,6 +112,9 @@ impl OptimConfig {
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(format!("optim.ema_decay must be in [0, 1), got {}", self.ema_decay));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(format!("optim.min_lr_ratio must be in [0, 1], got {}", self.min_lr_ratio));
         }
         Ok(())
     }
@@ -263,6 +293,24 @@ mod tests {
     /// `clip_and_step` is clipping then stepping (the same weights bit for bit), and a
     /// non-finite gradient norm leaves every weight as it was.
     #[test]
+    fn schedules_warm_up_then_hold_or_decay_to_the_floor() {
+        let c = |decay| OptimConfig { lr: 1.0, warmup_steps: 10, decay, min_lr_ratio: 0.1, ..Default::default() };
+        for decay in [LrDecay::None, LrDecay::Cosine, LrDecay::Linear] {
+            assert_eq!(c(decay).lr_at(0, 110), 0.1, "{decay:?}: warm-up from lr / warmup");
+            assert_eq!(c(decay).lr_at(9, 110), 1.0, "{decay:?}: warm-up ends at lr");
+            assert_eq!(c(decay).lr_at(10, 110), 1.0, "{decay:?}: the decay starts at lr");
+        }
+        assert_eq!(c(LrDecay::None).lr_at(109, 110), 1.0);
+        for decay in [LrDecay::Cosine, LrDecay::Linear] {
+            assert!((c(decay).lr_at(109, 110) - 0.1).abs() < 1e-12, "{decay:?}: the last step is at the floor");
+            let lrs: Vec<f64> = (10..110).map(|s| c(decay).lr_at(s, 110)).collect();
+            assert!(lrs.windows(2).all(|w| w[1] <= w[0]), "{decay:?}: never rises");
+        }
+        assert!((c(LrDecay::Cosine).lr_at(60, 110) - 0.55).abs() < 0.01, "half way down at the middle");
+        assert!(OptimConfig { min_lr_ratio: 1.5, ..Default::default() }.validate().unwrap_err().contains("optim.min_lr_ratio"));
+    }
+
+    #[test]
     fn clip_and_step_is_clip_then_step_and_refuses_a_non_finite_norm() -> Result<()> {
         let make = || -> Result<Vec<Param>> {
             (0..3).map(|i| Ok(Param { name: format!("p{i}"), var: candle_core::Var::from_vec((0..40).map(|k| ((k * 7 + i) % 11) as f32 * 0.1).collect::<Vec<f32>>(), 40, &Device::Cpu)? })).collect()
@@ -326,7 +374,7 @@ mod tests {
                     let loss = loss.iter().try_fold(Tensor::new(0f32, &dev)?, |a, b| a + b)?;
                     let mut grads = loss.backward()?;
                     norm = clip_grad_norm(&params, &mut grads, cfg.grad_clip)?;
-                    opt.step(&grads, cfg.lr_at(step as usize))?;
+                    opt.step(&grads, cfg.lr_at(step as usize, 3))?;
                     ema.update(&params)?;
                 }
                 let mut out: Vec<Vec<f32>> = params.iter().map(|p| p.var.as_tensor().flatten_all()?.to_vec1::<f32>()).collect::<Result<_>>()?;

@@ -112,7 +112,7 @@ pub fn train_teacher(name: &str, seed: u64, mut progress: impl FnMut(usize, f64)
         let (x, ys, yc) = labelled_batch(seed, (step * batch) as u64, batch, &dev)?;
         let (ls, lc) = model.logits(&x)?;
         let loss = (candle_nn::loss::cross_entropy(&ls, &ys)? + candle_nn::loss::cross_entropy(&lc, &yc)?)?;
-        opt.step(&loss.backward()?, cfg.lr_at(step))?;
+        opt.step(&loss.backward()?, cfg.lr_at(step, steps))?;
         if step % 20 == 0 || step + 1 == steps {
             progress(step, loss.to_scalar::<f32>()? as f64);
         }

@@ -41,7 +41,7 @@ pub fn train_evaluator(seed: u64, steps: usize, batch: usize, heldout: usize, mu
         let (ys, yc, yst) = labels(&scenes, &dev)?;
         let o = net.outputs(&x)?;
         let loss = ((ce(&o.shape, &ys)? + ce(&o.color, &yc)?)? + (ce(&o.style, &yst)? * 0.5)?)?;
-        opt.step(&loss.backward()?, cfg.lr_at(step))?;
+        opt.step(&loss.backward()?, cfg.lr_at(step, steps))?;
         if step % 50 == 0 || step + 1 == steps {
             progress(step, loss.to_scalar::<f32>()? as f64);
         }
