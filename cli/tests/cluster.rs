@@ -181,7 +181,7 @@ fn a_world_size_two_job_succeeds_with_identical_ranks_and_metrics() {
     let workers: Vec<&str> = j["placement"].as_array().unwrap().iter().map(|p| p["worker"].as_str().unwrap()).collect();
     assert!(workers.contains(&"w0") && workers.contains(&"w1"), "{workers:?}");
     assert_eq!(j["result"]["steps"], 8);
-    // rank 0 evaluated (rank 1 waited at the barrier); the report reaches the job
+    // both ranks sampled their share of the evaluation, rank 0 computed it; the report reaches the job
     let fd = j["result"]["eval"]["fd_scenes"]["value"].as_f64().expect("final evaluation in the result");
     assert!(fd.is_finite() && fd > 0.0);
     assert_eq!(j["result"]["eval"]["fd_scenes"]["protocol"]["samples"], 8);

@@ -68,8 +68,6 @@ pub trait Progress {
 
 pub struct NoProgress;
 
-/// How long the other ranks wait for rank 0's evaluation.
-const EVAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
 impl Progress for NoProgress {}
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -147,12 +145,13 @@ pub fn run_distributed(
     let mut metrics = MetricsLog::open(&files.metrics, first)?;
     progress.started(first, total, trainer.param_count());
     let lead = group.rank() == 0;
-    let evaluator = if cfg.eval.samples > 0 && lead {
+    // every rank samples its share of an evaluation; rank 0 computes and records the numbers
+    let evaluator = if cfg.eval.samples > 0 {
         Some(crate::eval::suite::Evaluator::new(&cfg.eval, cfg.latent.image_size, opts.out.join("eval-cache"), device).map_err(|e| TrainError::Data(format!("evaluation: {e}")))?)
     } else {
         None
     };
-    let mut evals = EvalLog::restore(&files.evals, first, total, evaluator.is_some(), progress)?;
+    let mut evals = EvalLog::restore(&files.evals, first, total, evaluator.is_some() && lead, progress)?;
     let (trained_samples, seconds) = train_loop(&cfg, &files, &mut trainer, group, progress, &mut metrics, evaluator.as_ref(), &mut evals)?;
     // Training time only: evaluation is reported separately.
     let wall = seconds - evals.seconds;
@@ -317,12 +316,6 @@ fn train_loop(
         trained_samples += samples;
         metrics.push(point.clone())?;
         progress.step(&point, total);
-        if world > 1 && !lead && cfg.eval.samples > 0 && cfg.eval.due(trainer.step, total) {
-            // rank 0 evaluates alone; wait for it (a dead rank 0 still fails this at once)
-            progress.phase("evaluating");
-            group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
-            progress.phase("training");
-        }
         if let Some(ev) = evaluator.filter(|_| cfg.eval.due(trainer.step, total)) {
             metrics.flush()?;
             if !evaluate(cfg, files, trainer, ev, group, progress, evals)? {
@@ -375,9 +368,10 @@ fn train_step(cfg: &TrainConfig, trainer: &mut Trainer, loader: &Loader, group: 
     Ok((point, batch.size * world))
 }
 
-/// Rank 0's evaluation at the current step: checkpoint first (a failed evaluation must not
-/// cost training), evaluate, release the other ranks, record the report and the per-image
-/// numbers. A failed evaluation is reported and training goes on (false).
+/// The group's evaluation at the current step: rank 0 checkpoints first (a failed
+/// evaluation must not cost training), every rank samples its share, rank 0 records the
+/// report and the per-image numbers. A failed evaluation is reported and training goes on
+/// (false); a broken group fails the run.
 fn evaluate(
     cfg: &TrainConfig,
     files: &RunFiles,
@@ -387,16 +381,18 @@ fn evaluate(
     progress: &mut dyn Progress,
     evals: &mut EvalLog,
 ) -> Result<bool, TrainError> {
-    trainer.save(&files.ckpt)?;
-    progress.message(&format!("evaluating at step {} ({} samples)", trainer.step, cfg.eval.samples));
-    progress.phase("evaluating");
-    let result = ev.evaluate(trainer);
-    if group.world() > 1 {
-        group.barrier(EVAL_DEADLINE).map_err(TrainError::Collective)?;
+    let lead = group.rank() == 0;
+    if lead {
+        trainer.save(&files.ckpt)?;
+        progress.message(&format!("evaluating at step {} ({} samples over {} rank(s))", trainer.step, cfg.eval.samples, group.world()));
     }
+    progress.phase("evaluating");
+    let result = ev.evaluate_in(trainer, group);
     progress.phase("training");
     let report = match result {
-        Ok(r) => r,
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(true), // another rank records it
+        Err(TrainError::Collective(e)) => return Err(TrainError::Collective(e)),
         Err(e) => {
             progress.message(&format!("evaluation at step {} failed, training goes on: {e}", trainer.step));
             return Ok(false);

@@ -75,3 +75,37 @@ fn two_ranks_of_batch_b_match_one_rank_of_batch_2b() {
     // only rank 0 writes the checkpoint
     assert!(!dir.path().join("rank1/checkpoint.safetensors").exists());
 }
+
+/// Every rank samples its share of an evaluation and rank 0 computes the numbers from all
+/// of them: the same numbers as one process evaluating alone, with shares of unequal size
+/// (10 images over 3 ranks: 4, 3, 3).
+#[test]
+fn a_distributed_evaluation_equals_the_single_process_one() {
+    use ablate_trainer::eval::suite::Evaluator;
+    use ablate_trainer::train::Trainer;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(2);
+    c.eval.samples = 10;
+    c.eval.sampler_steps = 2;
+    let evaluator = |r: usize| Evaluator::new(&c.eval, c.latent.image_size, dir.path().join(format!("cache{r}")), &Device::Cpu).unwrap();
+    let single = evaluator(9).evaluate(&Trainer::new(c.clone(), &Device::Cpu).unwrap()).unwrap();
+    let rings = loopback_group(3, Duration::from_secs(60));
+    let handles: Vec<_> = rings
+        .into_iter()
+        .enumerate()
+        .map(|(r, mut ring)| {
+            let (c, ev) = (c.clone(), evaluator(r));
+            // the same seed: every rank holds the same weights, as after a broadcast
+            std::thread::spawn(move || ev.evaluate_in(&Trainer::new(c, &Device::Cpu).unwrap(), &mut ring).unwrap())
+        })
+        .collect();
+    let reports: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(reports[1].is_none() && reports[2].is_none(), "only rank 0 computes the numbers");
+    let group = reports[0].clone().expect("rank 0's report");
+    for (m, a, b) in [("FD-scenes", single.fd_scenes.value, group.fd_scenes.value), ("MMD", single.mmd_scenes.value, group.mmd_scenes.value), ("accuracy", single.accuracy.value, group.accuracy.value)] {
+        assert_eq!(a.to_bits(), b.to_bits(), "{m}: one process {a}, three ranks {b}");
+    }
+    assert_eq!(single.composition, group.composition);
+    assert_eq!(single.samples, group.samples, "the per-image numbers, in image order");
+    assert_eq!(single.fd_scenes.protocol, group.fd_scenes.protocol);
+}

@@ -91,6 +91,31 @@ impl FeatureStats {
         self.merge(&FeatureStats { dim: d, n: b as u64, mean, comoment })
     }
 
+    /// The statistic as bytes (little-endian: dim, n, mean, comoment), for a gather across
+    /// ranks; [`from_bytes`](Self::from_bytes) reads it back exactly.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 8 * (self.mean.len() + self.comoment.len()));
+        out.extend((self.dim as u64).to_le_bytes());
+        out.extend(self.n.to_le_bytes());
+        for v in self.mean.iter().chain(&self.comoment) {
+            out.extend(v.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads [`to_bytes`](Self::to_bytes); returns the statistic and the bytes it used.
+    pub fn from_bytes(b: &[u8]) -> Result<(Self, usize), EvalError> {
+        let word = |k: usize| -> Result<[u8; 8], EvalError> { b.get(8 * k..8 * k + 8).and_then(|s| s.try_into().ok()).ok_or_else(|| EvalError::Shape("feature statistics cut short".into())) };
+        let dim = u64::from_le_bytes(word(0)?) as usize;
+        let n = u64::from_le_bytes(word(1)?);
+        if dim > 1 << 16 {
+            return Err(EvalError::Shape(format!("feature statistics of {dim} dimensions")));
+        }
+        let vals = (0..dim + dim * dim).map(|k| word(2 + k).map(f64::from_le_bytes)).collect::<Result<Vec<f64>, _>>()?;
+        let (mean, comoment) = vals.split_at(dim);
+        Ok((Self { dim, n, mean: mean.to_vec(), comoment: comoment.to_vec() }, 8 * (2 + dim + dim * dim)))
+    }
+
     /// Folds another partial statistic in (Chan's parallel update).
     pub fn merge(&mut self, other: &FeatureStats) -> Result<(), EvalError> {
         if other.dim != self.dim {

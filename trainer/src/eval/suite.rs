@@ -6,7 +6,11 @@
 //! set is the renders of those same scenes, so FD and MMD ask "does it look like what was
 //! asked for". Image `i` always gets the same prompt and the same starting noise, whatever
 //! the number of ranks: rank r of W evaluates indices r, r+W, ..., and the shards merge
-//! exactly ([`EvalShard::merge`]), so no rank waits on another's sample count.
+//! ([`EvalShard::merge`]), so no rank waits on another's sample count. In a data-parallel run
+//! every rank samples its share ([`Evaluator::evaluate_in`]); the shares are gathered and
+//! rank 0 computes the numbers. FD-scenes, MMD and accuracy then equal the single-process
+//! ones exactly (the scene statistics are rebuilt from the gathered embeddings in image
+//! order); FID's Inception statistics are merged, equal to float rounding.
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -18,6 +22,7 @@ use super::inception::{self, InceptionFid};
 use super::scenes::{self, SceneEvaluator, EMBED_DIM};
 use super::{frechet_distance, EvalError, FeatureStats, Measured, Protocol};
 use crate::data::captions::long_caption;
+use crate::collective::Collective;
 use crate::data::scene::Scene;
 use crate::train::Trainer;
 
@@ -35,7 +40,113 @@ pub struct EvalShard {
     pub scores: Vec<(u64, f32)>,
 }
 
+/// How long ranks wait for each other's share of an evaluation.
+const SHARE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend(v.to_le_bytes());
+}
+
+/// Reads little-endian words off the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], EvalError> {
+        if self.0.len() < n {
+            return Err(EvalError::Shape("an evaluation share was cut short".into()));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u64(&mut self) -> Result<u64, EvalError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn f32(&mut self) -> Result<f32, EvalError> {
+        Ok(f32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+}
+
 impl EvalShard {
+    /// The share as bytes for a gather across ranks (embeddings and scores by image index,
+    /// composition counts, Inception statistics).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = b"ABES1".to_vec();
+        put_u64(&mut out, self.embeddings.len() as u64);
+        for (i, e) in &self.embeddings {
+            put_u64(&mut out, *i);
+            put_u64(&mut out, e.len() as u64);
+            e.iter().for_each(|v| out.extend(v.to_le_bytes()));
+        }
+        put_u64(&mut out, self.scores.len() as u64);
+        for (i, s) in &self.scores {
+            put_u64(&mut out, *i);
+            out.extend(s.to_le_bytes());
+        }
+        let c = &self.composition;
+        for v in [c.images, c.object, c.color, c.count, c.position, c.layout, c.color_position, c.all_correct] {
+            put_u64(&mut out, v);
+        }
+        match &self.inception {
+            Some(st) => {
+                out.push(1);
+                out.extend(st.to_bytes());
+            }
+            None => out.push(0),
+        }
+        out
+    }
+
+    /// Reads [`to_bytes`](Self::to_bytes). The scene statistics are rebuilt from the
+    /// embeddings, in the order they were sampled.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EvalError> {
+        let mut r = Reader(bytes.strip_prefix(b"ABES1").ok_or_else(|| EvalError::Shape("not an evaluation share".into()))?);
+        let n = r.u64()? as usize;
+        let mut embeddings = Vec::with_capacity(n.min(1 << 20));
+        for _ in 0..n {
+            let i = r.u64()?;
+            let d = r.u64()? as usize;
+            if d != EMBED_DIM {
+                return Err(EvalError::Shape(format!("an embedding of {d} dimensions, not {EMBED_DIM}")));
+            }
+            embeddings.push((i, (0..d).map(|_| r.f32()).collect::<Result<Vec<f32>, _>>()?));
+        }
+        let n = r.u64()? as usize;
+        let scores = (0..n).map(|_| Ok((r.u64()?, r.f32()?))).collect::<Result<Vec<_>, EvalError>>()?;
+        let mut w = [0u64; 8];
+        for v in w.iter_mut() {
+            *v = r.u64()?;
+        }
+        let composition = CompositionCounts { images: w[0], object: w[1], color: w[2], count: w[3], position: w[4], layout: w[5], color_position: w[6], all_correct: w[7] };
+        let inception = match r.take(1)?[0] {
+            0 => None,
+            _ => Some(FeatureStats::from_bytes(r.0)?.0),
+        };
+        let mut scene_stats = FeatureStats::new(EMBED_DIM);
+        scene_stats.add_rows(&embeddings.iter().flat_map(|(_, e)| e.iter().copied()).collect::<Vec<f32>>())?;
+        Ok(Self { scene_stats, embeddings, composition, inception, scores })
+    }
+
+    /// All ranks' shares as one, as a single process would have built it: embeddings and
+    /// scores in image order, the scene statistics added in the same chunks of 32 images
+    /// (so FD-scenes is bit-identical), counts summed, Inception statistics merged.
+    pub fn gathered(shares: Vec<EvalShard>) -> Result<Self, EvalError> {
+        let mut it = shares.into_iter();
+        let mut all = it.next().ok_or_else(|| EvalError::Shape("no evaluation shares".into()))?;
+        for s in it {
+            all.merge(&s)?;
+        }
+        all.embeddings.sort_by_key(|(i, _)| *i);
+        all.scores.sort_by_key(|(i, _)| *i);
+        let mut stats = FeatureStats::new(EMBED_DIM);
+        for chunk in all.embeddings.chunks(32) {
+            let rows: Vec<f32> = chunk.iter().flat_map(|(_, e)| e.iter().copied()).collect();
+            stats.add_rows(&rows)?;
+        }
+        all.scene_stats = stats;
+        Ok(all)
+    }
+
     pub fn merge(&mut self, o: &EvalShard) -> Result<(), EvalError> {
         self.scene_stats.merge(&o.scene_stats)?;
         self.embeddings.extend(o.embeddings.iter().cloned());
@@ -233,6 +344,41 @@ impl Evaluator {
             seconds,
             samples: Some(samples),
         })
+    }
+
+    /// The evaluation of a data-parallel group: every rank samples its share of the images,
+    /// the shares are gathered, and rank 0 computes the numbers (`Some` there, `None` on the
+    /// other ranks). A rank whose share failed makes the evaluation fail on rank 0 with its
+    /// reason (every rank still joins the gather, so none is left waiting). With one rank
+    /// this is [`evaluate`](Self::evaluate).
+    pub fn evaluate_in(&self, trainer: &Trainer, group: &mut dyn Collective) -> Result<Option<EvalReport>, crate::TrainError> {
+        let (rank, world) = (group.rank(), group.world());
+        if world <= 1 {
+            return self.evaluate(trainer).map(Some);
+        }
+        let t0 = std::time::Instant::now();
+        let mine = match self.generated_shard(trainer, rank, world) {
+            Ok(s) => s.to_bytes(),
+            Err(e) => format!("ERR{e}").into_bytes(),
+        };
+        // the shares take about equally long; the barrier gives the slowest up to an hour
+        group.barrier(SHARE_DEADLINE).map_err(crate::TrainError::Collective)?;
+        let all = group.all_gather(&mine).map_err(crate::TrainError::Collective)?;
+        if rank != 0 {
+            return Ok(None);
+        }
+        let fail = |m: String| crate::TrainError::Data(format!("evaluation: {m}"));
+        let mut shares = Vec::with_capacity(all.len());
+        for (r, b) in all.iter().enumerate() {
+            if let Some(why) = b.strip_prefix(b"ERR") {
+                return Err(fail(format!("rank {r}: {}", String::from_utf8_lossy(why))));
+            }
+            shares.push(EvalShard::from_bytes(b).map_err(|e| fail(format!("rank {r}'s share: {e}")))?);
+        }
+        let gen = EvalShard::gathered(shares).map_err(|e| fail(e.to_string()))?;
+        let mut report = self.finish(trainer.step, gen, 0.0).map_err(|e| fail(e.to_string()))?;
+        report.seconds = t0.elapsed().as_secs_f64();
+        Ok(Some(report))
     }
 
     /// Single-process evaluation.
