@@ -139,6 +139,7 @@ impl Core {
             priority: req.priority,
             sweep: req.sweep,
             arm: req.arm,
+            baseline_arm: req.baseline_arm,
             generation: Generation(0),
             placement: Vec::new(),
             reason: String::new(),

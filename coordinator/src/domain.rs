@@ -166,6 +166,8 @@ pub struct JobSpec {
     pub priority: i32,
     pub sweep: Option<SweepId>,
     pub arm: String,
+    /// The arm `arm` is compared with (empty: "baseline").
+    pub baseline_arm: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +179,8 @@ pub struct Job {
     pub priority: i32,
     pub sweep: Option<SweepId>,
     pub arm: String,
+    /// The arm `arm` is compared with (empty: "baseline").
+    pub baseline_arm: String,
     pub generation: Generation,
     pub placement: Vec<RankPlacement>,
     /// Why the job failed, was cancelled, restarted or waits.

@@ -67,7 +67,7 @@ impl From<DeviceKind> for v1::DeviceKind {
 
 impl From<v1::SubmitJobRequest> for JobSpec {
     fn from(r: v1::SubmitJobRequest) -> Self {
-        JobSpec { name: r.name, config_toml: r.config_toml, world_size: r.world_size, priority: r.priority, sweep: sweep_of(r.sweep), arm: r.arm }
+        JobSpec { name: r.name, config_toml: r.config_toml, world_size: r.world_size, priority: r.priority, sweep: sweep_of(r.sweep), arm: r.arm, baseline_arm: r.baseline_arm }
     }
 }
 
@@ -140,6 +140,7 @@ impl From<&Job> for v1::Job {
             priority: j.priority,
             sweep: sweep_str(&j.sweep),
             arm: j.arm.clone(),
+            baseline_arm: j.baseline_arm.clone(),
             generation: j.generation.0,
             placement: j.placement.iter().map(|p| v1::RankPlacement { rank: p.rank.0, worker_id: p.worker.0.clone(), slot: p.slot, pid: p.pid }).collect(),
             reason: j.reason.clone(),
@@ -175,6 +176,7 @@ pub fn job(j: v1::Job) -> Result<Job, CoordinatorError> {
         priority: j.priority,
         sweep: sweep_of(j.sweep),
         arm: j.arm,
+        baseline_arm: j.baseline_arm,
         generation: Generation(j.generation),
         placement: j.placement.into_iter().map(|p| RankPlacement { rank: Rank(p.rank), worker: WorkerId(p.worker_id), slot: p.slot, pid: p.pid }).collect(),
         reason: j.reason,
@@ -263,6 +265,7 @@ mod tests {
             priority: 3,
             sweep: Some(SweepId("s000005".into())),
             arm: "repa".into(),
+            baseline_arm: "baseline".into(),
             generation: Generation(2),
             placement: vec![RankPlacement { rank: Rank(0), worker: WorkerId("a".into()), slot: 1, pid: 42 }, RankPlacement { rank: Rank(1), worker: WorkerId("b".into()), slot: 0, pid: 0 }],
             reason: "restart 1 of 3: worker c lost".into(),

@@ -53,7 +53,7 @@ pub fn sweep(cmd: SweepCmd) -> anyhow::Result<()> {
         let jobs = s
             .jobs
             .iter()
-            .map(|j| v1::SubmitJobRequest { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: s.world_size, priority: s.priority, sweep: String::new(), arm: j.arm.clone() })
+            .map(|j| v1::SubmitJobRequest { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: s.world_size, priority: s.priority, sweep: String::new(), arm: j.arm.clone(), baseline_arm: j.baseline.clone() })
             .collect();
         let r = client(&a.coordinator).await?.submit_sweep(v1::SubmitSweepRequest { name: s.name.clone(), jobs }).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?.into_inner();
         if a.json {

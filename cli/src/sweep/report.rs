@@ -137,7 +137,6 @@ fn delta_html(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -
 }
 
 fn table(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
-    let base = d.rows.iter().find(|r| r.arm == "baseline");
     let cols: [(&str, &str, f64, usize); 7] = [
         ("fd_scenes", "FD-scenes", 1.0, 1),
         ("mmd", "MMD", 1.0, 3),
@@ -153,6 +152,7 @@ fn table(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
     }
     h.push_str("</tr>");
     for r in &d.rows {
+        let base = results::base_of(&d.rows, r);
         let _ = write!(h, "<tr><td>{}{}</td><td>{}</td><td>{}</td>", dot(&r.arm), escape(&r.arm), escape(&r.status), r.steps);
         for (m, _, scale, digits) in cols {
             match r.get(m) {
@@ -174,11 +174,11 @@ fn table(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
     }
     let any_ci = d.rows.iter().any(|r| !r.ci95.is_empty());
     h.push_str(&format!(
-        r#"<p class="note">Below each number: the delta vs baseline. {}</p>"#,
+        r#"<p class="note">Below each number: the delta vs the arm's baseline (the sweep's, or the arm it names as its own). {}</p>"#,
         if any_ci {
             "Green / red: better / worse, with a 95% t-interval of the per-seed deltas (each seed paired with the baseline's) that excludes zero; n.s.: the interval contains zero. With one seed there is no verdict: the interval shown resamples the evaluation images of one run and does not cover training noise.".to_string()
         } else {
-            "No confidence intervals: the per-image evaluation numbers are not at hand (they stay with the workers of a remote sweep).".to_string()
+            "No confidence intervals: the per-image evaluation numbers are not at hand.".to_string()
         }
     ));
     h
@@ -186,19 +186,25 @@ fn table(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
 
 fn iso_tables(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
     let mut h = String::new();
+    let groups = results::groups(&d.rows);
+    for (lead, members) in &groups {
+    let lead_row = &d.rows[*lead];
+    let lead_iso = if lead_row.baseline.is_empty() { &lead_row.iso } else { &lead_row.iso_as_base };
+    let group = if groups.len() > 1 { format!(", group of {}", lead_row.arm) } else { String::new() };
     for axis in Axis::ALL {
-        let ats: Vec<(&Row, &iso::AtBudget)> = d.rows.iter().filter_map(|r| Some((r, r.iso.iter().find(|a| a.axis == axis)?))).collect();
+        let mut ats: Vec<(&Row, &iso::AtBudget)> = lead_iso.iter().find(|a| a.axis == axis).map(|a| (lead_row, a)).into_iter().collect();
+        ats.extend(members.iter().filter_map(|&i| Some((&d.rows[i], d.rows[i].iso.iter().find(|a| a.axis == axis)?))));
         let Some((_, first)) = ats.first() else { continue };
         let title = match axis {
-            Axis::TrainSeconds => format!("At equal training time: {:.0} s (the shortest run's)", first.budget),
-            Axis::SamplesSeen => format!("At equal samples seen: {:.0} (the fewest of any run)", first.budget),
+            Axis::TrainSeconds => format!("At equal training time: {:.0} s (the shortest run's{group})", first.budget),
+            Axis::SamplesSeen => format!("At equal samples seen: {:.0} (the fewest of any run{group})", first.budget),
         };
         if super::results::at_every_final_step(&ats) {
             let _ = write!(h, r#"<h3>{title}</h3><p class="note">Every run is at its last step: the results table applies.</p>"#);
             continue;
         }
         let _ = write!(h, "<h3>{title}</h3><table><tr><th>arm</th><th>step</th><th>FD-scenes</th><th>MMD</th><th>accuracy %</th></tr>");
-        let base = ats.iter().find(|(r, _)| r.arm == "baseline").map(|(_, a)| *a);
+        let base = ats.first().filter(|(r, _)| r.arm == lead_row.arm).map(|(_, a)| *a);
         for (r, a) in &ats {
             let _ = write!(h, "<tr><td>{}{}</td><td>{}</td>", dot(&r.arm), escape(&r.arm), a.step.map(|s| format!("{:.0}", s.mean)).unwrap_or("-".into()));
             for (m, scale, digits) in [("fd_scenes", 1.0, 1), ("mmd", 1.0, 3), ("accuracy", 100.0, 1)] {
@@ -213,6 +219,7 @@ fn iso_tables(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
             h.push_str("</tr>");
         }
         h.push_str("</table>");
+    }
     }
     if !h.is_empty() {
         h.push_str(r#"<p class="note">Iso-compute: each run's evaluations placed by the training seconds (evaluation time excluded) and samples seen before them, linear between evaluations. Set <code>eval.every</code> for evaluations along the runs.</p>"#);

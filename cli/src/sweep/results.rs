@@ -34,6 +34,9 @@ pub use super::stat::{stat, Stat};
 #[derive(Debug, Clone)]
 pub struct Row {
     pub arm: String,
+    /// The arm this one is compared with: "baseline", another arm that leads a comparison
+    /// group of its own (`baseline = "..."` in the sweep file), or empty for the baseline.
+    pub baseline: String,
     pub job_ids: Vec<String>,
     /// "succeeded" when every seed did, else the worst state seen.
     pub status: String,
@@ -48,8 +51,11 @@ pub struct Row {
     /// reference, sampler...): its evaluation numbers are then not compared (no delta), since
     /// FD in particular depends on N and on the reference set.
     pub protocol_note: Option<String>,
-    /// The metrics at equal training time and at equal samples seen.
+    /// The metrics at equal training time and at equal samples seen, at the budgets of the
+    /// group in which this arm is compared with its baseline.
     pub iso: Vec<AtBudget>,
+    /// For an arm that leads a group of its own: its metrics at that group's budgets.
+    pub iso_as_base: Vec<AtBudget>,
     /// The best value of each evaluation metric over the evaluations along the runs (mean
     /// over seeds of each seed's best).
     pub best: Vec<(&'static str, Stat)>,
@@ -59,6 +65,21 @@ impl Row {
     pub fn get(&self, m: &str) -> Option<Stat> {
         self.metrics.iter().find(|(k, _)| *k == m).and_then(|(_, s)| *s)
     }
+}
+
+/// The row `r` is compared with (None for the baseline, or a baseline missing from `rows`).
+pub fn base_of<'a>(rows: &'a [Row], r: &Row) -> Option<&'a Row> {
+    rows.iter().find(|x| !r.baseline.is_empty() && x.arm == r.baseline)
+}
+
+/// The comparison groups: (the leading row, its members), the sweep's baseline first, then
+/// every arm that other arms name as their baseline, in row order. Indices into `rows`.
+pub fn groups(rows: &[Row]) -> Vec<(usize, Vec<usize>)> {
+    rows.iter()
+        .enumerate()
+        .filter(|(_, lead)| lead.baseline.is_empty() || rows.iter().any(|r| r.baseline == lead.arm))
+        .map(|(i, lead)| (i, rows.iter().enumerate().filter(|(_, r)| r.baseline == lead.arm).map(|(k, _)| k).collect()))
+        .collect()
 }
 
 /// A job's final evaluation, if it has one the wire could carry whole (a damaged one is
@@ -85,10 +106,14 @@ fn eval_protocol(jobs: &[(String, v1::Job)], arm: &str) -> Option<Protocol> {
 
 /// Rows in arm order (`arms`), from the sweep's jobs (`(arm, job)` pairs).
 pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
-    let base_protocol = eval_protocol(jobs, "baseline");
     arms.iter()
         .map(|arm| {
             let mine: Vec<&v1::Job> = jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| j).collect();
+            let baseline = match mine.first().map(|j| j.baseline_arm.as_str()) {
+                _ if arm == "baseline" => String::new(),
+                Some("") | None => "baseline".to_string(),
+                Some(b) => b.to_string(),
+            };
             let rank = |s: JobState| match s {
                 JobState::Failed => 0,
                 JobState::Cancelled => 1,
@@ -100,11 +125,11 @@ pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
             let status = mine.iter().map(|j| j.state()).min_by_key(|s| rank(*s)).map(|s| s.label()).unwrap_or("missing").to_string();
             let metrics = METRICS.iter().map(|m| (*m, stat(&mine.iter().filter_map(|j| value(j, m)).collect::<Vec<_>>()))).collect();
             let steps = mine.iter().filter_map(|j| j.result.as_ref().map(|r| r.steps)).max().unwrap_or_else(|| mine.iter().map(|j| j.step).max().unwrap_or(0));
-            let protocol_note = match (&base_protocol, eval_protocol(jobs, arm)) {
-                (Some(b), Some(p)) if arm != "baseline" => Some(p.differences(b).join(", ")).filter(|d| !d.is_empty()),
+            let protocol_note = match (eval_protocol(jobs, &baseline), eval_protocol(jobs, arm)) {
+                (Some(b), Some(p)) => Some(p.differences(&b).join(", ")).filter(|d| !d.is_empty()),
                 _ => None,
             };
-            Row { arm: arm.clone(), job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![], n_seeds: 0, protocol_note, iso: vec![], best: vec![] }
+            Row { arm: arm.clone(), baseline, job_ids: mine.iter().map(|j| j.id.clone()).collect(), status, steps, metrics, ci95: vec![], n_seeds: 0, protocol_note, iso: vec![], iso_as_base: vec![], best: vec![] }
         })
         .collect()
 }
@@ -119,8 +144,8 @@ pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn
     // every arm's jobs come in the order of `seeds`, so the i-th job of an arm and the i-th of
     // the baseline share a seed; a pair counts only when both succeeded and left samples
     let of = |arm: &str| -> Vec<Option<EvalSamples>> { jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| (j.state() == JobState::Succeeded).then(|| samples(j)).flatten()).collect() };
-    let base = of("baseline");
-    for row in rows.iter_mut().filter(|r| r.arm != "baseline") {
+    for row in rows.iter_mut().filter(|r| !r.baseline.is_empty()) {
+        let base = of(&row.baseline);
         let mine = of(&row.arm);
         let pairs: Vec<(&EvalSamples, &EvalSamples)> = mine.iter().zip(&base).filter_map(|(a, b)| Some((a.as_ref()?, b.as_ref()?))).collect();
         if pairs.is_empty() {
@@ -142,13 +167,25 @@ pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn
 }
 
 /// Fills `iso` of every arm from the runs' histories (`series` by job id; succeeded jobs only).
+/// Each comparison group gets its own budgets (the shortest run of the group), so a group
+/// of slow arms is not read at the time of the sweep's fastest.
 pub fn add_iso(rows: &mut [Row], jobs: &[(String, v1::Job)], series: &HashMap<String, Series>) {
     let placed: Vec<Vec<Vec<iso::Placed>>> = rows
         .iter()
         .map(|r| jobs.iter().filter(|(a, j)| *a == r.arm && j.state() == JobState::Succeeded).filter_map(|(_, j)| series.get(&j.id)).map(iso::place).filter(|p| !p.is_empty()).collect())
         .collect();
-    for ((row, at), seeds) in rows.iter_mut().zip(iso::compare(&placed)).zip(&placed) {
-        row.iso = at;
+    for (lead, members) in groups(rows) {
+        let ids: Vec<usize> = std::iter::once(lead).chain(members.iter().copied()).collect();
+        let at = iso::compare(&ids.iter().map(|&i| placed[i].clone()).collect::<Vec<_>>());
+        for (&i, a) in ids.iter().zip(at) {
+            if i == lead && !rows[i].baseline.is_empty() {
+                rows[i].iso_as_base = a;
+            } else {
+                rows[i].iso = a;
+            }
+        }
+    }
+    for (row, seeds) in rows.iter_mut().zip(&placed) {
         row.best = iso::METRICS
             .iter()
             .filter_map(|m| {
@@ -204,11 +241,14 @@ pub fn delta(row: &Row, base: &Row, m: &str) -> Option<(f64, f64)> {
 }
 
 pub fn json(rows: &[Row]) -> Value {
-    let base = rows.iter().find(|r| r.arm == "baseline");
     Value::Array(
         rows.iter()
             .map(|r| {
+                let base = base_of(rows, r);
                 let mut o = json!({"arm": r.arm, "job_id": r.job_ids.first(), "job_ids": r.job_ids, "status": r.status, "steps": r.steps});
+                if !r.baseline.is_empty() {
+                    o["baseline"] = json!(r.baseline);
+                }
                 for m in METRICS {
                     o[m] = r.get(m).map(|s| json!(s.mean)).unwrap_or(Value::Null);
                     if r.job_ids.len() > 1 {
@@ -268,11 +308,15 @@ fn cell(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -> Stri
 
 /// One line per arm evaluated under another protocol than the baseline.
 pub fn protocol_notes(rows: &[Row]) -> Vec<String> {
-    rows.iter().filter_map(|r| Some(format!("{}: evaluated under another protocol than the baseline ({}): no deltas of its evaluation numbers", r.arm, r.protocol_note.as_ref()?))).collect()
+    rows.iter().filter_map(|r| Some(format!("{}: evaluated under another protocol than {} ({}): no deltas of its evaluation numbers", r.arm, r.baseline, r.protocol_note.as_ref()?))).collect()
 }
 
 fn footnote(rows: &[Row]) -> String {
-    let notes: String = protocol_notes(rows).iter().map(|l| format!("{l}\n")).collect();
+    let mut notes: String = protocol_notes(rows).iter().map(|l| format!("{l}\n")).collect();
+    for (lead, members) in groups(rows).iter().filter(|(l, _)| !rows[*l].baseline.is_empty()) {
+        let names: Vec<&str> = members.iter().map(|&i| rows[i].arm.as_str()).collect();
+        notes.push_str(&format!("{}: compared with {} (their own group), not with the baseline\n", names.join(", "), rows[*lead].arm));
+    }
     let with_ci: Vec<&Row> = rows.iter().filter(|r| !r.ci95.is_empty()).collect();
     if with_ci.is_empty() {
         return format!("{notes}(no confidence intervals: the per-image evaluation numbers are not at hand)\n");
@@ -301,7 +345,7 @@ pub fn intervals_text(rows: &[Row], format: &str) -> String {
     };
     let head = ["arm", "seeds", "FD-scenes", "MMD", "accuracy %"];
     let body: Vec<Vec<String>> = seeded.iter().map(|r| vec![r.arm.clone(), r.n_seeds.to_string(), range(r, "fd_scenes", 1.0, 1), range(r, "mmd", 1.0, 3), range(r, "accuracy", 100.0, 1)]).collect();
-    format!("95% t-intervals of the delta vs baseline over the paired seeds:\n{}", grid(&head, &body, format))
+    format!("95% t-intervals of the delta vs each arm's baseline over the paired seeds:\n{}", grid(&head, &body, format))
 }
 
 /// Whether every run reaches the budget exactly at its last step: the iso-compute table is then
@@ -310,44 +354,56 @@ pub(crate) fn at_every_final_step(ats: &[(&Row, &AtBudget)]) -> bool {
     ats.iter().all(|(r, a)| a.step.is_some_and(|s| (s.mean - r.steps as f64).abs() < 1e-6 && s.std < 1e-9))
 }
 
-/// The iso-compute tables (one per axis) for "table" or "markdown"; empty without evaluations.
-/// A table that would repeat the main one (every run at its last step) is one line instead.
+/// The iso-compute tables (one per axis and comparison group) for "table" or "markdown";
+/// empty without evaluations. A table that would repeat the main one (every run at its last
+/// step) is one line instead.
 pub fn iso_text(rows: &[Row], format: &str) -> String {
     let mut out = String::new();
-    for axis in Axis::ALL {
-        let ats: Vec<(&Row, &AtBudget)> = rows.iter().filter_map(|r| Some((r, r.iso.iter().find(|a| a.axis == axis)?))).collect();
-        let Some((_, first)) = ats.first() else { continue };
-        if at_every_final_step(&ats) {
-            let what = match axis {
-                Axis::TrainSeconds => format!("At equal training time ({:.0} s)", first.budget),
-                Axis::SamplesSeen => format!("At equal samples seen ({:.0})", first.budget),
-            };
-            out.push_str(&format!("\n{what}: every run is at its last step, so the first table applies.\n"));
-            continue;
-        }
-        let base = ats.iter().find(|(r, _)| r.arm == "baseline").map(|(_, a)| *a);
-        let title = match axis {
-            Axis::TrainSeconds => format!("At equal training time ({:.0} s, the shortest run's; linear between evaluations):", first.budget),
-            Axis::SamplesSeen => format!("At equal samples seen ({:.0}, the fewest of any run; linear between evaluations):", first.budget),
-        };
-        let head = ["arm", "step", "FD-scenes", "MMD", "accuracy %"];
-        let cellf = |a: &AtBudget, m: &str, scale: f64, digits: usize| -> String {
-            let Some(s) = a.get(m) else { return "- (no evaluation by then)".into() };
-            let mut c = format!("{:.*}", digits, s.mean * scale);
-            if let Some(b) = base.filter(|b| !std::ptr::eq(*b, a)).and_then(|b| b.get(m)) {
-                let d = s.mean - b.mean;
-                c.push_str(&format!(" ({:+.*}, {:+.0}%)", digits, d * scale, if b.mean != 0.0 { 100.0 * d / b.mean.abs() } else { f64::NAN }));
+    let groups = groups(rows);
+    for (lead, members) in &groups {
+        let lead_row = &rows[*lead];
+        let lead_iso = if lead_row.baseline.is_empty() { &lead_row.iso } else { &lead_row.iso_as_base };
+        let group = if groups.len() > 1 { format!(", group of {}", lead_row.arm) } else { String::new() };
+        for axis in Axis::ALL {
+            let find = |iso: &'_ [AtBudget]| iso.iter().position(|a| a.axis == axis);
+            let mut ats: Vec<(&Row, &AtBudget)> = Vec::new();
+            if let Some(k) = find(lead_iso) {
+                ats.push((lead_row, &lead_iso[k]));
             }
-            c
-        };
-        let body: Vec<Vec<String>> = ats
-            .iter()
-            .map(|(r, a)| vec![r.arm.clone(), a.step.map(|s| format!("{:.0}", s.mean)).unwrap_or("-".into()), cellf(a, "fd_scenes", 1.0, 1), cellf(a, "mmd", 1.0, 3), cellf(a, "accuracy", 100.0, 1)])
-            .collect();
-        out.push('\n');
-        out.push_str(&title);
-        out.push('\n');
-        out.push_str(&grid(&head, &body, format));
+            ats.extend(members.iter().filter_map(|&i| Some((&rows[i], &rows[i].iso[find(&rows[i].iso)?]))));
+            let Some((_, first)) = ats.first() else { continue };
+            if at_every_final_step(&ats) {
+                let what = match axis {
+                    Axis::TrainSeconds => format!("At equal training time ({:.0} s{group})", first.budget),
+                    Axis::SamplesSeen => format!("At equal samples seen ({:.0}{group})", first.budget),
+                };
+                out.push_str(&format!("\n{what}: every run is at its last step, so the first table applies.\n"));
+                continue;
+            }
+            let base = lead_iso.iter().find(|a| a.axis == axis);
+            let title = match axis {
+                Axis::TrainSeconds => format!("At equal training time ({:.0} s, the shortest run's{group}; linear between evaluations):", first.budget),
+                Axis::SamplesSeen => format!("At equal samples seen ({:.0}, the fewest of any run{group}; linear between evaluations):", first.budget),
+            };
+            let head = ["arm", "step", "FD-scenes", "MMD", "accuracy %"];
+            let cellf = |a: &AtBudget, m: &str, scale: f64, digits: usize| -> String {
+                let Some(s) = a.get(m) else { return "- (no evaluation by then)".into() };
+                let mut c = format!("{:.*}", digits, s.mean * scale);
+                if let Some(b) = base.filter(|b| !std::ptr::eq(*b, a)).and_then(|b| b.get(m)) {
+                    let d = s.mean - b.mean;
+                    c.push_str(&format!(" ({:+.*}, {:+.0}%)", digits, d * scale, if b.mean != 0.0 { 100.0 * d / b.mean.abs() } else { f64::NAN }));
+                }
+                c
+            };
+            let body: Vec<Vec<String>> = ats
+                .iter()
+                .map(|(r, a)| vec![r.arm.clone(), a.step.map(|s| format!("{:.0}", s.mean)).unwrap_or("-".into()), cellf(a, "fd_scenes", 1.0, 1), cellf(a, "mmd", 1.0, 3), cellf(a, "accuracy", 100.0, 1)])
+                .collect();
+            out.push('\n');
+            out.push_str(&title);
+            out.push('\n');
+            out.push_str(&grid(&head, &body, format));
+        }
     }
     out
 }
@@ -389,11 +445,11 @@ pub fn print(rows: &[Row], jobs: &[(String, v1::Job)], format: &str) -> anyhow::
 
 /// "table" (aligned text), "markdown" or "csv".
 pub fn text(rows: &[Row], format: &str) -> String {
-    let base = rows.iter().find(|r| r.arm == "baseline");
     let head = ["arm", "status", "FD-scenes", "MMD", "accuracy %", "FID", "samples/s", "final loss", "steps", "wall s"];
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
+            let base = base_of(rows, r);
             vec![
                 r.arm.clone(),
                 r.status.clone(),
@@ -419,7 +475,7 @@ pub fn text(rows: &[Row], format: &str) -> String {
                 out.push_str(&format!("{},{},{},{}", r.arm, r.job_ids.join(" "), r.status, r.steps));
                 for m in METRICS {
                     let s = r.get(m);
-                    let d = base.and_then(|b| delta(r, b, m));
+                    let d = base_of(rows, r).and_then(|b| delta(r, b, m));
                     out.push_str(&format!(
                         ",{},{},{}",
                         s.map(|s| s.mean.to_string()).unwrap_or_default(),
@@ -450,7 +506,8 @@ mod tests {
     }
 
     fn row(arm: &str, iso: Vec<AtBudget>) -> Row {
-        Row { arm: arm.into(), job_ids: vec![], status: "succeeded".into(), steps: 400, metrics: vec![], ci95: vec![], n_seeds: 0, protocol_note: None, iso, best: vec![] }
+        let baseline = if arm == "baseline" { String::new() } else { "baseline".into() };
+        Row { arm: arm.into(), baseline, job_ids: vec![], status: "succeeded".into(), steps: 400, metrics: vec![], ci95: vec![], n_seeds: 0, protocol_note: None, iso, iso_as_base: vec![], best: vec![] }
     }
 
     /// An arm evaluated on another number of images (or against another reference) than the
@@ -473,7 +530,40 @@ mod tests {
         assert_eq!(delta(&rows[2], &rows[0], "fd_scenes"), None);
         assert!(delta(&rows[2], &rows[0], "samples_per_sec").is_some(), "throughput still compares");
         let t = text(&rows, "table");
-        assert!(t.contains("fewer: evaluated under another protocol than the baseline (samples: 64 vs 128)"), "{t}");
+        assert!(t.contains("fewer: evaluated under another protocol than baseline (samples: 64 vs 128)"), "{t}");
+    }
+
+    /// An arm that names another arm as its baseline is compared with that arm: deltas,
+    /// protocol check and iso-compute budgets all within its group, and the table says so.
+    #[test]
+    fn an_arm_is_compared_within_its_own_group() {
+        let m = |value: f64| Some(v1::Measured { value, protocol: Some(v1::EvalProtocol { samples: 64, ..Default::default() }) });
+        let report = |step: u64, fd: f64| v1::EvalReport { step, fd_scenes: m(fd), mmd_scenes: m(1.0), accuracy: m(0.5), composition: Some(v1::Composition::default()), ..Default::default() };
+        let job = |id: &str, arm: &str, base: &str, fd: f64| {
+            let result = v1::JobResult { steps: 100, samples_per_sec: 10.0, final_loss: 0.1, wall_seconds: 10.0, eval: Some(report(100, fd)), ..Default::default() };
+            (arm.to_string(), v1::Job { id: id.into(), arm: arm.into(), baseline_arm: base.into(), state: JobState::Succeeded as i32, result: Some(result), ..Default::default() })
+        };
+        let jobs = vec![job("a", "baseline", "", 100.0), job("b", "big-base", "", 300.0), job("c", "big-arm", "big-base", 240.0)];
+        let series = |step_seconds: f64, fd: f64| Series {
+            points: (0..100).map(|s| v1::MetricPoint { step: s, step_seconds, samples_per_sec: 1.0 / step_seconds, ..Default::default() }).collect(),
+            evals: vec![v1::EvalPoint { step: 50, report: Some(report(50, 2.0 * fd)) }, v1::EvalPoint { step: 100, report: Some(report(100, fd)) }],
+        };
+        let hist: HashMap<String, Series> = [("a".to_string(), series(0.1, 100.0)), ("b".into(), series(0.4, 300.0)), ("c".into(), series(0.3, 240.0))].into_iter().collect();
+        let mut rows = rows(&["baseline".into(), "big-base".into(), "big-arm".into()], &jobs);
+        add_iso(&mut rows, &jobs, &hist);
+        assert_eq!((rows[0].baseline.as_str(), rows[1].baseline.as_str(), rows[2].baseline.as_str()), ("", "baseline", "big-base"));
+        assert_eq!(base_of(&rows, &rows[2]).map(|r| r.arm.as_str()), Some("big-base"));
+        assert_eq!(delta(&rows[2], base_of(&rows, &rows[2]).unwrap(), "fd_scenes"), Some((-60.0, -20.0)));
+        let budget = |iso: &[AtBudget]| iso.iter().find(|a| a.axis == Axis::TrainSeconds).map(|a| a.budget.round());
+        // the sweep's group: baseline (10 s) and big-base (40 s); big-base's group: 40 s and 30 s
+        assert_eq!(budget(&rows[1].iso), Some(10.0));
+        assert_eq!(budget(&rows[1].iso_as_base), Some(30.0));
+        assert_eq!(budget(&rows[2].iso), Some(30.0));
+        let t = text(&rows, "table");
+        assert!(t.contains("big-arm: compared with big-base (their own group), not with the baseline"), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("big-arm") && l.contains("(-60.0, -20%)")), "{t}");
+        assert!(t.contains("At equal training time (30 s, the shortest run's, group of big-base"), "{t}");
+        assert_eq!(json(&rows)[2]["baseline"], "big-base");
     }
 
     /// A star only from a seed-level interval: the same interval excluding 0 gives no verdict
@@ -495,7 +585,7 @@ mod tests {
         arm.n_seeds = 2;
         assert_eq!(significant(&arm, "fd_scenes"), Some(true));
         let two = text(&[base.clone(), arm.clone()], "table");
-        assert!(two.contains("95% t-intervals of the delta vs baseline over the paired seeds"), "{two}");
+        assert!(two.contains("95% t-intervals of the delta vs each arm's baseline over the paired seeds"), "{two}");
         assert!(two.lines().any(|l| l.starts_with("arm ") && l.contains(" 2 ") && l.contains("-30.0 .. -10.0 *")), "{two}");
         let two = text(&[base, arm], "table");
         assert!(two.contains("(-20.0, -20%)*"), "{two}");

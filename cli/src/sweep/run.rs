@@ -134,7 +134,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 let reqs = sweep
                     .jobs
                     .iter()
-                    .map(|j| JobSpec { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: sweep.world_size, priority: sweep.priority, sweep: None, arm: j.arm.clone() })
+                    .map(|j| JobSpec { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: sweep.world_size, priority: sweep.priority, sweep: None, arm: j.arm.clone(), baseline_arm: j.baseline.clone() })
                     .collect();
                 let (sweep_id, jobs) = core.submit_sweep(&sweep.name, reqs)?;
                 let rec = Record {

@@ -22,6 +22,11 @@
 //! name = "baseline-again"
 //! seed_offset = 1000     # its run paired with the baseline's seed s runs at seed s + 1000
 //!
+//! [[arm]]                # a comparison group of its own: compared with the arm it names
+//! name = "tokens-144-tread"
+//! baseline = "tokens-144-baseline"
+//! overrides = { "latent.image_size" = 48, "routing.kind" = "tread" }
+//!
 //! [grid]                 # optional: one arm per point of the cartesian product
 //! "optim.lr" = [3e-4, 1e-3]
 //! ```
@@ -71,6 +76,9 @@ struct ArmSpec {
     /// no overrides, an A/A control that measures how often training noise alone gets a star.
     #[serde(default)]
     seed_offset: u64,
+    /// The arm this one is compared with (default: the baseline): deltas, intervals and the
+    /// iso-compute budgets are taken within that group.
+    baseline: Option<String>,
 }
 
 /// One arm of the expanded sweep.
@@ -82,12 +90,17 @@ pub struct Arm {
     pub overrides: Vec<(String, Value)>,
     /// Added to every seed of the sweep for this arm's jobs (0 for all but A/A controls).
     pub seed_offset: u64,
+    /// The arm this one is compared with ("baseline", or another arm of the file; empty for
+    /// the baseline itself).
+    pub baseline: String,
 }
 
 /// One job: an arm at one seed, with its fully resolved config.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub arm: String,
+    /// The arm it is compared with (empty for the baseline's own jobs).
+    pub baseline: String,
     pub seed: u64,
     /// `<arm>` or `<arm>-s<seed>` when replicated: stable across runs of the same file.
     pub id: String,
@@ -260,7 +273,7 @@ impl Sweep {
         baseline.validate().map_err(|e| err(format!("[baseline]: {}", strip_config_prefix(&e.to_string()))))?;
         let resolved: Value = toml::from_str(&baseline.to_toml()).expect("a config round-trips");
 
-        let mut arms = vec![Arm { name: "baseline".into(), description: "the baseline".into(), overrides: vec![], seed_offset: 0 }];
+        let mut arms = vec![Arm { name: "baseline".into(), description: "the baseline".into(), overrides: vec![], seed_offset: 0, baseline: String::new() }];
         for (i, a) in file.arm.iter().enumerate() {
             let name = a.name.trim();
             if name.is_empty() {
@@ -289,7 +302,7 @@ impl Sweep {
                     return Err(err(format!("arm \"{name}\": with seed_offset {} it runs seeds {mine:?}, some of which \"{}\" runs too with the same config: give each A/A control an offset beyond the others' seeds", a.seed_offset, other.name)));
                 }
             }
-            arms.push(Arm { name: name.into(), description: a.description.clone(), overrides, seed_offset: a.seed_offset });
+            arms.push(Arm { name: name.into(), description: a.description.clone(), overrides, seed_offset: a.seed_offset, baseline: a.baseline.clone().unwrap_or_else(|| "baseline".into()) });
         }
         // grid: the cartesian product of the axes, one arm per point
         if !file.grid.is_empty() {
@@ -305,7 +318,17 @@ impl Sweep {
             }
             for p in points {
                 let name = p.iter().map(|(k, v)| format!("{k}={}", show(v).trim_matches('"'))).collect::<Vec<_>>().join(",");
-                arms.push(Arm { name: format!("grid:{name}"), description: String::new(), overrides: p, seed_offset: 0 });
+                arms.push(Arm { name: format!("grid:{name}"), description: String::new(), overrides: p, seed_offset: 0, baseline: "baseline".into() });
+            }
+        }
+        // a group's baseline is an arm of the file that is itself compared with the baseline
+        for a in arms.iter().filter(|a| a.baseline != "baseline" && !a.baseline.is_empty()) {
+            let names: Vec<&str> = arms.iter().map(|x| x.name.as_str()).collect();
+            match arms.iter().find(|x| x.name == a.baseline) {
+                None => return Err(err(format!("arm \"{}\": baseline = \"{}\" is not an arm of this sweep (arms: {})", a.name, a.baseline, names.join(", ")))),
+                Some(b) if b.name == a.name => return Err(err(format!("arm \"{}\" cannot be its own baseline", a.name))),
+                Some(b) if b.baseline != "baseline" => return Err(err(format!("arm \"{}\": its baseline \"{}\" is compared with \"{}\" itself; a group's baseline must be compared with the sweep's baseline", a.name, b.name, b.baseline))),
+                Some(_) => {}
             }
         }
         // resolve every arm; refuse overrides that do not exist, do not parse, or change nothing
@@ -346,7 +369,7 @@ impl Sweep {
                 c.seed = seed;
                 c.name = format!("{}/{}", file.name, arm.name);
                 let id = if file.seeds.len() > 1 { format!("{}-s{seed}", slug(&arm.name)) } else { slug(&arm.name) };
-                jobs.push(Job { arm: arm.name.clone(), seed, id, config: c });
+                jobs.push(Job { arm: arm.name.clone(), baseline: arm.baseline.clone(), seed, id, config: c });
             }
         }
         Ok(Self { name: file.name, description: file.description, world_size: file.world_size, priority: file.priority, arms, jobs })
