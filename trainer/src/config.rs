@@ -228,14 +228,39 @@ impl TrainConfig {
         if self.text.encoder != "learned" && self.text.encoder != "bert" {
             return bad(format!("unknown text.encoder \"{}\" (expected \"learned\" or \"bert\")", self.text.encoder));
         }
+        // fields that only make sense positive, named before anything divides by them
+        for (key, v) in [
+            ("train.steps", self.train.steps),
+            ("train.batch_size", self.train.batch_size),
+            ("train.log_every", self.train.log_every),
+            ("sample.count", self.sample.count),
+            ("sample.steps", self.sample.steps),
+            ("text.max_tokens", self.text.max_tokens),
+            ("text.width", self.text.width),
+            ("text.layers", self.text.layers),
+            ("text.heads", self.text.heads),
+            ("latent.image_size", self.latent.image_size),
+        ] {
+            if v == 0 {
+                return bad(format!("{key} must be positive, got 0"));
+            }
+        }
+        for (key, v) in [("sample.guidance", self.sample.guidance), ("optim.weight_decay", self.optim.weight_decay), ("optim.grad_clip", self.optim.grad_clip)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{key} must be a number >= 0, got {v}"));
+            }
+        }
+        if !(self.optim.eps.is_finite() && self.optim.eps > 0.0) {
+            return bad(format!("optim.eps must be positive, got {}", self.optim.eps));
+        }
+        if !(0.0..1.0).contains(&self.optim.muon_momentum) {
+            return bad(format!("optim.muon_momentum must be in [0, 1), got {}", self.optim.muon_momentum));
+        }
         let d = self.denoiser()?;
         d.validate().map_err(ConfigError::Invalid)?;
         self.eval.validate().map_err(ConfigError::Invalid)?;
         if self.text.width % self.text.heads != 0 {
             return bad(format!("text.width ({}) must be divisible by text.heads ({})", self.text.width, self.text.heads));
-        }
-        if self.text.max_tokens == 0 {
-            return bad("text.max_tokens must be positive".into());
         }
         let (_, down) = self.latent_shape()?;
         if self.latent.image_size % down != 0 {
@@ -252,9 +277,6 @@ impl TrainConfig {
         self.routing.validate(d.depth).map_err(ConfigError::Invalid)?;
         self.optim.validate().map_err(ConfigError::Invalid)?;
         self.data.validate().map_err(ConfigError::Invalid)?;
-        if self.train.batch_size == 0 || self.train.steps == 0 {
-            return bad("train.batch_size and train.steps must be positive".into());
-        }
         if self.routing.enabled() && self.train.batch_size > 0 && (ls / d.patch).pow(2) < 2 {
             return bad("routing needs at least 2 image tokens".into());
         }
