@@ -34,9 +34,17 @@ pub struct CoordinatorArgs {
     /// A worker silent this long is lost (its jobs restart elsewhere).
     #[arg(long, default_value_t = 10_000)]
     worker_expiry_ms: u64,
-    /// Restarts after lost workers before a job fails.
+    /// Restarts after failures that may be the job's own (a stuck rank) before it fails.
     #[arg(long, default_value_t = 3)]
     max_restarts: u32,
+    /// Restarts after the cluster's failures (a lost worker, a dead peer, a rank killed from
+    /// outside, ranks not started in time) before a job fails; they do not spend
+    /// --max-restarts.
+    #[arg(long, default_value_t = 20)]
+    max_infra_restarts: u32,
+    /// A placed job whose ranks have not all started within this is placed again.
+    #[arg(long, default_value_t = 600)]
+    launch_deadline_s: u64,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -103,6 +111,8 @@ fn serve(a: CoordinatorArgs, store: std::sync::Arc<dyn ablate_coordinator::store
         heartbeat: Duration::from_millis(a.heartbeat_ms),
         worker_expiry: Duration::from_millis(a.worker_expiry_ms),
         max_restarts: a.max_restarts,
+        max_infra_restarts: a.max_infra_restarts,
+        launch_deadline: Duration::from_secs(a.launch_deadline_s.max(1)),
         runs_dir: a.runs.clone(),
     };
     runtime()?.block_on(async move {

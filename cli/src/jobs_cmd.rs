@@ -104,7 +104,7 @@ pub fn job_json(j: &v1::Job) -> serde_json::Value {
     json!({
         "id": j.id, "name": j.name, "state": j.state().label(), "world_size": j.world_size,
         "priority": j.priority, "sweep": j.sweep, "arm": j.arm, "generation": j.generation,
-        "restarts": j.restarts, "reason": j.reason, "step": j.step, "total_steps": j.total_steps,
+        "restarts": j.restarts, "max_restarts": j.max_restarts, "infra_restarts": j.infra_restarts, "max_infra_restarts": j.max_infra_restarts, "reason": j.reason, "step": j.step, "total_steps": j.total_steps,
         "submitted_unix_ms": j.submitted_unix_ms, "started_unix_ms": j.started_unix_ms, "finished_unix_ms": j.finished_unix_ms,
         "placement": j.placement.iter().map(|p| json!({"rank": p.rank, "worker": p.worker_id, "slot": p.slot, "pid": p.pid})).collect::<Vec<_>>(),
         "result": j.result.as_ref().map(|r| json!({

@@ -4,10 +4,13 @@
 //! only (they are rebuilt from heartbeats after a restart).
 //!
 //! Job states: queued -> scheduled (placed, ranks launching) -> running (every rank
-//! reported alive) -> succeeded | failed | cancelled. A lost worker, a vanished rank or a
-//! retryable rank failure (killed, stuck, a dead peer) sends the job back to queued; it is
-//! placed again under the next generation, up to `max_restarts` times. A failure that a
-//! restart would repeat (non-finite loss, bad config or data) fails the job at once.
+//! reported alive) -> succeeded | failed | cancelled. A retryable failure sends the job back
+//! to queued; it is placed again under the next generation. Failures have classes: the
+//! cluster's (a lost worker, a vanished rank, a dead peer, a rank killed from outside, ranks
+//! not started within `launch_deadline`) restart up to `max_infra_restarts` times and do not
+//! spend the job's own `max_restarts`, which only failures that may be the job's (a stuck
+//! rank) count against. A failure that a restart would repeat (non-finite loss, bad config
+//! or data) fails the job at once.
 
 use ablate_proto::v1;
 use std::collections::{BTreeMap, HashMap};
@@ -25,13 +28,25 @@ pub struct Options {
     pub heartbeat: Duration,
     /// A worker silent this long is lost.
     pub worker_expiry: Duration,
+    /// Restarts after failures that may be the job's own (a stuck rank).
     pub max_restarts: u32,
+    /// Restarts after the cluster's failures (lost worker, dead peer, kill, no launch).
+    pub max_infra_restarts: u32,
+    /// A placed job whose ranks have not all started by then is placed again.
+    pub launch_deadline: Duration,
     pub runs_dir: std::path::PathBuf,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { heartbeat: Duration::from_millis(500), worker_expiry: Duration::from_secs(10), max_restarts: 3, runs_dir: "ablate-runs".into() }
+        Self {
+            heartbeat: Duration::from_millis(500),
+            worker_expiry: Duration::from_secs(10),
+            max_restarts: 3,
+            max_infra_restarts: 20,
+            launch_deadline: Duration::from_secs(600),
+            runs_dir: "ablate-runs".into(),
+        }
     }
 }
 
@@ -54,6 +69,8 @@ struct Inner {
     rendezvous: HashMap<(JobId, Generation), Table>,
     /// When each job was last queued (for the queue-wait histogram).
     queued_at: HashMap<JobId, Instant>,
+    /// When each placed job was placed, until all its ranks started (the launch deadline).
+    placed_at: HashMap<JobId, Instant>,
 }
 
 pub struct Core {
@@ -93,7 +110,7 @@ impl Core {
             store,
             runs: Runs::new(opts.runs_dir.clone()),
             opts,
-            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at }),
+            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at, placed_at: HashMap::new() }),
             started: Instant::now(),
             events,
             rendezvous_changed: tokio::sync::Notify::new(),
@@ -153,6 +170,8 @@ impl Core {
             sequence: seq,
             restarts: 0,
             max_restarts: self.opts.max_restarts,
+            infra_restarts: 0,
+            max_infra_restarts: self.opts.max_infra_restarts,
             ranks_done: Vec::new(),
         })
     }
@@ -246,6 +265,7 @@ impl Core {
         job.state = JobState::Queued;
         job.reason = format!("rerun after: {}", job.reason);
         job.restarts = 0;
+        job.infra_restarts = 0;
         job.placement.clear();
         job.ranks_done.clear();
         job.result = None;
@@ -362,7 +382,7 @@ impl Core {
             let job = g.jobs.get_mut(&id).expect("listed above");
             let why = format!("rank {rank} vanished from worker {wid} (its agent restarted or lost the process)");
             tracing::warn!(job = %id, "{why}");
-            if requeue(job, &why) {
+            if requeue(job, &why, Retry::Infrastructure) {
                 g.queued_at.insert(id.clone(), Instant::now());
             }
             changed.push((id, true));
@@ -483,13 +503,13 @@ impl Core {
         let mut requeued = false;
         let rank = r.rank.0 as usize;
         match r.outcome {
-            Outcome::Failed { reason, retryable } => {
+            Outcome::Failed { reason, retry } => {
                 let reason = format!("rank {} on worker {}: {reason}", r.rank, r.worker);
-                if retryable {
-                    // the whole gang restarts (from rank 0's last checkpoint) under a new generation
-                    requeued = requeue(&mut job, &reason);
-                } else {
+                if retry == Retry::No {
                     finish(&mut job, JobState::Failed, &reason);
+                } else {
+                    // the whole gang restarts (from rank 0's last checkpoint) under a new generation
+                    requeued = requeue(&mut job, &reason, retry);
                 }
             }
             Outcome::Succeeded { checksum, mut result } => {
@@ -555,14 +575,35 @@ impl Core {
                 continue;
             }
             let why = format!("worker {} lost (no heartbeat for {:?})", lost[0], expiry);
-            if requeue(job, &why) {
+            if requeue(job, &why, Retry::Infrastructure) {
                 requeued.push(job.id.clone());
             }
             changed.push(job.id.clone());
         }
+        // placed jobs whose ranks did not all start in time go elsewhere (a worker that took
+        // the assignment and never ran it); after a coordinator restart the clock starts over
+        let deadline = self.opts.launch_deadline;
+        let late: Vec<JobId> = g.jobs.values().filter(|j| j.state == JobState::Scheduled).map(|j| j.id.clone()).collect();
+        for id in late {
+            let since = *g.placed_at.entry(id.clone()).or_insert_with(Instant::now);
+            if since.elapsed() <= deadline {
+                continue;
+            }
+            let job = g.jobs.get_mut(&id).expect("listed above");
+            let waiting: Vec<String> = job.placement.iter().filter(|p| p.pid == 0).map(|p| format!("rank {} on {}", p.rank, p.worker)).collect();
+            let why = format!("not started within {deadline:?} ({})", waiting.join(", "));
+            if requeue(job, &why, Retry::Infrastructure) {
+                requeued.push(id.clone());
+            }
+            changed.push(id);
+        }
         for id in requeued {
+            g.placed_at.remove(&id);
             g.queued_at.insert(id, Instant::now());
         }
+        // the clock stops once every rank started (or the job left the scheduled state)
+        let scheduled: std::collections::HashSet<JobId> = g.jobs.values().filter(|j| j.state == JobState::Scheduled).map(|j| j.id.clone()).collect();
+        g.placed_at.retain(|id, _| scheduled.contains(id));
         // place queued jobs on the free slots of live workers
         let busy = busy_slots(&g.jobs);
         let mut slots = Vec::new();
@@ -614,6 +655,7 @@ impl Core {
             job.ranks_done = vec![false; job.world_size as usize];
             job.result = None;
             job.placement = p.ranks.into_iter().enumerate().map(|(r, (worker, slot))| RankPlacement { rank: Rank(r as u32), worker, slot, pid: 0 }).collect();
+            g.placed_at.insert(p.job.clone(), Instant::now());
             if let Some(t) = waited {
                 crate::metrics::queue_wait(t.elapsed());
             }
@@ -637,18 +679,29 @@ impl Core {
     }
 }
 
-/// Sends a placed job back to the queue after an infrastructure failure (it does not count
-/// against the user), or fails it when its restarts are spent. Returns whether it requeued.
-fn requeue(job: &mut Job, why: &str) -> bool {
-    if job.restarts < job.max_restarts {
-        job.restarts += 1;
+/// Sends a placed job back to the queue after a retryable failure, counted under the cap of
+/// its class (`retry`: the cluster's failures never spend the job's own restarts), or fails
+/// it when that cap is spent. Returns whether it requeued.
+fn requeue(job: &mut Job, why: &str, retry: Retry) -> bool {
+    let (used, cap, class) = match retry {
+        Retry::Infrastructure => (&mut job.infra_restarts, job.max_infra_restarts, "infrastructure"),
+        _ => (&mut job.restarts, job.max_restarts, "job"),
+    };
+    if *used < cap {
+        *used += 1;
+        let n = *used;
         job.state = JobState::Queued;
         job.placement.clear();
         job.ranks_done.clear();
-        job.reason = format!("restart {} of {}: {why}", job.restarts, job.max_restarts);
+        job.reason = match retry {
+            Retry::Infrastructure => format!("infrastructure restart {n} of {cap}: {why}"),
+            _ => format!("restart {n} of {cap}: {why}"),
+        };
+        crate::metrics::job_restarted(class);
         true
     } else {
-        finish(job, JobState::Failed, &format!("{why}; no restarts left ({} used)", job.restarts));
+        let used = *used;
+        finish(job, JobState::Failed, &format!("{why}; no {class} restarts left ({used} used)"));
         false
     }
 }

@@ -194,10 +194,14 @@ pub struct Job {
     pub config_toml: String,
     /// Submission order: FIFO tie-break within a priority.
     pub sequence: u64,
-    /// Restarts after infrastructure failures; they do not fail the job until
+    /// Restarts after failures that may be the job's own (a stuck rank); the job fails once
     /// `max_restarts` is spent.
     pub restarts: u32,
     pub max_restarts: u32,
+    /// Restarts after the cluster's failures (a lost worker, a dead peer, a killed rank, ranks
+    /// that never started), under their own cap: they do not spend `max_restarts`.
+    pub infra_restarts: u32,
+    pub max_infra_restarts: u32,
     /// Per-rank "done" flags of the current generation.
     pub ranks_done: Vec<bool>,
 }
@@ -259,9 +263,19 @@ pub struct Progress {
 pub enum Outcome {
     /// Every rank sends its parameter checksum; rank 0 also its result.
     Succeeded { checksum: f64, result: Option<JobResult> },
-    /// `retryable`: whether a restart can help (a dead peer, a kill, a timeout) or would
-    /// repeat the failure (non-finite loss, a bad config or dataset).
-    Failed { reason: String, retryable: bool },
+    Failed { reason: String, retry: Retry },
+}
+
+/// Whether, and under which cap, a failed job runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A restart would repeat it (non-finite loss, a bad config or dataset): fail at once.
+    No,
+    /// It may be the job's own (a stuck rank): restart under `max_restarts`.
+    Job,
+    /// The cluster's (a lost worker, a dead peer, a kill from outside, ranks that never
+    /// started): restart under `max_infra_restarts`.
+    Infrastructure,
 }
 
 /// A rank's completion report.

@@ -111,7 +111,12 @@ impl From<v1::ReportMetricsRequest> for Progress {
 
 impl From<v1::ReportCompletionRequest> for Completion {
     fn from(r: v1::ReportCompletionRequest) -> Self {
-        let outcome = if r.success { Outcome::Succeeded { checksum: r.checksum, result: r.result.map(JobResult::from) } } else { Outcome::Failed { reason: r.reason, retryable: r.retryable } };
+        let retry = match (r.retryable, r.infrastructure) {
+            (false, _) => Retry::No,
+            (true, false) => Retry::Job,
+            (true, true) => Retry::Infrastructure,
+        };
+        let outcome = if r.success { Outcome::Succeeded { checksum: r.checksum, result: r.result.map(JobResult::from) } } else { Outcome::Failed { reason: r.reason, retry } };
         Completion { worker: WorkerId(r.worker_id), job: JobId(r.job_id), generation: Generation(r.generation), rank: Rank(r.rank), outcome }
     }
 }
@@ -154,6 +159,8 @@ impl From<&Job> for v1::Job {
             sequence: j.sequence,
             restarts: j.restarts,
             max_restarts: j.max_restarts,
+            infra_restarts: j.infra_restarts,
+            max_infra_restarts: j.max_infra_restarts,
             ranks_done: j.ranks_done.clone(),
         }
     }
@@ -190,6 +197,8 @@ pub fn job(j: v1::Job) -> Result<Job, CoordinatorError> {
         sequence: j.sequence,
         restarts: j.restarts,
         max_restarts: j.max_restarts,
+        infra_restarts: j.infra_restarts,
+        max_infra_restarts: j.max_infra_restarts,
         ranks_done: j.ranks_done,
     })
 }
@@ -279,6 +288,8 @@ mod tests {
             sequence: 7,
             restarts: 1,
             max_restarts: 3,
+            infra_restarts: 2,
+            max_infra_restarts: 20,
             ranks_done: vec![true, false],
         }
     }

@@ -14,10 +14,14 @@ struct Coord {
 }
 
 async fn start(store_spec: &str, runs: &Path, expiry_ms: u64, port: u16) -> Coord {
+    let opts = Options { heartbeat: Duration::from_millis(100), worker_expiry: Duration::from_millis(expiry_ms), max_restarts: 1, max_infra_restarts: 1, runs_dir: runs.to_path_buf(), ..Options::default() };
+    start_with(store_spec, port, opts).await
+}
+
+async fn start_with(store_spec: &str, port: u16, opts: Options) -> Coord {
     let grpc = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let url = format!("http://{}", grpc.local_addr().unwrap());
     let kv = store::open(store_spec).unwrap();
-    let opts = Options { heartbeat: Duration::from_millis(100), worker_expiry: Duration::from_millis(expiry_ms), max_restarts: 1, runs_dir: runs.to_path_buf() };
     let stop = CancellationToken::new();
     let s2 = stop.clone();
     let done = tokio::spawn(async move { server::run(kv, opts, server::Listeners { grpc, metrics: None }, s2).await.unwrap() });
@@ -186,14 +190,14 @@ async fn a_lost_worker_restarts_the_gang_under_a_new_generation() {
     })
     .await;
     let s = state(&mut j, &job.id).await;
-    assert_eq!((s.placement[0].worker_id.as_str(), s.restarts), (other, 1));
+    assert_eq!((s.placement[0].worker_id.as_str(), s.infra_restarts, s.restarts), (other, 1, 0), "a lost worker is the cluster's failure, not the job's");
     assert!(s.reason.contains(&format!("worker {on} lost")), "{}", s.reason);
     // a late report of generation 1 changes nothing
     w.report_completion(v1::ReportCompletionRequest { job_id: job.id.clone(), generation: 1, rank: 0, success: false, reason: "old".into(), ..Default::default() }).await.unwrap();
     assert_eq!(state(&mut j, &job.id).await.state(), JobState::Scheduled);
     // with no restarts left, losing the second worker fails the job with the reason
     wait_for(10, async || state(&mut j, &job.id).await.state() == JobState::Failed).await;
-    assert!(state(&mut j, &job.id).await.reason.contains("no restarts left"));
+    assert!(state(&mut j, &job.id).await.reason.contains("no infrastructure restarts left"));
     c.shutdown().await;
 }
 
@@ -347,6 +351,50 @@ async fn old_ranks_cannot_fail_a_requeued_job_and_vanished_ranks_restart_it() {
     beat(&mut w, "b", 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 2, rank: other, pid: 21, step: 0 }]).await;
     let s = state(&mut j, &job.id).await;
     assert_eq!(s.state(), JobState::Failed);
-    assert!(s.reason.contains("vanished from worker a") && s.reason.contains("no restarts left"), "{}", s.reason);
+    assert!(s.reason.contains("vanished from worker a") && s.reason.contains("no infrastructure restarts left"), "{}", s.reason);
+    c.shutdown().await;
+}
+
+/// The cluster's failures restart under their own cap and never spend the job's restarts;
+/// a failure that may be the job's own (a stuck rank) spends them; one a restart would
+/// repeat fails at once; a placement whose ranks never start goes elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_restart_by_class_and_unstarted_ranks_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { heartbeat: Duration::from_millis(100), worker_expiry: Duration::from_secs(60), max_restarts: 1, max_infra_restarts: 5, launch_deadline: Duration::from_millis(1500), runs_dir: dir.path().to_path_buf() };
+    let c = start_with("memory:", 0, opts).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    beat(&mut w, "a", 1, vec![]).await;
+    let job = submit(&mut j, 1).await;
+    let fail = |generation: u64, retryable: bool, infrastructure: bool| v1::ReportCompletionRequest { worker_id: "a".into(), job_id: job.id.clone(), generation, rank: 0, success: false, reason: "boom".into(), retryable, infrastructure, ..Default::default() };
+    // generation 1: a dead peer (the cluster's): infra restart 1, the job's restarts untouched
+    wait_for(5, async || state(&mut j, &job.id).await.generation == 1).await;
+    beat(&mut w, "a", 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 1, rank: 0, pid: 7, step: 3 }]).await;
+    w.report_completion(fail(1, true, true)).await.unwrap();
+    let s = state(&mut j, &job.id).await;
+    assert_eq!((s.state(), s.infra_restarts, s.restarts), (JobState::Queued, 1, 0), "{}", s.reason);
+    assert!(s.reason.starts_with("infrastructure restart 1 of 5: rank 0 on worker a: boom"), "{}", s.reason);
+    // generation 2: its ranks never start (no pid in any heartbeat): placed again after the
+    // launch deadline, as the cluster's failure
+    wait_for(5, async || state(&mut j, &job.id).await.generation == 2).await;
+    wait_for(10, async || {
+        beat(&mut w, "a", 1, vec![]).await;
+        state(&mut j, &job.id).await.generation == 3
+    })
+    .await;
+    let s = state(&mut j, &job.id).await;
+    assert_eq!((s.infra_restarts, s.restarts), (2, 0));
+    assert!(s.reason.contains("not started within 1.5s (rank 0 on a)"), "{}", s.reason);
+    // generation 3: a stuck rank (maybe the job's own) spends the job's one restart
+    beat(&mut w, "a", 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 3, rank: 0, pid: 8, step: 3 }]).await;
+    w.report_completion(fail(3, true, false)).await.unwrap();
+    let s = state(&mut j, &job.id).await;
+    assert_eq!((s.state(), s.infra_restarts, s.restarts), (JobState::Queued, 2, 1), "{}", s.reason);
+    // generation 4: a failure a restart would repeat fails at once
+    wait_for(5, async || state(&mut j, &job.id).await.generation == 4).await;
+    beat(&mut w, "a", 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 4, rank: 0, pid: 9, step: 3 }]).await;
+    w.report_completion(fail(4, false, false)).await.unwrap();
+    let s = state(&mut j, &job.id).await;
+    assert_eq!((s.state(), s.infra_restarts, s.restarts), (JobState::Failed, 2, 1), "{}", s.reason);
     c.shutdown().await;
 }

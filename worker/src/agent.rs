@@ -335,7 +335,12 @@ fn wire(p: &ablate_trainer::run::MetricPoint) -> v1::MetricPoint {
 /// Runs one rank process to its end. Returns the completion report (None when the agent
 /// stopped it because its assignment went away: the coordinator already knows why).
 async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: Arc<AtomicU64>, stop: CancellationToken) -> Option<v1::ReportCompletionRequest> {
-    let fail = |reason: String, retryable: bool| v1::ReportCompletionRequest {
+    // (retryable, infrastructure): whether a restart can help, and whether the failure is
+    // the cluster's (its restarts do not spend the job's own)
+    const FATAL: (bool, bool) = (false, false);
+    const JOB: (bool, bool) = (true, false);
+    const INFRA: (bool, bool) = (true, true);
+    let fail = |reason: String, (retryable, infrastructure): (bool, bool)| v1::ReportCompletionRequest {
         worker_id: cfg.worker_id.clone(),
         job_id: a.job_id.clone(),
         generation: a.generation,
@@ -343,12 +348,13 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
         success: false,
         reason,
         retryable,
+        infrastructure,
         ..Default::default()
     };
     let dir = cfg.work_dir.join("jobs").join(&a.job_id);
     let config = dir.join(format!("job-g{}-rank{}.toml", a.generation, a.rank));
     if let Err(e) = tokio::fs::create_dir_all(&dir).await.and(tokio::fs::write(&config, &a.config_toml).await) {
-        return Some(fail(format!("cannot write {}: {e}", config.display()), true));
+        return Some(fail(format!("cannot write {}: {e}", config.display()), INFRA));
     }
     let device = cfg.devices.iter().find(|d| d.index == a.slot).map(|d| if d.kind == v1::DeviceKind::Cuda as i32 { format!("cuda:{}", d.index) } else { "cpu".into() }).unwrap_or_else(|| "cpu".into());
     let mut cmd = tokio::process::Command::new(&cfg.rank_command[0]);
@@ -380,7 +386,7 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Some(fail(format!("cannot start {}: {e}", cfg.rank_command[0]), true)),
+        Err(e) => return Some(fail(format!("cannot start {}: {e}", cfg.rank_command[0]), INFRA)),
     };
     let pid = child.id().unwrap_or(0);
     if let Some(r) = state.lock().expect("agent state").running.get_mut(&(a.job_id.clone(), a.generation, a.rank)) {
@@ -462,8 +468,8 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
             let _ = tokio::time::timeout(Duration::from_secs(5), out_task).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), err_task).await;
             push_log(state, &job, generation, format!("[worker {}] rank {rank} (pid {pid}) stopped: {}", cfg.worker_id, why.as_deref().unwrap_or("assignment withdrawn")));
-            // stuck: a restart may help; withdrawn: no report
-            return why.map(|w| fail(w, true));
+            // stuck: a restart may help, but the hang may be the job's own; withdrawn: no report
+            return why.map(|w| fail(w, JOB));
         }
     };
     // drain what the rank printed before it exited
@@ -501,6 +507,7 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
             }),
             reason: String::new(),
             retryable: false,
+            infrastructure: false,
         }),
         (Ok(s), _) => {
             let how = match (s.code(), s.signal()) {
@@ -509,12 +516,13 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
                 _ => "exited".into(),
             };
             Some(match reported {
-                Some((r, retryable)) => fail(format!("{r} ({how})"), retryable),
-                // killed from outside (OOM killer, an operator): a restart can help; a crash
-                // without a report (a panic) would repeat itself
-                None => fail(format!("rank process {how}"), s.signal().is_some()),
+                // a retryable report is a broken group (a peer died, a deadline passed)
+                Some((r, retryable)) => fail(format!("{r} ({how})"), if retryable { INFRA } else { FATAL }),
+                // killed from outside (OOM killer, an operator, preemption): a restart can
+                // help; a crash without a report (a panic) would repeat itself
+                None => fail(format!("rank process {how}"), if s.signal().is_some() { INFRA } else { FATAL }),
             })
         }
-        (Err(e), _) => Some(fail(format!("waiting for the rank process: {e}"), true)),
+        (Err(e), _) => Some(fail(format!("waiting for the rank process: {e}"), INFRA)),
     }
 }
