@@ -109,6 +109,7 @@ pub fn scheduler(workers: usize, slots: u32, jobs: usize, store: &str) -> anyhow
             devices: (0..slots).map(|s| Device { kind: DeviceKind::Cpu, index: s, memory_bytes: 0, name: String::new() }).collect(),
             labels: Default::default(),
             protocol_version: ablate_proto::PROTOCOL_VERSION,
+            draining: false,
         })?;
     }
     let t = Instant::now();

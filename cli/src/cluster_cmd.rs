@@ -51,6 +51,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
+/// The first Ctrl-C or SIGTERM cancels `first`, the next one `second`.
+fn drain_then_kill_on_signals(first: CancellationToken, second: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        for token in [first, second] {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            token.cancel();
+        }
+    });
+}
+
 /// Cancels on Ctrl-C or SIGTERM.
 fn stop_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
@@ -164,6 +178,10 @@ pub struct WorkerArgs {
     /// A rank with no step advance for this long is killed and reported stuck.
     #[arg(long, default_value_t = 600)]
     stuck_after_s: u64,
+    /// On SIGTERM, how long the ranks get to stop at a common step and checkpoint before
+    /// they are killed.
+    #[arg(long, default_value_t = 120)]
+    drain_timeout_s: u64,
     #[arg(long, default_value_t = 120)]
     rendezvous_timeout_s: u64,
     /// Deadline of one collective operation (a dead peer errors at once; a stuck one after this).
@@ -191,12 +209,15 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         stuck_after: Duration::from_secs(a.stuck_after_s),
         rendezvous_timeout: Duration::from_secs(a.rendezvous_timeout_s),
         collective_timeout: Duration::from_secs(a.collective_timeout_s),
+        drain_timeout: Duration::from_secs(a.drain_timeout_s),
     };
     eprintln!("worker {} with {} slot(s), {} thread(s) per rank, coordinator {}", cfg.worker_id, cfg.devices.len(), cfg.threads_per_rank, cfg.coordinator);
     runtime()?.block_on(async move {
-        let token = CancellationToken::new();
-        stop_on_signals(token.clone());
-        ablate_worker::agent::run(cfg, token).await?;
+        // SIGTERM (preemption) drains: the ranks stop at a common step with a checkpoint and
+        // their jobs go elsewhere at once; a second SIGTERM (or Ctrl-C) kills them
+        let (drain, kill) = (CancellationToken::new(), CancellationToken::new());
+        drain_then_kill_on_signals(drain.clone(), kill.clone());
+        ablate_worker::agent::run_draining(cfg, drain, kill).await?;
         Ok(())
     })
 }

@@ -6,6 +6,8 @@
 //!   restarts under a new generation with the reason, counted as the cluster's failure (the
 //!   job's own restarts untouched), nothing hangs;
 //! - SIGKILL of a worker agent: its ranks die with it, the gang is requeued;
+//! - SIGTERM of a worker agent (preemption): the gang stops at one step with a checkpoint
+//!   and is placed on the other workers at once, without spending the job's restarts;
 //! - SIGKILL of the coordinator mid-job: restarted on the same store, it still has the job,
 //!   the workers re-attach and the job finishes;
 //! - two coordinators on one etcd store: SIGKILL of the leader mid-job, the standby takes
@@ -261,6 +263,54 @@ fn killing_one_rank_frees_the_survivor_and_restarts_the_gang() {
     c.cli(&["cancel", &id]);
     // no rank process is left behind
     c.wait(15, "workers idle", |c| c.cli(&["workers", "--output", "json"]).lines().all(|l| l.contains("\"busy\":0")));
+}
+
+/// SIGTERM to a worker (preemption) drains it: the gang, ranks on other workers included,
+/// stops after one common step with rank 0's checkpoint there, the job is placed again at
+/// once (not after the worker's heartbeats expire) on the workers left, counted as the
+/// cluster's failure, and the agent leaves by itself.
+#[test]
+fn a_sigterm_drains_a_worker_and_its_gang_moves_without_spending_restarts() {
+    let mut c = Cluster::start(3);
+    let id = c.submit(5000, 2);
+    c.wait(120, "job training", |c| c.job(&id)["step"].as_u64().unwrap_or(0) >= 3);
+    let placed: Vec<String> = c.job(&id)["placement"].as_array().unwrap().iter().map(|p| p["worker"].as_str().unwrap().to_string()).collect();
+    let w: usize = placed[1][1..].parse().unwrap();
+    let agent = c.workers[w].0.id() as u64;
+    let t0 = Instant::now();
+    signal(agent, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = c.workers[w].0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the drained agent did not leave");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "the agent leaves cleanly after a drain: {status:?}");
+    eprintln!("drained in {:?}", t0.elapsed());
+    let j = c.job(&id);
+    assert!(j["generation"].as_u64().unwrap() >= 2 || state(&j) == "queued", "{j}");
+    assert_eq!((j["restarts"].as_u64(), j["infra_restarts"].as_u64()), (Some(0), Some(1)), "{j}");
+    assert!(j["reason"].as_str().unwrap().contains("preempted: the group stopped after step"), "{j}");
+    // both ranks stopped after the same step, rank 0 with its checkpoint (the other
+    // worker's log lines arrive with its next heartbeat)
+    let stop_lines = |logs: &str| logs.lines().filter_map(|l| l.split("the group stops after step ").nth(1)).map(|r| r.split(' ').next().unwrap().to_string()).collect::<Vec<_>>();
+    c.wait(30, "both ranks' stop lines", |c| stop_lines(&c.cli(&["logs", &id])).len() == 2);
+    let logs = c.cli(&["logs", &id]);
+    let stops = stop_lines(&logs);
+    assert_eq!(stops[0], stops[1], "{logs}");
+    assert!(logs.contains("(checkpoint written)"), "{logs}");
+    // the gang runs again on the two workers left, at once (the drained one's heartbeats
+    // have not even expired yet: 5 s)
+    c.wait(60, "gang placed again", |c| {
+        let j = c.job(&id);
+        j["generation"].as_u64() == Some(2) && matches!(state(&j), "scheduled" | "running")
+    });
+    let j = c.job(&id);
+    let again: Vec<&str> = j["placement"].as_array().unwrap().iter().map(|p| p["worker"].as_str().unwrap()).collect();
+    assert!(!again.contains(&placed[1].as_str()), "placed on the drained worker: {again:?}");
+    c.cli(&["cancel", &id]);
 }
 
 #[test]

@@ -607,7 +607,8 @@ impl Core {
         // place queued jobs on the free slots of live workers
         let busy = busy_slots(&g.jobs);
         let mut slots = Vec::new();
-        for w in g.workers.values().filter(|w| w.alive) {
+        // a draining worker (preemption) takes nothing new
+        for w in g.workers.values().filter(|w| w.alive && !w.reg.draining) {
             let mut by_kind: BTreeMap<DeviceKind, Vec<u32>> = BTreeMap::new();
             for d in &w.reg.devices {
                 if !busy.contains(&(w.reg.id.clone(), d.index)) {
@@ -620,7 +621,7 @@ impl Core {
         // more register: it waits with a reason that says so and, once the re-attach grace is
         // over, no longer holds up the strict queue behind it
         let mut capacity: BTreeMap<DeviceKind, usize> = BTreeMap::new();
-        for d in g.workers.values().filter(|w| w.alive).flat_map(|w| &w.reg.devices) {
+        for d in g.workers.values().filter(|w| w.alive && !w.reg.draining).flat_map(|w| &w.reg.devices) {
             *capacity.entry(d.kind).or_default() += 1;
         }
         let largest = capacity.values().copied().max().unwrap_or(0);

@@ -121,6 +121,8 @@ pub struct Worker {
     pub devices: Vec<Device>,
     pub labels: BTreeMap<String, String>,
     pub protocol_version: u32,
+    /// Stopping its ranks to leave (preemption): nothing new is placed on it.
+    pub draining: bool,
 }
 
 /// A registered worker as the coordinator sees it now.

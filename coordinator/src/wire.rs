@@ -88,7 +88,7 @@ pub fn worker(r: Option<v1::Registration>) -> Result<Worker, CoordinatorError> {
             Ok(Device { kind, index: d.index, memory_bytes: d.memory_bytes, name: d.name })
         })
         .collect::<Result<_, _>>()?;
-    Ok(Worker { id: WorkerId(r.worker_id), host: r.host, devices, labels: r.labels.into_iter().collect(), protocol_version: r.protocol_version })
+    Ok(Worker { id: WorkerId(r.worker_id), host: r.host, devices, labels: r.labels.into_iter().collect(), protocol_version: r.protocol_version, draining: r.draining })
 }
 
 impl From<v1::RunningRank> for RunningRank {
@@ -226,6 +226,7 @@ impl From<&Worker> for v1::Registration {
             devices: w.devices.iter().map(|d| v1::Device { kind: v1::DeviceKind::from(d.kind) as i32, index: d.index, memory_bytes: d.memory_bytes, name: d.name.clone() }).collect(),
             labels: w.labels.clone().into_iter().collect(),
             protocol_version: w.protocol_version,
+            draining: w.draining,
         }
     }
 }
@@ -327,6 +328,7 @@ mod tests {
             devices: vec![Device { kind: DeviceKind::Cuda, index: 0, memory_bytes: 80 << 30, name: "H100".into() }, Device { kind: DeviceKind::Cpu, index: 0, memory_bytes: 0, name: String::new() }],
             labels: [("zone".to_string(), "a".to_string())].into_iter().collect(),
             protocol_version: ablate_proto::PROTOCOL_VERSION,
+            draining: true,
         };
         assert_eq!(worker(Some(v1::Registration::from(&w))).unwrap(), w);
     }

@@ -67,6 +67,10 @@ pub enum TrainError {
     Resume(String),
     #[error(transparent)]
     Collective(collective::CollectiveError),
+    /// Asked to stop (SIGTERM: preemption, a drained worker): the group stopped together
+    /// after step `step` and rank 0 wrote its checkpoint there.
+    #[error("preempted: the group stopped after step {step} with a checkpoint there")]
+    Preempted { step: usize },
 }
 
 impl TrainError {

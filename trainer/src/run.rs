@@ -64,6 +64,12 @@ pub trait Progress {
     /// checkpoint covers, so a supervisor that missed one still gets it). The per-image data
     /// stays in the run directory (`eval::bootstrap::SAMPLES_FILE`).
     fn evaluated(&mut self, _report: &crate::eval::suite::EvalReport) {}
+    /// Whether this rank was asked to stop (SIGTERM). Checked after every step; in a group
+    /// the ranks agree (one asks, all stop after the same step), rank 0 checkpoints there and
+    /// the run ends with [`TrainError::Preempted`].
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
 }
 
 pub struct NoProgress;
@@ -316,6 +322,19 @@ fn train_loop(
         trained_samples += samples;
         metrics.push(point.clone())?;
         progress.step(&point, total);
+        if stop_agreed(group, progress)? {
+            metrics.flush()?;
+            if lead {
+                trainer.save(&files.ckpt)?;
+            }
+            // nobody leaves before the checkpoint is on disk: a rank's exit report requeues
+            // the job, and the requeue would stop rank 0 mid-write
+            if world > 1 {
+                group.barrier(std::time::Duration::from_secs(600)).map_err(TrainError::Collective)?;
+            }
+            progress.message(&format!("rank {rank}: asked to stop; the group stops after step {} (checkpoint {})", trainer.step, if lead { "written" } else { "by rank 0" }));
+            return Err(TrainError::Preempted { step: trainer.step });
+        }
         if let Some(ev) = evaluator.filter(|_| cfg.eval.due(trainer.step, total)) {
             metrics.flush()?;
             if !evaluate(cfg, files, trainer, ev, group, progress, evals)? {
@@ -333,6 +352,18 @@ fn train_loop(
         trainer.save(&files.ckpt)?;
     }
     Ok((trained_samples, t0.elapsed().as_secs_f64()))
+}
+
+/// Whether the group stops now: any rank asked to (one float summed over the ranks after
+/// every step, so all stop after the same step).
+fn stop_agreed(group: &mut dyn crate::collective::Collective, progress: &mut dyn Progress) -> Result<bool, TrainError> {
+    let mine = progress.stop_requested();
+    if group.world() <= 1 {
+        return Ok(mine);
+    }
+    let mut flag = [if mine { 1.0f32 } else { 0.0 }];
+    group.all_reduce_sum(&mut flag).map_err(TrainError::Collective)?;
+    Ok(flag[0] > 0.0)
 }
 
 /// One optimizer step on the next batch, with its gradients averaged over the group: its

@@ -37,6 +37,9 @@ pub struct AgentConfig {
     pub collective_timeout: Duration,
     /// RAYON_NUM_THREADS of each CPU rank.
     pub threads_per_rank: usize,
+    /// How long a drain (SIGTERM) waits for the ranks to stop at a common step and
+    /// checkpoint before it kills them.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,18 +119,32 @@ struct State {
 
 type Shared = Arc<Mutex<State>>;
 
-fn registration(cfg: &AgentConfig) -> v1::Registration {
+fn registration(cfg: &AgentConfig, draining: bool) -> v1::Registration {
     v1::Registration {
         worker_id: cfg.worker_id.clone(),
         host: cfg.advertise_host.clone(),
         devices: cfg.devices.clone(),
         labels: cfg.labels.clone(),
         protocol_version: ablate_proto::PROTOCOL_VERSION,
+        draining,
     }
 }
 
-/// Runs the agent until `shutdown`; then stops every local rank.
+/// Runs the agent until `shutdown`; then stops every local rank at once.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    run_draining(cfg, CancellationToken::new(), shutdown).await
+}
+
+/// Runs the agent until `drain` or `kill`. A drain (preemption, `SIGTERM`) takes no new
+/// ranks (the coordinator is told, so it places nothing here), asks every local rank to
+/// stop (`SIGTERM`: its group stops after a step all its ranks agree on, rank 0 checkpoints
+/// there, and each reports a retryable "preempted" failure, so the job is placed again at
+/// once without spending its own restarts), and ends once the ranks have exited and their
+/// reports are delivered, or after `drain_timeout`, killing what is left. `kill` ends at
+/// once, killing the ranks.
+pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: CancellationToken) -> Result<(), WorkerError> {
+    let shutdown = kill;
+    let mut drain_started: Option<Instant> = None;
     let jobs = cfg.work_dir.join("jobs");
     tokio::fs::create_dir_all(&jobs).await.map_err(|source| WorkerError::Io { path: jobs.display().to_string(), source })?;
     let state: Shared = Arc::default();
@@ -163,8 +180,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Wo
                 v.extend(s.outbox.completions.iter().map(|c| v1::RunningRank { job_id: c.job_id.clone(), generation: c.generation, rank: c.rank, pid: 0, step: 0 }));
                 v
             };
-            match c.heartbeat(v1::HeartbeatRequest { registration: Some(registration(&cfg)), running }).await {
-                Ok(r) => reconcile(&cfg, &state, &tasks, r.into_inner().assignments),
+            match c.heartbeat(v1::HeartbeatRequest { registration: Some(registration(&cfg, drain_started.is_some())), running }).await {
+                Ok(r) => reconcile(&cfg, &state, &tasks, r.into_inner().assignments, drain_started.is_some()),
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(WorkerError::Refused(s.message().to_string())),
                 Err(s) => {
                     tracing::warn!("heartbeat failed ({}), reconnecting; local ranks keep running", s.message());
@@ -175,9 +192,34 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Wo
                 flush(c, &state, &cfg.worker_id).await;
             }
         }
+        if let Some(t0) = drain_started {
+            let s = state.lock().expect("agent state");
+            let delivered = s.outbox.completions.is_empty() && s.outbox.batches.values().all(|b| b.points.is_empty() && b.evals.is_empty() && b.logs.is_empty());
+            if s.running.is_empty() && delivered {
+                tracing::info!(worker = %cfg.worker_id, "drained: every rank stopped and reported");
+                break;
+            }
+            if t0.elapsed() > cfg.drain_timeout {
+                tracing::warn!(worker = %cfg.worker_id, "drain: ranks still running after {:?}; killing them", cfg.drain_timeout);
+                break;
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+            _ = drain.cancelled(), if drain_started.is_none() => {
+                drain_started = Some(Instant::now());
+                let s = state.lock().expect("agent state");
+                tracing::info!(worker = %cfg.worker_id, "draining: asking {} rank(s) to stop at a common step", s.running.len());
+                for r in s.running.values() {
+                    if r.pid == 0 {
+                        r.stop.cancel(); // not started yet: nothing to checkpoint
+                    } else {
+                        // SAFETY: kill(2) with a pid this agent started and still supervises
+                        unsafe { libc::kill(r.pid as libc::pid_t, libc::SIGTERM) };
+                    }
+                }
+            }
+            _ = tokio::time::sleep(if drain_started.is_some() { interval.min(Duration::from_millis(200)) } else { interval }) => {}
         }
     }
     for r in state.lock().expect("agent state").running.values() {
@@ -191,7 +233,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Wo
 async fn connect(cfg: &AgentConfig) -> Result<(WorkerServiceClient<Channel>, Duration), WorkerError> {
     let (_, channel) = ablate_proto::connect_first(&cfg.coordinator).await.map_err(|e| WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(e) })?;
     let mut c = WorkerServiceClient::new(channel);
-    let r = c.register(v1::RegisterRequest { registration: Some(registration(cfg)) }).await.map_err(|s| {
+    let r = c.register(v1::RegisterRequest { registration: Some(registration(cfg, false)) }).await.map_err(|s| {
         if s.code() == tonic::Code::FailedPrecondition {
             WorkerError::Refused(s.message().to_string())
         } else {
@@ -253,7 +295,7 @@ async fn flush(c: &mut WorkerServiceClient<Channel>, state: &Shared, worker: &st
     s.outbox.completions = rest;
 }
 
-fn reconcile(cfg: &AgentConfig, state: &Shared, tasks: &tokio_util::task::TaskTracker, assignments: Vec<v1::Assignment>) {
+fn reconcile(cfg: &AgentConfig, state: &Shared, tasks: &tokio_util::task::TaskTracker, assignments: Vec<v1::Assignment>, draining: bool) {
     let mut s = state.lock().expect("agent state");
     let wanted: HashSet<Key> = assignments.iter().map(|a| (a.job_id.clone(), a.generation, a.rank)).collect();
     for (k, r) in s.running.iter() {
@@ -266,7 +308,7 @@ fn reconcile(cfg: &AgentConfig, state: &Shared, tasks: &tokio_util::task::TaskTr
     s.finished.retain(|k| wanted.contains(k));
     for a in assignments {
         let key = (a.job_id.clone(), a.generation, a.rank);
-        if s.running.contains_key(&key) || s.finished.contains(&key) {
+        if draining || s.running.contains_key(&key) || s.finished.contains(&key) {
             continue;
         }
         // the slot's previous rank is still stopping: start on a later heartbeat

@@ -3,12 +3,18 @@
 //! `ablate_trainer::run::run_distributed` on its shard, and reports on stdout
 //! ([`crate::events`]). Rank 0 owns the job directory; rank r > 0 works in `rank-r/`.
 //!
+//! SIGTERM asks the rank to stop: its group agrees on the step (every rank stops after the
+//! same one), rank 0 checkpoints there, and the rank reports a retryable "preempted"
+//! failure, so the job is placed again at once and resumes from that checkpoint. A second
+//! SIGTERM ends the process at once.
+//!
 //! The gradient exchange ([`Backend`]): NCCL for a CUDA rank of a `--features nccl` build,
 //! the TCP ring otherwise; `ABLATE_COLLECTIVE=ring|nccl` overrides the choice (every rank of
 //! a job must make the same one: the rendezvous refuses a mixed group).
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ablate_trainer::run::{MetricPoint, Progress, RunOptions};
@@ -38,6 +44,25 @@ pub struct RankArgs {
 
 struct Reporter;
 
+/// Set by SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    if STOP.swap(true, Ordering::SeqCst) {
+        // the second one: no more waiting (only async-signal-safe calls in here)
+        // SAFETY: _exit is async-signal-safe and ends the process without unwinding
+        unsafe { libc::_exit(143) };
+    }
+}
+
+/// Routes SIGTERM to [`STOP`] (the first) and to an immediate exit (the second).
+fn stop_on_sigterm() {
+    // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe
+    unsafe {
+        libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
+    }
+}
+
 fn emit(e: &Event) {
     let mut out = std::io::stdout().lock();
     // the agent reads these lines: without it nobody supervises this rank, so stop
@@ -63,10 +88,14 @@ impl Progress for Reporter {
     fn evaluated(&mut self, report: &ablate_trainer::eval::suite::EvalReport) {
         emit(&Event::Evaluated { report: report.clone() });
     }
+    fn stop_requested(&mut self) -> bool {
+        STOP.load(Ordering::SeqCst)
+    }
 }
 
 /// Runs the rank to its end. Returns the process exit code (0: done).
 pub fn main(a: &RankArgs) -> i32 {
+    stop_on_sigterm();
     match run(a) {
         Ok(o) => {
             emit(&Event::Done(o));
@@ -91,9 +120,9 @@ fn run(a: &RankArgs) -> Result<Outcome, (String, bool)> {
     let opts = RunOptions { out, resume: true, samples: a.rank == 0 };
     eprintln!("rank {}/{} of job {} (generation {}) on {}, gradients over {}", a.rank, a.world, a.job, a.generation, a.device, backend.label());
     let s = ablate_trainer::run::run_distributed(cfg, &opts, &device, &mut Reporter, group.as_mut()).map_err(|e| {
-        // the group broke (a peer died, a deadline passed): a restart can help; the rest
-        // (non-finite loss, config, data, files) would happen again
-        let retryable = matches!(e, ablate_trainer::TrainError::Collective(_));
+        // the group broke (a peer died, a deadline passed) or was asked to stop: a restart
+        // can help; the rest (non-finite loss, config, data, files) would happen again
+        let retryable = matches!(e, ablate_trainer::TrainError::Collective(_) | ablate_trainer::TrainError::Preempted { .. });
         (e.to_string(), retryable)
     })?;
     Ok(Outcome {

@@ -113,6 +113,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 stuck_after: Duration::from_secs(3600),
                 rendezvous_timeout: Duration::from_secs(120),
                 collective_timeout: Duration::from_secs(120),
+                drain_timeout: Duration::from_secs(120),
                 threads_per_rank: (cores / a.workers).max(1),
             };
             agents.push(tokio::spawn(ablate_worker::agent::run(cfg, stop.clone())));
