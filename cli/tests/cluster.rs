@@ -310,7 +310,13 @@ fn a_sigterm_drains_a_worker_and_its_gang_moves_without_spending_restarts() {
     let j = c.job(&id);
     let again: Vec<&str> = j["placement"].as_array().unwrap().iter().map(|p| p["worker"].as_str().unwrap()).collect();
     assert!(!again.contains(&placed[1].as_str()), "placed on the drained worker: {again:?}");
+    // a cancel stops the same way: SIGTERM first, so the new gang too stops at one step
+    c.wait(120, "the new gang training", |c| c.job(&id)["state"] == "running" && c.cli(&["logs", &id]).matches("(generation 2)").count() == 2);
     c.cli(&["cancel", &id]);
+    c.wait(30, "the cancelled gang's stop lines", |c| stop_lines(&c.cli(&["logs", &id])).len() == 4);
+    let stops = stop_lines(&c.cli(&["logs", &id]));
+    assert_eq!(stops[2], stops[3], "{stops:?}");
+    c.wait(15, "workers idle", |c| c.cli(&["workers", "--output", "json"]).lines().all(|l| l.contains("\"busy\":0")));
 }
 
 #[test]

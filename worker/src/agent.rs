@@ -506,6 +506,13 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
     let status = match verdict {
         Ok(s) => s,
         Err(why) => {
+            if why.is_none() && pid != 0 {
+                // withdrawn (cancelled, requeued, the agent stopping): ask first, so the group
+                // stops at a common step with a checkpoint; kill only what does not stop in time
+                // SAFETY: kill(2) on the child this task supervises, not yet reaped
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                let _ = tokio::time::timeout(cfg.drain_timeout, child.wait()).await;
+            }
             let _ = child.kill().await;
             let _ = tokio::time::timeout(Duration::from_secs(5), out_task).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), err_task).await;
