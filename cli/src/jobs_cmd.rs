@@ -287,15 +287,48 @@ pub fn logs(a: LogsArgs) -> anyhow::Result<()> {
     })
 }
 
-pub fn workers(conn: Conn) -> anyhow::Result<()> {
+#[derive(Args)]
+pub struct WorkersArgs {
+    #[command(subcommand)]
+    action: Option<WorkersAction>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand)]
+pub enum WorkersAction {
+    /// Drain a worker for maintenance: nothing new is placed on it, its ranks stop at a
+    /// common step with a checkpoint and their jobs go elsewhere (without spending their
+    /// restarts). The worker stays registered until you stop it.
+    Drain { id: String },
+    /// End a drain: the worker takes ranks again.
+    Undrain { id: String },
+}
+
+fn print_worker(w: v1::WorkerInfo, output: Output) {
+    let r = w.registration.unwrap_or_default();
+    let state = match (w.alive, w.drained || r.draining) {
+        (false, _) => "lost",
+        (true, true) => "draining",
+        (true, false) => "alive",
+    };
+    match output {
+        Output::Json => println!("{}", json!({"id": r.worker_id, "host": r.host, "slots": r.devices.len(), "busy": w.busy_slots, "alive": w.alive, "drained": w.drained, "draining": r.draining, "last_heartbeat_ms_ago": w.last_heartbeat_ms_ago})),
+        Output::Text => println!("{:<24} {:<16} {} slot(s), {} busy, {state} ({} ms ago)", r.worker_id, r.host, r.devices.len(), w.busy_slots, w.last_heartbeat_ms_ago),
+    }
+}
+
+pub fn workers(a: WorkersArgs) -> anyhow::Result<()> {
     rt()?.block_on(async {
-        let ws = client(&conn).await?.list_workers(v1::ListWorkersRequest {}).await.map_err(status)?.into_inner().workers;
-        for w in ws {
-            let r = w.registration.unwrap_or_default();
-            match conn.output {
-                Output::Json => println!("{}", json!({"id": r.worker_id, "host": r.host, "slots": r.devices.len(), "busy": w.busy_slots, "alive": w.alive, "last_heartbeat_ms_ago": w.last_heartbeat_ms_ago})),
-                Output::Text => println!("{:<24} {:<16} {} slot(s), {} busy, {} ({} ms ago)", r.worker_id, r.host, r.devices.len(), w.busy_slots, if w.alive { "alive" } else { "lost" }, w.last_heartbeat_ms_ago),
+        let mut c = client(&a.conn).await?;
+        match a.action {
+            None => {
+                for w in c.list_workers(v1::ListWorkersRequest {}).await.map_err(status)?.into_inner().workers {
+                    print_worker(w, a.conn.output);
+                }
             }
+            Some(WorkersAction::Drain { id }) => print_worker(c.drain_worker(v1::DrainWorkerRequest { worker_id: id, undo: false }).await.map_err(status)?.into_inner(), a.conn.output),
+            Some(WorkersAction::Undrain { id }) => print_worker(c.drain_worker(v1::DrainWorkerRequest { worker_id: id, undo: true }).await.map_err(status)?.into_inner(), a.conn.output),
         }
         Ok(())
     })

@@ -58,8 +58,8 @@ enum Cmd {
     Cancel(jobs_cmd::IdArgs),
     /// Print a job's log lines (all ranks).
     Logs(jobs_cmd::LogsArgs),
-    /// List the registered workers.
-    Workers(jobs_cmd::Conn),
+    /// List the registered workers; `workers drain <id>` / `workers undrain <id>`.
+    Workers(jobs_cmd::WorkersArgs),
     /// One rank of a distributed job (started by `ablate worker`).
     #[command(hide = true)]
     Rank(cluster_cmd::RankArgs),

@@ -71,6 +71,8 @@ struct Inner {
     queued_at: HashMap<JobId, Instant>,
     /// When each placed job was placed, until all its ranks started (the launch deadline).
     placed_at: HashMap<JobId, Instant>,
+    /// Workers an operator drained (kept in the store under `drained/`).
+    drained: std::collections::BTreeSet<WorkerId>,
 }
 
 pub struct Core {
@@ -91,6 +93,7 @@ fn now_ms() -> u64 {
 }
 
 const JOBS: &str = "jobs/";
+const DRAINED: &str = "drained/";
 /// The start of the reason of a queued gang too large for the live workers.
 const WAITING: &str = "waiting: ";
 
@@ -105,12 +108,13 @@ impl Core {
         }
         let next_sequence = jobs.values().map(|j| j.sequence).max().unwrap_or(0) + 1;
         let queued_at = jobs.values().filter(|j| j.state == JobState::Queued).map(|j| (j.id.clone(), Instant::now())).collect();
+        let drained = store.range(DRAINED)?.into_iter().map(|e| WorkerId(e.key[DRAINED.len()..].to_string())).collect();
         let (events, _) = tokio::sync::broadcast::channel(4096);
         Ok(Self {
             store,
             runs: Runs::new(opts.runs_dir.clone()),
             opts,
-            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at, placed_at: HashMap::new() }),
+            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at, placed_at: HashMap::new(), drained }),
             started: Instant::now(),
             events,
             rendezvous_changed: tokio::sync::Notify::new(),
@@ -304,9 +308,30 @@ impl Core {
             .values()
             .map(|w| {
                 let busy_slots = busy.iter().filter(|(wid, _)| *wid == w.reg.id).count() as u32;
-                WorkerStatus { worker: w.reg.clone(), alive: w.alive, last_heartbeat_ms_ago: w.last_seen.elapsed().as_millis() as u64, busy_slots }
+                WorkerStatus { worker: w.reg.clone(), alive: w.alive, last_heartbeat_ms_ago: w.last_seen.elapsed().as_millis() as u64, busy_slots, drained: g.drained.contains(&w.reg.id) }
             })
             .collect()
+    }
+
+    /// Drains a worker (`undo`: ends the drain): nothing new is placed on it, and its next
+    /// heartbeat tells it to stop its ranks gracefully. Stored first, so a coordinator restart
+    /// keeps it.
+    pub fn drain(&self, id: &WorkerId, undo: bool) -> Result<WorkerStatus, CoordinatorError> {
+        let mut g = self.lock();
+        if !g.workers.contains_key(id) {
+            let known: Vec<&str> = g.workers.keys().map(|w| w.as_str()).collect();
+            return Err(CoordinatorError::NoWorker(id.to_string(), if known.is_empty() { "none".into() } else { known.join(", ") }));
+        }
+        let key = format!("{DRAINED}{id}");
+        if undo {
+            self.store.delete(&key)?;
+            g.drained.remove(id);
+        } else {
+            self.store.put(&key, b"drained by an operator")?;
+            g.drained.insert(id.clone());
+        }
+        drop(g);
+        Ok(self.workers().into_iter().find(|w| &w.worker.id == id).expect("checked above"))
     }
 
     // ------------------------------------------------------------ worker operations
@@ -325,8 +350,9 @@ impl Core {
         Ok(())
     }
 
-    /// Records the worker's liveness and running ranks; answers with what it must run.
-    pub fn heartbeat(&self, reg: Worker, running: &[RunningRank]) -> Result<Vec<Assignment>, CoordinatorError> {
+    /// Records the worker's liveness and running ranks; answers with what it must run and
+    /// whether an operator drained it.
+    pub fn heartbeat(&self, reg: Worker, running: &[RunningRank]) -> Result<(Vec<Assignment>, bool), CoordinatorError> {
         Self::check_protocol(&reg)?;
         let wid = reg.id.clone();
         let mut changed = Vec::new();
@@ -395,7 +421,8 @@ impl Core {
             self.persist(j, *entered)?;
         }
         // ranks of a job requeued just now are no longer assigned
-        Ok(assignments.into_iter().filter(|a| g.jobs.get(&a.job).is_some_and(|j| j.state.is_placed() && j.generation == a.generation)).collect())
+        let drain = g.drained.contains(&wid);
+        Ok((assignments.into_iter().filter(|a| g.jobs.get(&a.job).is_some_and(|j| j.state.is_placed() && j.generation == a.generation)).collect(), drain))
     }
 
     fn current(&self, g: &Inner, job: &JobId, generation: Generation) -> Result<Job, CoordinatorError> {
@@ -607,8 +634,9 @@ impl Core {
         // place queued jobs on the free slots of live workers
         let busy = busy_slots(&g.jobs);
         let mut slots = Vec::new();
-        // a draining worker (preemption) takes nothing new
-        for w in g.workers.values().filter(|w| w.alive && !w.reg.draining) {
+        // a draining worker (preemption, or drained by an operator) takes nothing new
+        let open = |w: &WorkerEntry| w.alive && !w.reg.draining && !g.drained.contains(&w.reg.id);
+        for w in g.workers.values().filter(|w| open(w)) {
             let mut by_kind: BTreeMap<DeviceKind, Vec<u32>> = BTreeMap::new();
             for d in &w.reg.devices {
                 if !busy.contains(&(w.reg.id.clone(), d.index)) {
@@ -621,7 +649,7 @@ impl Core {
         // more register: it waits with a reason that says so and, once the re-attach grace is
         // over, no longer holds up the strict queue behind it
         let mut capacity: BTreeMap<DeviceKind, usize> = BTreeMap::new();
-        for d in g.workers.values().filter(|w| w.alive && !w.reg.draining).flat_map(|w| &w.reg.devices) {
+        for d in g.workers.values().filter(|w| open(w)).flat_map(|w| &w.reg.devices) {
             *capacity.entry(d.kind).or_default() += 1;
         }
         let largest = capacity.values().copied().max().unwrap_or(0);

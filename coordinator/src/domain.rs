@@ -132,6 +132,8 @@ pub struct WorkerStatus {
     pub alive: bool,
     pub last_heartbeat_ms_ago: u64,
     pub busy_slots: u32,
+    /// Drained by an operator: nothing new is placed on it.
+    pub drained: bool,
 }
 
 /// Where one rank of a placed job runs.

@@ -8,6 +8,8 @@ pub enum CoordinatorError {
     NoJob(String),
     #[error("no sweep {0:?}")]
     NoSweep(String),
+    #[error("no worker {0:?} has registered (known: {1})")]
+    NoWorker(String, String),
     #[error("invalid job: {0}")]
     InvalidJob(String),
     #[error("bad request: {0}")]
@@ -33,7 +35,7 @@ impl From<CoordinatorError> for tonic::Status {
         use CoordinatorError::*;
         let msg = e.to_string();
         match e {
-            NoJob(_) | NoSweep(_) => tonic::Status::not_found(msg),
+            NoJob(_) | NoSweep(_) | NoWorker(..) => tonic::Status::not_found(msg),
             InvalidJob(_) | BadRequest(_) => tonic::Status::invalid_argument(msg),
             WrongState { .. } | Protocol { .. } | StaleGeneration { .. } | Rendezvous { .. } => tonic::Status::failed_precondition(msg),
             RendezvousTimeout { .. } => tonic::Status::deadline_exceeded(msg),

@@ -123,6 +123,12 @@ impl JobService for Jobs {
         }
     }
 
+    async fn drain_worker(&self, r: Request<v1::DrainWorkerRequest>) -> Result<Response<v1::WorkerInfo>, Status> {
+        let r = r.into_inner();
+        let w = self.0.drain(&crate::domain::WorkerId(r.worker_id), r.undo)?;
+        Ok(Response::new((&w).into()))
+    }
+
     async fn list_workers(&self, _: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
         Ok(Response::new(v1::ListWorkersResponse { workers: self.0.workers().iter().map(Into::into).collect() }))
     }
@@ -139,8 +145,8 @@ impl WorkerService for Workers {
     async fn heartbeat(&self, r: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let r = r.into_inner();
         let running: Vec<_> = r.running.into_iter().map(Into::into).collect();
-        let assignments = self.0.heartbeat(wire::worker(r.registration)?, &running)?;
-        Ok(Response::new(v1::HeartbeatResponse { assignments: assignments.iter().map(Into::into).collect() }))
+        let (assignments, drain) = self.0.heartbeat(wire::worker(r.registration)?, &running)?;
+        Ok(Response::new(v1::HeartbeatResponse { assignments: assignments.iter().map(Into::into).collect(), drain }))
     }
 
     async fn rendezvous_publish(&self, r: Request<v1::RendezvousPublishRequest>) -> Result<Response<v1::RendezvousPublishResponse>, Status> {

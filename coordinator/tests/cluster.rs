@@ -398,3 +398,44 @@ async fn failures_restart_by_class_and_unstarted_ranks_move() {
     assert_eq!((s.state(), s.infra_restarts, s.restarts), (JobState::Failed, 2, 1), "{}", s.reason);
     c.shutdown().await;
 }
+
+/// An operator's drain: nothing new lands on the worker, its heartbeat answer tells it to
+/// stop its ranks, a coordinator restart keeps the drain, and undrain ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_worker_gets_nothing_new_until_undrained() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("c.redb").display().to_string();
+    let c = start(&store, dir.path(), 5000, 0).await;
+    let port: u16 = c.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    let drain_flag = async |w: &mut WorkerServiceClient<tonic::transport::Channel>, id: &str| w.heartbeat(v1::HeartbeatRequest { registration: Some(reg(id, 1)), running: vec![] }).await.unwrap().into_inner().drain;
+    assert!(!drain_flag(&mut w, "a").await && !drain_flag(&mut w, "b").await);
+    let e = j.drain_worker(v1::DrainWorkerRequest { worker_id: "zz".into(), undo: false }).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "no worker \"zz\" has registered (known: a, b)"));
+    let info = j.drain_worker(v1::DrainWorkerRequest { worker_id: "a".into(), undo: false }).await.unwrap().into_inner();
+    assert!(info.drained);
+    assert!(drain_flag(&mut w, "a").await, "the drained worker is told to stop its ranks");
+    let job = submit(&mut j, 1).await;
+    wait_for(5, async || state(&mut j, &job.id).await.state() == JobState::Scheduled).await;
+    assert_eq!(state(&mut j, &job.id).await.placement[0].worker_id, "b", "placed on the worker not drained");
+    // b is busy and a drained: a second job waits
+    let second = submit(&mut j, 1).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(state(&mut j, &second.id).await.state(), JobState::Queued);
+    c.shutdown().await;
+
+    // the drain is in the store
+    let c = start(&store, dir.path(), 5000, port).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    assert!(drain_flag(&mut w, "a").await, "a restart keeps the drain");
+    let info = j.drain_worker(v1::DrainWorkerRequest { worker_id: "a".into(), undo: true }).await.unwrap().into_inner();
+    assert!(!info.drained);
+    assert!(!drain_flag(&mut w, "a").await);
+    wait_for(15, async || {
+        drain_flag(&mut w, "a").await;
+        state(&mut j, &second.id).await.state() == JobState::Scheduled
+    })
+    .await;
+    assert_eq!(state(&mut j, &second.id).await.placement[0].worker_id, "a");
+    c.shutdown().await;
+}

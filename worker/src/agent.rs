@@ -145,6 +145,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Wo
 pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: CancellationToken) -> Result<(), WorkerError> {
     let shutdown = kill;
     let mut drain_started: Option<Instant> = None;
+    // drained by an operator (`ablate workers drain`): like a drain, but the agent stays
+    let mut drained = false;
     let jobs = cfg.work_dir.join("jobs");
     tokio::fs::create_dir_all(&jobs).await.map_err(|source| WorkerError::Io { path: jobs.display().to_string(), source })?;
     let state: Shared = Arc::default();
@@ -181,7 +183,17 @@ pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: Canc
                 v
             };
             match c.heartbeat(v1::HeartbeatRequest { registration: Some(registration(&cfg, drain_started.is_some())), running }).await {
-                Ok(r) => reconcile(&cfg, &state, &tasks, r.into_inner().assignments, drain_started.is_some()),
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.drain && !drained {
+                        tracing::info!(worker = %cfg.worker_id, "drained by an operator: stopping the local ranks, taking no new ones");
+                        ask_ranks_to_stop(&state);
+                    } else if !r.drain && drained {
+                        tracing::info!(worker = %cfg.worker_id, "drain ended: taking ranks again");
+                    }
+                    drained = r.drain;
+                    reconcile(&cfg, &state, &tasks, r.assignments, drain_started.is_some() || drained);
+                }
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(WorkerError::Refused(s.message().to_string())),
                 Err(s) => {
                     tracing::warn!("heartbeat failed ({}), reconnecting; local ranks keep running", s.message());
@@ -208,16 +220,8 @@ pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: Canc
             _ = shutdown.cancelled() => break,
             _ = drain.cancelled(), if drain_started.is_none() => {
                 drain_started = Some(Instant::now());
-                let s = state.lock().expect("agent state");
-                tracing::info!(worker = %cfg.worker_id, "draining: asking {} rank(s) to stop at a common step", s.running.len());
-                for r in s.running.values() {
-                    if r.pid == 0 {
-                        r.stop.cancel(); // not started yet: nothing to checkpoint
-                    } else {
-                        // SAFETY: kill(2) with a pid this agent started and still supervises
-                        unsafe { libc::kill(r.pid as libc::pid_t, libc::SIGTERM) };
-                    }
-                }
+                tracing::info!(worker = %cfg.worker_id, "draining: asking the local ranks to stop at a common step");
+                ask_ranks_to_stop(&state);
             }
             _ = tokio::time::sleep(if drain_started.is_some() { interval.min(Duration::from_millis(200)) } else { interval }) => {}
         }
@@ -293,6 +297,20 @@ async fn flush(c: &mut WorkerServiceClient<Channel>, state: &Shared, worker: &st
     let mut rest = failed.completions;
     rest.append(&mut s.outbox.completions);
     s.outbox.completions = rest;
+}
+
+/// SIGTERM to every local rank: each group stops after a step its ranks agree on, with a
+/// checkpoint, and reports a retryable preempted failure. A rank not started yet is withdrawn.
+fn ask_ranks_to_stop(state: &Shared) {
+    let s = state.lock().expect("agent state");
+    for r in s.running.values() {
+        if r.pid == 0 {
+            r.stop.cancel(); // not started yet: nothing to checkpoint
+        } else {
+            // SAFETY: kill(2) with a pid this agent started and still supervises
+            unsafe { libc::kill(r.pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
 }
 
 fn reconcile(cfg: &AgentConfig, state: &Shared, tasks: &tokio_util::task::TaskTracker, assignments: Vec<v1::Assignment>, draining: bool) {
