@@ -498,7 +498,7 @@ impl Core {
         if !r.evals.is_empty() && r.generation == job.generation {
             self.runs.append_evals(id, &r.evals)?;
             for e in r.evals {
-                let _ = self.events.send((job.id.clone(), Event::Eval(e)));
+                let _ = self.events.send((job.id.clone(), Event::Eval(Box::new(e))));
             }
         }
         if !r.log_lines.is_empty() {
@@ -551,7 +551,7 @@ impl Core {
                 if rank == 0 {
                     if let Some(mine) = result {
                         let sums = std::mem::take(&mut res.rank_checksums);
-                        *res = JobResult { rank_checksums: sums, ..mine };
+                        *res = JobResult { rank_checksums: sums, ..*mine };
                     }
                 }
                 job.ranks_done[rank] = true;

@@ -266,7 +266,7 @@ pub struct Progress {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Every rank sends its parameter checksum; rank 0 also its result.
-    Succeeded { checksum: f64, result: Option<JobResult> },
+    Succeeded { checksum: f64, result: Option<Box<JobResult>> },
     Failed { reason: String, retry: Retry },
 }
 
@@ -297,5 +297,5 @@ pub struct Completion {
 pub enum Event {
     State(Box<Job>),
     Metric(v1::MetricPoint),
-    Eval(v1::EvalPoint),
+    Eval(Box<v1::EvalPoint>),
 }

@@ -116,7 +116,7 @@ impl From<v1::ReportCompletionRequest> for Completion {
             (true, false) => Retry::Job,
             (true, true) => Retry::Infrastructure,
         };
-        let outcome = if r.success { Outcome::Succeeded { checksum: r.checksum, result: r.result.map(JobResult::from) } } else { Outcome::Failed { reason: r.reason, retry } };
+        let outcome = if r.success { Outcome::Succeeded { checksum: r.checksum, result: r.result.map(|x| Box::new(JobResult::from(x))) } } else { Outcome::Failed { reason: r.reason, retry } };
         Completion { worker: WorkerId(r.worker_id), job: JobId(r.job_id), generation: Generation(r.generation), rank: Rank(r.rank), outcome }
     }
 }
@@ -244,7 +244,7 @@ impl From<Event> for v1::JobEvent {
             event: Some(match e {
                 Event::State(j) => E::State(v1::Job::from(&*j)),
                 Event::Metric(p) => E::Metric(p),
-                Event::Eval(e) => E::Eval(e),
+                Event::Eval(e) => E::Eval(*e),
             }),
         }
     }
