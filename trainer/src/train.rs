@@ -342,7 +342,7 @@ impl Trainer {
             return Err(TrainError::NonFinite { step: self.step, what: "gradient norm".into() });
         }
         if let Some(e) = &mut self.ema {
-            e.update(&self.params)?;
+            e.update(&self.params, self.step)?;
         }
         self.step += 1;
         Ok(stats)

@@ -34,3 +34,28 @@ pub fn units(name: &str, n: usize) -> Vec<f64> {
 pub fn syms(name: &str, n: usize) -> Vec<f64> {
     units(name, n).into_iter().map(|u| 2.0 * u - 1.0).collect()
 }
+
+/// The deterministic weights of the embedding-network fixtures
+/// (`scripts/reference/embed_fixtures.py`), by name first, then by shape: position and class
+/// embeddings `0.5*sym`; layer scales `0.1 + 0.9*unit`; 1-D weights (norms) `1 + 0.1*sym`;
+/// 1-D biases `0.05*sym`; matrices and kernels `sym * sqrt(3 / fan_in)`. Computed in f64;
+/// the networks store them rounded to f32. None for a name no rule covers.
+pub fn network_weight(name: &str, shape: &[usize]) -> Option<Vec<f64>> {
+    let n: usize = shape.iter().product();
+    if ["position_embedding", "class_embedding", "cls_token", "mask_token"].iter().any(|k| name.contains(k)) {
+        return Some(syms(name, n).into_iter().map(|v| 0.5 * v).collect());
+    }
+    if name.ends_with("lambda1") {
+        return Some(units(name, n).into_iter().map(|u| 0.1 + 0.9 * u).collect());
+    }
+    match shape.len() {
+        1 if name.ends_with(".weight") => Some(syms(name, n).into_iter().map(|v| 1.0 + 0.1 * v).collect()),
+        1 if name.ends_with(".bias") => Some(syms(name, n).into_iter().map(|v| 0.05 * v).collect()),
+        d if d >= 2 => {
+            let fan_in: usize = shape[1..].iter().product();
+            let s = (3.0 / fan_in as f64).sqrt();
+            Some(syms(name, n).into_iter().map(|v| v * s).collect())
+        }
+        _ => None,
+    }
+}
