@@ -44,6 +44,8 @@ fn describe() {
     metrics::describe_gauge!("ablate_job_mmd", "Final MMD of a job (scene evaluator embedding)");
     metrics::describe_gauge!("ablate_job_accuracy", "Final compositional accuracy of a job");
     metrics::describe_gauge!("ablate_job_fid", "Final FID of a job (Inception-v3), when its weights are installed");
+    metrics::describe_gauge!("ablate_job_cmmd", "Final CMMD of a job (CLIP embeddings), when its weights are installed");
+    metrics::describe_gauge!("ablate_job_dino_mmd", "Final DINO-MMD of a job (DINOv2 embeddings), when its weights are installed");
     metrics::describe_histogram!("ablate_collective_allreduce_seconds", metrics::Unit::Seconds, "Gradient all-reduce time per step");
     metrics::describe_histogram!("ablate_job_step_seconds", metrics::Unit::Seconds, "Training step time");
     metrics::describe_histogram!("ablate_scheduler_queue_wait_seconds", metrics::Unit::Seconds, "Time from queued to placed");
@@ -75,11 +77,11 @@ pub fn job_points(job: &Job, points: &[v1::MetricPoint]) {
     }
 }
 
-/// The final evaluation of a finished job (FD-scenes, MMD, accuracy, FID when available).
+/// The final evaluation of a finished job (FD-scenes, MMD, accuracy; FID, CMMD, DINO-MMD when available).
 pub fn job_eval(job: &Job) {
     let Some(r) = job.result.as_ref().and_then(|r| r.eval.as_ref()) else { return };
     let l = labels(job);
-    for (m, name) in [(&r.fd_scenes, "ablate_job_fd_scenes"), (&r.mmd_scenes, "ablate_job_mmd"), (&r.accuracy, "ablate_job_accuracy"), (&r.fid, "ablate_job_fid")] {
+    for (m, name) in [(&r.fd_scenes, "ablate_job_fd_scenes"), (&r.mmd_scenes, "ablate_job_mmd"), (&r.accuracy, "ablate_job_accuracy"), (&r.fid, "ablate_job_fid"), (&r.cmmd, "ablate_job_cmmd"), (&r.dino_mmd, "ablate_job_dino_mmd")] {
         if let Some(m) = m {
             metrics::gauge!(name, &l).set(m.value);
         }

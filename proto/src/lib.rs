@@ -10,7 +10,7 @@
 
 
 /// Bumped on every incompatible change of the coordinator <-> worker protocol.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest gRPC message the coordinator takes and the CLI reads: a completion report
 /// and `GetEvalSamples` carry an evaluation's per-image data (2 x N x 320 floats: 64 MiB

@@ -51,6 +51,47 @@ fn fd_scenes_separates_styles_and_not_samples_of_one_style() {
     assert!(mmd_diff > 5.0 * mmd_same.max(1e-6), "MMD: {mmd_diff} vs {mmd_same}");
 }
 
+/// With CLIP and DINOv2 weights at hand (tiny deterministic ones here), every evaluation
+/// also reports CMMD and DINO-MMD with their protocols; `off` says so, and `on` without the
+/// weights stops the run before it trains.
+#[test]
+fn training_reports_cmmd_and_dino_mmd_when_their_networks_are_installed() {
+    use ablate_trainer::eval::config::FidMode;
+    let out = std::env::temp_dir().join(format!("ablate-eval-embed-{}", std::process::id()));
+    std::fs::remove_dir_all(&out).ok();
+    let (clip, dino) = common::tiny_embed_weights(&out.join("nets"));
+    let config = |cmmd: FidMode, clip: &std::path::Path| {
+        let mut cfg = common::small_config();
+        cfg.train.steps = 2;
+        cfg.eval.samples = 4;
+        cfg.eval.sampler_steps = 2;
+        cfg.eval.cmmd = cmmd;
+        cfg.eval.dino_mmd = FidMode::On;
+        cfg.eval.clip_weights = Some(clip.display().to_string());
+        cfg.eval.dino_weights = Some(dino.display().to_string());
+        cfg
+    };
+    let opts = |name: &str| RunOptions { out: out.join(name), resume: false, samples: false };
+    let report = run(config(FidMode::On, &clip), &opts("on"), &mut NoProgress).unwrap().final_eval.unwrap();
+    let (cmmd, dmmd) = (report.cmmd.clone().expect("CMMD"), report.dino_mmd.clone().expect("DINO-MMD"));
+    eprintln!("CMMD {} ({}), DINO-MMD {}", cmmd.value, cmmd.protocol.describe(), dmmd.value);
+    assert!(cmmd.value.is_finite() && cmmd.value >= 0.0 && dmmd.value.is_finite() && dmmd.value >= 0.0);
+    assert!(cmmd.protocol.network.contains("CLIP") && dmmd.protocol.network.contains("DINOv2"));
+    assert!(cmmd.protocol.resize.contains("bicubic to 42x42") && dmmd.protocol.resize.contains("bicubic to 56x56"));
+    assert_eq!((cmmd.protocol.samples, report.value("cmmd"), report.value("dino_mmd")), (4, Some(cmmd.value), Some(dmmd.value)));
+    assert!(std::fs::read_to_string(out.join("on/eval.jsonl")).unwrap().contains("\"dino_mmd\""));
+
+    let off = run(config(FidMode::Off, &clip), &opts("off"), &mut NoProgress).unwrap().final_eval.unwrap();
+    assert!(off.cmmd.is_none() && off.cmmd_unavailable.as_deref().unwrap().contains("turned off"), "{:?}", off.cmmd_unavailable);
+    assert_eq!(off.dino_mmd.as_ref().map(|m| m.value), Some(dmmd.value), "DINO-MMD does not depend on CLIP");
+
+    let missing = out.join("nets/absent.safetensors");
+    let err = run(config(FidMode::On, &missing), &opts("missing"), &mut NoProgress).err().expect("eval.cmmd = on without the weights").to_string();
+    assert!(err.contains("CMMD is unavailable") && err.contains("absent.safetensors"), "{err}");
+    assert!(!out.join("missing/checkpoint.safetensors").exists(), "nothing trained");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn training_evaluates_at_the_end_with_protocols() {
     let mut cfg = common::small_config();

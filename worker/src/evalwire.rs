@@ -88,6 +88,10 @@ pub fn report_to_wire(r: &EvalReport, with_samples: bool) -> v1::EvalReport {
         composition: Some(composition_to_wire(&r.composition)),
         fid: r.fid.as_ref().map(measured_to_wire),
         fid_unavailable: r.fid_unavailable.clone().unwrap_or_default(),
+        cmmd: r.cmmd.as_ref().map(measured_to_wire),
+        cmmd_unavailable: r.cmmd_unavailable.clone().unwrap_or_default(),
+        dino_mmd: r.dino_mmd.as_ref().map(measured_to_wire),
+        dino_mmd_unavailable: r.dino_mmd_unavailable.clone().unwrap_or_default(),
         seconds: r.seconds,
         samples: if with_samples { r.samples.as_ref().map(samples_to_wire) } else { None },
     }
@@ -102,6 +106,10 @@ pub fn report_from_wire(r: &v1::EvalReport) -> Result<EvalReport, WireEvalError>
         composition: composition_from_wire(r.composition.as_ref().ok_or_else(|| missing("the composition breakdown"))?),
         fid: r.fid.as_ref().map(|m| measured_from_wire(Some(m), "FID")).transpose()?,
         fid_unavailable: (!r.fid_unavailable.is_empty()).then(|| r.fid_unavailable.clone()),
+        cmmd: r.cmmd.as_ref().map(|m| measured_from_wire(Some(m), "CMMD")).transpose()?,
+        cmmd_unavailable: (!r.cmmd_unavailable.is_empty()).then(|| r.cmmd_unavailable.clone()),
+        dino_mmd: r.dino_mmd.as_ref().map(|m| measured_from_wire(Some(m), "DINO-MMD")).transpose()?,
+        dino_mmd_unavailable: (!r.dino_mmd_unavailable.is_empty()).then(|| r.dino_mmd_unavailable.clone()),
         seconds: r.seconds,
         samples: r.samples.as_ref().map(samples_from_wire).transpose()?,
     })
@@ -135,6 +143,10 @@ mod tests {
             composition: Composition { object: 0.5, color: 0.25, count: 0.75, position: 0.5, layout: 0.1, color_position: 0.2, overall: 0.125, all_correct: 0.0, images: 2 },
             fid: fid.then(|| Measured { value: 41.0, protocol: protocol("fid", None) }),
             fid_unavailable: (!fid).then(|| "weights not installed".to_string()),
+            cmmd: fid.then(|| Measured { value: 0.41, protocol: protocol("cmmd", None) }),
+            cmmd_unavailable: (!fid).then(|| "CLIP weights not installed".to_string()),
+            dino_mmd: fid.then(|| Measured { value: 0.39, protocol: protocol("dino_mmd", None) }),
+            dino_mmd_unavailable: (!fid).then(|| "DINOv2 weights not installed".to_string()),
             seconds: 3.5,
             samples: Some(EvalSamples { dim: 3, generated: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], reference: vec![0.5; 6], scores: vec![0.25, 0.75], protocol: protocol("fd_scenes", Some(1234)) }),
         }

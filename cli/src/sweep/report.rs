@@ -98,7 +98,14 @@ pub fn html(d: &SweepData) -> String {
 
     h.push_str("<h2>Curves</h2><div class=\"charts\">");
     h.push_str(&loss_chart(d, &arm_color));
-    for (m, title, scale) in [("fd_scenes", "FD-scenes (lower is better)", 1.0), ("mmd", "MMD (lower is better)", 1.0), ("accuracy", "Accuracy % (compositional; higher is better)", 100.0), ("fid", "FID (lower is better)", 1.0)] {
+    for (m, title, scale) in [
+        ("fd_scenes", "FD-scenes (lower is better)", 1.0),
+        ("mmd", "MMD (lower is better)", 1.0),
+        ("accuracy", "Accuracy % (compositional; higher is better)", 100.0),
+        ("fid", "FID (lower is better)", 1.0),
+        ("cmmd", "CMMD (CLIP; lower is better)", 1.0),
+        ("dino_mmd", "DINO-MMD (DINOv2; lower is better)", 1.0),
+    ] {
         if let Some(c) = eval_chart(d, &arm_color, m, title, scale, None) {
             h.push_str(&c);
         }
@@ -137,24 +144,21 @@ fn delta_html(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -
 }
 
 fn table(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
-    let cols: [(&str, &str, f64, usize); 7] = [
-        ("fd_scenes", "FD-scenes", 1.0, 1),
-        ("mmd", "MMD", 1.0, 3),
-        ("accuracy", "accuracy %", 100.0, 1),
-        ("fid", "FID", 1.0, 2),
-        ("samples_per_sec", "samples/s", 1.0, 1),
-        ("final_loss", "final loss", 1.0, 4),
-        ("wall_seconds", "wall s", 1.0, 0),
-    ];
+    // as the text table: CMMD and DINO-MMD where some arm has them
+    let cols: Vec<(&str, &str, f64, usize)> = results::COLUMNS
+        .into_iter()
+        .filter(|(m, ..)| !matches!(*m, "cmmd" | "dino_mmd") || d.rows.iter().any(|r| r.get(m).is_some()))
+        .chain([("wall_seconds", "wall s", 1.0, 0)])
+        .collect();
     let mut h = String::from("<table><tr><th>arm</th><th>status</th><th>steps</th>");
-    for (_, name, _, _) in cols {
+    for (_, name, _, _) in &cols {
         let _ = write!(h, "<th>{name}</th>");
     }
     h.push_str("</tr>");
     for r in &d.rows {
         let base = results::base_of(&d.rows, r);
         let _ = write!(h, "<tr><td>{}{}</td><td>{}</td><td>{}</td>", dot(&r.arm), escape(&r.arm), escape(&r.status), r.steps);
-        for (m, _, scale, digits) in cols {
+        for &(m, _, scale, digits) in &cols {
             match r.get(m) {
                 Some(s) => {
                     let spread = if s.n > 1 { format!(" &plusmn;{:.*}", digits, s.std * scale) } else { String::new() };

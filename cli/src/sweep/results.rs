@@ -27,7 +27,15 @@ use std::collections::HashMap;
 
 use super::iso::{self, AtBudget, Axis, Series};
 
-pub const METRICS: [&str; 7] = ["fd_scenes", "mmd", "accuracy", "fid", "samples_per_sec", "final_loss", "wall_seconds"];
+pub const METRICS: [&str; 9] = ["fd_scenes", "mmd", "accuracy", "fid", "cmmd", "dino_mmd", "samples_per_sec", "final_loss", "wall_seconds"];
+
+/// The evaluation metrics, each with its protocol (FID, CMMD and DINO-MMD only where their
+/// networks' weights are installed).
+pub const EVAL_METRICS: [&str; 6] = ["fd_scenes", "mmd", "accuracy", "fid", "cmmd", "dino_mmd"];
+
+/// The metrics whose seed-level interval comes from the jobs' own values (no per-image data
+/// needed): one number per seed, paired with the baseline's of the same seed.
+const VALUE_INTERVAL_METRICS: [&str; 3] = ["fid", "cmmd", "dino_mmd"];
 
 pub use super::stat::{stat, Stat};
 
@@ -164,6 +172,19 @@ pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn
             }
         }
     }
+    // FID, CMMD and DINO-MMD: a t-interval over the per-seed differences of the jobs' values
+    let values = |arm: &str, m: &str| -> Vec<Option<f64>> { jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| value(j, m)).collect() };
+    for row in rows.iter_mut().filter(|r| !r.baseline.is_empty() && r.protocol_note.is_none()) {
+        for m in VALUE_INTERVAL_METRICS {
+            let d: Vec<f64> = values(&row.arm, m).iter().zip(values(&row.baseline, m)).filter_map(|(a, b)| Some((*a)? - b?)).collect();
+            if d.len() >= 2 {
+                if let Some(ci) = ablate_trainer::eval::bootstrap::t_interval(&d) {
+                    row.ci95.push((m, ci));
+                    row.n_seeds = row.n_seeds.max(d.len());
+                }
+            }
+        }
+    }
 }
 
 /// Fills `iso` of every arm from the runs' histories (`series` by job id; succeeded jobs only).
@@ -221,19 +242,22 @@ pub fn protocol(jobs: &[(String, v1::Job)]) -> Option<String> {
         opt(p.guidance.map(|g| g.to_string())),
         opt(p.seed.map(|s| s.to_string())),
         p.reference,
-        match (&r.fid, &r.fid_unavailable) {
-            (Some(_), _) => String::from("; FID: pytorch-fid Inception-v3"),
-            (None, Some(why)) if why.contains("Inception weights") => String::from("; FID unavailable (Inception weights not installed)"),
-            (None, Some(why)) => format!("; FID unavailable ({why})"),
-            (None, None) => String::from("; FID unavailable"),
-        }
+        [("FID", &r.fid, &r.fid_unavailable), ("CMMD", &r.cmmd, &r.cmmd_unavailable), ("DINO-MMD", &r.dino_mmd, &r.dino_mmd_unavailable)]
+            .into_iter()
+            .map(|(name, m, why)| match (m, why) {
+                (Some(m), _) => format!("; {name}: {} (weights sha256 {}...), resize {}", m.protocol.network, m.protocol.weights_sha256.chars().take(12).collect::<String>(), m.protocol.resize),
+                (None, Some(why)) if why.contains("weights") && why.contains("not there") => format!("; {name} unavailable (weights not installed)"),
+                (None, Some(why)) => format!("; {name} unavailable ({why})"),
+                (None, None) => format!("; {name} unavailable"),
+            })
+            .collect::<String>()
     ))
 }
 
 /// (absolute, %) change of `m` against `base`; the % is NaN when the baseline is 0.
 /// None too for an evaluation metric when the arm was evaluated under another protocol.
 pub fn delta(row: &Row, base: &Row, m: &str) -> Option<(f64, f64)> {
-    if row.protocol_note.is_some() && matches!(m, "fd_scenes" | "mmd" | "accuracy" | "fid") {
+    if row.protocol_note.is_some() && EVAL_METRICS.contains(&m) {
         return None;
     }
     let (a, b) = (row.get(m)?, base.get(m)?);
@@ -323,7 +347,7 @@ fn footnote(rows: &[Row]) -> String {
     }
     let mut out = notes;
     if let Some(n) = with_ci.iter().map(|r| r.n_seeds).filter(|&n| n >= 2).min() {
-        out.push_str(&format!("* the 95% t-interval of the delta over the paired seeds ({n} or more per arm) excludes 0 (FD-scenes, MMD, accuracy)\n"));
+        out.push_str(&format!("* the 95% t-interval of the delta over the paired seeds ({n} or more per arm) excludes 0\n"));
     }
     if with_ci.iter().any(|r| r.n_seeds < 2) {
         out.push_str("one seed per arm: no significance marks. Training noise is not covered: the intervals in results.json resample the evaluation images of one run (list seeds = [0, 1, 2] or more for seed-level intervals)\n");
@@ -443,25 +467,33 @@ pub fn print(rows: &[Row], jobs: &[(String, v1::Job)], format: &str) -> anyhow::
     Ok(())
 }
 
+/// The table's metric columns: (metric, title, scale, digits).
+pub const COLUMNS: [(&str, &str, f64, usize); 8] = [
+    ("fd_scenes", "FD-scenes", 1.0, 1),
+    ("mmd", "MMD", 1.0, 3),
+    ("accuracy", "accuracy %", 100.0, 1),
+    ("fid", "FID", 1.0, 2),
+    ("cmmd", "CMMD", 1.0, 3),
+    ("dino_mmd", "DINO-MMD", 1.0, 3),
+    ("samples_per_sec", "samples/s", 1.0, 1),
+    ("final_loss", "final loss", 1.0, 4),
+];
+
 /// "table" (aligned text), "markdown" or "csv".
 pub fn text(rows: &[Row], format: &str) -> String {
-    let head = ["arm", "status", "FD-scenes", "MMD", "accuracy %", "FID", "samples/s", "final loss", "steps", "wall s"];
+    // CMMD and DINO-MMD get columns when some arm has them (their networks are installed)
+    let cols: Vec<(&str, &str, f64, usize)> = COLUMNS.into_iter().filter(|(m, ..)| !matches!(*m, "cmmd" | "dino_mmd") || rows.iter().any(|r| r.get(m).is_some())).collect();
+    let mut head = vec!["arm", "status"];
+    head.extend(cols.iter().map(|c| c.1));
+    head.extend(["steps", "wall s"]);
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let base = base_of(rows, r);
-            vec![
-                r.arm.clone(),
-                r.status.clone(),
-                cell(r, base, "fd_scenes", 1.0, 1),
-                cell(r, base, "mmd", 1.0, 3),
-                cell(r, base, "accuracy", 100.0, 1),
-                cell(r, base, "fid", 1.0, 2),
-                cell(r, base, "samples_per_sec", 1.0, 1),
-                cell(r, base, "final_loss", 1.0, 4),
-                r.steps.to_string(),
-                cell(r, None, "wall_seconds", 1.0, 0),
-            ]
+            let mut v = vec![r.arm.clone(), r.status.clone()];
+            v.extend(cols.iter().map(|(m, _, scale, digits)| cell(r, base, m, *scale, *digits)));
+            v.extend([r.steps.to_string(), cell(r, None, "wall_seconds", 1.0, 0)]);
+            v
         })
         .collect();
     match format {

@@ -9,9 +9,9 @@ use crate::data::scene::{Scene, Style};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FidMode {
-    /// FID when the Inception weights are present, otherwise reported unavailable.
+    /// The metric when its network's weights are present, otherwise reported unavailable.
     Auto,
-    /// FID required: a missing weights file is an error.
+    /// Required: a missing weights file is an error.
     On,
     Off,
 }
@@ -42,13 +42,23 @@ pub struct EvalConfig {
     /// Style of the prompted scenes and of the reference renders.
     pub reference: Style,
     pub fid: FidMode,
+    /// CMMD (CLIP ViT-L/14 at 336 px embeddings): auto = when the CLIP weights are installed.
+    pub cmmd: FidMode,
+    /// DINO-MMD (DINOv2 embeddings at 224 px): auto = when the DINOv2 weights are installed.
+    pub dino_mmd: FidMode,
+    /// The CLIP weights file (default: `ablate assets status` lists where it goes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_weights: Option<String>,
+    /// The DINOv2 weights file (default: as for CLIP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dino_weights: Option<String>,
     /// EMA (when kept) or raw weights.
     pub weights: EvalWeights,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { samples: 0, every: 0, sampler_steps: 20, guidance: 3.5, seed: 1234, reference: Style::Photo, fid: FidMode::Auto, weights: EvalWeights::Ema }
+        Self { samples: 0, every: 0, sampler_steps: 20, guidance: 3.5, seed: 1234, reference: Style::Photo, fid: FidMode::Auto, cmmd: FidMode::Auto, dino_mmd: FidMode::Auto, clip_weights: None, dino_weights: None, weights: EvalWeights::Ema }
     }
 }
 

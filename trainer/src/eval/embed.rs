@@ -177,6 +177,11 @@ impl Embedder {
         Ok(Self { kind, net, input_size, dim, weights_sha256: loaded.sha256, device: device.clone() })
     }
 
+    /// The network, for the protocol line (its weights are named by their sha256 there).
+    pub fn network(&self) -> String {
+        format!("{} at {}px, {} dims", self.kind.describe(), self.input_size, self.dim)
+    }
+
     /// How images reach the network, for the protocol line.
     pub fn resize(&self) -> String {
         let (m, s) = self.kind.mean_std();

@@ -14,10 +14,12 @@
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::composition::{Composition, CompositionCounts};
 use super::files::ReferenceCache;
+use super::embed::{EmbedKind, Embedder};
 use super::inception::{self, InceptionFid};
 use super::scenes::{self, SceneEvaluator, EMBED_DIM};
 use super::{frechet_distance, EvalError, FeatureStats, Measured, Protocol};
@@ -38,6 +40,18 @@ pub struct EvalShard {
     pub inception: Option<FeatureStats>,
     /// (index, compositional score) per generated image, for confidence intervals.
     pub scores: Vec<(u64, f32)>,
+    /// (index, embedding) pairs of the CLIP and DINOv2 networks (for CMMD, DINO-MMD), when loaded.
+    pub clip: Vec<(u64, Vec<f32>)>,
+    pub dino: Vec<(u64, Vec<f32>)>,
+}
+
+fn put_rows(out: &mut Vec<u8>, rows: &[(u64, Vec<f32>)]) {
+    put_u64(out, rows.len() as u64);
+    for (i, e) in rows {
+        put_u64(out, *i);
+        put_u64(out, e.len() as u64);
+        e.iter().for_each(|v| out.extend(v.to_le_bytes()));
+    }
 }
 
 /// How long ranks wait for each other's share of an evaluation.
@@ -65,19 +79,28 @@ impl Reader<'_> {
     fn f32(&mut self) -> Result<f32, EvalError> {
         Ok(f32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
+    /// (index, row) pairs, each row of `dim` values when given.
+    fn rows(&mut self, dim: Option<usize>) -> Result<Vec<(u64, Vec<f32>)>, EvalError> {
+        let n = self.u64()? as usize;
+        let mut rows = Vec::with_capacity(n.min(1 << 20));
+        for _ in 0..n {
+            let i = self.u64()?;
+            let d = self.u64()? as usize;
+            if dim.is_some_and(|want| want != d) || d > self.0.len() / 4 {
+                return Err(EvalError::Shape(format!("an embedding of {d} dimensions, not {dim:?}")));
+            }
+            rows.push((i, (0..d).map(|_| self.f32()).collect::<Result<Vec<f32>, _>>()?));
+        }
+        Ok(rows)
+    }
 }
 
 impl EvalShard {
     /// The share as bytes for a gather across ranks (embeddings and scores by image index,
     /// composition counts, Inception statistics).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = b"ABES1".to_vec();
-        put_u64(&mut out, self.embeddings.len() as u64);
-        for (i, e) in &self.embeddings {
-            put_u64(&mut out, *i);
-            put_u64(&mut out, e.len() as u64);
-            e.iter().for_each(|v| out.extend(v.to_le_bytes()));
-        }
+        let mut out = b"ABES2".to_vec();
+        put_rows(&mut out, &self.embeddings);
         put_u64(&mut out, self.scores.len() as u64);
         for (i, s) in &self.scores {
             put_u64(&mut out, *i);
@@ -94,23 +117,16 @@ impl EvalShard {
             }
             None => out.push(0),
         }
+        put_rows(&mut out, &self.clip);
+        put_rows(&mut out, &self.dino);
         out
     }
 
     /// Reads [`to_bytes`](Self::to_bytes). The scene statistics are rebuilt from the
     /// embeddings, in the order they were sampled.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EvalError> {
-        let mut r = Reader(bytes.strip_prefix(b"ABES1").ok_or_else(|| EvalError::Shape("not an evaluation share".into()))?);
-        let n = r.u64()? as usize;
-        let mut embeddings = Vec::with_capacity(n.min(1 << 20));
-        for _ in 0..n {
-            let i = r.u64()?;
-            let d = r.u64()? as usize;
-            if d != EMBED_DIM {
-                return Err(EvalError::Shape(format!("an embedding of {d} dimensions, not {EMBED_DIM}")));
-            }
-            embeddings.push((i, (0..d).map(|_| r.f32()).collect::<Result<Vec<f32>, _>>()?));
-        }
+        let mut r = Reader(bytes.strip_prefix(b"ABES2").ok_or_else(|| EvalError::Shape("not an evaluation share".into()))?);
+        let embeddings = r.rows(Some(EMBED_DIM))?;
         let n = r.u64()? as usize;
         let scores = (0..n).map(|_| Ok((r.u64()?, r.f32()?))).collect::<Result<Vec<_>, EvalError>>()?;
         let mut w = [0u64; 8];
@@ -120,11 +136,16 @@ impl EvalShard {
         let composition = CompositionCounts { images: w[0], object: w[1], color: w[2], count: w[3], position: w[4], layout: w[5], color_position: w[6], all_correct: w[7] };
         let inception = match r.take(1)?[0] {
             0 => None,
-            _ => Some(FeatureStats::from_bytes(r.0)?.0),
+            _ => {
+                let (st, used) = FeatureStats::from_bytes(r.0)?;
+                r.take(used)?;
+                Some(st)
+            }
         };
+        let (clip, dino) = (r.rows(None)?, r.rows(None)?);
         let mut scene_stats = FeatureStats::new(EMBED_DIM);
         scene_stats.add_rows(&embeddings.iter().flat_map(|(_, e)| e.iter().copied()).collect::<Vec<f32>>())?;
-        Ok(Self { scene_stats, embeddings, composition, inception, scores })
+        Ok(Self { scene_stats, embeddings, composition, inception, scores, clip, dino })
     }
 
     /// All ranks' shares as one, as a single process would have built it: embeddings and
@@ -138,6 +159,8 @@ impl EvalShard {
         }
         all.embeddings.sort_by_key(|(i, _)| *i);
         all.scores.sort_by_key(|(i, _)| *i);
+        all.clip.sort_by_key(|(i, _)| *i);
+        all.dino.sort_by_key(|(i, _)| *i);
         let mut stats = FeatureStats::new(EMBED_DIM);
         for chunk in all.embeddings.chunks(32) {
             let rows: Vec<f32> = chunk.iter().flat_map(|(_, e)| e.iter().copied()).collect();
@@ -152,6 +175,8 @@ impl EvalShard {
         self.embeddings.extend(o.embeddings.iter().cloned());
         self.composition.merge(&o.composition);
         self.scores.extend(o.scores.iter().copied());
+        self.clip.extend(o.clip.iter().cloned());
+        self.dino.extend(o.dino.iter().cloned());
         match (&mut self.inception, &o.inception) {
             (Some(a), Some(b)) => a.merge(b)?,
             (None, None) => {}
@@ -175,6 +200,16 @@ pub struct EvalReport {
     /// Why FID is missing, when it is.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fid_unavailable: Option<String>,
+    /// CMMD: MMD of CLIP image embeddings (`embed`), when the CLIP weights are installed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cmmd: Option<Measured>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cmmd_unavailable: Option<String>,
+    /// DINO-MMD: the same estimator over DINOv2 embeddings.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dino_mmd: Option<Measured>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dino_mmd_unavailable: Option<String>,
     pub seconds: f64,
     /// The per-image numbers behind FD-scenes, MMD and accuracy (saved next to the report as
     /// `eval-samples.safetensors`, for confidence intervals of differences between runs).
@@ -183,17 +218,31 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
-    /// A headline number by its results name: `fd_scenes`, `mmd`, `accuracy`, `fid` (None
-    /// when not measured or not finite).
+    /// A headline number by its results name: `fd_scenes`, `mmd`, `accuracy`, `fid`, `cmmd`,
+    /// `dino_mmd` (None when not measured or not finite).
     pub fn value(&self, name: &str) -> Option<f64> {
         let v = match name {
             "fd_scenes" => self.fd_scenes.value,
             "mmd" => self.mmd_scenes.value,
             "accuracy" => self.accuracy.value,
             "fid" => self.fid.as_ref()?.value,
+            "cmmd" => self.cmmd.as_ref()?.value,
+            "dino_mmd" => self.dino_mmd.as_ref()?.value,
             _ => return None,
         };
         v.is_finite().then_some(v)
+    }
+}
+
+/// An embedding network as `mode` asks: loaded, or why not (a missing file under `auto`, or
+/// `off`); a missing file under `on`, or a damaged file, is an error.
+fn load_embedder(kind: EmbedKind, mode: FidMode, path: Option<&str>, device: &Device) -> Result<Result<Embedder, String>, EvalError> {
+    let path = path.map(PathBuf::from).unwrap_or_else(|| kind.default_path());
+    match (mode, Embedder::load(kind, Path::new(&path), device)) {
+        (FidMode::Off, _) => Ok(Err(format!("turned off (eval.{} = \"off\")", kind.metric()))),
+        (_, Ok(net)) => Ok(Ok(net)),
+        (FidMode::Auto, Err(e @ EvalError::Unavailable(..))) => Ok(Err(e.to_string())),
+        (_, Err(e)) => Err(e),
     }
 }
 
@@ -203,6 +252,11 @@ pub struct Evaluator {
     scenes: SceneEvaluator,
     inception: Option<InceptionFid>,
     fid_unavailable: Option<String>,
+    /// CLIP and DINOv2, each loaded or with why not.
+    clip: Result<Embedder, String>,
+    dino: Result<Embedder, String>,
+    /// The reference set's CLIP and DINOv2 embeddings, computed once per run.
+    reference_embeds: OnceLock<(Vec<f32>, Vec<f32>)>,
     cache: ReferenceCache,
     device: Device,
     /// Side of the generated images; the reference scenes are rendered at the same size.
@@ -224,7 +278,9 @@ impl Evaluator {
                 Err(e) => return Err(e),
             },
         };
-        Ok(Self { cfg: cfg.clone(), scenes, inception, fid_unavailable, cache: ReferenceCache { dir: cache_dir }, device: device.clone(), image_size })
+        let clip = load_embedder(EmbedKind::Clip, cfg.cmmd, cfg.clip_weights.as_deref(), device)?;
+        let dino = load_embedder(EmbedKind::Dino, cfg.dino_mmd, cfg.dino_weights.as_deref(), device)?;
+        Ok(Self { cfg: cfg.clone(), scenes, inception, fid_unavailable, clip, dino, reference_embeds: OnceLock::new(), cache: ReferenceCache { dir: cache_dir }, device: device.clone(), image_size })
     }
 
     fn protocol(&self, metric: &str, network: &str, hash: &str, resize: &str) -> Protocol {
@@ -242,7 +298,7 @@ impl Evaluator {
     }
 
     /// Features of a batch of images in [0, 1] into a shard.
-    fn add_images(&self, shard: &mut EvalShard, images: &Tensor, indices: &[u64], prompts: Option<&[Scene]>) -> Result<(), EvalError> {
+    fn add_images(&self, shard: &mut EvalShard, images: &Tensor, indices: &[u64], prompts: Option<&[Scene]>, embeds: bool) -> Result<(), EvalError> {
         super::images::validate(images)?;
         let out = self.scenes.outputs(images)?;
         let emb: Vec<f32> = out.embedding.flatten_all()?.to_vec1()?;
@@ -260,6 +316,12 @@ impl Evaluator {
         if let (Some(net), Some(st)) = (&self.inception, shard.inception.as_mut()) {
             st.add_rows(&net.features(images)?.flatten_all()?.to_vec1::<f32>()?)?;
         }
+        for (net, rows) in [(&self.clip, &mut shard.clip), (&self.dino, &mut shard.dino)] {
+            if let (Ok(net), true) = (net, embeds) {
+                let emb: Vec<f32> = net.embed(images)?.flatten_all()?.to_vec1()?;
+                rows.extend(indices.iter().zip(emb.chunks(net.dim)).map(|(i, e)| (*i, e.to_vec())));
+            }
+        }
         Ok(())
     }
 
@@ -270,6 +332,8 @@ impl Evaluator {
             composition: CompositionCounts::default(),
             inception: self.inception.as_ref().map(|_| FeatureStats::new(inception::FEATURE_DIM)),
             scores: Vec::new(),
+            clip: Vec::new(),
+            dino: Vec::new(),
         }
     }
 
@@ -283,31 +347,33 @@ impl Evaluator {
             let ema = self.cfg.weights == super::config::EvalWeights::Ema;
             let imgs = trainer.sample_weights(&prompts, Some(chunk), self.cfg.seed, self.cfg.sampler_steps, self.cfg.guidance, ema)?;
             let imgs = ((imgs.to_dtype(DType::F32)? + 1.0)? * 0.5)?.clamp(0f32, 1f32)?;
-            self.add_images(&mut shard, &imgs, chunk, Some(&scenes)).map_err(|e| crate::TrainError::Data(format!("evaluation: {e}")))?;
+            self.add_images(&mut shard, &imgs, chunk, Some(&scenes), true).map_err(|e| crate::TrainError::Data(format!("evaluation: {e}")))?;
         }
         Ok(shard)
     }
 
     /// The reference renders (all N, on one rank, at the generated size): every run of the same
-    /// protocol sees the same. Inception features only when asked (a reference-cache miss).
-    fn reference_shard(&self, with_inception: bool) -> Result<EvalShard, EvalError> {
+    /// protocol sees the same. Inception features only when asked (a reference-cache miss),
+    /// CLIP and DINOv2 embeddings only when asked (once per run).
+    fn reference_shard(&self, with_inception: bool, with_embeds: bool) -> Result<EvalShard, EvalError> {
         let mut shard = self.empty_shard();
         if !with_inception {
             shard.inception = None;
         }
+
         let n = self.cfg.samples as u64;
         for start in (0..n).step_by(32) {
             let idx: Vec<u64> = (start..(start + 32).min(n)).collect();
             let scenes: Vec<(Scene, u64)> = idx.iter().map(|&i| (self.cfg.scene(i), self.cfg.seed ^ i)).collect();
             let imgs = scenes::render_batch(&scenes, self.image_size, &self.device)?;
-            self.add_images(&mut shard, &imgs, &idx, None)?;
+            self.add_images(&mut shard, &imgs, &idx, None, with_embeds)?;
         }
         Ok(shard)
     }
 
     /// Numbers from the merged shards of all ranks.
     pub fn finish(&self, step: usize, mut gen: EvalShard, seconds: f64) -> Result<EvalReport, EvalError> {
-        let reference = self.reference_shard(false)?;
+        let reference = self.reference_shard(false, false)?;
         let scene_p = |m: &str| self.protocol(m, scenes::NAME, &self.scenes.weights_hash, SCENE_RESIZE);
         let fd = frechet_distance(&gen.scene_stats.finish()?, &reference.scene_stats.finish()?)?;
         gen.embeddings.sort_by_key(|(i, _)| *i);
@@ -327,14 +393,37 @@ impl Evaluator {
                 let p = self.protocol("fid", "pytorch-fid inception-v3 pool3", &net.weights_hash, FID_RESIZE);
                 let dataset = format!("{}-{}px", self.cfg.reference_name(), self.image_size);
                 let reference_stats = self.cache.get_or_compute(&dataset, &net.weights_hash, self.cfg.samples as u64, &p, || {
-                    self.reference_shard(true)?.inception.expect("Inception features were asked for").finish()
+                    self.reference_shard(true, false)?.inception.expect("Inception features were asked for").finish()
                 })?;
                 Some(Measured { value: frechet_distance(&g.finish()?, &reference_stats)?.value, protocol: p })
             }
             _ => None,
         };
+        let embeds = |net: &Result<Embedder, String>, gen: &mut Vec<(u64, Vec<f32>)>, pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Result<(Option<Measured>, Option<String>), EvalError> {
+            let net = match net {
+                Ok(n) => n,
+                Err(why) => return Ok((None, Some(why.clone()))),
+            };
+            let reference = match self.reference_embeds.get() {
+                Some(r) => r,
+                None => {
+                    let r = self.reference_shard(false, true)?;
+                    self.reference_embeds.get_or_init(|| (flat(&r.clip), flat(&r.dino)))
+                }
+            };
+            gen.sort_by_key(|(i, _)| *i);
+            let p = self.protocol(net.kind.metric(), &net.network(), &net.weights_sha256, &net.resize());
+            let value = super::mmd::mmd(&flat(gen), pick(reference), net.dim)?;
+            Ok((Some(Measured { value, protocol: p }), None))
+        };
+        let (cmmd, cmmd_unavailable) = embeds(&self.clip, &mut gen.clip, |r| &r.0)?;
+        let (dino_mmd, dino_mmd_unavailable) = embeds(&self.dino, &mut gen.dino, |r| &r.1)?;
         Ok(EvalReport {
             step,
+            cmmd,
+            cmmd_unavailable,
+            dino_mmd,
+            dino_mmd_unavailable,
             fd_scenes: Measured { value: fd.value, protocol: scene_p("fd_scenes") },
             mmd_scenes: Measured { value: mmd, protocol: scene_p("mmd_scenes") },
             accuracy: Measured { value: composition.overall, protocol: scene_p("accuracy") },
