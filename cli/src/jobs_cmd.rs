@@ -249,8 +249,8 @@ pub fn watch(a: IdArgs) -> anyhow::Result<()> {
                     match a.conn.output {
                         Output::Json => println!("{}", json!({"eval": r})),
                         Output::Text => {
-                            let num = |k: &str| r.as_ref().and_then(|r| r.value(k)).unwrap_or(f64::NAN);
-                            eprintln!("\r\x1b[Kevaluation at step {}: FD-scenes {:.1}, MMD {:.3}, accuracy {:.1}%", e.step, num("fd_scenes"), num("mmd"), num("accuracy") * 100.0);
+                            let what = r.as_ref().map(|r| r.summary()).unwrap_or_else(|| "a report this version cannot read".into());
+                            eprintln!("\r\x1b[Kevaluation at step {}: {what}", e.step);
                         }
                     }
                 }

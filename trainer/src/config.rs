@@ -277,6 +277,11 @@ impl TrainConfig {
         self.routing.validate(d.depth).map_err(ConfigError::Invalid)?;
         self.optim.validate().map_err(ConfigError::Invalid)?;
         self.data.validate().map_err(ConfigError::Invalid)?;
+        if let Some(set) = self.eval.set.as_ref().filter(|s| s.holdout > 0) {
+            if !self.data.phases.iter().any(|p| p.source == set.source && p.path.as_deref() == Some(set.path.as_str())) {
+                return bad(format!("eval.set.holdout = {} holds samples out of training, but no data phase reads {} \"{}\" (for a separate set, leave holdout at 0)", set.holdout, set.source.name(), set.path));
+            }
+        }
         if self.routing.enabled() && self.train.batch_size > 0 && (ls / d.patch).pow(2) < 2 {
             return bad("routing needs at least 2 image tokens".into());
         }

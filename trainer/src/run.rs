@@ -429,13 +429,7 @@ fn evaluate(
             return Ok(false);
         }
     };
-    let mut fid = report.fid.as_ref().map(|f| format!(", FID {:.2}", f.value)).unwrap_or_default();
-    for (name, m) in [("CMMD", &report.cmmd), ("DINO-MMD", &report.dino_mmd)] {
-        if let Some(m) = m {
-            fid.push_str(&format!(", {name} {:.3}", m.value));
-        }
-    }
-    progress.message(&format!("step {}: FD-scenes {:.3}, MMD {:.3}, accuracy {:.1}%{fid} ({:.0}s)", report.step, report.fd_scenes.value, report.mmd_scenes.value, report.accuracy.value * 100.0, report.seconds));
+    progress.message(&format!("step {}: {} ({:.0}s)", report.step, report.summary(), report.seconds));
     if let Some(samples) = &report.samples {
         // the per-image numbers of the latest evaluation, for intervals between runs
         let p = files.out.join(crate::eval::bootstrap::SAMPLES_FILE);

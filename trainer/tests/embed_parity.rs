@@ -132,5 +132,5 @@ fn a_missing_weights_file_is_unavailable_with_the_install_command() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("loaded a missing file"),
     };
-    assert!(err.contains("CMMD is unavailable") && err.contains("ablate assets"), "{err}");
+    assert!(err.contains("CMMD is unavailable") && err.contains("openai/clip-vit-large-patch14-336") && err.contains("eval.clip_weights"), "{err}");
 }

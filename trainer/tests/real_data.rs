@@ -100,3 +100,85 @@ fn bad_datasets_are_refused_with_the_path() {
     assert!(err.contains("no .tar shards found"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `n` images with distinct colours and captions, listed by a captions.jsonl in `dir` (files
+/// may live elsewhere: `prefix` is prepended to the file names).
+fn write_listed(dir: &Path, files_dir: &Path, prefix: &str, range: std::ops::Range<u8>) {
+    std::fs::create_dir_all(files_dir).unwrap();
+    let mut index = String::new();
+    for i in range {
+        std::fs::write(files_dir.join(format!("img{i:03}.png")), png_bytes(12, 12, [i.wrapping_mul(37), 255 - i, i.wrapping_mul(11)])).unwrap();
+        index.push_str(&format!("{{\"file\": \"{prefix}img{i:03}.png\", \"caption\": \"image number {i}\"}}\n"));
+    }
+    std::fs::write(dir.join("captions.jsonl"), index).unwrap();
+}
+
+fn eval_config(train: &Path, set: &Path, holdout: usize) -> ablate_trainer::TrainConfig {
+    let mut cfg = common::small_config();
+    cfg.data.phases = vec![Phase { source: Source::Folder, path: Some(train.display().to_string()), captions: CaptionMode::Long, steps: None }];
+    cfg.eval.samples = 4;
+    cfg.eval.set = Some(ablate_trainer::eval::config::EvalSet { source: Source::Folder, path: set.display().to_string(), holdout });
+    cfg
+}
+
+/// A held-out set that shares images with a training phase is refused before anything runs,
+/// naming the shared files; separate sets pass.
+#[test]
+fn an_evaluation_set_overlapping_the_training_data_is_refused_with_the_files() {
+    let root = tmp("overlap");
+    let (train, set) = (root.join("train"), root.join("eval"));
+    std::fs::create_dir_all(&set).unwrap();
+    write_listed(&train, &train, "", 0..12);
+    // the evaluation index lists two of the training files (through ../train) and two of its own
+    let mut index = String::new();
+    for f in ["../train/img003.png", "own-a.png", "../train/img007.png", "own-b.png"] {
+        if f.starts_with("own") {
+            std::fs::write(set.join(f), png_bytes(12, 12, [1, 2, 3])).unwrap();
+        }
+        index.push_str(&format!("{{\"file\": \"{f}\", \"caption\": \"{f}\"}}\n"));
+    }
+    std::fs::write(set.join("captions.jsonl"), index).unwrap();
+    let err = BatchSpec::new(&eval_config(&train, &set, 0), 0, 1).err().expect("overlap refused").to_string();
+    assert!(err.contains("not held out") && err.contains("trains on 2 of its 4 images"), "{err}");
+    assert!(err.contains("img003.png") && err.contains("img007.png") && err.contains("data.phases[0]"), "{err}");
+
+    // the same source for both without holdout: refused with the fix
+    let err = BatchSpec::new(&eval_config(&train, &train, 0), 0, 1).err().expect("same source refused").to_string();
+    assert!(err.contains("eval.set.holdout"), "{err}");
+
+    // a separate set: fine
+    let other = root.join("other");
+    write_listed(&other, &other, "", 100..106);
+    BatchSpec::new(&eval_config(&train, &other, 0), 0, 1).unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `holdout = K` on a training source: training never sees its first K samples, evaluation
+/// uses them; config validation catches a holdout smaller than the evaluation or with no
+/// training phase to hold out of.
+#[test]
+fn holdout_splits_one_source_between_evaluation_and_training() {
+    let root = tmp("holdout");
+    let data = root.join("data");
+    write_listed(&data, &data, "", 0..10);
+    let cfg = eval_config(&data, &data, 4);
+    cfg.validate().unwrap();
+    let spec = BatchSpec::new(&cfg, 0, 1).unwrap();
+    let tok = Tokenizer::new();
+    let seen: std::collections::HashSet<String> = (0..12).flat_map(|s| spec.make(s, &tok).captions).collect();
+    for held in 0..4 {
+        assert!(!seen.contains(&format!("image number {held}")), "held-out sample {held} was trained on: {seen:?}");
+    }
+    for trained in 4..10 {
+        assert!(seen.contains(&format!("image number {trained}")), "sample {trained} never trained on: {seen:?}");
+    }
+
+    let mut small = eval_config(&data, &data, 2);
+    let err = small.validate().unwrap_err().to_string();
+    assert!(err.contains("eval.samples = 4 but eval.set.holdout = 2"), "{err}");
+    small.eval.set.as_mut().unwrap().holdout = 4;
+    small.data.phases[0].path = Some(root.join("elsewhere").display().to_string());
+    let err = small.validate().unwrap_err().to_string();
+    assert!(err.contains("no data phase reads folder"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -568,7 +568,7 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
                 eval: o.eval.map(|mut r| {
                     // the per-image data of the final evaluation, from rank 0's job directory
                     let p = dir.join(ablate_trainer::eval::bootstrap::SAMPLES_FILE);
-                    r.samples = ablate_trainer::eval::bootstrap::EvalSamples::load(&p).ok().filter(|s| s.n() as u64 == r.fd_scenes.protocol.samples);
+                    r.samples = ablate_trainer::eval::bootstrap::EvalSamples::load(&p).ok().filter(|s| r.fd_scenes.as_ref().is_some_and(|f| s.n() as u64 == f.protocol.samples));
                     crate::evalwire::report_to_wire(&r, true)
                 }),
             }),

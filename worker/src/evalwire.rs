@@ -82,10 +82,10 @@ pub fn samples_from_wire(s: &v1::EvalSamples) -> Result<EvalSamples, WireEvalErr
 pub fn report_to_wire(r: &EvalReport, with_samples: bool) -> v1::EvalReport {
     v1::EvalReport {
         step: r.step as u64,
-        fd_scenes: Some(measured_to_wire(&r.fd_scenes)),
-        mmd_scenes: Some(measured_to_wire(&r.mmd_scenes)),
-        accuracy: Some(measured_to_wire(&r.accuracy)),
-        composition: Some(composition_to_wire(&r.composition)),
+        fd_scenes: r.fd_scenes.as_ref().map(measured_to_wire),
+        mmd_scenes: r.mmd_scenes.as_ref().map(measured_to_wire),
+        accuracy: r.accuracy.as_ref().map(measured_to_wire),
+        composition: r.composition.as_ref().map(composition_to_wire),
         fid: r.fid.as_ref().map(measured_to_wire),
         fid_unavailable: r.fid_unavailable.clone().unwrap_or_default(),
         cmmd: r.cmmd.as_ref().map(measured_to_wire),
@@ -100,10 +100,10 @@ pub fn report_to_wire(r: &EvalReport, with_samples: bool) -> v1::EvalReport {
 pub fn report_from_wire(r: &v1::EvalReport) -> Result<EvalReport, WireEvalError> {
     Ok(EvalReport {
         step: r.step as usize,
-        fd_scenes: measured_from_wire(r.fd_scenes.as_ref(), "FD-scenes")?,
-        mmd_scenes: measured_from_wire(r.mmd_scenes.as_ref(), "MMD")?,
-        accuracy: measured_from_wire(r.accuracy.as_ref(), "accuracy")?,
-        composition: composition_from_wire(r.composition.as_ref().ok_or_else(|| missing("the composition breakdown"))?),
+        fd_scenes: r.fd_scenes.as_ref().map(|m| measured_from_wire(Some(m), "FD-scenes")).transpose()?,
+        mmd_scenes: r.mmd_scenes.as_ref().map(|m| measured_from_wire(Some(m), "MMD")).transpose()?,
+        accuracy: r.accuracy.as_ref().map(|m| measured_from_wire(Some(m), "accuracy")).transpose()?,
+        composition: r.composition.as_ref().map(composition_from_wire),
         fid: r.fid.as_ref().map(|m| measured_from_wire(Some(m), "FID")).transpose()?,
         fid_unavailable: (!r.fid_unavailable.is_empty()).then(|| r.fid_unavailable.clone()),
         cmmd: r.cmmd.as_ref().map(|m| measured_from_wire(Some(m), "CMMD")).transpose()?,
@@ -137,10 +137,10 @@ mod tests {
         let m = |v: f64, name: &str| Measured { value: v, protocol: protocol(name, Some(1234)) };
         EvalReport {
             step: 400,
-            fd_scenes: m(812.5, "fd_scenes"),
-            mmd_scenes: m(1.25, "mmd_scenes"),
-            accuracy: m(0.125, "accuracy"),
-            composition: Composition { object: 0.5, color: 0.25, count: 0.75, position: 0.5, layout: 0.1, color_position: 0.2, overall: 0.125, all_correct: 0.0, images: 2 },
+            fd_scenes: Some(m(812.5, "fd_scenes")),
+            mmd_scenes: Some(m(1.25, "mmd_scenes")),
+            accuracy: Some(m(0.125, "accuracy")),
+            composition: Some(Composition { object: 0.5, color: 0.25, count: 0.75, position: 0.5, layout: 0.1, color_position: 0.2, overall: 0.125, all_correct: 0.0, images: 2 }),
             fid: fid.then(|| Measured { value: 41.0, protocol: protocol("fid", None) }),
             fid_unavailable: (!fid).then(|| "weights not installed".to_string()),
             cmmd: fid.then(|| Measured { value: 0.41, protocol: protocol("cmmd", None) }),
@@ -164,6 +164,9 @@ mod tests {
             let light = report_from_wire(&report_to_wire(&r, false)).unwrap();
             assert_eq!(light, EvalReport { samples: None, ..r });
         }
+        // a report on the user's own set has no scene metrics, and says so by their absence
+        let real = EvalReport { fd_scenes: None, mmd_scenes: None, accuracy: None, composition: None, samples: None, ..report(true) };
+        assert_eq!(report_from_wire(&report_to_wire(&real, true)).unwrap(), real);
     }
 
     #[test]
@@ -173,7 +176,7 @@ mod tests {
         let e = report_from_wire(&w).unwrap_err().to_string();
         assert!(e.contains("2 images x 3 dimensions holds 5 generated"), "{e}");
         let mut w = report_to_wire(&report(true), false);
-        w.mmd_scenes = None;
-        assert!(report_from_wire(&w).unwrap_err().to_string().contains("MMD is missing"));
+        w.mmd_scenes.as_mut().unwrap().protocol = None;
+        assert!(report_from_wire(&w).unwrap_err().to_string().contains("MMD's protocol is missing"));
     }
 }

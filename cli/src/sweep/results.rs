@@ -107,9 +107,10 @@ fn value(job: &v1::Job, metric: &str) -> Option<f64> {
     }
 }
 
-/// The FD-scenes protocol of the first of `arm`'s jobs that has an evaluation.
+/// The headline protocol (FD-scenes', else FID's, CMMD's or DINO-MMD's) of the first of `arm`'s
+/// jobs that has an evaluation.
 fn eval_protocol(jobs: &[(String, v1::Job)], arm: &str) -> Option<Protocol> {
-    jobs.iter().filter(|(a, _)| a == arm).find_map(|(_, j)| Some(report(j)?.fd_scenes.protocol))
+    jobs.iter().filter(|(a, _)| a == arm).find_map(|(_, j)| Some(report(j)?.headline()?.protocol.clone()))
 }
 
 /// Rows in arm order (`arms`), from the sweep's jobs (`(arm, job)` pairs).
@@ -230,12 +231,14 @@ pub fn significant(r: &Row, m: &str) -> Option<bool> {
 /// The evaluation protocol, stated once (from the baseline's report).
 pub fn protocol(jobs: &[(String, v1::Job)]) -> Option<String> {
     let r = jobs.iter().filter(|(a, _)| a == "baseline").find_map(|(_, j)| report(j))?;
-    let p = &r.fd_scenes.protocol;
+    let p = &r.headline()?.protocol;
     let opt = |x: Option<String>| x.unwrap_or_else(|| "none".into());
+    let scene = match &r.fd_scenes {
+        Some(f) => format!("FD-scenes, MMD, accuracy: {} (weights sha256 {}...), ", f.protocol.network, f.protocol.weights_sha256.chars().take(12).collect::<String>()),
+        None => "Evaluation: ".to_string(),
+    };
     Some(format!(
-        "FD-scenes, MMD, accuracy: {} (weights sha256 {}...), {} generated images at step {}, {} sampler steps, guidance {}, seed {}, reference {}{}",
-        p.network,
-        p.weights_sha256.chars().take(12).collect::<String>(),
+        "{scene}{} generated images at step {}, {} sampler steps, guidance {}, seed {}, reference {}{}",
         p.samples,
         r.step,
         opt(p.sampler_steps.map(|s| s.to_string())),

@@ -181,19 +181,37 @@ pub struct BatchSpec {
 impl BatchSpec {
     /// The batch recipe of a run on `rank` of `world`; opens (and indexes) real datasets.
     pub fn new(cfg: &crate::TrainConfig, rank: usize, world: usize) -> Result<Self, real::DataError> {
-        let real = cfg
+        let mut real = cfg
             .data
             .phases
             .iter()
-            .map(|p| {
-                let path = std::path::Path::new(p.path.as_deref().unwrap_or(""));
-                match p.source {
-                    Source::Folder => RealDataset::open_folder(path).map(Some),
-                    Source::Webdataset => RealDataset::open_webdataset(path).map(Some),
-                    _ => Ok(None),
-                }
+            .map(|p| match p.source.style() {
+                Some(_) => Ok(None),
+                None => RealDataset::open(p.source, std::path::Path::new(p.path.as_deref().unwrap_or(""))).map(Some),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // the evaluation set is held out of training: split off, or refused when shared
+        if let Some(set) = cfg.eval.set.as_ref().filter(|_| cfg.eval.samples > 0) {
+            let same = |p: &Phase| p.source == set.source && canonical(p.path.as_deref().unwrap_or("")) == canonical(&set.path);
+            let mut eval_set = None;
+            for (i, (phase, ds)) in cfg.data.phases.iter().zip(real.iter_mut()).enumerate() {
+                let Some(d) = ds.as_mut() else { continue };
+                if same(phase) {
+                    if set.holdout == 0 {
+                        return Err(real::DataError::Open {
+                            path: set.path.clone(),
+                            message: format!("data.phases[{i}] trains on the evaluation set itself: set eval.set.holdout = K to hold its first K samples out of training, or evaluate on other images"),
+                        });
+                    }
+                    *d = d.held_out(set.holdout)?;
+                } else {
+                    if eval_set.is_none() {
+                        eval_set = Some(RealDataset::open(set.source, std::path::Path::new(&set.path))?);
+                    }
+                    RealDataset::check_disjoint(eval_set.as_ref().expect("opened"), cfg.eval.samples, d, &format!("data.phases[{i}]"))?;
+                }
+            }
+        }
         Ok(Self {
             data: cfg.data.clone(),
             real,
@@ -248,6 +266,10 @@ impl BatchSpec {
         let skipped = self.real.iter().flatten().map(|d| d.skipped()).sum();
         Batch { step, size: self.batch, images, ids, lens, captions, skipped }
     }
+}
+
+fn canonical(path: &str) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| std::path::PathBuf::from(path))
 }
 
 /// Background loader: renders batches for steps `start..end` ahead of the consumer.

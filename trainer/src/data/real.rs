@@ -126,6 +126,62 @@ impl RealDataset {
         Ok(Arc::new(Self { root: path.to_path_buf(), samples, tars, skipped: AtomicU64::new(0) }))
     }
 
+    /// A folder (`captions.jsonl`) or WebDataset source.
+    pub fn open(source: super::Source, path: &Path) -> Result<Arc<Self>, DataError> {
+        match source {
+            super::Source::Folder => Self::open_folder(path),
+            super::Source::Webdataset => Self::open_webdataset(path),
+            other => Err(open_err(path, format!("\"{}\" is not a real-data source", other.name()))),
+        }
+    }
+
+    /// The same dataset without its first `k` samples (held out for evaluation).
+    pub fn held_out(&self, k: usize) -> Result<Arc<Self>, DataError> {
+        if k >= self.samples.len() {
+            return Err(open_err(&self.root, format!("holding out {k} samples leaves nothing to train on ({} in all)", self.samples.len())));
+        }
+        Ok(Arc::new(Self { root: self.root.clone(), samples: self.samples[k..].to_vec(), tars: self.tars.clone(), skipped: AtomicU64::new(0) }))
+    }
+
+    /// Sample `i`'s image file (canonical path), or `shard.tar#offset` for WebDataset.
+    pub fn identity(&self, i: usize) -> String {
+        match &self.samples[i].image {
+            Location::File(p) => std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string(),
+            Location::Tar(t, off, _) => format!("{}#{off}", std::fs::canonicalize(&self.tars[*t]).unwrap_or_else(|_| self.tars[*t].clone()).display()),
+        }
+    }
+
+    /// Sample `i`'s caption, as written.
+    pub fn caption(&self, i: usize) -> &str {
+        &self.samples[i].caption
+    }
+
+    /// Sample `i` as CHW f32 in [-1, 1] (centre crop, bilinear to `size`); an unreadable
+    /// image is an error here (an evaluation set is not silently changed).
+    pub fn image(&self, i: usize, size: usize) -> Result<Vec<f32>, DataError> {
+        let s = &self.samples[i];
+        let what = self.identity(i);
+        let bytes = self.bytes(&s.image).map_err(|e| DataError::Open { path: what.clone(), message: e.to_string() })?;
+        let img = image::load_from_memory(&bytes).map_err(|e| DataError::Open { path: what, message: format!("cannot decode the image: {e}") })?;
+        Ok(to_chw(&img, size))
+    }
+
+    /// Refuses `train` when it shares an image with the first `n` samples of `eval` (named, up
+    /// to five, with the count).
+    pub fn check_disjoint(eval: &RealDataset, n: usize, train: &RealDataset, phase: &str) -> Result<(), DataError> {
+        let held: std::collections::HashSet<String> = (0..n.min(eval.len())).map(|i| eval.identity(i)).collect();
+        let shared: Vec<String> = (0..train.len()).map(|i| train.identity(i)).filter(|id| held.contains(id)).collect();
+        if shared.is_empty() {
+            return Ok(());
+        }
+        let names = shared.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let more = if shared.len() > 5 { format!(" and {} more", shared.len() - 5) } else { String::new() };
+        Err(open_err(
+            &eval.root,
+            format!("the evaluation set is not held out: {phase} trains on {} of its {n} images ({names}{more}); evaluate on other images, or point both at one source with eval.set.holdout", shared.len()),
+        ))
+    }
+
     pub fn len(&self) -> usize {
         self.samples.len()
     }

@@ -54,6 +54,14 @@ impl EmbedKind {
         std::env::var_os(self.env_var()).map(PathBuf::from).unwrap_or_else(|| crate::teacher::assets_dir().join("eval").join(self.weights_file()))
     }
 
+    /// The Hugging Face repository whose `model.safetensors` loads as is.
+    pub fn hub_name(self) -> &'static str {
+        match self {
+            Self::Clip => "openai/clip-vit-large-patch14-336",
+            Self::Dino => "facebook/dinov2-base",
+        }
+    }
+
     fn mean_std(self) -> ([f64; 3], [f64; 3]) {
         match self {
             Self::Clip => ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]),
@@ -147,7 +155,17 @@ impl Embedder {
         if !path.is_file() {
             return Err(EvalError::Unavailable(
                 kind.metric().to_uppercase().replace("DINO_MMD", "DINO-MMD"),
-                format!("the {} weights {} are not there; `ablate assets status` says where to get them and `ablate assets convert` installs them (docs/eval.md)", kind.describe(), path.display()),
+                format!(
+                    "the {} weights {} are not there: put Hugging Face's {} model.safetensors there, or point eval.{} / ${} at it (docs/eval.md)",
+                    kind.describe(),
+                    path.display(),
+                    kind.hub_name(),
+                    match kind {
+                        EmbedKind::Clip => "clip_weights",
+                        EmbedKind::Dino => "dino_weights",
+                    },
+                    kind.env_var()
+                ),
             ));
         }
         let mut loaded = read_weights(path, device)?;

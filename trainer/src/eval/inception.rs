@@ -351,27 +351,20 @@ impl InceptionFid {
     /// The network with the deterministic weights of `scripts/reference/inception_fixtures.py`,
     /// for parity tests and benchmarks. Never used for a reported FID.
     pub fn deterministic(device: &Device) -> Result<Self, EvalError> {
+        Self::build(&mut |name: &str, shape: &[usize]| deterministic_tensor(name, shape, device), device, "deterministic-test-weights".into())
+    }
+
+    /// Writes the deterministic weights as a weights file `load` accepts (for end-to-end
+    /// tests of FID without the real weights; never for a reported FID).
+    pub fn write_deterministic(path: &Path) -> Result<(), EvalError> {
+        let mut tensors = HashMap::new();
         let mut get = |name: &str, shape: &[usize]| -> Result<Tensor, EvalError> {
-            let n: usize = shape.iter().product();
-            let v: Vec<f32> = if name.ends_with(".conv.weight") {
-                let fan_in: usize = shape[1..].iter().product();
-                let a = (6.0 / fan_in as f64).sqrt();
-                detvalues::syms(name, n).into_iter().map(|x| (x * a) as f32).collect()
-            } else if name.ends_with(".bn.weight") {
-                detvalues::syms(name, n).into_iter().map(|x| (1.0 + 0.1 * x) as f32).collect()
-            } else if name.ends_with(".bn.bias") || name.ends_with(".bn.running_mean") {
-                detvalues::syms(name, n).into_iter().map(|x| (0.1 * x) as f32).collect()
-            } else if name.ends_with(".bn.running_var") {
-                detvalues::units(name, n).into_iter().map(|x| (1.0 + 0.5 * x) as f32).collect()
-            } else if name == "fc.weight" {
-                let a = (3.0 / FEATURE_DIM as f64).sqrt();
-                detvalues::syms(name, n).into_iter().map(|x| (x * a) as f32).collect()
-            } else {
-                detvalues::syms(name, n).into_iter().map(|x| (0.01 * x) as f32).collect()
-            };
-            Ok(Tensor::from_vec(v, shape, device)?)
+            let t = deterministic_tensor(name, shape, &Device::Cpu)?;
+            tensors.insert(name.to_string(), t.clone());
+            Ok(t)
         };
-        Self::build(&mut get, device, "deterministic-test-weights".into())
+        Self::build(&mut get, &Device::Cpu, String::new())?;
+        super::embed::write_weights(path, &tensors, HashMap::new())
     }
 
     pub fn device(&self) -> &Device {
@@ -436,4 +429,26 @@ pub fn resize_bilinear(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor, EvalE
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fixtures' deterministic value of an Inception tensor (`scripts/reference/inception_fixtures.py`).
+fn deterministic_tensor(name: &str, shape: &[usize], device: &Device) -> Result<Tensor, EvalError> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = if name.ends_with(".conv.weight") {
+        let fan_in: usize = shape[1..].iter().product();
+        let a = (6.0 / fan_in as f64).sqrt();
+        detvalues::syms(name, n).into_iter().map(|x| (x * a) as f32).collect()
+    } else if name.ends_with(".bn.weight") {
+        detvalues::syms(name, n).into_iter().map(|x| (1.0 + 0.1 * x) as f32).collect()
+    } else if name.ends_with(".bn.bias") || name.ends_with(".bn.running_mean") {
+        detvalues::syms(name, n).into_iter().map(|x| (0.1 * x) as f32).collect()
+    } else if name.ends_with(".bn.running_var") {
+        detvalues::units(name, n).into_iter().map(|x| (1.0 + 0.5 * x) as f32).collect()
+    } else if name == "fc.weight" {
+        let a = (3.0 / FEATURE_DIM as f64).sqrt();
+        detvalues::syms(name, n).into_iter().map(|x| (x * a) as f32).collect()
+    } else {
+        detvalues::syms(name, n).into_iter().map(|x| (0.01 * x) as f32).collect()
+    };
+    Ok(Tensor::from_vec(v, shape, device)?)
 }

@@ -25,6 +25,7 @@ use super::scenes::{self, SceneEvaluator, EMBED_DIM};
 use super::{frechet_distance, EvalError, FeatureStats, Measured, Protocol};
 use crate::data::captions::long_caption;
 use crate::collective::Collective;
+use crate::data::real::RealDataset;
 use crate::data::scene::Scene;
 use crate::train::Trainer;
 
@@ -187,14 +188,20 @@ impl EvalShard {
 }
 
 /// The numbers of one evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct EvalReport {
     pub step: usize,
-    pub fd_scenes: Measured,
-    pub mmd_scenes: Measured,
+    /// FD-scenes, MMD and compositional accuracy: the scene world's metrics (None when the
+    /// evaluation ran on the user's own set, `eval.set`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fd_scenes: Option<Measured>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mmd_scenes: Option<Measured>,
     /// Compositional accuracy, overall (mean of the categories).
-    pub accuracy: Measured,
-    pub composition: Composition,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub accuracy: Option<Measured>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub composition: Option<Composition>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fid: Option<Measured>,
     /// Why FID is missing, when it is.
@@ -222,15 +229,35 @@ impl EvalReport {
     /// `dino_mmd` (None when not measured or not finite).
     pub fn value(&self, name: &str) -> Option<f64> {
         let v = match name {
-            "fd_scenes" => self.fd_scenes.value,
-            "mmd" => self.mmd_scenes.value,
-            "accuracy" => self.accuracy.value,
+            "fd_scenes" => self.fd_scenes.as_ref()?.value,
+            "mmd" => self.mmd_scenes.as_ref()?.value,
+            "accuracy" => self.accuracy.as_ref()?.value,
             "fid" => self.fid.as_ref()?.value,
             "cmmd" => self.cmmd.as_ref()?.value,
             "dino_mmd" => self.dino_mmd.as_ref()?.value,
             _ => return None,
         };
         v.is_finite().then_some(v)
+    }
+
+    /// The protocol that decides whether two evaluations compare: FD-scenes' in the scene
+    /// world, else the first of FID, CMMD, DINO-MMD that was measured.
+    pub fn headline(&self) -> Option<&Measured> {
+        [&self.fd_scenes, &self.fid, &self.cmmd, &self.dino_mmd].into_iter().find_map(|m| m.as_ref())
+    }
+
+    /// One line for logs: every number measured.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, m, scale, digits) in [("FD-scenes", &self.fd_scenes, 1.0, 3), ("MMD", &self.mmd_scenes, 1.0, 3), ("accuracy %", &self.accuracy, 100.0, 1), ("FID", &self.fid, 1.0, 2), ("CMMD", &self.cmmd, 1.0, 3), ("DINO-MMD", &self.dino_mmd, 1.0, 3)] {
+            if let Some(m) = m {
+                parts.push(format!("{name} {:.*}", digits, m.value * scale));
+            }
+        }
+        if parts.is_empty() {
+            parts.push("no metric measured".into());
+        }
+        parts.join(", ")
     }
 }
 
@@ -255,6 +282,8 @@ pub struct Evaluator {
     /// CLIP and DINOv2, each loaded or with why not.
     clip: Result<Embedder, String>,
     dino: Result<Embedder, String>,
+    /// The user's evaluation set (`eval.set`); None: the scene world.
+    set: Option<std::sync::Arc<RealDataset>>,
     /// The reference set's CLIP and DINOv2 embeddings, computed once per run.
     reference_embeds: OnceLock<(Vec<f32>, Vec<f32>)>,
     cache: ReferenceCache,
@@ -272,7 +301,7 @@ impl Evaluator {
         let scenes = SceneEvaluator::load(None, device)?;
         let (inception, fid_unavailable) = match cfg.fid {
             FidMode::Off => (None, Some("turned off (eval.fid = \"off\")".to_string())),
-            mode => match InceptionFid::load(&inception::default_weights_path(), device) {
+            mode => match InceptionFid::load(&cfg.inception_weights.as_ref().map(PathBuf::from).unwrap_or_else(inception::default_weights_path), device) {
                 Ok(n) => (Some(n), None),
                 Err(e @ EvalError::Unavailable(..)) if mode == FidMode::Auto => (None, Some(e.to_string())),
                 Err(e) => return Err(e),
@@ -280,7 +309,17 @@ impl Evaluator {
         };
         let clip = load_embedder(EmbedKind::Clip, cfg.cmmd, cfg.clip_weights.as_deref(), device)?;
         let dino = load_embedder(EmbedKind::Dino, cfg.dino_mmd, cfg.dino_weights.as_deref(), device)?;
-        Ok(Self { cfg: cfg.clone(), scenes, inception, fid_unavailable, clip, dino, reference_embeds: OnceLock::new(), cache: ReferenceCache { dir: cache_dir }, device: device.clone(), image_size })
+        let set = match &cfg.set {
+            None => None,
+            Some(s) => {
+                let ds = RealDataset::open(s.source, Path::new(&s.path)).map_err(|e| EvalError::Unavailable("the evaluation set".into(), e.to_string()))?;
+                if ds.len() < cfg.samples {
+                    return Err(EvalError::Images(format!("eval.set {} has {} samples, fewer than eval.samples = {}", s.path, ds.len(), cfg.samples)));
+                }
+                Some(ds)
+            }
+        };
+        Ok(Self { cfg: cfg.clone(), scenes, inception, fid_unavailable, clip, dino, set, reference_embeds: OnceLock::new(), cache: ReferenceCache { dir: cache_dir }, device: device.clone(), image_size })
     }
 
     fn protocol(&self, metric: &str, network: &str, hash: &str, resize: &str) -> Protocol {
@@ -300,11 +339,13 @@ impl Evaluator {
     /// Features of a batch of images in [0, 1] into a shard.
     fn add_images(&self, shard: &mut EvalShard, images: &Tensor, indices: &[u64], prompts: Option<&[Scene]>, embeds: bool) -> Result<(), EvalError> {
         super::images::validate(images)?;
-        let out = self.scenes.outputs(images)?;
-        let emb: Vec<f32> = out.embedding.flatten_all()?.to_vec1()?;
-        shard.scene_stats.add_rows(&emb)?;
-        for (k, row) in emb.chunks(EMBED_DIM).enumerate() {
-            shard.embeddings.push((indices[k], row.to_vec()));
+        if self.set.is_none() {
+            let out = self.scenes.outputs(images)?;
+            let emb: Vec<f32> = out.embedding.flatten_all()?.to_vec1()?;
+            shard.scene_stats.add_rows(&emb)?;
+            for (k, row) in emb.chunks(EMBED_DIM).enumerate() {
+                shard.embeddings.push((indices[k], row.to_vec()));
+            }
         }
         if let Some(prompts) = prompts {
             let read = self.scenes.read(images)?;
@@ -342,12 +383,16 @@ impl Evaluator {
         let mut shard = self.empty_shard();
         let idx: Vec<u64> = (rank as u64..self.cfg.samples as u64).step_by(world.max(1)).collect();
         for chunk in idx.chunks(32) {
-            let scenes: Vec<Scene> = chunk.iter().map(|&i| self.cfg.scene(i)).collect();
-            let prompts: Vec<String> = scenes.iter().map(long_caption).collect();
+            // the user's captions, or long captions of the held-out scenes
+            let (scenes, prompts): (Vec<Scene>, Vec<String>) = match &self.set {
+                Some(set) => (Vec::new(), chunk.iter().map(|&i| set.caption(i as usize).to_string()).collect()),
+                None => chunk.iter().map(|&i| self.cfg.scene(i)).map(|sc| (sc.clone(), long_caption(&sc))).unzip(),
+            };
             let ema = self.cfg.weights == super::config::EvalWeights::Ema;
             let imgs = trainer.sample_weights(&prompts, Some(chunk), self.cfg.seed, self.cfg.sampler_steps, self.cfg.guidance, ema)?;
             let imgs = ((imgs.to_dtype(DType::F32)? + 1.0)? * 0.5)?.clamp(0f32, 1f32)?;
-            self.add_images(&mut shard, &imgs, chunk, Some(&scenes), true).map_err(|e| crate::TrainError::Data(format!("evaluation: {e}")))?;
+            let scenes = Some(scenes.as_slice()).filter(|_| self.set.is_none());
+            self.add_images(&mut shard, &imgs, chunk, scenes, true).map_err(|e| crate::TrainError::Data(format!("evaluation: {e}")))?;
         }
         Ok(shard)
     }
@@ -364,8 +409,20 @@ impl Evaluator {
         let n = self.cfg.samples as u64;
         for start in (0..n).step_by(32) {
             let idx: Vec<u64> = (start..(start + 32).min(n)).collect();
-            let scenes: Vec<(Scene, u64)> = idx.iter().map(|&i| (self.cfg.scene(i), self.cfg.seed ^ i)).collect();
-            let imgs = scenes::render_batch(&scenes, self.image_size, &self.device)?;
+            let imgs = match &self.set {
+                Some(set) => {
+                    // the set's images as training sees them: centre crop, bilinear to the generated size
+                    let mut v = Vec::with_capacity(idx.len() * 3 * self.image_size * self.image_size);
+                    for &i in &idx {
+                        v.extend(set.image(i as usize, self.image_size).map_err(|e| EvalError::Images(e.to_string()))?.into_iter().map(|x| ((x + 1.0) * 0.5).clamp(0.0, 1.0)));
+                    }
+                    Tensor::from_vec(v, (idx.len(), 3, self.image_size, self.image_size), &self.device)?
+                }
+                None => {
+                    let scenes: Vec<(Scene, u64)> = idx.iter().map(|&i| (self.cfg.scene(i), self.cfg.seed ^ i)).collect();
+                    scenes::render_batch(&scenes, self.image_size, &self.device)?
+                }
+            };
             self.add_images(&mut shard, &imgs, &idx, None, with_embeds)?;
         }
         Ok(shard)
@@ -373,20 +430,10 @@ impl Evaluator {
 
     /// Numbers from the merged shards of all ranks.
     pub fn finish(&self, step: usize, mut gen: EvalShard, seconds: f64) -> Result<EvalReport, EvalError> {
-        let reference = self.reference_shard(false, false)?;
-        let scene_p = |m: &str| self.protocol(m, scenes::NAME, &self.scenes.weights_hash, SCENE_RESIZE);
-        let fd = frechet_distance(&gen.scene_stats.finish()?, &reference.scene_stats.finish()?)?;
-        gen.embeddings.sort_by_key(|(i, _)| *i);
         let flat = |e: &[(u64, Vec<f32>)]| e.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<f32>>();
-        let mmd = super::mmd::mmd(&flat(&gen.embeddings), &flat(&reference.embeddings), EMBED_DIM)?;
-        let composition = gen.composition.finish();
-        gen.scores.sort_by_key(|(i, _)| *i);
-        let samples = super::bootstrap::EvalSamples {
-            dim: EMBED_DIM,
-            generated: flat(&gen.embeddings),
-            reference: flat(&reference.embeddings),
-            scores: gen.scores.iter().map(|(_, s)| *s).collect(),
-            protocol: self.protocol("fd_scenes", scenes::NAME, &self.scenes.weights_hash, SCENE_RESIZE),
+        let scene = match self.set {
+            Some(_) => None,
+            None => Some(self.scene_metrics(&mut gen)?),
         };
         let fid = match (&self.inception, &gen.inception) {
             (Some(net), Some(g)) => {
@@ -424,14 +471,38 @@ impl Evaluator {
             cmmd_unavailable,
             dino_mmd,
             dino_mmd_unavailable,
-            fd_scenes: Measured { value: fd.value, protocol: scene_p("fd_scenes") },
-            mmd_scenes: Measured { value: mmd, protocol: scene_p("mmd_scenes") },
-            accuracy: Measured { value: composition.overall, protocol: scene_p("accuracy") },
-            composition,
             fid_unavailable: if fid.is_some() { None } else { self.fid_unavailable.clone() },
             fid,
             seconds,
+            ..scene.unwrap_or_default()
+        })
+    }
+
+    /// FD-scenes, MMD and accuracy against the reference renders, with the per-image numbers
+    /// behind them (the scene world only).
+    fn scene_metrics(&self, gen: &mut EvalShard) -> Result<EvalReport, EvalError> {
+        let reference = self.reference_shard(false, false)?;
+        let scene_p = |m: &str| self.protocol(m, scenes::NAME, &self.scenes.weights_hash, SCENE_RESIZE);
+        let fd = frechet_distance(&gen.scene_stats.finish()?, &reference.scene_stats.finish()?)?;
+        gen.embeddings.sort_by_key(|(i, _)| *i);
+        let flat = |e: &[(u64, Vec<f32>)]| e.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<f32>>();
+        let mmd = super::mmd::mmd(&flat(&gen.embeddings), &flat(&reference.embeddings), EMBED_DIM)?;
+        let composition = gen.composition.finish();
+        gen.scores.sort_by_key(|(i, _)| *i);
+        let samples = super::bootstrap::EvalSamples {
+            dim: EMBED_DIM,
+            generated: flat(&gen.embeddings),
+            reference: flat(&reference.embeddings),
+            scores: gen.scores.iter().map(|(_, s)| *s).collect(),
+            protocol: scene_p("fd_scenes"),
+        };
+        Ok(EvalReport {
+            fd_scenes: Some(Measured { value: fd.value, protocol: scene_p("fd_scenes") }),
+            mmd_scenes: Some(Measured { value: mmd, protocol: scene_p("mmd_scenes") }),
+            accuracy: Some(Measured { value: composition.overall, protocol: scene_p("accuracy") }),
+            composition: Some(composition),
             samples: Some(samples),
+            ..Default::default()
         })
     }
 
