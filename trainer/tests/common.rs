@@ -31,28 +31,3 @@ pub fn batches(cfg: &TrainConfig, n: usize) -> Vec<Batch> {
     let tok = Tokenizer::new();
     (0..n).map(|s| spec.make(s, &tok)).collect()
 }
-
-/// Tiny CLIP and DINOv2 networks of the real architectures with the fixtures' deterministic
-/// weights (`tests/fixtures/embed`), written to `dir`: (clip, dino) paths.
-pub fn tiny_embed_weights(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    use std::collections::HashMap;
-    std::fs::create_dir_all(dir).unwrap();
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/embed");
-    let mut out = Vec::new();
-    for (names, size) in [("clip", 42), ("dino", 56)] {
-        let entries: Vec<(String, Vec<usize>)> = std::fs::read_to_string(fixtures.join(format!("{names}_names.txt")))
-            .unwrap()
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| {
-                let (n, d) = l.split_once(' ').unwrap();
-                (n.to_string(), d.split(',').map(|x| x.parse().unwrap()).collect())
-            })
-            .collect();
-        let path = dir.join(format!("{names}.safetensors"));
-        let meta = HashMap::from([("num_attention_heads".to_string(), "4".to_string()), ("input_size".to_string(), size.to_string())]);
-        ablate_trainer::eval::embed::write_deterministic(&path, &entries, meta).unwrap();
-        out.push(path);
-    }
-    (out[0].clone(), out[1].clone())
-}

@@ -59,7 +59,7 @@ fn training_reports_cmmd_and_dino_mmd_when_their_networks_are_installed() {
     use ablate_trainer::eval::config::FidMode;
     let out = std::env::temp_dir().join(format!("ablate-eval-embed-{}", std::process::id()));
     std::fs::remove_dir_all(&out).ok();
-    let (clip, dino) = common::tiny_embed_weights(&out.join("nets"));
+    let (clip, dino) = ablate_trainer::eval::embed::write_tiny_networks(&out.join("nets")).unwrap();
     let config = |cmmd: FidMode, clip: &std::path::Path| {
         let mut cfg = common::small_config();
         cfg.train.steps = 2;

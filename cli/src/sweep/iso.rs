@@ -17,7 +17,7 @@ use ablate_worker::evalwire::report_from_wire;
 use super::stat::{stat, Stat};
 
 /// The metrics compared (names as in the results JSON).
-pub const METRICS: [&str; 4] = ["fd_scenes", "mmd", "accuracy", "fid"];
+pub const METRICS: [&str; 6] = ["fd_scenes", "mmd", "accuracy", "fid", "cmmd", "dino_mmd"];
 
 /// One run's history: its metric points (one per step) and its evaluations.
 #[derive(Debug, Clone, Default)]

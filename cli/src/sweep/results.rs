@@ -346,7 +346,11 @@ fn footnote(rows: &[Row]) -> String {
     }
     let with_ci: Vec<&Row> = rows.iter().filter(|r| !r.ci95.is_empty()).collect();
     if with_ci.is_empty() {
-        return format!("{notes}(no confidence intervals: the per-image evaluation numbers are not at hand)\n");
+        let one_seed = rows.iter().all(|r| r.job_ids.len() < 2);
+        return match one_seed {
+            true => format!("{notes}one seed per arm: no significance marks, no intervals (list seeds = [0, 1, 2] or more for seed-level intervals)\n"),
+            false => format!("{notes}(no confidence intervals: the per-image evaluation numbers are not at hand)\n"),
+        };
     }
     let mut out = notes;
     if let Some(n) = with_ci.iter().map(|r| r.n_seeds).filter(|&n| n >= 2).min() {
@@ -412,7 +416,12 @@ pub fn iso_text(rows: &[Row], format: &str) -> String {
                 Axis::TrainSeconds => format!("At equal training time ({:.0} s, the shortest run's{group}; linear between evaluations):", first.budget),
                 Axis::SamplesSeen => format!("At equal samples seen ({:.0}, the fewest of any run{group}; linear between evaluations):", first.budget),
             };
-            let head = ["arm", "step", "FD-scenes", "MMD", "accuracy %"];
+            // the evaluation metrics some run of the sweep measured (the scene world's, or FID,
+            // CMMD and DINO-MMD on a user's set)
+            let measured = |m: &str| rows.iter().any(|r| r.get(m).is_some() || r.iso.iter().chain(&r.iso_as_base).any(|a| a.get(m).is_some()));
+            let cols: Vec<(&str, &str, f64, usize)> = COLUMNS.into_iter().filter(|(m, ..)| iso::METRICS.contains(m) && measured(m)).collect();
+            let mut head = vec!["arm", "step"];
+            head.extend(cols.iter().map(|c| c.1));
             let cellf = |a: &AtBudget, m: &str, scale: f64, digits: usize| -> String {
                 let Some(s) = a.get(m) else { return "- (no evaluation by then)".into() };
                 let mut c = format!("{:.*}", digits, s.mean * scale);
@@ -424,7 +433,11 @@ pub fn iso_text(rows: &[Row], format: &str) -> String {
             };
             let body: Vec<Vec<String>> = ats
                 .iter()
-                .map(|(r, a)| vec![r.arm.clone(), a.step.map(|s| format!("{:.0}", s.mean)).unwrap_or("-".into()), cellf(a, "fd_scenes", 1.0, 1), cellf(a, "mmd", 1.0, 3), cellf(a, "accuracy", 100.0, 1)])
+                .map(|(r, a)| {
+                    let mut v = vec![r.arm.clone(), a.step.map(|s| format!("{:.0}", s.mean)).unwrap_or("-".into())];
+                    v.extend(cols.iter().map(|(m, _, scale, digits)| cellf(a, m, *scale, *digits)));
+                    v
+                })
                 .collect();
             out.push('\n');
             out.push_str(&title);

@@ -115,6 +115,32 @@ pub fn write_deterministic(path: &Path, entries: &[(String, Vec<usize>)], metada
     write_weights(path, &tensors, metadata)
 }
 
+/// Tiny CLIP and DINOv2 networks of the real architectures (width 64, 2 layers, 4 heads; the
+/// parity fixtures' shapes, `tests/fixtures/embed`) with deterministic weights, written to
+/// `dir` as `clip.safetensors` and `dino.safetensors`: for tests and smoke runs of the whole
+/// path without the real weights. Never for a reported number.
+pub fn write_tiny_networks(dir: &Path) -> Result<(PathBuf, PathBuf), EvalError> {
+    let entries = |names: &str| -> Vec<(String, Vec<usize>)> {
+        names
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (n, d) = l.split_once(' ')?;
+                Some((n.to_string(), d.split(',').map(|x| x.parse().ok()).collect::<Option<Vec<usize>>>()?))
+            })
+            .collect()
+    };
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::File { path: dir.display().to_string(), msg: e.to_string() })?;
+    let mut out = Vec::new();
+    for (name, names, size) in [("clip", include_str!("../../tests/fixtures/embed/clip_names.txt"), 42), ("dino", include_str!("../../tests/fixtures/embed/dino_names.txt"), 56)] {
+        let path = dir.join(format!("{name}.safetensors"));
+        let meta = HashMap::from([("num_attention_heads".to_string(), "4".to_string()), ("input_size".to_string(), size.to_string())]);
+        write_deterministic(&path, &entries(names), meta)?;
+        out.push(path);
+    }
+    Ok((out[0].clone(), out[1].clone()))
+}
+
 /// Shape facts read off the tensors.
 pub(crate) struct Shapes<'a> {
     pub tensors: &'a HashMap<String, Tensor>,
