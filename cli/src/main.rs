@@ -5,6 +5,7 @@ mod bench_cluster;
 mod cluster_cmd;
 mod data_cmd;
 mod eval_cmd;
+mod eval_nets;
 mod jobs_cmd;
 mod sweep;
 mod train_cmd;

@@ -120,6 +120,20 @@ pub enum BenchCmd {
         #[arg(long, default_value = "memory:")]
         store: String,
     },
+    /// Images per second of the CMMD (CLIP ViT-L/14-336) or DINO-MMD (DINOv2 ViT-B/14) network
+    /// on the CPU, at the released size with deterministic weights.
+    Embed {
+        /// clip or dino
+        #[arg(long, default_value = "clip")]
+        network: String,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Input side in pixels (resized inside to the network's input).
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 2)]
+        batches: usize,
+    },
     /// Images per second of FID (Inception-v3) feature extraction on the CPU.
     Inception {
         #[arg(long, default_value_t = 8)]
@@ -248,6 +262,7 @@ pub fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Train(a) => a,
         BenchCmd::Fd { n, dim, python } => return crate::eval_cmd::bench_fd(n, dim, &python),
         BenchCmd::Inception { batch, size, batches } => return crate::eval_cmd::bench_inception(batch, size, batches),
+        BenchCmd::Embed { network, batch, size, batches } => return crate::eval_nets::bench_embed(&network, batch, size, batches),
         BenchCmd::Ring { sizes, ranks } => return crate::bench_cluster::ring(&sizes, &ranks),
         BenchCmd::Scheduler { workers, slots, jobs, store } => return crate::bench_cluster::scheduler(workers, slots, jobs, &store),
     };

@@ -8,7 +8,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 
-use super::embed::Shapes;
+use super::weights::Shapes;
 use super::EvalError;
 
 const EPS: f64 = 1e-6;

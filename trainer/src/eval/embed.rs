@@ -14,8 +14,9 @@ use candle_nn::VarBuilder;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::weights::{Loaded, Shapes};
 use super::{dino, EvalError};
-use super::inception::sha256_hex;
+pub use super::weights::{read_weights, write_weights};
 
 /// Which embedding network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,32 +78,6 @@ impl EmbedKind {
     }
 }
 
-/// What `load` read from a weights file.
-pub struct Loaded {
-    pub tensors: HashMap<String, Tensor>,
-    pub metadata: HashMap<String, String>,
-    pub sha256: String,
-}
-
-/// Reads a safetensors file with its metadata and hash (f32 tensors on `device`).
-pub fn read_weights(path: &Path, device: &Device) -> Result<Loaded, EvalError> {
-    let file_err = |msg: String| EvalError::File { path: path.display().to_string(), msg };
-    let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
-    let metadata = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| file_err(format!("not a safetensors file: {e}")))?.1.metadata().clone().unwrap_or_default();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| file_err(e.to_string()))?;
-    let tensors = tensors.into_iter().map(|(k, t)| Ok((k, if t.dtype().is_float() { t.to_dtype(DType::F32)? } else { t }))).collect::<candle_core::Result<_>>()?;
-    Ok(Loaded { tensors, metadata, sha256: sha256_hex(&bytes) })
-}
-
-/// Writes `tensors` as a safetensors file with `metadata` (e.g. `num_attention_heads`,
-/// `input_size`), durably.
-pub fn write_weights(path: &Path, tensors: &HashMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<(), EvalError> {
-    let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    named.sort_by_key(|(k, _)| k.as_str());
-    let bytes = safetensors::serialize(named, Some(metadata)).map_err(|e| EvalError::File { path: path.display().to_string(), msg: e.to_string() })?;
-    crate::fsutil::write_durable(path, &bytes).map_err(|e| EvalError::File { path: path.display().to_string(), msg: e.to_string() })
-}
-
 /// A network file of the fixtures' deterministic weights ([`super::detvalues::network_weight`])
 /// for the given `(name, shape)` list, e.g. to test or time a network without its real weights.
 pub fn write_deterministic(path: &Path, entries: &[(String, Vec<usize>)], metadata: HashMap<String, String>) -> Result<(), EvalError> {
@@ -141,25 +116,90 @@ pub fn write_tiny_networks(dir: &Path) -> Result<(PathBuf, PathBuf), EvalError> 
     Ok((out[0].clone(), out[1].clone()))
 }
 
-/// Shape facts read off the tensors.
-pub(crate) struct Shapes<'a> {
-    pub tensors: &'a HashMap<String, Tensor>,
-    pub path: &'a Path,
+/// The tensors (names and shapes) of the released network the metric is defined with: CLIP
+/// ViT-L/14 at 336 px (vision tower and projection) or DINOv2 ViT-B/14, as their Hugging Face
+/// `model.safetensors` hold them.
+pub fn released_entries(kind: EmbedKind) -> Vec<(String, Vec<usize>)> {
+    let mut e: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut add = |name: String, shape: &[usize]| e.push((name, shape.to_vec()));
+    let linear = |add: &mut dyn FnMut(String, &[usize]), name: String, out: usize, inp: usize| {
+        add(format!("{name}.weight"), &[out, inp]);
+        add(format!("{name}.bias"), &[out]);
+    };
+    let norm = |add: &mut dyn FnMut(String, &[usize]), name: String, w: usize| {
+        add(format!("{name}.weight"), &[w]);
+        add(format!("{name}.bias"), &[w]);
+    };
+    match kind {
+        EmbedKind::Clip => {
+            let (w, layers, mlp, grid) = (1024, 24, 4096, 24);
+            let p = "vision_model";
+            add(format!("{p}.embeddings.class_embedding"), &[w]);
+            add(format!("{p}.embeddings.patch_embedding.weight"), &[w, 3, 14, 14]);
+            add(format!("{p}.embeddings.position_embedding.weight"), &[grid * grid + 1, w]);
+            norm(&mut add, format!("{p}.pre_layrnorm"), w);
+            for i in 0..layers {
+                let l = format!("{p}.encoder.layers.{i}");
+                for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                    linear(&mut add, format!("{l}.self_attn.{proj}"), w, w);
+                }
+                norm(&mut add, format!("{l}.layer_norm1"), w);
+                linear(&mut add, format!("{l}.mlp.fc1"), mlp, w);
+                linear(&mut add, format!("{l}.mlp.fc2"), w, mlp);
+                norm(&mut add, format!("{l}.layer_norm2"), w);
+            }
+            norm(&mut add, format!("{p}.post_layernorm"), w);
+            add("visual_projection.weight".into(), &[768, w]);
+        }
+        EmbedKind::Dino => {
+            let (w, layers, mlp, grid) = (768, 12, 3072, 37);
+            add("embeddings.cls_token".into(), &[1, 1, w]);
+            add("embeddings.mask_token".into(), &[1, w]);
+            add("embeddings.position_embeddings".into(), &[1, grid * grid + 1, w]);
+            add("embeddings.patch_embeddings.projection.weight".into(), &[w, 3, 14, 14]);
+            add("embeddings.patch_embeddings.projection.bias".into(), &[w]);
+            for i in 0..layers {
+                let l = format!("encoder.layer.{i}");
+                norm(&mut add, format!("{l}.norm1"), w);
+                for proj in ["attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense"] {
+                    linear(&mut add, format!("{l}.{proj}"), w, w);
+                }
+                add(format!("{l}.layer_scale1.lambda1"), &[w]);
+                norm(&mut add, format!("{l}.norm2"), w);
+                linear(&mut add, format!("{l}.mlp.fc1"), mlp, w);
+                linear(&mut add, format!("{l}.mlp.fc2"), w, mlp);
+                add(format!("{l}.layer_scale2.lambda1"), &[w]);
+            }
+            norm(&mut add, "layernorm".into(), w);
+        }
+    }
+    e
 }
 
-impl Shapes<'_> {
-    pub fn dims(&self, name: &str) -> Result<Vec<usize>, EvalError> {
-        self.tensors.get(name).map(|t| t.dims().to_vec()).ok_or_else(|| EvalError::File { path: self.path.display().to_string(), msg: format!("tensor {name} is missing") })
+/// The released network with the fixtures' deterministic weights, in memory: for timing the
+/// real shapes without the real weights (`ablate bench embed`). Never for a reported number.
+pub fn deterministic_released(kind: EmbedKind, device: &Device) -> Result<Embedder, EvalError> {
+    let mut tensors = HashMap::new();
+    for (name, shape) in released_entries(kind) {
+        let v: Vec<f32> = super::detvalues::network_weight(&name, &shape).ok_or_else(|| EvalError::Shape(format!("no deterministic rule for {name}")))?.into_iter().map(|x| x as f32).collect();
+        tensors.insert(name, Tensor::from_vec(v, shape.as_slice(), device)?);
     }
+    let loaded = Loaded { tensors, metadata: HashMap::new(), sha256: "deterministic-test-weights".into() };
+    Embedder::from_loaded(kind, loaded, Path::new("<deterministic weights>"), device)
+}
 
-    /// One more than the largest `i` of tensors named `<prefix><i>.…`.
-    pub fn layers(&self, prefix: &str) -> usize {
-        self.tensors.keys().filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok()).map(|i| i + 1).max().unwrap_or(0)
-    }
-
-    pub fn err(&self, msg: String) -> EvalError {
-        EvalError::File { path: self.path.display().to_string(), msg }
-    }
+/// What a weights file lacks against the released network: missing tensors and wrong
+/// shapes (tensors the network does not use, such as CLIP's text tower, are fine).
+pub fn check_released(kind: EmbedKind, tensors: &HashMap<String, Tensor>) -> Vec<String> {
+    let renamed: HashMap<String, Vec<usize>> = tensors.iter().map(|(k, t)| (if kind == EmbedKind::Dino { dino::checkpoint_name(k) } else { k.clone() }, t.dims().to_vec())).collect();
+    released_entries(kind)
+        .into_iter()
+        .filter_map(|(name, shape)| match renamed.get(&name) {
+            None => Some(format!("{name} is missing")),
+            Some(s) if *s != shape => Some(format!("{name} has shape {s:?}, the released network's is {shape:?}")),
+            _ => None,
+        })
+        .collect()
 }
 
 /// An embedding network ready to run.
@@ -182,7 +222,7 @@ impl Embedder {
             return Err(EvalError::Unavailable(
                 kind.metric().to_uppercase().replace("DINO_MMD", "DINO-MMD"),
                 format!(
-                    "the {} weights {} are not there: put Hugging Face's {} model.safetensors there, or point eval.{} / ${} at it (docs/eval.md)",
+                    "the {} weights {} are not there: put Hugging Face's {} model.safetensors there, or point eval.{} / ${} at it; `ablate assets status` checks it (docs/eval.md)",
                     kind.describe(),
                     path.display(),
                     kind.hub_name(),
@@ -194,7 +234,11 @@ impl Embedder {
                 ),
             ));
         }
-        let mut loaded = read_weights(path, device)?;
+        Self::from_loaded(kind, read_weights(path, device)?, path, device)
+    }
+
+    /// The network from tensors already in memory (`path` names them in errors).
+    pub fn from_loaded(kind: EmbedKind, mut loaded: Loaded, path: &Path, device: &Device) -> Result<Self, EvalError> {
         if kind == EmbedKind::Dino {
             loaded.tensors = loaded.tensors.into_iter().map(|(k, t)| (dino::checkpoint_name(&k), t)).collect();
         }
@@ -290,4 +334,26 @@ fn clip(s: &Shapes, vb: VarBuilder, heads: impl Fn(usize) -> Result<usize, EvalE
     let tower = ClipVisionTransformer::new(vb.pp("vision_model"), &cfg)?;
     let projection = candle_nn::linear_no_bias(width, projection[0], vb.pp("visual_projection"))?;
     Ok((ClipVision { tower, projection }, cfg.image_size, cfg.projection_dim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The released layouts have the published sizes: DINOv2 ViT-B/14 86.6M parameters, CLIP
+    /// ViT-L/14-336's vision tower and projection 304.3M; a file missing a tensor or with
+    /// another shape is named.
+    #[test]
+    fn released_layouts_have_the_published_sizes() {
+        let count = |k| released_entries(k).iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>();
+        assert_eq!(count(EmbedKind::Dino), 86_580_480);
+        assert_eq!(count(EmbedKind::Clip), 304_293_888);
+        let mut tensors: HashMap<String, Tensor> = released_entries(EmbedKind::Dino).into_iter().map(|(n, s)| (n, Tensor::zeros(s.as_slice(), DType::F32, &Device::Cpu).unwrap())).collect();
+        assert!(check_released(EmbedKind::Dino, &tensors).is_empty());
+        tensors.remove("layernorm.bias");
+        tensors.insert("encoder.layer.3.mlp.fc1.weight".into(), Tensor::zeros((10, 768), DType::F32, &Device::Cpu).unwrap());
+        let issues = check_released(EmbedKind::Dino, &tensors);
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        assert!(issues.iter().any(|i| i == "layernorm.bias is missing") && issues.iter().any(|i| i.contains("fc1.weight has shape [10, 768]")), "{issues:?}");
+    }
 }

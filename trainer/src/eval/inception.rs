@@ -17,6 +17,7 @@ use candle_nn::{Conv2d, Conv2dConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub use super::weights::sha256_hex;
 use super::{detvalues, EvalError};
 
 pub const BN_EPS: f64 = 1e-3;
@@ -364,7 +365,7 @@ impl InceptionFid {
             Ok(t)
         };
         Self::build(&mut get, &Device::Cpu, String::new())?;
-        super::embed::write_weights(path, &tensors, HashMap::new())
+        super::weights::write_weights(path, &tensors, HashMap::new())
     }
 
     pub fn device(&self) -> &Device {
@@ -426,10 +427,6 @@ pub fn resize_bilinear(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor, EvalE
     Ok(Tensor::from_vec(out, (b, c, oh, ow), &Device::Cpu)?)
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The fixtures' deterministic value of an Inception tensor (`scripts/reference/inception_fixtures.py`).
 fn deterministic_tensor(name: &str, shape: &[usize], device: &Device) -> Result<Tensor, EvalError> {

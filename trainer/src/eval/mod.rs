@@ -18,6 +18,7 @@ pub mod resize;
 pub mod scenes;
 pub mod stats;
 pub mod suite;
+pub mod weights;
 
 pub use fd::{frechet_distance, FrechetDistance};
 pub use composition::{Composition, CompositionCounts};

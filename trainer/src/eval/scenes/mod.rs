@@ -93,7 +93,7 @@ impl SceneEvaluator {
         let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, device)?;
         let p = Params::frozen(tensors, DType::F32, device);
         let mut net = Self::new(&p)?;
-        net.weights_hash = super::inception::sha256_hex(&bytes);
+        net.weights_hash = super::weights::sha256_hex(&bytes);
         Ok(net)
     }
 
