@@ -9,7 +9,7 @@
 //! - `checkpoint.safetensors`: weights + optimizer state + step
 //! - `samples.png`, `samples.txt`: the sample grid and its prompts
 //! - `eval.jsonl`: one `EvalReport` per evaluation (`[eval]`), each number with its protocol
-//! - `eval-cache/`: reference statistics cached by (reference set, network hash, N)
+//! - `eval-cache/`: reference statistics and embeddings cached by (reference set, network hash, N)
 //! - `eval-samples.safetensors`: per-image embeddings and scores of the latest evaluation
 
 use candle_core::Device;

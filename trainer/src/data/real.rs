@@ -151,6 +151,23 @@ impl RealDataset {
         }
     }
 
+    /// A fingerprint of the first `n` samples as they are on disk now (file, size and
+    /// modification time of each image, and its caption): a cache keyed by it goes stale
+    /// when a file of the set is replaced.
+    pub fn fingerprint(&self, n: usize) -> u64 {
+        let mut h = crate::hash::Fnv1a::default();
+        for i in 0..n.min(self.samples.len()) {
+            let file = match &self.samples[i].image {
+                Location::File(p) => p.clone(),
+                Location::Tar(t, ..) => self.tars[*t].clone(),
+            };
+            let meta = std::fs::metadata(&file).ok();
+            let stamp = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+            h.write(self.identity(i).as_bytes()).write(&meta.map(|m| m.len()).unwrap_or(0).to_le_bytes()).write(&stamp.to_le_bytes()).write(self.samples[i].caption.as_bytes()).write(&[0]);
+        }
+        h.finish()
+    }
+
     /// Sample `i`'s caption, as written.
     pub fn caption(&self, i: usize) -> &str {
         &self.samples[i].caption

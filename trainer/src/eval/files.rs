@@ -120,6 +120,31 @@ impl ReferenceCache {
         save_stats(&path, &s, Some(protocol))?;
         Ok(s)
     }
+
+    /// The cached reference embeddings (`n` rows of `dim`, row-major) for `protocol`, or
+    /// `compute()` saved for next time. A file made under another protocol, or of another
+    /// shape, is recomputed over.
+    pub fn embeddings(&self, dataset: &str, network_hash: &str, n: u64, dim: usize, protocol: &Protocol, compute: impl FnOnce() -> Result<Vec<f32>, EvalError>) -> Result<Vec<f32>, EvalError> {
+        let path = self.path(&format!("{dataset}-embeddings"), network_hash, n);
+        let want = serde_json::to_string(protocol).expect("protocol serialises");
+        if let Ok(l) = super::weights::read_weights(&path, &Device::Cpu) {
+            if let (Some(t), Some(p)) = (l.tensors.get("embeddings"), l.metadata.get("protocol")) {
+                if *p == want && t.dims() == [n as usize, dim] {
+                    return Ok(t.flatten_all()?.to_vec1()?);
+                }
+            }
+        }
+        let rows = compute()?;
+        if rows.len() != n as usize * dim {
+            return Err(EvalError::Shape(format!("{} reference embedding values are not {n} x {dim}", rows.len())));
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
+        }
+        let t = HashMap::from([("embeddings".to_string(), Tensor::from_vec(rows.clone(), (n as usize, dim), &Device::Cpu)?)]);
+        super::weights::write_weights(&path, &t, HashMap::from([("protocol".to_string(), want)]))?;
+        Ok(rows)
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +155,29 @@ mod tests {
         let mut s = FeatureStats::new(3);
         s.add_rows(&[1.0f64, 2.0, 0.5, 0.0, 1.0, 4.0, 2.0, 2.0, 2.0, 1.5, -1.0, 0.0]).unwrap();
         s.finish().unwrap()
+    }
+
+    /// Reference embeddings are computed once per (set, network, N, protocol): the second
+    /// call reads the file, another protocol (e.g. another resize) computes anew.
+    #[test]
+    fn reference_embeddings_are_cached_by_protocol() {
+        let dir = std::env::temp_dir().join(format!("ablate-emb-cache-{}", std::process::id()));
+        let cache = ReferenceCache { dir: dir.clone() };
+        let mut p = Protocol { metric: "cmmd".into(), network: "clip".into(), weights_sha256: "abcdef0123456789ff".into(), samples: 2, sampler_steps: Some(20), guidance: Some(3.5), seed: Some(1), reference: "r".into(), resize: "bicubic 336".into() };
+        let rows = vec![0.5f32, -1.0, 2.0, 0.25, 1.0, 3.0];
+        let mut calls = 0;
+        let mut get = |p: &Protocol| cache.embeddings("set-32px", &p.weights_sha256, 2, 3, p, || {
+            calls += 1;
+            Ok(rows.clone())
+        });
+        assert_eq!(get(&p).unwrap(), rows);
+        assert_eq!(get(&p).unwrap(), rows);
+        p.resize = "bicubic 224".into();
+        assert_eq!(get(&p).unwrap(), rows);
+        assert_eq!(calls, 2, "computed for the first protocol, read back, computed for the second");
+        let wrong = cache.embeddings("set-32px", "abcdef0123456789ff", 3, 3, &p, || Ok(vec![1.0; 8]));
+        assert!(wrong.unwrap_err().to_string().contains("8 reference embedding values are not 3 x 3"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -438,7 +438,7 @@ impl Evaluator {
         let fid = match (&self.inception, &gen.inception) {
             (Some(net), Some(g)) => {
                 let p = self.protocol("fid", "pytorch-fid inception-v3 pool3", &net.weights_hash, FID_RESIZE);
-                let dataset = format!("{}-{}px", self.cfg.reference_name(), self.image_size);
+                let dataset = self.reference_key();
                 let reference_stats = self.cache.get_or_compute(&dataset, &net.weights_hash, self.cfg.samples as u64, &p, || {
                     self.reference_shard(true, false)?.inception.expect("Inception features were asked for").finish()
                 })?;
@@ -451,13 +451,7 @@ impl Evaluator {
                 Ok(n) => n,
                 Err(why) => return Ok((None, Some(why.clone()))),
             };
-            let reference = match self.reference_embeds.get() {
-                Some(r) => r,
-                None => {
-                    let r = self.reference_shard(false, true)?;
-                    self.reference_embeds.get_or_init(|| (flat(&r.clip), flat(&r.dino)))
-                }
-            };
+            let reference = self.reference_embeddings()?;
             gen.sort_by_key(|(i, _)| *i);
             let p = self.protocol(net.kind.metric(), &net.network(), &net.weights_sha256, &net.resize());
             let value = super::mmd::mmd(&flat(gen), pick(reference), net.dim)?;
@@ -476,6 +470,38 @@ impl Evaluator {
             seconds,
             ..scene.unwrap_or_default()
         })
+    }
+
+    /// What names the reference images in cache file names: the reference set (with a
+    /// fingerprint of the user's files, so a changed set is not read from a stale cache) and
+    /// the size the images are compared at.
+    fn reference_key(&self) -> String {
+        let print = self.set.as_ref().map(|s| format!("-{:016x}", s.fingerprint(self.cfg.samples))).unwrap_or_default();
+        format!("{}{print}-{}px", self.cfg.reference_name(), self.image_size)
+    }
+
+    /// The reference images' CLIP and DINOv2 embeddings (empty for a network not loaded):
+    /// from the reference cache when it has them under this protocol, else computed (both
+    /// networks from one pass over the images) and cached; kept in memory for the run.
+    fn reference_embeddings(&self) -> Result<&(Vec<f32>, Vec<f32>), EvalError> {
+        if let Some(r) = self.reference_embeds.get() {
+            return Ok(r);
+        }
+        let flat = |e: &[(u64, Vec<f32>)]| e.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<f32>>();
+        let mut shard: Option<EvalShard> = None;
+        let mut cached = |net: &Result<Embedder, String>, pick: fn(&EvalShard) -> &Vec<(u64, Vec<f32>)>| -> Result<Vec<f32>, EvalError> {
+            let Ok(net) = net else { return Ok(Vec::new()) };
+            let p = self.protocol(net.kind.metric(), &net.network(), &net.weights_sha256, &net.resize());
+            self.cache.embeddings(&self.reference_key(), &net.weights_sha256, self.cfg.samples as u64, net.dim, &p, || {
+                if shard.is_none() {
+                    shard = Some(self.reference_shard(false, true)?);
+                }
+                Ok(flat(pick(shard.as_ref().expect("computed above"))))
+            })
+        };
+        let clip = cached(&self.clip, |s| &s.clip)?;
+        let dino = cached(&self.dino, |s| &s.dino)?;
+        Ok(self.reference_embeds.get_or_init(|| (clip, dino)))
     }
 
     /// FD-scenes, MMD and accuracy against the reference renders, with the per-image numbers
