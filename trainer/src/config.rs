@@ -45,11 +45,13 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TextSection {
-    /// "learned" (trained with the denoiser) or "bert" (frozen, from `bert_dir`).
+    /// "learned" (trained with the denoiser), or "bert" / "t5" (frozen, from `dir`).
     pub encoder: String,
     /// Directory with config.json, model.safetensors, tokenizer.json (default:
-    /// assets/text/minilm, filled by `ablate assets fetch minilm`).
-    pub bert_dir: Option<String>,
+    /// assets/text/minilm for "bert", filled by `ablate assets fetch minilm`; assets/text/t5
+    /// for "t5"). `bert_dir` is read as this too.
+    #[serde(alias = "bert_dir")]
+    pub dir: Option<String>,
     pub max_tokens: usize,
     pub width: usize,
     pub layers: usize,
@@ -58,7 +60,7 @@ pub struct TextSection {
 
 impl Default for TextSection {
     fn default() -> Self {
-        Self { encoder: "learned".into(), bert_dir: None, max_tokens: 64, width: 128, layers: 2, heads: 4 }
+        Self { encoder: "learned".into(), dir: None, max_tokens: 64, width: 128, layers: 2, heads: 4 }
     }
 }
 
@@ -193,14 +195,19 @@ impl TrainConfig {
             _ => d.patch,
         });
         d.text_dim = match self.text.encoder.as_str() {
-            "bert" => crate::model::bert::hidden_size(&self.bert_dir()).map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            name @ ("bert" | "t5") => {
+                let family = crate::model::frozen_text::Family::parse(name).expect("bert or t5");
+                crate::model::frozen_text::hidden_size(family, &self.text_dir()).map_err(|e| ConfigError::Invalid(e.to_string()))?
+            }
             _ => self.text.width,
         };
         Ok(d)
     }
 
-    pub fn bert_dir(&self) -> std::path::PathBuf {
-        self.text.bert_dir.as_ref().map(std::path::PathBuf::from).unwrap_or_else(|| crate::teacher::assets_dir().join("text").join("minilm"))
+    /// The frozen text encoder's directory (`text.dir`, else the default of `text.encoder`).
+    pub fn text_dir(&self) -> std::path::PathBuf {
+        let default = if self.text.encoder == "t5" { "t5" } else { "minilm" };
+        self.text.dir.as_ref().map(std::path::PathBuf::from).unwrap_or_else(|| crate::teacher::assets_dir().join("text").join(default))
     }
 
     /// (channels, downsampling) of the configured latent space.
@@ -225,8 +232,8 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.text.encoder != "learned" && self.text.encoder != "bert" {
-            return bad(format!("unknown text.encoder \"{}\" (expected \"learned\" or \"bert\")", self.text.encoder));
+        if !["learned", "bert", "t5"].contains(&self.text.encoder.as_str()) {
+            return bad(format!("unknown text.encoder \"{}\" (expected \"learned\", \"bert\" or \"t5\")", self.text.encoder));
         }
         // fields that only make sense positive, named before anything divides by them
         for (key, v) in [

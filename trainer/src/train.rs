@@ -31,7 +31,7 @@ const MIN_MICRO_BATCH: usize = 4;
 /// The text encoder of a run.
 enum TextEncoder {
     Learned(LearnedTextEncoder),
-    Bert(crate::model::bert::BertEncoder),
+    Frozen(crate::model::frozen_text::FrozenTextEncoder),
 }
 
 /// Measurements of one step.
@@ -79,7 +79,10 @@ impl Trainer {
         let ae_params = p.pp("ae");
         let latent = Latent::load(&cfg.latent.kind, cfg.latent.weights.as_deref(), cfg.latent.end_to_end.then_some(&ae_params), device)?;
         let text = match cfg.text.encoder.as_str() {
-            "bert" => TextEncoder::Bert(crate::model::bert::BertEncoder::load(&cfg.bert_dir(), cfg.text.max_tokens, device)?),
+            name @ ("bert" | "t5") => {
+                let family = crate::model::frozen_text::Family::parse(name).expect("bert or t5");
+                TextEncoder::Frozen(crate::model::frozen_text::FrozenTextEncoder::load(family, &cfg.text_dir(), cfg.text.max_tokens, device)?)
+            }
             _ => TextEncoder::Learned(LearnedTextEncoder::new(&cfg.text_encoder(tokenizer.vocab_size()), &p.pp("text"))?),
         };
         let denoiser = Denoiser::new(&d, &p.pp("denoiser"), cfg.routing.sprint_span())?;
@@ -104,7 +107,7 @@ impl Trainer {
     /// tokenizer's ids and lengths when the loader already computed them.
     fn text_features(&self, captions: &[String], pre: Option<(&[u32], &[usize])>) -> candle_core::Result<(Tensor, Vec<usize>)> {
         match &self.text {
-            TextEncoder::Bert(b) => b.encode(captions),
+            TextEncoder::Frozen(b) => b.encode(captions),
             TextEncoder::Learned(enc) => {
                 let (ids, lens) = match pre {
                     Some((ids, lens)) => (ids.to_vec(), lens.to_vec()),

@@ -1,7 +1,7 @@
 //! Networks: the PRX-style denoiser and its parts, the learned text encoder, and the
 //! frozen pretrained BERT-family text encoder.
 
-pub mod bert;
+pub mod frozen_text;
 pub mod block;
 pub mod config;
 pub mod denoiser;
