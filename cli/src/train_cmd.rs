@@ -25,6 +25,10 @@ pub struct TrainArgs {
     /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Validate the config and print its parameter count and memory per GPU at batch 1-8;
+    /// train nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 struct Console {
@@ -74,6 +78,10 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         cfg.train.steps = s;
     }
     cfg.validate()?;
+    if a.dry_run {
+        print!("{}", ablate_trainer::plan::Plan::of(&cfg)?.describe(&cfg));
+        return Ok(());
+    }
     let out = a.out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     let mut console = Console { every: cfg.train.log_every.max(1), started: Instant::now(), first: 0, window: vec![] };
     let device = ablate_trainer::device::open(&a.device)?;

@@ -27,7 +27,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
-    /// "tiny", "mini" or "prx-small".
+    /// "tiny", "mini", "prx-small" or "prx-1.2b" (the same: the published PRX-1.2B shape).
     pub preset: String,
     pub hidden: Option<usize>,
     pub depth: Option<usize>,

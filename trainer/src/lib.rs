@@ -40,6 +40,7 @@ pub mod latent;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod plan;
 pub mod precision;
 pub mod rng;
 pub mod routing;

@@ -31,7 +31,7 @@ impl DenoiserConfig {
         Self { hidden: 640, depth: 10, heads: 10, mlp_ratio: 3.5, patch: 2, in_channels: 16, text_dim: 384, rope_theta: 10000.0, time_embed_dim: 256 }
     }
 
-    /// The published PRX-1.2B: 16 blocks, hidden 1792, 28 heads (head dim 64), MLP ratio 3.5,
+    /// The published PRX-1.2B (preset `prx-1.2b`, also `prx-small`): 16 blocks, hidden 1792, 28 heads (head dim 64), MLP ratio 3.5,
     /// patch 2 over FLUX.1 latents (16 channels), T5Gemma-2B text width 2304.
     pub fn prx_small() -> Self {
         Self { hidden: 1792, depth: 16, heads: 28, mlp_ratio: 3.5, patch: 2, in_channels: 16, text_dim: 2304, rope_theta: 10000.0, time_embed_dim: 256 }
@@ -41,12 +41,12 @@ impl DenoiserConfig {
         match name {
             "tiny" => Some(Self::tiny()),
             "mini" => Some(Self::mini()),
-            "prx-small" => Some(Self::prx_small()),
+            "prx-small" | "prx-1.2b" => Some(Self::prx_small()),
             _ => None,
         }
     }
 
-    pub const PRESETS: [&'static str; 3] = ["tiny", "mini", "prx-small"];
+    pub const PRESETS: [&'static str; 4] = ["tiny", "mini", "prx-small", "prx-1.2b"];
 
     pub fn head_dim(&self) -> usize {
         self.hidden / self.heads
