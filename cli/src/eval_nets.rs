@@ -1,6 +1,7 @@
 //! The evaluation networks behind FID, CMMD and DINO-MMD: which are installed and whether each
-//! file is the network the metric is defined with (`ablate assets status`), and how fast each
-//! embeds images here (`ablate bench embed`).
+//! file is the network the metric is defined with (`ablate assets status`), installing a
+//! downloaded checkpoint (`ablate assets convert`), and how fast each embeds images here
+//! (`ablate bench embed`).
 
 use ablate_trainer::eval::embed::{self, EmbedKind, Embedder};
 use ablate_trainer::eval::inception::{default_weights_path, InceptionFid};
@@ -35,7 +36,7 @@ pub fn status() -> anyhow::Result<()> {
 /// Whether `path` holds the released `kind` network (printing what is wrong when not).
 fn check(kind: EmbedKind, path: &Path) -> bool {
     if !path.is_file() {
-        println!("  not installed: put Hugging Face's {} model.safetensors there", kind.hub_name());
+        println!("  not installed: download {}'s model.safetensors, then `ablate assets convert {} model.safetensors`", kind.hub_name(), if kind == EmbedKind::Clip { "clip" } else { "dino" });
         return false;
     }
     let loaded = match embed::read_weights(path, &Device::Cpu) {
@@ -93,3 +94,46 @@ pub fn bench_embed(network: &str, batch: usize, size: usize, batches: usize) -> 
     );
     Ok(())
 }
+
+/// Installs a downloaded CLIP or DINOv2 checkpoint (Hugging Face `model.safetensors`) where
+/// evaluations look for it: only the tensors the network uses are kept (CLIP's text tower is
+/// dropped), the file must load as the network and, unless `any_layout`, have the released
+/// layout; `heads` goes into the file's metadata for networks whose head count is not width /
+/// 64. PyTorch pickles (`.bin`, `.pt`, `.pth`, `.ckpt`) are refused: ablate never unpickles.
+pub fn convert(network: &str, input: &Path, out: Option<&Path>, heads: Option<usize>, any_layout: bool) -> anyhow::Result<()> {
+    let kind = match network {
+        "clip" => EmbedKind::Clip,
+        "dino" | "dinov2" => EmbedKind::Dino,
+        "inception" => anyhow::bail!("the FID Inception weights are a PyTorch pickle: convert them with `python3 scripts/convert_inception.py <pth> <out>` (docs/eval.md)"),
+        other => anyhow::bail!("unknown network \"{other}\" (clip or dino)"),
+    };
+    let ext = input.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    anyhow::ensure!(
+        !["bin", "pt", "pth", "ckpt", "pkl"].contains(&ext.as_str()),
+        "{} is a PyTorch pickle, which ablate never loads (unpickling runs code): take the repository's model.safetensors from {} instead",
+        input.display(),
+        kind.hub_name()
+    );
+    let mut loaded = embed::read_weights(input, &Device::Cpu)?;
+    let keep: std::collections::HashSet<String> = embed::released_entries(kind).into_iter().map(|(n, _)| n).collect();
+    let before = loaded.tensors.len();
+    let renamed = |k: &String| if kind == EmbedKind::Dino { ablate_trainer::eval::dino::checkpoint_name(k) } else { k.clone() };
+    let used = |k: &String| keep.contains(&renamed(k)) || (any_layout && (k.starts_with("vision_model.") || k.starts_with("visual_projection") || kind == EmbedKind::Dino));
+    loaded.tensors.retain(|k, _| used(k));
+    let issues = embed::check_released(kind, &loaded.tensors);
+    anyhow::ensure!(any_layout || issues.is_empty(), "{} is not the released {} ({} differences, e.g. {:?}); pass --any-layout to install it anyway (its numbers will not compare with published ones)", input.display(), kind.hub_name(), issues.len(), issues.iter().take(3).collect::<Vec<_>>());
+    let mut metadata = loaded.metadata.clone();
+    if let Some(h) = heads {
+        metadata.insert("num_attention_heads".into(), h.to_string());
+    }
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| kind.default_path());
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    embed::write_weights(&out, &loaded.tensors, metadata)?;
+    // the installed file must load as the network
+    let net = Embedder::load(kind, &out, &Device::Cpu)?;
+    println!("installed {} ({} of {before} tensors kept): {}, sha256 {}", out.display(), loaded.tensors.len(), net.network(), net.weights_sha256);
+    Ok(())
+}
+

@@ -222,7 +222,7 @@ impl Embedder {
             return Err(EvalError::Unavailable(
                 kind.metric().to_uppercase().replace("DINO_MMD", "DINO-MMD"),
                 format!(
-                    "the {} weights {} are not there: put Hugging Face's {} model.safetensors there, or point eval.{} / ${} at it; `ablate assets status` checks it (docs/eval.md)",
+                    "the {} weights {} are not there: install Hugging Face's {} model.safetensors with `ablate assets convert`, or point eval.{} / ${} at it (docs/eval.md)",
                     kind.describe(),
                     path.display(),
                     kind.hub_name(),
