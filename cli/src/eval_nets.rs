@@ -64,7 +64,8 @@ fn check(kind: EmbedKind, path: &Path) -> bool {
 
 /// Images per second of one embedding network at its released size, with deterministic
 /// weights (the real ones are not needed to time it).
-pub fn bench_embed(network: &str, batch: usize, size: usize, batches: usize) -> anyhow::Result<()> {
+pub fn bench_embed(network: &str, batch: usize, size: usize, batches: usize, device: &str) -> anyhow::Result<()> {
+    let dev = ablate_trainer::device::open(device)?;
     let kind = match network {
         "clip" => EmbedKind::Clip,
         "dino" | "dinov2" => EmbedKind::Dino,
@@ -72,22 +73,25 @@ pub fn bench_embed(network: &str, batch: usize, size: usize, batches: usize) -> 
     };
     anyhow::ensure!(batch > 0 && batches > 0 && size >= 2, "--batch and --batches must be positive and --size at least 2");
     let t0 = Instant::now();
-    let net = embed::deterministic_released(kind, &Device::Cpu)?;
+    let net = embed::deterministic_released(kind, &dev)?;
     let built = t0.elapsed().as_secs_f64();
     let x = Tensor::from_vec(
         ablate_trainer::eval::detvalues::units("bench/images", batch * 3 * size * size).into_iter().map(|v| v as f32).collect::<Vec<_>>(),
         (batch, 3, size, size),
-        &Device::Cpu,
+        &dev,
     )?;
     net.embed(&x)?; // warm-up
+    ablate_trainer::device::synchronize(&dev)?;
     let t0 = Instant::now();
     for _ in 0..batches {
         net.embed(&x)?;
     }
+    ablate_trainer::device::synchronize(&dev)?;
     let s = t0.elapsed().as_secs_f64();
     println!(
-        "{}, CPU, {} threads: batch {batch} of {size}x{size} images -> {:.2} images/s ({:.0} ms per image); weights built in {built:.1}s",
+        "{}, {} ({} CPU threads): batch {batch} of {size}x{size} images -> {:.2} images/s ({:.0} ms per image); weights built in {built:.1}s",
         net.network(),
+        ablate_trainer::device::describe(&dev),
         rayon::current_num_threads(),
         (batch * batches) as f64 / s,
         1000.0 * s / (batch * batches) as f64

@@ -141,6 +141,9 @@ pub enum BenchCmd {
         size: usize,
         #[arg(long, default_value_t = 2)]
         batches: usize,
+        /// cpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Images per second of FID (Inception-v3) feature extraction on the CPU.
     Inception {
@@ -270,7 +273,7 @@ pub fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Train(a) => a,
         BenchCmd::Fd { n, dim, python } => return crate::eval_cmd::bench_fd(n, dim, &python),
         BenchCmd::Inception { batch, size, batches } => return crate::eval_cmd::bench_inception(batch, size, batches),
-        BenchCmd::Embed { network, batch, size, batches } => return crate::eval_nets::bench_embed(&network, batch, size, batches),
+        BenchCmd::Embed { network, batch, size, batches, device } => return crate::eval_nets::bench_embed(&network, batch, size, batches, &device),
         BenchCmd::Ring { sizes, ranks } => return crate::bench_cluster::ring(&sizes, &ranks),
         BenchCmd::Scheduler { workers, slots, jobs, store } => return crate::bench_cluster::scheduler(workers, slots, jobs, &store),
     };

@@ -9,7 +9,8 @@
 # CPU/CUDA loss parity in fp32 and bf16, loss falls and every parameter moves, NCCL at world
 # size 1); 2b. nccl-rendezvous.sh (a job through coordinator, worker and NCCL); 3. `ablate bench train --device cuda` for mini and prx-small at 256 image tokens;
 # 4. bench/torch_reference.py, eager and torch.compile, same shapes (taken from ablate's JSON)
-# and batches; 5. a side-by-side table. Every stage is bounded by `timeout` and the whole
+# and batches; 4b. `ablate bench embed` (the CMMD and DINO-MMD networks at their released
+# sizes, images/s); 5. a side-by-side table. Every stage is bounded by `timeout` and the whole
 # script by a budget (DEVICE_CHECK_BUDGET_S, default 500 s): a stage that would start too
 # late is skipped and says so. Logs also go to $OUT/device-check/ when $OUT is set.
 #
@@ -38,6 +39,7 @@ if [ "$DRY" = 1 ]; then
   PY="${PY:-python3}"
   PRESETS="${PRESETS:-tiny:4:120 mini:2:300}"
   TINY_STEPS="${TINY_STEPS:-40}"
+  EMBED_BATCH="${EMBED_BATCH:-1}"
   BUDGET="${DEVICE_CHECK_BUDGET_S:-1800}"
 else
   BIN="${ABLATE:-$GPU/ablate}"
@@ -45,6 +47,7 @@ else
   PY="${PY:-/opt/torch/.venv/bin/python}"
   PRESETS="${PRESETS:-mini:${MINI_BATCH:-64}:70 prx-small:${PRX_BATCH:-8}:120}"
   TINY_STEPS="${TINY_STEPS:-300}"
+  EMBED_BATCH="${EMBED_BATCH:-16}"
   BUDGET="${DEVICE_CHECK_BUDGET_S:-500}"
 fi
 STEPS="${BENCH_STEPS:-5}"
@@ -166,6 +169,10 @@ echo "$curve"
 SUMMARY+=("$(echo "$curve" | tail -1 | cut -c1-200)")
 ls -la /tmp/train-tiny-cuda 2>/dev/null
 cp /tmp/train-tiny-cuda/{samples.png,samples.txt,metrics.jsonl} "$LOG/" 2>/dev/null   # not the 90 MB checkpoint
+
+# the CMMD and DINO-MMD networks at their released sizes (deterministic weights): images/s
+stage embed-dino 60 "$BIN" bench embed --network dino --device "$DEV" --batch "$EMBED_BATCH" --size 256 --batches 2
+stage embed-clip 90 "$BIN" bench embed --network clip --device "$DEV" --batch "$EMBED_BATCH" --size 256 --batches 2
 
 hdr "side by side (image tokens $TOKENS, bf16 autocast + fp32 master weights, AdamW, same batch)"
 cat "$LOG"/ablate-*.log "$LOG"/torch-*.log 2>/dev/null | grep '^bench-json ' | sed 's/^bench-json //' > "$LOG/all.jsonl"

@@ -418,7 +418,15 @@ fn evaluate(
         progress.message(&format!("evaluating at step {} ({} samples over {} rank(s))", trainer.step, cfg.eval.samples, group.world()));
     }
     progress.phase("evaluating");
-    let result = ev.evaluate_in(trainer, group);
+    // long evaluations say how far they are, about every tenth of this rank's images
+    let mut next = 0.1;
+    let result = ev.evaluate_in_with(trainer, group, &mut |done, total| {
+        let f = done as f64 / total.max(1) as f64;
+        if lead && total >= 256 && f >= next && done < total {
+            progress.message(&format!("evaluating: {done}/{total} images of this rank"));
+            next = (f * 10.0).floor() / 10.0 + 0.1;
+        }
+    });
     progress.phase("training");
     let report = match result {
         Ok(Some(r)) => r,

@@ -92,6 +92,29 @@ fn training_reports_cmmd_and_dino_mmd_when_their_networks_are_installed() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// A long evaluation says how far it is, about every tenth of its images.
+#[test]
+fn long_evaluations_show_progress() {
+    struct Messages(Vec<String>);
+    impl ablate_trainer::run::Progress for Messages {
+        fn message(&mut self, msg: &str) {
+            self.0.push(msg.to_string());
+        }
+    }
+    let mut cfg = common::small_config();
+    cfg.train.steps = 1;
+    cfg.eval.samples = 320;
+    cfg.eval.sampler_steps = 1;
+    let out = std::env::temp_dir().join(format!("ablate-eval-progress-{}", std::process::id()));
+    std::fs::remove_dir_all(&out).ok();
+    let mut seen = Messages(Vec::new());
+    run(cfg, &RunOptions { out: out.clone(), resume: false, samples: false }, &mut seen).unwrap();
+    let ticks: Vec<&String> = seen.0.iter().filter(|m| m.starts_with("evaluating: ")).collect();
+    assert!(ticks.len() >= 5 && ticks.len() <= 10, "{:?}", seen.0);
+    assert_eq!(ticks[0], "evaluating: 32/320 images of this rank");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn training_evaluates_at_the_end_with_protocols() {
     let mut cfg = common::small_config();

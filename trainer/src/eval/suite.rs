@@ -380,8 +380,15 @@ impl Evaluator {
 
     /// This rank's share of the generated images.
     pub fn generated_shard(&self, trainer: &Trainer, rank: usize, world: usize) -> Result<EvalShard, crate::TrainError> {
+        self.generated_shard_with(trainer, rank, world, &mut |_, _| {})
+    }
+
+    /// As [`generated_shard`](Self::generated_shard), calling `tick(done, total)` after each
+    /// chunk of this rank's images.
+    pub fn generated_shard_with(&self, trainer: &Trainer, rank: usize, world: usize, tick: &mut dyn FnMut(usize, usize)) -> Result<EvalShard, crate::TrainError> {
         let mut shard = self.empty_shard();
         let idx: Vec<u64> = (rank as u64..self.cfg.samples as u64).step_by(world.max(1)).collect();
+        let mut done = 0;
         for chunk in idx.chunks(32) {
             // the user's captions, or long captions of the held-out scenes
             let (scenes, prompts): (Vec<Scene>, Vec<String>) = match &self.set {
@@ -393,6 +400,8 @@ impl Evaluator {
             let imgs = ((imgs.to_dtype(DType::F32)? + 1.0)? * 0.5)?.clamp(0f32, 1f32)?;
             let scenes = Some(scenes.as_slice()).filter(|_| self.set.is_none());
             self.add_images(&mut shard, &imgs, chunk, scenes, true).map_err(|e| crate::TrainError::Data(format!("evaluation: {e}")))?;
+            done += chunk.len();
+            tick(done, idx.len());
         }
         Ok(shard)
     }
@@ -538,12 +547,17 @@ impl Evaluator {
     /// reason (every rank still joins the gather, so none is left waiting). With one rank
     /// this is [`evaluate`](Self::evaluate).
     pub fn evaluate_in(&self, trainer: &Trainer, group: &mut dyn Collective) -> Result<Option<EvalReport>, crate::TrainError> {
+        self.evaluate_in_with(trainer, group, &mut |_, _| {})
+    }
+
+    /// As [`evaluate_in`](Self::evaluate_in), with `tick(done, total)` over this rank's images.
+    pub fn evaluate_in_with(&self, trainer: &Trainer, group: &mut dyn Collective, tick: &mut dyn FnMut(usize, usize)) -> Result<Option<EvalReport>, crate::TrainError> {
         let (rank, world) = (group.rank(), group.world());
         if world <= 1 {
-            return self.evaluate(trainer).map(Some);
+            return self.evaluate_with(trainer, tick).map(Some);
         }
         let t0 = std::time::Instant::now();
-        let mine = match self.generated_shard(trainer, rank, world) {
+        let mine = match self.generated_shard_with(trainer, rank, world, tick) {
             Ok(s) => s.to_bytes(),
             Err(e) => format!("ERR{e}").into_bytes(),
         };
@@ -569,8 +583,12 @@ impl Evaluator {
 
     /// Single-process evaluation.
     pub fn evaluate(&self, trainer: &Trainer) -> Result<EvalReport, crate::TrainError> {
+        self.evaluate_with(trainer, &mut |_, _| {})
+    }
+
+    fn evaluate_with(&self, trainer: &Trainer, tick: &mut dyn FnMut(usize, usize)) -> Result<EvalReport, crate::TrainError> {
         let t0 = std::time::Instant::now();
-        let shard = self.generated_shard(trainer, 0, 1)?;
+        let shard = self.generated_shard_with(trainer, 0, 1, tick)?;
         self.finish(trainer.step, shard, 0.0)
             .map(|mut r| {
                 r.seconds = t0.elapsed().as_secs_f64();
