@@ -264,9 +264,11 @@ impl EvalReport {
 /// An embedding network as `mode` asks: loaded, or why not (a missing file under `auto`, or
 /// `off`); a missing file under `on`, or a damaged file, is an error.
 fn load_embedder(kind: EmbedKind, mode: FidMode, path: Option<&str>, device: &Device) -> Result<Result<Embedder, String>, EvalError> {
+    if mode == FidMode::Off {
+        return Ok(Err(format!("turned off (eval.{} = \"off\")", kind.metric())));
+    }
     let path = path.map(PathBuf::from).unwrap_or_else(|| kind.default_path());
     match (mode, Embedder::load(kind, Path::new(&path), device)) {
-        (FidMode::Off, _) => Ok(Err(format!("turned off (eval.{} = \"off\")", kind.metric()))),
         (_, Ok(net)) => Ok(Ok(net)),
         (FidMode::Auto, Err(e @ EvalError::Unavailable(..))) => Ok(Err(e.to_string())),
         (_, Err(e)) => Err(e),
