@@ -121,8 +121,7 @@ pub fn convert(network: &str, input: &Path, out: Option<&Path>, heads: Option<us
     let mut loaded = embed::read_weights(input, &Device::Cpu)?;
     let keep: std::collections::HashSet<String> = embed::released_entries(kind).into_iter().map(|(n, _)| n).collect();
     let before = loaded.tensors.len();
-    let renamed = |k: &String| if kind == EmbedKind::Dino { ablate_trainer::eval::dino::checkpoint_name(k) } else { k.clone() };
-    let used = |k: &String| keep.contains(&renamed(k)) || (any_layout && (k.starts_with("vision_model.") || k.starts_with("visual_projection") || kind == EmbedKind::Dino));
+    let used = |k: &String| keep.contains(&kind.checkpoint_name(k)) || (any_layout && (k.starts_with("vision_model.") || k.starts_with("visual_projection") || kind == EmbedKind::Dino));
     loaded.tensors.retain(|k, _| used(k));
     let issues = embed::check_released(kind, &loaded.tensors);
     anyhow::ensure!(any_layout || issues.is_empty(), "{} is not the released {} ({} differences, e.g. {:?}); pass --any-layout to install it anyway (its numbers will not compare with published ones)", input.display(), kind.hub_name(), issues.len(), issues.iter().take(3).collect::<Vec<_>>());

@@ -26,18 +26,10 @@ fn floats(v: &Value) -> Vec<f64> {
     }
 }
 
-/// `name d0,d1,...` lines of a names file.
+/// `name d0,d1,...` lines of a names file (every entry of the fixture networks has a formula
+/// value: a `not-assigned` line is an error).
 fn entries(file: &str) -> Vec<(String, Vec<usize>)> {
-    std::fs::read_to_string(fixtures().join(file))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (name, dims) = l.split_once(' ').unwrap();
-            assert_ne!(dims, "not-assigned", "{name}: every entry of the fixture networks has a formula value");
-            (name.to_string(), dims.split(',').map(|d| d.parse().unwrap()).collect())
-        })
-        .collect()
+    ablate_trainer::eval::embed::names_file_entries(&std::fs::read_to_string(fixtures().join(file)).unwrap()).unwrap()
 }
 
 /// The network of `kind` from the fixture's names, written and loaded the way real weights are.

@@ -144,12 +144,9 @@ fn delta_html(r: &Row, base: Option<&Row>, m: &str, scale: f64, digits: usize) -
 }
 
 fn table(d: &SweepData, dot: &dyn Fn(&str) -> String) -> String {
-    // as the text table: CMMD and DINO-MMD where some arm has them
-    let cols: Vec<(&str, &str, f64, usize)> = results::COLUMNS
-        .into_iter()
-        .filter(|(m, ..)| !matches!(*m, "cmmd" | "dino_mmd") || d.rows.iter().any(|r| r.get(m).is_some()))
-        .chain([("wall_seconds", "wall s", 1.0, 0)])
-        .collect();
+    // the text table's columns, and the wall time
+    let mut cols = results::columns(&d.rows);
+    cols.push(("wall_seconds", "wall s", 1.0, 0));
     let mut h = String::from("<table><tr><th>arm</th><th>status</th><th>steps</th>");
     for (_, name, _, _) in &cols {
         let _ = write!(h, "<th>{name}</th>");

@@ -495,10 +495,15 @@ pub const COLUMNS: [(&str, &str, f64, usize); 8] = [
     ("final_loss", "final loss", 1.0, 4),
 ];
 
+/// The metric columns of `rows`' table: CMMD and DINO-MMD only when some arm has them
+/// (their networks are installed).
+pub fn columns(rows: &[Row]) -> Vec<(&'static str, &'static str, f64, usize)> {
+    COLUMNS.into_iter().filter(|(m, ..)| !matches!(*m, "cmmd" | "dino_mmd") || rows.iter().any(|r| r.get(m).is_some())).collect()
+}
+
 /// "table" (aligned text), "markdown" or "csv".
 pub fn text(rows: &[Row], format: &str) -> String {
-    // CMMD and DINO-MMD get columns when some arm has them (their networks are installed)
-    let cols: Vec<(&str, &str, f64, usize)> = COLUMNS.into_iter().filter(|(m, ..)| !matches!(*m, "cmmd" | "dino_mmd") || rows.iter().any(|r| r.get(m).is_some())).collect();
+    let cols = columns(rows);
     let mut head = vec!["arm", "status"];
     head.extend(cols.iter().map(|c| c.1));
     head.extend(["steps", "wall s"]);

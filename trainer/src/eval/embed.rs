@@ -70,6 +70,15 @@ impl EmbedKind {
         }
     }
 
+    /// The name this module reads a checkpoint's tensor by (DINOv2 files saved by
+    /// transformers 5 name the attention projections differently; CLIP names are kept).
+    pub fn checkpoint_name(self, name: &str) -> String {
+        match self {
+            Self::Dino => dino::checkpoint_name(name),
+            Self::Clip => name.to_string(),
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Self::Clip => "CLIP image_embeds (CMMD)",
@@ -81,13 +90,30 @@ impl EmbedKind {
 /// A network file of the fixtures' deterministic weights ([`super::detvalues::network_weight`])
 /// for the given `(name, shape)` list, e.g. to test or time a network without its real weights.
 pub fn write_deterministic(path: &Path, entries: &[(String, Vec<usize>)], metadata: HashMap<String, String>) -> Result<(), EvalError> {
+    write_weights(path, &deterministic_tensors(entries, &Device::Cpu)?, metadata)
+}
+
+/// The tensors of `entries` with the fixtures' deterministic values (f64 formula, stored f32).
+fn deterministic_tensors(entries: &[(String, Vec<usize>)], device: &Device) -> Result<HashMap<String, Tensor>, EvalError> {
     let mut tensors = HashMap::new();
     for (name, shape) in entries {
         let v = super::detvalues::network_weight(name, shape).ok_or_else(|| EvalError::Shape(format!("no deterministic rule for {name} {shape:?}")))?;
         let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
-        tensors.insert(name.clone(), Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?);
+        tensors.insert(name.clone(), Tensor::from_vec(v, shape.as_slice(), device)?);
     }
-    write_weights(path, &tensors, metadata)
+    Ok(tensors)
+}
+
+/// The `(name, shape)` lines of a fixtures names file (`name d0,d1,...`; `#` starts a
+/// comment); a line that is not a name and a shape (e.g. `not-assigned`) is an error.
+pub fn names_file_entries(text: &str) -> Result<Vec<(String, Vec<usize>)>, EvalError> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let parsed = l.split_once(' ').and_then(|(n, d)| Some((n.to_string(), d.split(',').map(|x| x.parse().ok()).collect::<Option<Vec<usize>>>()?)));
+            parsed.ok_or_else(|| EvalError::Shape(format!("names file line {l:?} is not `name d0,d1,...`")))
+        })
+        .collect()
 }
 
 /// Tiny CLIP and DINOv2 networks of the real architectures (width 64, 2 layers, 4 heads; the
@@ -95,22 +121,12 @@ pub fn write_deterministic(path: &Path, entries: &[(String, Vec<usize>)], metada
 /// `dir` as `clip.safetensors` and `dino.safetensors`: for tests and smoke runs of the whole
 /// path without the real weights. Never for a reported number.
 pub fn write_tiny_networks(dir: &Path) -> Result<(PathBuf, PathBuf), EvalError> {
-    let entries = |names: &str| -> Vec<(String, Vec<usize>)> {
-        names
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter_map(|l| {
-                let (n, d) = l.split_once(' ')?;
-                Some((n.to_string(), d.split(',').map(|x| x.parse().ok()).collect::<Option<Vec<usize>>>()?))
-            })
-            .collect()
-    };
     std::fs::create_dir_all(dir).map_err(|e| EvalError::File { path: dir.display().to_string(), msg: e.to_string() })?;
     let mut out = Vec::new();
     for (name, names, size) in [("clip", include_str!("../../tests/fixtures/embed/clip_names.txt"), 42), ("dino", include_str!("../../tests/fixtures/embed/dino_names.txt"), 56)] {
         let path = dir.join(format!("{name}.safetensors"));
         let meta = HashMap::from([("num_attention_heads".to_string(), "4".to_string()), ("input_size".to_string(), size.to_string())]);
-        write_deterministic(&path, &entries(names), meta)?;
+        write_deterministic(&path, &names_file_entries(names)?, meta)?;
         out.push(path);
     }
     Ok((out[0].clone(), out[1].clone()))
@@ -179,11 +195,7 @@ pub fn released_entries(kind: EmbedKind) -> Vec<(String, Vec<usize>)> {
 /// The released network with the fixtures' deterministic weights, in memory: for timing the
 /// real shapes without the real weights (`ablate bench embed`). Never for a reported number.
 pub fn deterministic_released(kind: EmbedKind, device: &Device) -> Result<Embedder, EvalError> {
-    let mut tensors = HashMap::new();
-    for (name, shape) in released_entries(kind) {
-        let v: Vec<f32> = super::detvalues::network_weight(&name, &shape).ok_or_else(|| EvalError::Shape(format!("no deterministic rule for {name}")))?.into_iter().map(|x| x as f32).collect();
-        tensors.insert(name, Tensor::from_vec(v, shape.as_slice(), device)?);
-    }
+    let tensors = deterministic_tensors(&released_entries(kind), device)?;
     let loaded = Loaded { tensors, metadata: HashMap::new(), sha256: "deterministic-test-weights".into() };
     Embedder::from_loaded(kind, loaded, Path::new("<deterministic weights>"), device)
 }
@@ -191,7 +203,7 @@ pub fn deterministic_released(kind: EmbedKind, device: &Device) -> Result<Embedd
 /// What a weights file lacks against the released network: missing tensors and wrong
 /// shapes (tensors the network does not use, such as CLIP's text tower, are fine).
 pub fn check_released(kind: EmbedKind, tensors: &HashMap<String, Tensor>) -> Vec<String> {
-    let renamed: HashMap<String, Vec<usize>> = tensors.iter().map(|(k, t)| (if kind == EmbedKind::Dino { dino::checkpoint_name(k) } else { k.clone() }, t.dims().to_vec())).collect();
+    let renamed: HashMap<String, Vec<usize>> = tensors.iter().map(|(k, t)| (kind.checkpoint_name(k), t.dims().to_vec())).collect();
     released_entries(kind)
         .into_iter()
         .filter_map(|(name, shape)| match renamed.get(&name) {
@@ -239,9 +251,7 @@ impl Embedder {
 
     /// The network from tensors already in memory (`path` names them in errors).
     pub fn from_loaded(kind: EmbedKind, mut loaded: Loaded, path: &Path, device: &Device) -> Result<Self, EvalError> {
-        if kind == EmbedKind::Dino {
-            loaded.tensors = loaded.tensors.into_iter().map(|(k, t)| (dino::checkpoint_name(&k), t)).collect();
-        }
+        loaded.tensors = loaded.tensors.into_iter().map(|(k, t)| (kind.checkpoint_name(&k), t)).collect();
         let heads = |width: usize| -> Result<usize, EvalError> {
             match loaded.metadata.get("num_attention_heads") {
                 Some(h) => h.parse().map_err(|_| EvalError::File { path: path.display().to_string(), msg: format!("metadata num_attention_heads = {h:?} is not a number") }),

@@ -500,10 +500,11 @@ impl Evaluator {
         }
         let flat = |e: &[(u64, Vec<f32>)]| e.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<f32>>();
         let mut shard: Option<EvalShard> = None;
+        let key = self.reference_key();
         let mut cached = |net: &Result<Embedder, String>, pick: fn(&EvalShard) -> &Vec<(u64, Vec<f32>)>| -> Result<Vec<f32>, EvalError> {
             let Ok(net) = net else { return Ok(Vec::new()) };
             let p = self.protocol(net.kind.metric(), &net.network(), &net.weights_sha256, &net.resize());
-            self.cache.embeddings(&self.reference_key(), &net.weights_sha256, self.cfg.samples as u64, net.dim, &p, || {
+            self.cache.embeddings(&key, &net.weights_sha256, self.cfg.samples as u64, net.dim, &p, || {
                 if shard.is_none() {
                     shard = Some(self.reference_shard(false, true)?);
                 }
