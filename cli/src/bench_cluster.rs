@@ -139,9 +139,12 @@ fn latency() -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("ablate-bench-lat-{}", std::process::id()));
         let stop = tokio_util::sync::CancellationToken::new();
         let opts = ablate_coordinator::Options { heartbeat: Duration::from_millis(100), runs_dir: dir.clone(), ..Default::default() };
-        let server = tokio::spawn(ablate_coordinator::server::run(ablate_coordinator::store::open("memory:")?, opts, ablate_coordinator::server::Listeners { grpc, metrics: None }, stop.clone()));
-        let mut w = v1::worker_service_client::WorkerServiceClient::connect(url.clone()).await?;
-        let mut j = v1::job_service_client::JobServiceClient::connect(url).await?;
+        let core = std::sync::Arc::new(ablate_coordinator::Core::open(ablate_coordinator::store::open("memory:")?, opts)?);
+        let worker_token = core.auth.ephemeral("fake", ablate_coordinator::auth::Role::Worker, Some("fake"));
+        let user_token = core.auth.ephemeral("bench", ablate_coordinator::auth::Role::Researcher, None);
+        let server = tokio::spawn(ablate_coordinator::server::serve(core, ablate_coordinator::server::Listeners { grpc, metrics: None }, stop.clone()));
+        let mut w = v1::worker_service_client::WorkerServiceClient::new(crate::jobs_cmd::channel(&url, Some(&worker_token)).await?);
+        let mut j = v1::job_service_client::JobServiceClient::new(crate::jobs_cmd::channel(&url, Some(&user_token)).await?);
         let reg = v1::Registration {
             worker_id: "fake".into(),
             devices: vec![v1::Device { kind: v1::DeviceKind::Cpu as i32, index: 0, ..Default::default() }],

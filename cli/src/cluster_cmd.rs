@@ -45,6 +45,28 @@ pub struct CoordinatorArgs {
     /// A placed job whose ranks have not all started within this is placed again.
     #[arg(long, default_value_t = 600)]
     launch_deadline_s: u64,
+    /// When the store holds no admin token (the first start), the one made then is written
+    /// here (mode 0600); without this flag it is printed once on standard error.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// The first start: no admin token in the store yet, so one is made and handed over once.
+fn bootstrap_admin(store: &std::sync::Arc<dyn ablate_coordinator::store::Kv>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use ablate_coordinator::auth::{Auth, Role};
+    let auth = Auth::open(store.clone())?;
+    if auth.has_admin()? {
+        return Ok(());
+    }
+    let (rec, token) = auth.create("admin", Role::Admin, None, "first start")?;
+    match file {
+        Some(f) => {
+            ablate_proto::auth::write_token_file(f, &token).with_context(|| format!("--admin-token-file {}", f.display()))?;
+            eprintln!("first start: admin token {} written to {} (make more with `ablate token create`)", rec.id, f.display());
+        }
+        None => eprintln!("first start: the admin token, shown this once (make more with `ablate token create`):\n{token}"),
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -129,6 +151,7 @@ fn serve(a: CoordinatorArgs, store: std::sync::Arc<dyn ablate_coordinator::store
         launch_deadline: Duration::from_secs(a.launch_deadline_s.max(1)),
         runs_dir: a.runs.clone(),
     };
+    bootstrap_admin(&store, a.admin_token_file.as_deref())?;
     runtime()?.block_on(async move {
         let grpc = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("--listen {}", a.listen))?;
         let metrics = match &a.metrics_listen {
@@ -169,9 +192,14 @@ pub struct WorkerArgs {
     /// Job directories (checkpoints, rank logs) go under DIR/jobs/.
     #[arg(long, default_value = "ablate-state/worker")]
     work_dir: PathBuf,
-    /// Defaults to <hostname>-<pid>.
+    /// This worker's id; its token must name it (`ablate token create --role worker
+    /// --worker-id ID`). Defaults to the host name.
     #[arg(long)]
     id: Option<String>,
+    /// A file holding this worker's token (default: $ABLATE_TOKEN, or the file
+    /// $ABLATE_TOKEN_FILE names). Its ranks get it too.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Address other ranks reach this worker's ranks at.
     #[arg(long, default_value = "127.0.0.1")]
     advertise_host: String,
@@ -199,7 +227,8 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the ablate binary to start ranks")?;
     let cfg = ablate_worker::agent::AgentConfig {
         coordinator: a.coordinator,
-        worker_id: a.id.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        worker_id: a.id.unwrap_or_else(|| host.clone()),
+        token: crate::jobs_cmd::token_from(a.token_file.as_deref())?,
         advertise_host: a.advertise_host,
         threads_per_rank: a.threads_per_rank.unwrap_or((cores / devices.len()).max(1)),
         devices,
@@ -249,8 +278,10 @@ pub struct RankArgs {
 }
 
 pub fn rank(a: RankArgs) -> anyhow::Result<()> {
+    let credentials = ablate_worker::collective::rendezvous::Credentials::from_env().map_err(anyhow::Error::msg)?;
     let code = ablate_worker::rank::main(&ablate_worker::rank::RankArgs {
         coordinator: a.coordinator,
+        credentials,
         job: a.job,
         generation: a.generation,
         rank: a.rank,

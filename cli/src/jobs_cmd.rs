@@ -8,7 +8,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
-use tonic::transport::Channel;
+use ablate_proto::auth::Authed;
 
 #[derive(Clone, Copy, ValueEnum, Default, PartialEq)]
 pub enum Output {
@@ -22,9 +22,27 @@ pub struct Conn {
     /// The coordinator's gRPC URL; several, comma-separated, for coordinators sharing an
     /// etcd store (the first that answers is the leader).
     #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
-    coordinator: String,
+    pub(crate) coordinator: String,
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
-    output: Output,
+    pub(crate) output: Output,
+    /// A file holding your token (default: $ABLATE_TOKEN, or the file $ABLATE_TOKEN_FILE
+    /// names); `ablate token create` makes one.
+    #[arg(long, global = true)]
+    pub(crate) token_file: Option<PathBuf>,
+}
+
+/// The token of a command: `--token-file`, else the environment (`ablate_proto::auth::client_token`).
+pub fn token_from(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    match file {
+        Some(f) => Ok(Some(ablate_proto::auth::read_token_file(f).map_err(anyhow::Error::msg)?)),
+        None => ablate_proto::auth::client_token().map_err(anyhow::Error::msg),
+    }
+}
+
+/// A channel to the first coordinator of `spec` that answers, its calls carrying `token`.
+pub async fn channel(spec: &str, token: Option<&str>) -> anyhow::Result<Authed> {
+    let (_, channel) = ablate_proto::connect_authed(spec, token).await.map_err(|e| anyhow::anyhow!("cannot reach the coordinator ({e}); start one with `ablate coordinator`"))?;
+    Ok(channel)
 }
 
 #[derive(Args)]
@@ -91,9 +109,9 @@ fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-async fn client(c: &Conn) -> anyhow::Result<JobServiceClient<Channel>> {
-    let (_, channel) = ablate_proto::connect_first(&c.coordinator).await.map_err(|e| anyhow::anyhow!("cannot reach the coordinator ({e}); start one with `ablate coordinator`"))?;
-    Ok(JobServiceClient::new(channel))
+async fn client(c: &Conn) -> anyhow::Result<JobServiceClient<Authed>> {
+    let token = token_from(c.token_file.as_deref())?;
+    Ok(JobServiceClient::new(channel(&c.coordinator, token.as_deref()).await?))
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {
@@ -104,7 +122,7 @@ pub fn job_json(j: &v1::Job) -> serde_json::Value {
     json!({
         "id": j.id, "name": j.name, "state": j.state().label(), "world_size": j.world_size,
         "priority": j.priority, "sweep": j.sweep, "arm": j.arm, "generation": j.generation,
-        "restarts": j.restarts, "max_restarts": j.max_restarts, "infra_restarts": j.infra_restarts, "max_infra_restarts": j.max_infra_restarts, "reason": j.reason, "step": j.step, "total_steps": j.total_steps,
+        "restarts": j.restarts, "max_restarts": j.max_restarts, "infra_restarts": j.infra_restarts, "max_infra_restarts": j.max_infra_restarts, "reason": j.reason, "owner": j.owner, "step": j.step, "total_steps": j.total_steps,
         "submitted_unix_ms": j.submitted_unix_ms, "started_unix_ms": j.started_unix_ms, "finished_unix_ms": j.finished_unix_ms,
         "placement": j.placement.iter().map(|p| json!({"rank": p.rank, "worker": p.worker_id, "slot": p.slot, "pid": p.pid})).collect::<Vec<_>>(),
         "result": j.result.as_ref().map(|r| json!({

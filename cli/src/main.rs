@@ -8,6 +8,7 @@ mod eval_cmd;
 mod eval_nets;
 mod jobs_cmd;
 mod sweep;
+mod token_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +62,9 @@ enum Cmd {
     Logs(jobs_cmd::LogsArgs),
     /// List the registered workers; `workers drain <id>` / `workers undrain <id>`.
     Workers(jobs_cmd::WorkersArgs),
+    /// Access tokens of a coordinator: create (shown once), list, revoke (an admin's token).
+    #[command(subcommand)]
+    Token(token_cmd::TokenCmd),
     /// One rank of a distributed job (started by `ablate worker`).
     #[command(hide = true)]
     Rank(cluster_cmd::RankArgs),
@@ -93,5 +97,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Cancel(a) => jobs_cmd::cancel(a),
         Cmd::Logs(a) => jobs_cmd::logs(a),
         Cmd::Workers(c) => jobs_cmd::workers(c),
+        Cmd::Token(c) => token_cmd::token(c),
     }
 }

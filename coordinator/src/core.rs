@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::auth::Auth;
 use crate::domain::*;
 use crate::error::CoordinatorError;
 use crate::runs::Runs;
@@ -73,11 +74,16 @@ struct Inner {
     placed_at: HashMap<JobId, Instant>,
     /// Workers an operator drained (kept in the store under `drained/`).
     drained: std::collections::BTreeSet<WorkerId>,
+    /// Every worker this coordinator placed a rank of each job on (its late reports are
+    /// still the job's; anyone else's are refused).
+    ran_on: HashMap<JobId, std::collections::BTreeSet<WorkerId>>,
 }
 
 pub struct Core {
     store: Arc<dyn Kv>,
     pub opts: Options,
+    /// The token table and the job-secret key (the services check every call against it).
+    pub auth: Arc<Auth>,
     inner: Mutex<Inner>,
     runs: Runs,
     started: Instant,
@@ -110,11 +116,13 @@ impl Core {
         let queued_at = jobs.values().filter(|j| j.state == JobState::Queued).map(|j| (j.id.clone(), Instant::now())).collect();
         let drained = store.range(DRAINED)?.into_iter().map(|e| WorkerId(e.key[DRAINED.len()..].to_string())).collect();
         let (events, _) = tokio::sync::broadcast::channel(4096);
+        let auth = Arc::new(Auth::open(store.clone())?);
         Ok(Self {
+            auth,
             store,
             runs: Runs::new(opts.runs_dir.clone()),
             opts,
-            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at, placed_at: HashMap::new(), drained }),
+            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at, placed_at: HashMap::new(), drained, ran_on: HashMap::new() }),
             started: Instant::now(),
             events,
             rendezvous_changed: tokio::sync::Notify::new(),
@@ -177,6 +185,7 @@ impl Core {
             infra_restarts: 0,
             max_infra_restarts: self.opts.max_infra_restarts,
             ranks_done: Vec::new(),
+            owner: req.owner,
         })
     }
 
@@ -391,6 +400,7 @@ impl Core {
                     config_toml: j.config_toml.clone(),
                     sweep: j.sweep.clone(),
                     arm: j.arm.clone(),
+                    secret: self.auth.job_secret(&j.id, j.generation),
                 })
             })
             .collect();
@@ -576,6 +586,32 @@ impl Core {
         Ok(())
     }
 
+    // ------------------------------------------------------------ who may report what
+
+    /// Whether `worker` may speak for rank `rank` (any rank when None) of `job` in
+    /// `generation`: it is placed there. A generation other than the current one is left to
+    /// the rendezvous and report checks, which refuse it as stale or keep it as a late report.
+    pub fn may_act_for(&self, job: &JobId, generation: Generation, rank: Option<Rank>, worker: &WorkerId) -> Result<(), CoordinatorError> {
+        let g = self.lock();
+        let j = g.jobs.get(job).ok_or_else(|| CoordinatorError::NoJob(job.to_string()))?;
+        if j.generation != generation || j.placement.iter().any(|p| p.worker == *worker && rank.is_none_or(|r| p.rank == r)) {
+            return Ok(());
+        }
+        let what = rank.map(|r| format!("rank {r}")).unwrap_or_else(|| "any rank".into());
+        Err(CoordinatorError::NotPlaced(format!("worker {worker} runs no {what} of job {job} generation {generation}")))
+    }
+
+    /// Whether `worker` ever ran a rank of `job` under this coordinator (or runs one now): it
+    /// may report the job's progress, late lines included.
+    pub fn ran_on(&self, job: &JobId, worker: &WorkerId) -> Result<(), CoordinatorError> {
+        let g = self.lock();
+        let j = g.jobs.get(job).ok_or_else(|| CoordinatorError::NoJob(job.to_string()))?;
+        if j.placement.iter().any(|p| p.worker == *worker) || g.ran_on.get(job).is_some_and(|w| w.contains(worker)) {
+            return Ok(());
+        }
+        Err(CoordinatorError::NotPlaced(format!("worker {worker} never ran a rank of job {job}")))
+    }
+
     // ------------------------------------------------------------ the periodic pass
 
     /// Expires silent workers (their jobs restart or fail), then places queued jobs.
@@ -684,6 +720,8 @@ impl Core {
             job.ranks_done = vec![false; job.world_size as usize];
             job.result = None;
             job.placement = p.ranks.into_iter().enumerate().map(|(r, (worker, slot))| RankPlacement { rank: Rank(r as u32), worker, slot, pid: 0 }).collect();
+            let placed: Vec<WorkerId> = job.placement.iter().map(|p| p.worker.clone()).collect();
+            g.ran_on.entry(p.job.clone()).or_default().extend(placed);
             g.placed_at.insert(p.job.clone(), Instant::now());
             if let Some(t) = waited {
                 crate::metrics::queue_wait(t.elapsed());

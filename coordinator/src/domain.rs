@@ -172,6 +172,8 @@ pub struct JobSpec {
     pub arm: String,
     /// The arm `arm` is compared with (empty: "baseline").
     pub baseline_arm: String,
+    /// Who submits it (the token's name; set by the service from the caller, not the request).
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +210,8 @@ pub struct Job {
     pub max_infra_restarts: u32,
     /// Per-rank "done" flags of the current generation.
     pub ranks_done: Vec<bool>,
+    /// The name of the token that submitted it (empty: before tokens, or `ablate run`).
+    pub owner: String,
 }
 
 impl Job {
@@ -238,6 +242,8 @@ pub struct Assignment {
     pub config_toml: String,
     pub sweep: Option<SweepId>,
     pub arm: String,
+    /// The (job, generation)'s secret: the ring's handshake key (only placed workers get it).
+    pub secret: Vec<u8>,
 }
 
 /// A rank's address for its group, and the layout of its parameters.

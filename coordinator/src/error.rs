@@ -26,6 +26,11 @@ pub enum CoordinatorError {
     RendezvousTimeout { job: String, generation: u64, present: usize, world: usize, waited_ms: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A worker speaking for a job it does not run.
+    #[error("{0}")]
+    NotPlaced(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("run directory {path}: {source}")]
     Io { path: String, source: std::io::Error },
 }
@@ -40,6 +45,8 @@ impl From<CoordinatorError> for tonic::Status {
             WrongState { .. } | Protocol { .. } | StaleGeneration { .. } | Rendezvous { .. } => tonic::Status::failed_precondition(msg),
             RendezvousTimeout { .. } => tonic::Status::deadline_exceeded(msg),
             Store(_) | Io { .. } => tonic::Status::internal(msg),
+            Auth(e) => e.into(),
+            NotPlaced(_) => crate::auth::denied(msg),
         }
     }
 }

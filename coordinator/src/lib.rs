@@ -11,12 +11,15 @@
 //! - `domain`: the coordinator's types (jobs, states, placements, workers, typed ids);
 //! - `wire`: their conversions to and from `ablate.v1` (requests, answers, the stored job);
 //! - `core`: job state machine, worker registry, rendezvous tables, result collection;
-//! - `service`: the gRPC `JobService` and `WorkerService` over `core`, converting through `wire`;
+//! - `auth`: tokens, roles and the token check of every call; job secrets;
+//! - `service`: the gRPC `JobService`, `WorkerService` and `AdminService` over `core`,
+//!   converting through `wire`, each call checked against the caller's role;
 //! - `runs`: per-job metric and log files on the coordinator;
 //! - `metrics`: the Prometheus recorder and `/metrics` endpoint;
 //! - `server`: wires it all to listeners and a shutdown token;
 //! - `error`: `CoordinatorError` and its mapping to gRPC statuses.
 
+pub mod auth;
 pub mod core;
 pub mod domain;
 pub mod error;

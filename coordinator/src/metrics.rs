@@ -51,6 +51,7 @@ fn describe() {
     metrics::describe_histogram!("ablate_scheduler_queue_wait_seconds", metrics::Unit::Seconds, "Time from queued to placed");
     metrics::describe_histogram!("ablate_rendezvous_duration_seconds", metrics::Unit::Seconds, "Time from the first rank's arrival to a complete group");
     metrics::describe_counter!("ablate_job_transitions_total", "Job state transitions, by the state entered");
+    metrics::describe_counter!("ablate_auth_rejections_total", "Calls refused by the token check, by gRPC code (unauthenticated: no valid token; permission_denied: a role or worker that may not)");
     metrics::describe_counter!("ablate_job_restarts_total", "Jobs sent back to the queue after a failure, by class (job: may be its own, e.g. a stuck rank; infrastructure: the cluster's)");
 }
 
@@ -91,6 +92,11 @@ pub fn job_eval(job: &Job) {
 /// A job sent back to the queue, by the class of its failure (`job`, `infrastructure`).
 pub fn job_restarted(class: &'static str) {
     metrics::counter!("ablate_job_restarts_total", "class" => class).increment(1);
+}
+
+/// A call refused by the token check (`unauthenticated`, `permission_denied`).
+pub fn auth_rejected(code: &'static str) {
+    metrics::counter!("ablate_auth_rejections_total", "code" => code).increment(1);
 }
 
 pub fn queue_wait(d: Duration) {

@@ -1,15 +1,17 @@
-//! Runs a coordinator: the gRPC services (with health and reflection, so `grpcurl` works),
+//! Runs a coordinator: the gRPC services, each behind the token check (health and
+//! reflection stay open: they tell no state, and `grpcurl` and load balancers use them),
 //! the periodic scheduling pass, and the Prometheus endpoint. The caller binds the
 //! listeners and owns shutdown, so tests bind `127.0.0.1:0` and stop servers cleanly.
 
-use ablate_proto::v1::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
+use ablate_proto::v1::{admin_service_server::AdminServiceServer, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
+use tonic::service::interceptor::InterceptedService;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, Options};
 use crate::error::CoordinatorError;
-use crate::service::{Jobs, Workers};
+use crate::service::{Admin, Jobs, Workers};
 use crate::store::Kv;
 
 pub struct Listeners {
@@ -60,13 +62,16 @@ pub async fn serve(core: Arc<Core>, listeners: Listeners, shutdown: Cancellation
         .register_encoded_file_descriptor_set(ablate_proto::DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| CoordinatorError::InvalidJob(format!("reflection descriptors: {e}")))?;
+    health.set_serving::<AdminServiceServer<Admin>>().await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    let check = core.auth.interceptor();
     let r = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(JobServiceServer::new(Jobs(core.clone())).max_encoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
+        .add_service(InterceptedService::new(JobServiceServer::new(Jobs(core.clone())).max_encoding_message_size(ablate_proto::MAX_MESSAGE_BYTES), check.clone()))
         // a completion carries the final evaluation's per-image data (N x 320 floats, twice)
-        .add_service(WorkerServiceServer::new(Workers(core.clone())).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
+        .add_service(InterceptedService::new(WorkerServiceServer::new(Workers(core.clone())).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES), check.clone()))
+        .add_service(InterceptedService::new(AdminServiceServer::new(Admin(core.clone())), check))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();

@@ -1,12 +1,15 @@
 //! The gRPC services: thin translations between ablate.v1 and [`Core`], through `wire`.
+//! Every call first asks its caller's identity (set by the token check, `auth`) for the
+//! role it needs; worker calls also for the worker, job and rank they speak for.
 
-use ablate_proto::v1::{self, job_service_server::JobService, worker_service_server::WorkerService};
+use ablate_proto::v1::{self, admin_service_server::AdminService, job_service_server::JobService, worker_service_server::WorkerService};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{caller, Identity, Role, ADMIN, READERS, SUBMITTERS};
 use crate::core::Core;
 use crate::domain::{Event, Generation, JobId, Progress, SweepId};
 use crate::wire;
@@ -17,22 +20,38 @@ pub struct Jobs(pub Arc<Core>);
 #[derive(Clone)]
 pub struct Workers(pub Arc<Core>);
 
+#[derive(Clone)]
+pub struct Admin(pub Arc<Core>);
+
+/// The caller, if one of `roles` may do `what`.
+fn allowed<T>(r: &Request<T>, roles: &[Role], what: &str) -> Result<Identity, Status> {
+    let who = caller(r)?;
+    who.require(roles, what)?;
+    Ok(who)
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn submit_job(&self, r: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobResponse>, Status> {
-        let job = self.0.submit(r.into_inner().into())?;
+        let who = allowed(&r, SUBMITTERS, "submit jobs")?;
+        let mut spec: crate::domain::JobSpec = r.into_inner().into();
+        spec.owner = who.name;
+        let job = self.0.submit(spec)?;
         Ok(Response::new(v1::SubmitJobResponse { job: Some(job.into()) }))
     }
 
     async fn submit_sweep(&self, r: Request<v1::SubmitSweepRequest>) -> Result<Response<v1::SubmitSweepResponse>, Status> {
+        let who = allowed(&r, SUBMITTERS, "submit sweeps")?;
         let r = r.into_inner();
-        let (sweep, jobs) = self.0.submit_sweep(&r.name, r.jobs.into_iter().map(Into::into).collect())?;
+        let specs = r.jobs.into_iter().map(|j| crate::domain::JobSpec { owner: who.name.clone(), ..j.into() }).collect();
+        let (sweep, jobs) = self.0.submit_sweep(&r.name, specs)?;
         Ok(Response::new(v1::SubmitSweepResponse { sweep: sweep.0, jobs: jobs.into_iter().map(Into::into).collect() }))
     }
 
     async fn get_sweep_results(&self, r: Request<v1::GetSweepResultsRequest>) -> Result<Response<v1::GetSweepResultsResponse>, Status> {
+        allowed(&r, READERS, "read results")?;
         let sweep = SweepId(r.into_inner().sweep);
         let mut jobs = self.0.list(&[], Some(&sweep));
         if jobs.is_empty() {
@@ -43,10 +62,12 @@ impl JobService for Jobs {
     }
 
     async fn get_job(&self, r: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
+        allowed(&r, READERS, "read jobs")?;
         Ok(Response::new(self.0.get(&JobId(r.into_inner().id))?.into()))
     }
 
     async fn list_jobs(&self, r: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
+        allowed(&r, READERS, "list jobs")?;
         let r = r.into_inner();
         let states = wire::job_states(&r.states)?;
         let sweep = (!r.sweep.is_empty()).then_some(SweepId(r.sweep));
@@ -54,13 +75,22 @@ impl JobService for Jobs {
     }
 
     async fn cancel_job(&self, r: Request<v1::CancelJobRequest>) -> Result<Response<v1::Job>, Status> {
+        let who = allowed(&r, SUBMITTERS, "cancel jobs")?;
         let r = r.into_inner();
-        Ok(Response::new(self.0.cancel(&JobId(r.id), &r.reason)?.into()))
+        let id = JobId(r.id);
+        let job = self.0.get(&id)?;
+        if who.role != Role::Admin && job.owner != who.name {
+            let owner = if job.owner.is_empty() { "nobody recorded".to_string() } else { job.owner.clone() };
+            return Err(crate::auth::denied(format!("{} may cancel its own jobs only: job {id} belongs to {owner} (an admin may cancel any)", who.name)));
+        }
+        let reason = if r.reason.is_empty() { format!("cancelled by {}", who.name) } else { format!("{} (cancelled by {})", r.reason, who.name) };
+        Ok(Response::new(self.0.cancel(&id, &reason)?.into()))
     }
 
     type WatchJobStream = EventStream;
 
     async fn watch_job(&self, r: Request<v1::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        allowed(&r, READERS, "watch jobs")?;
         let id = JobId(r.into_inner().id);
         // subscribe before reading the state, so no change falls between the two
         let mut rx = self.0.events.subscribe();
@@ -104,18 +134,21 @@ impl JobService for Jobs {
     }
 
     async fn get_metrics(&self, r: Request<v1::GetMetricsRequest>) -> Result<Response<v1::GetMetricsResponse>, Status> {
+        allowed(&r, READERS, "read metrics")?;
         let r = r.into_inner();
         let id = JobId(r.id);
         Ok(Response::new(v1::GetMetricsResponse { points: self.0.metrics(&id, r.from_step)?, evals: self.0.evals(&id)? }))
     }
 
     async fn get_logs(&self, r: Request<v1::GetLogsRequest>) -> Result<Response<v1::GetLogsResponse>, Status> {
+        allowed(&r, READERS, "read logs")?;
         let r = r.into_inner();
         let (lines, next_line) = self.0.logs(&JobId(r.id), r.from_line)?;
         Ok(Response::new(v1::GetLogsResponse { lines, next_line }))
     }
 
     async fn get_eval_samples(&self, r: Request<v1::GetEvalSamplesRequest>) -> Result<Response<v1::EvalSamples>, Status> {
+        allowed(&r, READERS, "read evaluation data")?;
         let id = JobId(r.into_inner().id);
         match self.0.eval_samples(&id)? {
             Some(s) => Ok(Response::new(s)),
@@ -124,12 +157,14 @@ impl JobService for Jobs {
     }
 
     async fn drain_worker(&self, r: Request<v1::DrainWorkerRequest>) -> Result<Response<v1::WorkerInfo>, Status> {
+        allowed(&r, ADMIN, "drain workers")?;
         let r = r.into_inner();
         let w = self.0.drain(&crate::domain::WorkerId(r.worker_id), r.undo)?;
         Ok(Response::new((&w).into()))
     }
 
-    async fn list_workers(&self, _: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
+    async fn list_workers(&self, r: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        allowed(&r, READERS, "list workers")?;
         Ok(Response::new(v1::ListWorkersResponse { workers: self.0.workers().iter().map(Into::into).collect() }))
     }
 }
@@ -137,26 +172,37 @@ impl JobService for Jobs {
 #[tonic::async_trait]
 impl WorkerService for Workers {
     async fn register(&self, r: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
-        self.0.register(wire::worker(r.into_inner().registration)?)?;
+        let who = caller(&r)?;
+        let reg = wire::worker(r.into_inner().registration)?;
+        who.worker(Some(reg.id.as_str()))?;
+        self.0.register(reg)?;
         let o = &self.0.opts;
         Ok(Response::new(v1::RegisterResponse { heartbeat_interval_ms: o.heartbeat.as_millis() as u64, expiry_ms: o.worker_expiry.as_millis() as u64 }))
     }
 
     async fn heartbeat(&self, r: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let who = caller(&r)?;
         let r = r.into_inner();
+        let reg = wire::worker(r.registration)?;
+        who.worker(Some(reg.id.as_str()))?;
         let running: Vec<_> = r.running.into_iter().map(Into::into).collect();
-        let (assignments, drain) = self.0.heartbeat(wire::worker(r.registration)?, &running)?;
+        let (assignments, drain) = self.0.heartbeat(reg, &running)?;
         Ok(Response::new(v1::HeartbeatResponse { assignments: assignments.iter().map(Into::into).collect(), drain }))
     }
 
     async fn rendezvous_publish(&self, r: Request<v1::RendezvousPublishRequest>) -> Result<Response<v1::RendezvousPublishResponse>, Status> {
-        self.0.rendezvous_publish(r.into_inner().into())?;
+        let me = caller(&r)?.worker(None)?;
+        let p: crate::domain::Publication = r.into_inner().into();
+        self.0.may_act_for(&p.job, p.generation, Some(p.rank), &me)?;
+        self.0.rendezvous_publish(p)?;
         Ok(Response::new(v1::RendezvousPublishResponse {}))
     }
 
     async fn rendezvous_fetch(&self, r: Request<v1::RendezvousFetchRequest>) -> Result<Response<v1::RendezvousFetchResponse>, Status> {
+        let me = caller(&r)?.worker(None)?;
         let r = r.into_inner();
         let (job, generation) = (JobId(r.job_id), Generation(r.generation));
+        self.0.may_act_for(&job, generation, None, &me)?;
         let wait = Duration::from_millis(r.timeout_ms.clamp(1, 600_000));
         let deadline = Instant::now() + wait;
         loop {
@@ -177,19 +223,64 @@ impl WorkerService for Workers {
     }
 
     async fn report_metrics(&self, r: Request<v1::ReportMetricsRequest>) -> Result<Response<v1::ReportMetricsResponse>, Status> {
-        self.0.report_progress(r.into_inner().into())?;
+        let me = caller(&r)?.worker(None)?;
+        let p: Progress = r.into_inner().into();
+        self.0.ran_on(&p.job, &me)?;
+        self.0.report_progress(p)?;
         Ok(Response::new(v1::ReportMetricsResponse {}))
     }
 
     async fn report_checkpoint(&self, r: Request<v1::ReportCheckpointRequest>) -> Result<Response<v1::ReportCheckpointResponse>, Status> {
+        let me = caller(&r)?.worker(None)?;
         let r = r.into_inner();
+        self.0.ran_on(&JobId(r.job_id.clone()), &me)?;
         let line = format!("[checkpoint] step {} at {}", r.step, r.path);
         self.0.report_progress(Progress { job: JobId(r.job_id), generation: Generation(r.generation), points: Vec::new(), evals: Vec::new(), log_lines: vec![line] })?;
         Ok(Response::new(v1::ReportCheckpointResponse {}))
     }
 
     async fn report_completion(&self, r: Request<v1::ReportCompletionRequest>) -> Result<Response<v1::ReportCompletionResponse>, Status> {
-        self.0.report_completion(r.into_inner().into())?;
+        let who = caller(&r)?;
+        let c: crate::domain::Completion = r.into_inner().into();
+        who.worker(Some(c.worker.as_str()))?;
+        self.0.report_completion(c)?;
         Ok(Response::new(v1::ReportCompletionResponse {}))
+    }
+}
+
+fn token_info(t: &crate::auth::TokenRecord) -> v1::TokenInfo {
+    v1::TokenInfo {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        role: t.role.label().into(),
+        worker_id: t.worker.clone().unwrap_or_default(),
+        created_unix_ms: t.created_unix_ms,
+        revoked: t.revoked,
+        created_by: t.created_by.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn create_token(&self, r: Request<v1::CreateTokenRequest>) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        let who = allowed(&r, ADMIN, "create tokens")?;
+        let r = r.into_inner();
+        let role = Role::parse(&r.role).ok_or_else(|| Status::invalid_argument(format!("role {:?}: expected admin, researcher, viewer or worker", r.role)))?;
+        let worker = Some(r.worker_id.as_str()).filter(|w| !w.is_empty());
+        let (rec, token) = self.0.auth.create(&r.name, role, worker, &who.name)?;
+        tracing::info!(by = %who.name, "token {} created for {} (role {})", rec.id, rec.name, role.label());
+        Ok(Response::new(v1::CreateTokenResponse { info: Some(token_info(&rec)), token }))
+    }
+
+    async fn list_tokens(&self, r: Request<v1::ListTokensRequest>) -> Result<Response<v1::ListTokensResponse>, Status> {
+        allowed(&r, ADMIN, "list tokens")?;
+        Ok(Response::new(v1::ListTokensResponse { tokens: self.0.auth.list()?.iter().map(token_info).collect() }))
+    }
+
+    async fn revoke_token(&self, r: Request<v1::RevokeTokenRequest>) -> Result<Response<v1::TokenInfo>, Status> {
+        let who = allowed(&r, ADMIN, "revoke tokens")?;
+        let rec = self.0.auth.revoke(&r.into_inner().id)?;
+        tracing::info!(by = %who.name, "token {} of {} revoked", rec.id, rec.name);
+        Ok(Response::new(token_info(&rec)))
     }
 }

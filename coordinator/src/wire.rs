@@ -67,7 +67,7 @@ impl From<DeviceKind> for v1::DeviceKind {
 
 impl From<v1::SubmitJobRequest> for JobSpec {
     fn from(r: v1::SubmitJobRequest) -> Self {
-        JobSpec { name: r.name, config_toml: r.config_toml, world_size: r.world_size, priority: r.priority, sweep: sweep_of(r.sweep), arm: r.arm, baseline_arm: r.baseline_arm }
+        JobSpec { name: r.name, config_toml: r.config_toml, world_size: r.world_size, priority: r.priority, sweep: sweep_of(r.sweep), arm: r.arm, baseline_arm: r.baseline_arm, owner: String::new() }
     }
 }
 
@@ -162,6 +162,7 @@ impl From<&Job> for v1::Job {
             infra_restarts: j.infra_restarts,
             max_infra_restarts: j.max_infra_restarts,
             ranks_done: j.ranks_done.clone(),
+            owner: j.owner.clone(),
         }
     }
 }
@@ -200,6 +201,7 @@ pub fn job(j: v1::Job) -> Result<Job, CoordinatorError> {
         infra_restarts: j.infra_restarts,
         max_infra_restarts: j.max_infra_restarts,
         ranks_done: j.ranks_done,
+        owner: j.owner,
     })
 }
 
@@ -214,6 +216,7 @@ impl From<&Assignment> for v1::Assignment {
             config_toml: a.config_toml.clone(),
             sweep: sweep_str(&a.sweep),
             arm: a.arm.clone(),
+            secret: a.secret.clone(),
         }
     }
 }
@@ -292,6 +295,7 @@ mod tests {
             infra_restarts: 2,
             max_infra_restarts: 20,
             ranks_done: vec![true, false],
+            owner: "ana".into(),
         }
     }
 

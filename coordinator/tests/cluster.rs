@@ -1,14 +1,20 @@
 //! An in-process coordinator driven by fake workers over real gRPC: gang semantics,
 //! rendezvous, lost workers, and a coordinator restart that keeps every job.
 
+use ablate_coordinator::auth::{Auth, Role};
 use ablate_coordinator::{server, store, Options};
+use ablate_proto::auth::Authed;
 use ablate_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient, JobState};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 struct Coord {
     url: String,
+    /// The served store, to make tokens in (weak: a shut-down coordinator releases it).
+    kv: Weak<dyn store::Kv>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -24,8 +30,9 @@ async fn start_with(store_spec: &str, port: u16, opts: Options) -> Coord {
     let kv = store::open(store_spec).unwrap();
     let stop = CancellationToken::new();
     let s2 = stop.clone();
+    let weak = Arc::downgrade(&kv);
     let done = tokio::spawn(async move { server::run(kv, opts, server::Listeners { grpc, metrics: None }, s2).await.unwrap() });
-    Coord { url, stop, done }
+    Coord { url, kv: weak, stop, done }
 }
 
 impl Coord {
@@ -33,12 +40,37 @@ impl Coord {
         self.stop.cancel();
         self.done.await.unwrap();
     }
-    async fn jobs(&self) -> JobServiceClient<tonic::transport::Channel> {
-        JobServiceClient::connect(self.url.clone()).await.unwrap()
+    /// An admin's job client (a token stored in the coordinator's store).
+    async fn jobs(&self) -> JobServiceClient<Authed> {
+        let token = Auth::open(self.kv.upgrade().expect("the coordinator runs")).unwrap().create("tester", Role::Admin, None, "test").unwrap().1;
+        JobServiceClient::new(ablate_proto::connect_authed(&self.url, Some(&token)).await.unwrap().1)
     }
-    async fn workers(&self) -> WorkerServiceClient<tonic::transport::Channel> {
-        WorkerServiceClient::connect(self.url.clone()).await.unwrap()
+    /// Fake workers, each with its own worker token.
+    async fn workers(&self) -> Fleet {
+        Fleet { url: self.url.clone(), kv: self.kv.clone(), clients: HashMap::new() }
     }
+}
+
+struct Fleet {
+    url: String,
+    kv: Weak<dyn store::Kv>,
+    clients: HashMap<String, WorkerServiceClient<Authed>>,
+}
+
+impl Fleet {
+    /// The client of worker `id` (its token made on first use).
+    async fn of(&mut self, id: &str) -> &mut WorkerServiceClient<Authed> {
+        if !self.clients.contains_key(id) {
+            let client = worker_client(&self.url, &self.kv, id).await;
+            self.clients.insert(id.to_string(), client);
+        }
+        self.clients.get_mut(id).expect("inserted above")
+    }
+}
+
+async fn worker_client(url: &str, kv: &Weak<dyn store::Kv>, id: &str) -> WorkerServiceClient<Authed> {
+    let token = Auth::open(kv.upgrade().expect("the coordinator runs")).unwrap().create(id, Role::Worker, Some(id), "test").unwrap().1;
+    WorkerServiceClient::new(ablate_proto::connect_authed(url, Some(&token)).await.unwrap().1)
 }
 
 fn reg(id: &str, slots: u32) -> v1::Registration {
@@ -51,16 +83,16 @@ fn reg(id: &str, slots: u32) -> v1::Registration {
     }
 }
 
-async fn beat(c: &mut WorkerServiceClient<tonic::transport::Channel>, id: &str, slots: u32, running: Vec<v1::RunningRank>) -> Vec<v1::Assignment> {
-    c.heartbeat(v1::HeartbeatRequest { registration: Some(reg(id, slots)), running }).await.unwrap().into_inner().assignments
+async fn beat(w: &mut Fleet, id: &str, slots: u32, running: Vec<v1::RunningRank>) -> Vec<v1::Assignment> {
+    w.of(id).await.heartbeat(v1::HeartbeatRequest { registration: Some(reg(id, slots)), running }).await.unwrap().into_inner().assignments
 }
 
-async fn submit(c: &mut JobServiceClient<tonic::transport::Channel>, world: u32) -> v1::Job {
+async fn submit(c: &mut JobServiceClient<Authed>, world: u32) -> v1::Job {
     let req = v1::SubmitJobRequest { config_toml: "[train]\nsteps = 10\n".into(), name: "t".into(), world_size: world, ..Default::default() };
     c.submit_job(req).await.unwrap().into_inner().job.unwrap()
 }
 
-async fn state(c: &mut JobServiceClient<tonic::transport::Channel>, id: &str) -> v1::Job {
+async fn state(c: &mut JobServiceClient<Authed>, id: &str) -> v1::Job {
     c.get_job(v1::GetJobRequest { id: id.into() }).await.unwrap().into_inner()
 }
 
@@ -152,20 +184,20 @@ async fn rendezvous_checks_generation_layout_and_deadline() {
     wait_for(5, async || state(&mut j, &job.id).await.state() == JobState::Scheduled).await;
     let publish = |rank: u32, generation: u64, hash: &str| v1::RendezvousPublishRequest { job_id: job.id.clone(), generation, rank, address: format!("127.0.0.1:{}", 4000 + rank), params_hash: hash.into() };
     let fetch = |timeout_ms| v1::RendezvousFetchRequest { job_id: job.id.clone(), generation: 1, rank: 0, timeout_ms };
-    w.rendezvous_publish(publish(0, 1, "abc")).await.unwrap();
-    let e = w.rendezvous_fetch(fetch(300)).await.unwrap_err();
+    w.of("a").await.rendezvous_publish(publish(0, 1, "abc")).await.unwrap();
+    let e = w.of("a").await.rendezvous_fetch(fetch(300)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
     assert!(e.message().contains("only 1 of 2 ranks arrived within 300 ms"), "{}", e.message());
-    let e = w.rendezvous_publish(publish(1, 7, "abc")).await.unwrap_err();
+    let e = w.of("a").await.rendezvous_publish(publish(1, 7, "abc")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(e.message().contains("generation 7 is stale (current 1)"), "{}", e.message());
-    let e = w.rendezvous_publish(publish(1, 1, "xyz")).await.unwrap_err();
+    let e = w.of("a").await.rendezvous_publish(publish(1, 1, "xyz")).await.unwrap_err();
     assert!(e.message().contains("rank 1 has parameter layout xyz but the group has abc"), "{}", e.message());
     // a waiting fetch returns as soon as the last rank publishes
-    let mut w2 = c.workers().await;
+    let mut w2 = worker_client(&c.url, &c.kv, "a").await;
     let waiter = tokio::spawn(async move { w2.rendezvous_fetch(v1::RendezvousFetchRequest { job_id: "j000001".into(), generation: 1, rank: 0, timeout_ms: 10_000 }).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    w.rendezvous_publish(publish(1, 1, "abc")).await.unwrap();
+    w.of("a").await.rendezvous_publish(publish(1, 1, "abc")).await.unwrap();
     let got = waiter.await.unwrap().unwrap().into_inner().addresses;
     assert_eq!(got, ["127.0.0.1:4000", "127.0.0.1:4001"]);
     c.shutdown().await;
@@ -193,7 +225,7 @@ async fn a_lost_worker_restarts_the_gang_under_a_new_generation() {
     assert_eq!((s.placement[0].worker_id.as_str(), s.infra_restarts, s.restarts), (other, 1, 0), "a lost worker is the cluster's failure, not the job's");
     assert!(s.reason.contains(&format!("worker {on} lost")), "{}", s.reason);
     // a late report of generation 1 changes nothing
-    w.report_completion(v1::ReportCompletionRequest { job_id: job.id.clone(), generation: 1, rank: 0, success: false, reason: "old".into(), ..Default::default() }).await.unwrap();
+    w.of(&on).await.report_completion(v1::ReportCompletionRequest { worker_id: on.clone(), job_id: job.id.clone(), generation: 1, rank: 0, success: false, reason: "old".into(), ..Default::default() }).await.unwrap();
     assert_eq!(state(&mut j, &job.id).await.state(), JobState::Scheduled);
     // with no restarts left, losing the second worker fails the job with the reason
     wait_for(10, async || state(&mut j, &job.id).await.state() == JobState::Failed).await;
@@ -239,7 +271,7 @@ async fn restart_keeps_every_job(spec: &str, dir: &Path) {
     assert_eq!(state(&mut j, &running.id).await.state(), JobState::Running);
     assert_eq!(state(&mut j, &queued.id).await.state(), JobState::Queued);
     let cj = state(&mut j, &cancelled.id).await;
-    assert_eq!((cj.state(), cj.reason.as_str()), (JobState::Cancelled, "test"));
+    assert_eq!((cj.state(), cj.reason.as_str()), (JobState::Cancelled, "test (cancelled by tester)"));
     // the worker re-attaches: same generation, its rank still assigned, nothing placed twice
     let a = beat(&mut w, "a", 1, vec![rank]).await;
     assert_eq!(a.len(), 1);
@@ -265,7 +297,7 @@ async fn bad_requests_get_clear_errors() {
     let (mut w, mut j) = (c.workers().await, c.jobs().await);
     let mut old = reg("old", 1);
     old.protocol_version = 1;
-    let e = w.register(v1::RegisterRequest { registration: Some(old) }).await.unwrap_err();
+    let e = w.of("old").await.register(v1::RegisterRequest { registration: Some(old) }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(e.message().contains(&format!("worker old speaks protocol 1, this coordinator {}", ablate_proto::PROTOCOL_VERSION)), "{}", e.message());
     let e = j.submit_job(v1::SubmitJobRequest { config_toml: "[train\n".into(), world_size: 1, ..Default::default() }).await.unwrap_err();
@@ -321,7 +353,7 @@ async fn old_ranks_cannot_fail_a_requeued_job_and_vanished_ranks_restart_it() {
     assert_eq!(state(&mut j, &job.id).await.state(), JobState::Running);
 
     // a rank number outside the world is refused and harms nothing
-    let e = w.report_completion(v1::ReportCompletionRequest { worker_id: "a".into(), job_id: job.id.clone(), generation: 1, rank: 7, success: true, ..Default::default() }).await.unwrap_err();
+    let e = w.of("a").await.report_completion(v1::ReportCompletionRequest { worker_id: "a".into(), job_id: job.id.clone(), generation: 1, rank: 7, success: true, ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
     // worker a goes silent: the gang is requeued and cannot be placed on b alone
@@ -332,7 +364,7 @@ async fn old_ranks_cannot_fail_a_requeued_job_and_vanished_ranks_restart_it() {
     .await;
     // b's rank saw its peer vanish and reports failure for generation 1: too late to matter
     let fail = v1::ReportCompletionRequest { worker_id: "b".into(), job_id: job.id.clone(), generation: 1, rank: rank_on("b"), success: false, reason: "peer closed".into(), ..Default::default() };
-    w.report_completion(fail).await.unwrap();
+    w.of("b").await.report_completion(fail).await.unwrap();
     let s = state(&mut j, &job.id).await;
     assert_eq!(s.state(), JobState::Queued, "an old rank's failure must not fail the requeued job: {}", s.reason);
     assert!(beat(&mut w, "b", 1, vec![]).await.is_empty(), "a queued job has no assignments");
@@ -370,7 +402,7 @@ async fn failures_restart_by_class_and_unstarted_ranks_move() {
     // generation 1: a dead peer (the cluster's): infra restart 1, the job's restarts untouched
     wait_for(5, async || state(&mut j, &job.id).await.generation == 1).await;
     beat(&mut w, "a", 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 1, rank: 0, pid: 7, step: 3 }]).await;
-    w.report_completion(fail(1, true, true)).await.unwrap();
+    w.of("a").await.report_completion(fail(1, true, true)).await.unwrap();
     let s = state(&mut j, &job.id).await;
     assert_eq!((s.state(), s.infra_restarts, s.restarts), (JobState::Queued, 1, 0), "{}", s.reason);
     assert!(s.reason.starts_with("infrastructure restart 1 of 5: rank 0 on worker a: boom"), "{}", s.reason);
@@ -387,13 +419,13 @@ async fn failures_restart_by_class_and_unstarted_ranks_move() {
     assert!(s.reason.contains("not started within 1.5s (rank 0 on a)"), "{}", s.reason);
     // generation 3: a stuck rank (maybe the job's own) spends the job's one restart
     beat(&mut w, "a", 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 3, rank: 0, pid: 8, step: 3 }]).await;
-    w.report_completion(fail(3, true, false)).await.unwrap();
+    w.of("a").await.report_completion(fail(3, true, false)).await.unwrap();
     let s = state(&mut j, &job.id).await;
     assert_eq!((s.state(), s.infra_restarts, s.restarts), (JobState::Queued, 2, 1), "{}", s.reason);
     // generation 4: a failure a restart would repeat fails at once
     wait_for(5, async || state(&mut j, &job.id).await.generation == 4).await;
     beat(&mut w, "a", 1, vec![v1::RunningRank { job_id: job.id.clone(), generation: 4, rank: 0, pid: 9, step: 3 }]).await;
-    w.report_completion(fail(4, false, false)).await.unwrap();
+    w.of("a").await.report_completion(fail(4, false, false)).await.unwrap();
     let s = state(&mut j, &job.id).await;
     assert_eq!((s.state(), s.infra_restarts, s.restarts), (JobState::Failed, 2, 1), "{}", s.reason);
     c.shutdown().await;
@@ -408,7 +440,7 @@ async fn a_drained_worker_gets_nothing_new_until_undrained() {
     let c = start(&store, dir.path(), 5000, 0).await;
     let port: u16 = c.url.rsplit(':').next().unwrap().parse().unwrap();
     let (mut w, mut j) = (c.workers().await, c.jobs().await);
-    let drain_flag = async |w: &mut WorkerServiceClient<tonic::transport::Channel>, id: &str| w.heartbeat(v1::HeartbeatRequest { registration: Some(reg(id, 1)), running: vec![] }).await.unwrap().into_inner().drain;
+    let drain_flag = async |w: &mut Fleet, id: &str| w.of(id).await.heartbeat(v1::HeartbeatRequest { registration: Some(reg(id, 1)), running: vec![] }).await.unwrap().into_inner().drain;
     assert!(!drain_flag(&mut w, "a").await && !drain_flag(&mut w, "b").await);
     let e = j.drain_worker(v1::DrainWorkerRequest { worker_id: "zz".into(), undo: false }).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "no worker \"zz\" has registered (known: a, b)"));

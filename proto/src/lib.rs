@@ -5,12 +5,15 @@
 //!   servers (proto/ablate/v1/ablate.proto, compiled by protox in build.rs);
 //! - `etcd`: clients of etcd's v3 KV and Lease services (proto/etcd/kv.proto);
 //! - `DESCRIPTOR_SET`: the encoded descriptors, for gRPC reflection;
+//! - `auth`: the bearer-token header of every call and the HMAC primitives of the ring;
 //! - `PROTOCOL_VERSION` and the coordinator URL helpers (the coordinator's typed ids and
 //!   domain types live in the coordinator, converted at its service boundary).
 
 
 /// Bumped on every incompatible change of the coordinator <-> worker protocol.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
+
+pub mod auth;
 
 /// The largest gRPC message the coordinator takes and the CLI reads: a completion report
 /// and `GetEvalSamples` carry an evaluation's per-image data (2 x N x 320 floats: 64 MiB
@@ -88,4 +91,15 @@ pub async fn connect_first(spec: &str) -> Result<(String, tonic::transport::Chan
         }
     }
     Err(if errors.is_empty() { format!("no coordinator URL in {spec:?}") } else { errors.join("; ") })
+}
+
+/// [`connect_first`], with every call carrying `token` (see [`auth::Bearer`]).
+pub async fn connect_authed(spec: &str, token: Option<&str>) -> Result<(String, auth::Authed), String> {
+    let bearer = auth::Bearer::new(token)?;
+    let (url, channel) = connect_first(spec).await?;
+    Ok((url, tower_service_with(channel, bearer)))
+}
+
+fn tower_service_with(channel: tonic::transport::Channel, bearer: auth::Bearer) -> auth::Authed {
+    tonic::service::interceptor::InterceptedService::new(channel, bearer)
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use ablate_proto::auth::Authed;
 
 use crate::events::{Event, Outcome};
 
@@ -40,6 +40,9 @@ pub struct AgentConfig {
     /// How long a drain (SIGTERM) waits for the ranks to stop at a common step and
     /// checkpoint before it kills them.
     pub drain_timeout: Duration,
+    /// This worker's token (role worker, bound to `worker_id`); its ranks get it too, for
+    /// the rendezvous.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +154,7 @@ pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: Canc
     tokio::fs::create_dir_all(&jobs).await.map_err(|source| WorkerError::Io { path: jobs.display().to_string(), source })?;
     let state: Shared = Arc::default();
     let tasks = tokio_util::task::TaskTracker::new();
-    let mut client: Option<WorkerServiceClient<Channel>> = None;
+    let mut client: Option<WorkerServiceClient<Authed>> = None;
     let mut interval = Duration::from_millis(500);
     let mut last_warning = None::<Instant>;
     loop {
@@ -234,11 +237,11 @@ pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: Canc
     Ok(())
 }
 
-async fn connect(cfg: &AgentConfig) -> Result<(WorkerServiceClient<Channel>, Duration), WorkerError> {
-    let (_, channel) = ablate_proto::connect_first(&cfg.coordinator).await.map_err(|e| WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(e) })?;
+async fn connect(cfg: &AgentConfig) -> Result<(WorkerServiceClient<Authed>, Duration), WorkerError> {
+    let (_, channel) = ablate_proto::connect_authed(&cfg.coordinator, cfg.token.as_deref()).await.map_err(|e| WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(e) })?;
     let mut c = WorkerServiceClient::new(channel);
     let r = c.register(v1::RegisterRequest { registration: Some(registration(cfg, false)) }).await.map_err(|s| {
-        if s.code() == tonic::Code::FailedPrecondition {
+        if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) {
             WorkerError::Refused(s.message().to_string())
         } else {
             WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(s.message().to_string()) }
@@ -255,7 +258,7 @@ fn permanent(code: tonic::Code) -> bool {
 
 /// Sends batched points and logs (in chunks), then completion reports; keeps what did not
 /// land for the next round.
-async fn flush(c: &mut WorkerServiceClient<Channel>, state: &Shared, worker: &str) {
+async fn flush(c: &mut WorkerServiceClient<Authed>, state: &Shared, worker: &str) {
     let (batches, completions) = {
         let mut s = state.lock().expect("agent state");
         (std::mem::take(&mut s.outbox.batches), std::mem::take(&mut s.outbox.completions))
@@ -429,10 +432,17 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
         .args(["--rendezvous-timeout-ms", &cfg.rendezvous_timeout.as_millis().to_string()])
         .args(["--collective-timeout-ms", &cfg.collective_timeout.as_millis().to_string()])
         .env("RAYON_NUM_THREADS", cfg.threads_per_rank.to_string())
+        // the rank's own credentials: this worker's token (for the rendezvous) and the
+        // group's secret (the ring's handshake); environment, not arguments, so `ps` shows neither
+        .env(ablate_proto::auth::JOB_SECRET_ENV, ablate_proto::auth::hex(&a.secret))
+        .env_remove(ablate_proto::auth::TOKEN_FILE_ENV)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    if let Some(t) = &cfg.token {
+        cmd.env(ablate_proto::auth::TOKEN_ENV, t);
+    }
     // the rank dies with this agent, even when the agent is SIGKILLed (Linux: the parent-death
     // signal fires when the spawning runtime thread exits, which lives as long as the agent)
     // SAFETY: prctl is async-signal-safe and touches nothing but the child's own attributes.

@@ -29,6 +29,8 @@ use crate::events::{Event, Outcome};
 #[derive(Debug, Clone)]
 pub struct RankArgs {
     pub coordinator: String,
+    /// The worker's token and the group's secret (from the agent, through the environment).
+    pub credentials: crate::collective::rendezvous::Credentials,
     pub job: String,
     pub generation: u64,
     pub rank: usize,
@@ -166,9 +168,9 @@ impl Backend {
 
 fn group(a: &RankArgs, backend: Backend, device: &Device) -> Result<Box<dyn Collective>, String> {
     match backend {
-        Backend::Ring => Ok(Box::new(RendezvousRing::new(a.coordinator.clone(), a.job.clone(), a.generation, a.rank, a.world, a.advertise_host.clone(), a.rendezvous_timeout, a.collective_timeout))),
+        Backend::Ring => Ok(Box::new(RendezvousRing::new(a.coordinator.clone(), a.credentials.clone(), a.job.clone(), a.generation, a.rank, a.world, a.advertise_host.clone(), a.rendezvous_timeout, a.collective_timeout))),
         #[cfg(feature = "nccl")]
-        Backend::Nccl => crate::collective::nccl::NcclGroup::new(a.coordinator.clone(), a.job.clone(), a.generation, a.rank, a.world, device, a.rendezvous_timeout, a.collective_timeout)
+        Backend::Nccl => crate::collective::nccl::NcclGroup::new(a.coordinator.clone(), a.credentials.clone(), a.job.clone(), a.generation, a.rank, a.world, device, a.rendezvous_timeout, a.collective_timeout)
             .map(|g| Box::new(g) as Box<dyn Collective>)
             .map_err(|e| e.to_string()),
         #[cfg(not(feature = "nccl"))]

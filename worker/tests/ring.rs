@@ -98,12 +98,15 @@ fn a_stranger_cannot_join_and_a_missing_peer_times_out() {
     let l0 = TcpListener::bind("127.0.0.1:0").unwrap();
     let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
     let addrs = vec![l0.local_addr().unwrap().to_string(), l1.local_addr().unwrap().to_string()];
-    // rank 1 of another generation (token 9) dials rank 0 (token 7): rank 0 keeps waiting
+    // rank 1 of another generation (another secret) dials rank 0: neither proves the other's
+    // secret, rank 0 drops the connection and keeps waiting
+    let before = ablate_worker::collective::refused_joins();
     let a2 = addrs.clone();
-    let stranger = std::thread::spawn(move || Ring::connect(1, l1, &a2, 9, Duration::from_millis(800)));
-    let e = Ring::connect(0, l0, &addrs, 7, Duration::from_millis(800)).err().expect("no group with a stranger").to_string();
+    let stranger = std::thread::spawn(move || Ring::connect(1, l1, &a2, b"generation 9", Duration::from_millis(800)));
+    let e = Ring::connect(0, l0, &addrs, b"generation 7", Duration::from_millis(800)).err().expect("no group with a stranger").to_string();
     assert!(e.contains("rank 1 did not connect within"), "{e}");
     assert!(stranger.join().unwrap().is_err());
+    assert!(ablate_worker::collective::refused_joins() >= before + 2, "both listeners dropped the other's connection");
 }
 
 /// The gradient exchange over a real ring of 3, with buckets that split the parameters

@@ -2,6 +2,7 @@
 //! here, stored there all or none), `ablate watch <sweep id>` (the live display of `ablate
 //! run`), `ablate results <sweep id>`.
 
+use ablate_proto::auth::Authed;
 use ablate_proto::v1::{self, job_service_client::JobServiceClient, JobState};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,9 +35,10 @@ pub enum SweepCmd {
     Submit(SubmitArgs),
 }
 
-async fn client(url: &str) -> anyhow::Result<JobServiceClient<tonic::transport::Channel>> {
-    let (_, channel) = ablate_proto::connect_first(url).await.map_err(|e| anyhow::anyhow!("cannot reach the coordinator: {e}"))?;
-    Ok(JobServiceClient::new(channel).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
+/// A job client whose calls carry the token of the environment (`ABLATE_TOKEN`, `ABLATE_TOKEN_FILE`).
+async fn client(url: &str) -> anyhow::Result<JobServiceClient<Authed>> {
+    let token = crate::jobs_cmd::token_from(None)?;
+    Ok(JobServiceClient::new(crate::jobs_cmd::channel(url, token.as_deref()).await?).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
 }
 
 pub fn sweep(cmd: SweepCmd) -> anyhow::Result<()> {
@@ -65,7 +67,7 @@ pub fn sweep(cmd: SweepCmd) -> anyhow::Result<()> {
     })
 }
 
-async fn sweep_jobs(c: &mut JobServiceClient<tonic::transport::Channel>, id: &str) -> anyhow::Result<Vec<v1::Job>> {
+async fn sweep_jobs(c: &mut JobServiceClient<Authed>, id: &str) -> anyhow::Result<Vec<v1::Job>> {
     Ok(c.get_sweep_results(v1::GetSweepResultsRequest { sweep: id.into() }).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?.into_inner().jobs)
 }
 
@@ -111,7 +113,7 @@ pub fn watch(id: &str, coordinator: &str) -> anyhow::Result<()> {
 }
 
 /// Every job's metric points and evaluations from the coordinator.
-async fn series_of(c: &mut JobServiceClient<tonic::transport::Channel>, jobs: &[v1::Job]) -> anyhow::Result<HashMap<String, Series>> {
+async fn series_of(c: &mut JobServiceClient<Authed>, jobs: &[v1::Job]) -> anyhow::Result<HashMap<String, Series>> {
     let mut all = HashMap::new();
     for j in jobs {
         let r = c.get_metrics(v1::GetMetricsRequest { id: j.id.clone(), from_step: 0 }).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?.into_inner();
@@ -122,7 +124,7 @@ async fn series_of(c: &mut JobServiceClient<tonic::transport::Channel>, jobs: &[
 
 /// The per-image data of every succeeded job's final evaluation, by job id, as the
 /// coordinator kept it (jobs without any are left out).
-async fn samples_of(c: &mut JobServiceClient<tonic::transport::Channel>, jobs: &[v1::Job]) -> anyhow::Result<HashMap<String, EvalSamples>> {
+async fn samples_of(c: &mut JobServiceClient<Authed>, jobs: &[v1::Job]) -> anyhow::Result<HashMap<String, EvalSamples>> {
     let mut all = HashMap::new();
     for j in jobs.iter().filter(|j| j.state() == JobState::Succeeded) {
         match c.get_eval_samples(v1::GetEvalSamplesRequest { id: j.id.clone() }).await {

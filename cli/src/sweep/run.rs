@@ -101,9 +101,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         let server = tokio::spawn(ablate_coordinator::server::serve(core.clone(), ablate_coordinator::server::Listeners { grpc, metrics: None }, stop.clone()));
         let mut agents = Vec::new();
         for i in 0..a.workers {
+            let worker_id = format!("local-{i}");
             let cfg = ablate_worker::agent::AgentConfig {
                 coordinator: url.clone(),
-                worker_id: format!("local-{i}"),
+                // a token of this process only: the embedded coordinator listens on loopback
+                // and forgets it at exit
+                token: Some(core.auth.ephemeral(&worker_id, ablate_coordinator::auth::Role::Worker, Some(&worker_id))),
+                worker_id,
                 advertise_host: "127.0.0.1".into(),
                 devices: ablate_worker::agent::parse_devices("cpu:1")?,
                 labels: Default::default(),
@@ -135,7 +139,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 let reqs = sweep
                     .jobs
                     .iter()
-                    .map(|j| JobSpec { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: sweep.world_size, priority: sweep.priority, sweep: None, arm: j.arm.clone(), baseline_arm: j.baseline.clone() })
+                    .map(|j| JobSpec { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: sweep.world_size, priority: sweep.priority, sweep: None, arm: j.arm.clone(), baseline_arm: j.baseline.clone(), owner: String::new() })
                     .collect();
                 let (sweep_id, jobs) = core.submit_sweep(&sweep.name, reqs)?;
                 let rec = Record {

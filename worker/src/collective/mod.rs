@@ -14,6 +14,21 @@ pub mod ring;
 
 pub use ring::Ring;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static REFUSED_JOINS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a connection a ring listener dropped because it could not prove the group's
+/// secret (or was not the expected rank).
+pub(crate) fn refused_join() {
+    REFUSED_JOINS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many joins ring listeners of this process refused so far.
+pub fn refused_joins() -> u64 {
+    REFUSED_JOINS.load(Ordering::Relaxed)
+}
+
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -26,7 +41,7 @@ pub fn loopback_group(world: usize, timeout: Duration) -> Vec<Ring> {
         .enumerate()
         .map(|(r, l)| {
             let addrs = addrs.clone();
-            std::thread::spawn(move || Ring::connect(r, l, &addrs, 7, timeout).expect("loopback ring"))
+            std::thread::spawn(move || Ring::connect(r, l, &addrs, b"loopback", timeout).expect("loopback ring"))
         })
         .collect();
     handles.into_iter().map(|h| h.join().expect("ring thread")).collect()

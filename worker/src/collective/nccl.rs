@@ -42,6 +42,7 @@ const ID_BYTES: usize = 128;
 
 pub struct NcclGroup {
     pub coordinator: String,
+    pub credentials: super::rendezvous::Credentials,
     pub job: String,
     pub generation: u64,
     pub rank: usize,
@@ -56,14 +57,14 @@ pub struct NcclGroup {
 impl NcclGroup {
     /// `device` must be the rank's CUDA device (the one the trainer runs on).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(coordinator: String, job: String, generation: u64, rank: usize, world: usize, device: &Device, rendezvous_timeout: Duration, collective_timeout: Duration) -> Result<Self, CollectiveError> {
+    pub fn new(coordinator: String, credentials: super::rendezvous::Credentials, job: String, generation: u64, rank: usize, world: usize, device: &Device, rendezvous_timeout: Duration, collective_timeout: Duration) -> Result<Self, CollectiveError> {
         let err = |message: String| CollectiveError { op: "init", rank, message };
         let stream = device.as_cuda_device().map_err(|_| err(format!("NCCL needs a CUDA device, not {device:?}")))?.cuda_stream();
         // SAFETY: only tries to dlopen libnccl.
         if !unsafe { sys::is_culib_present() } {
             return Err(err("libnccl cannot be loaded: put the NCCL library on LD_LIBRARY_PATH (deploy/cuda/device-env.sh), or run the ring with ABLATE_COLLECTIVE=ring".into()));
         }
-        Ok(Self { coordinator, job, generation, rank, world, rendezvous_timeout, collective_timeout, device: device.clone(), stream, owned: None })
+        Ok(Self { coordinator, credentials, job, generation, rank, world, rendezvous_timeout, collective_timeout, device: device.clone(), stream, owned: None })
     }
 
     fn owned(&mut self, op: &'static str) -> Result<&mut Owned<Comm>, CollectiveError> {
@@ -152,7 +153,7 @@ impl Collective for NcclGroup {
         } else {
             None
         };
-        let table = exchange(&self.coordinator, &self.job, self.generation, rank, nccl_entry(id.as_deref()), params_hash, self.rendezvous_timeout).map_err(err)?;
+        let table = exchange(&self.coordinator, self.credentials.token.as_deref(), &self.job, self.generation, rank, nccl_entry(id.as_deref()), params_hash, self.rendezvous_timeout).map_err(err)?;
         if table.len() != self.world {
             return Err(err(format!("coordinator returned {} entries for a world of {}", table.len(), self.world)));
         }

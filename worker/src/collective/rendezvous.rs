@@ -2,12 +2,14 @@
 //! parameter-layout hash under (job, generation), then waits (with a deadline) for every
 //! rank's entry ([`exchange`]). The entry says how the rank joins:
 //! - the TCP ring: the rank's listener address (`host:port`); [`RendezvousRing`] then
-//!   connects the ring. A later generation has another token, so a stale rank cannot enter
-//!   a newer group;
+//!   connects the ring, each connection proven with the group's secret (a later generation
+//!   has another secret, so a stale rank cannot enter a newer group, nor can a stranger);
 //! - NCCL: rank 0 publishes the communicator's unique id (`nccl-id=<hex>`), the others
 //!   `nccl-member` ([`nccl_entry`], [`nccl_id`]). A new generation is a new id.
 //!
 //! A rank that joined with the other backend fails the whole group with an error naming it.
+//! The rendezvous calls carry the worker's token ([`Credentials`]): the coordinator answers
+//! only the workers placed for the job.
 
 use ablate_proto::v1::{self, worker_service_client::WorkerServiceClient};
 use ablate_trainer::collective::{Collective, CollectiveError};
@@ -16,8 +18,36 @@ use std::time::Duration;
 
 use super::Ring;
 
+/// What a rank proves itself with: its worker's token (the rendezvous calls) and its
+/// group's secret (the ring's handshake key).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub secret: Vec<u8>,
+}
+
+impl Credentials {
+    /// What the worker agent hands its ranks: `ABLATE_TOKEN` and `ABLATE_JOB_SECRET` (hex).
+    pub fn from_env() -> Result<Self, String> {
+        let token = ablate_proto::auth::client_token()?;
+        let secret = match std::env::var(ablate_proto::auth::JOB_SECRET_ENV) {
+            Ok(h) => ablate_proto::auth::unhex(h.trim()).ok_or_else(|| format!("{} is not hex", ablate_proto::auth::JOB_SECRET_ENV))?,
+            Err(_) => Vec::new(),
+        };
+        Ok(Self { token, secret })
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never print a secret
+        write!(f, "Credentials {{ token: {}, secret: {} bytes }}", if self.token.is_some() { "set" } else { "none" }, self.secret.len())
+    }
+}
+
 pub struct RendezvousRing {
     pub coordinator: String,
+    pub credentials: Credentials,
     pub job: String,
     pub generation: u64,
     pub rank: usize,
@@ -31,8 +61,8 @@ pub struct RendezvousRing {
 
 impl RendezvousRing {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(coordinator: String, job: String, generation: u64, rank: usize, world: usize, advertise_host: String, rendezvous_timeout: Duration, collective_timeout: Duration) -> Self {
-        Self { coordinator, job, generation, rank, world, advertise_host, rendezvous_timeout, collective_timeout, ring: None }
+    pub fn new(coordinator: String, credentials: Credentials, job: String, generation: u64, rank: usize, world: usize, advertise_host: String, rendezvous_timeout: Duration, collective_timeout: Duration) -> Self {
+        Self { coordinator, credentials, job, generation, rank, world, advertise_host, rendezvous_timeout, collective_timeout, ring: None }
     }
 
     fn ring(&mut self) -> &mut Ring {
@@ -42,17 +72,18 @@ impl RendezvousRing {
     fn join(&self, params_hash: &str, listener: &TcpListener) -> Result<Vec<String>, String> {
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let address = format!("{}:{port}", self.advertise_host);
-        let table = exchange(&self.coordinator, &self.job, self.generation, self.rank, address, params_hash, self.rendezvous_timeout)?;
+        let table = exchange(&self.coordinator, self.credentials.token.as_deref(), &self.job, self.generation, self.rank, address, params_hash, self.rendezvous_timeout)?;
         ring_addresses(&table)?;
         Ok(table)
     }
 }
 
 /// Publishes this rank's `entry` and waits for every rank's, indexed by rank.
-pub fn exchange(coordinator: &str, job: &str, generation: u64, rank: usize, entry: String, params_hash: &str, timeout: Duration) -> Result<Vec<String>, String> {
+#[allow(clippy::too_many_arguments)]
+pub fn exchange(coordinator: &str, token: Option<&str>, job: &str, generation: u64, rank: usize, entry: String, params_hash: &str, timeout: Duration) -> Result<Vec<String>, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let (_, channel) = ablate_proto::connect_first(coordinator).await.map_err(|e| format!("cannot reach the coordinator: {e}"))?;
+        let (_, channel) = ablate_proto::connect_authed(coordinator, token).await.map_err(|e| format!("cannot reach the coordinator: {e}"))?;
         let mut c = WorkerServiceClient::new(channel);
         c.rendezvous_publish(v1::RendezvousPublishRequest { job_id: job.to_string(), generation, rank: rank as u32, address: entry, params_hash: params_hash.to_string() })
             .await
@@ -108,11 +139,6 @@ pub fn nccl_id(table: &[String], len: usize) -> Result<Vec<u8>, String> {
     }
 }
 
-/// The ring's handshake token for a (job, generation).
-pub fn token(job: &str, generation: u64) -> u64 {
-    ablate_trainer::hash::Fnv1a::seeded(generation).write(job.as_bytes()).finish()
-}
-
 impl Collective for RendezvousRing {
     fn rank(&self) -> usize {
         self.rank
@@ -127,7 +153,7 @@ impl Collective for RendezvousRing {
         if addrs.len() != self.world {
             return Err(CollectiveError { op: "rendezvous", rank: self.rank, message: format!("coordinator returned {} addresses for a world of {}", addrs.len(), self.world) });
         }
-        self.ring = Some(Ring::connect(self.rank, listener, &addrs, token(&self.job, self.generation), self.collective_timeout)?);
+        self.ring = Some(Ring::connect(self.rank, listener, &addrs, &self.credentials.secret, self.collective_timeout)?);
         Ok(())
     }
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {

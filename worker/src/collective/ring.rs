@@ -7,15 +7,72 @@
 //! - broadcast: pipelined along the ring in 1 MiB segments;
 //! - every message is length-prefixed and checked, every socket has read and write
 //!   deadlines: a dead peer gives its neighbours an error at once (connection reset or
-//!   closed), a stuck one within the deadline. Nothing waits forever.
+//!   closed), a stuck one within the deadline. Nothing waits forever;
+//! - joining is a mutual HMAC-SHA256 challenge under the group's secret (the coordinator
+//!   sends it only to the placed workers): the dialer sends its rank and a fresh nonce, the
+//!   listener answers with its own nonce and a MAC over both, the dialer checks it and
+//!   answers with its MAC. A connection that cannot prove the secret is dropped before any
+//!   gradient moves, and a dialer refuses a listener that cannot.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use ablate_proto::auth::{ct_eq, hmac_sha256, random_bytes};
 use ablate_trainer::collective::{Collective, CollectiveError};
 
-const MAGIC: u32 = 0xab1a_7e01;
+const MAGIC: u32 = 0xab1a_7e02;
+/// How long a listener waits for one connecting stranger's greeting before dropping it.
+const GREETING_WAIT: Duration = Duration::from_secs(5);
+
+/// The listener's MAC: proves the secret to the dialer of rank `from`.
+fn accept_mac(key: &[u8], from: u32, dial_nonce: &[u8], accept_nonce: &[u8]) -> [u8; 32] {
+    hmac_sha256(key, &[b"ablate ring accept\0", &from.to_le_bytes(), dial_nonce, accept_nonce])
+}
+
+/// The dialer's MAC, answering the listener's nonce.
+fn dial_mac(key: &[u8], from: u32, dial_nonce: &[u8], accept_nonce: &[u8]) -> [u8; 32] {
+    hmac_sha256(key, &[b"ablate ring dial\0", &from.to_le_bytes(), accept_nonce, dial_nonce])
+}
+
+/// The dialer's side of the handshake.
+fn greet(s: &mut TcpStream, key: &[u8], rank: u32) -> Result<(), String> {
+    let nonce: [u8; 16] = random_bytes();
+    let mut hello = Vec::with_capacity(24);
+    hello.extend(MAGIC.to_le_bytes());
+    hello.extend(rank.to_le_bytes());
+    hello.extend(nonce);
+    s.write_all(&hello).map_err(|e| format!("greeting: {e}"))?;
+    let mut answer = [0u8; 48];
+    s.read_exact(&mut answer).map_err(|e| format!("no answer to the greeting (a listener of another group, or not a rank): {e}"))?;
+    let (their_nonce, mac) = answer.split_at(16);
+    if !ct_eq(mac, &accept_mac(key, rank, &nonce, their_nonce)) {
+        return Err("it could not prove the group's secret: it is not a rank of this job's generation".into());
+    }
+    s.write_all(&dial_mac(key, rank, &nonce, their_nonce)).map_err(|e| format!("answering the challenge: {e}"))
+}
+
+/// The listener's side: Ok when the dialer is rank `want` of this group.
+fn challenge(s: &mut TcpStream, key: &[u8], want: usize) -> Result<(), String> {
+    let mut hello = [0u8; 24];
+    s.read_exact(&mut hello).map_err(|e| e.to_string())?;
+    let magic = u32::from_le_bytes(hello[0..4].try_into().expect("4 bytes"));
+    let from = u32::from_le_bytes(hello[4..8].try_into().expect("4 bytes"));
+    if magic != MAGIC || from as usize != want {
+        return Err(format!("a greeting from rank {from} with magic {magic:#x}"));
+    }
+    let nonce: [u8; 16] = random_bytes();
+    let mut answer = Vec::with_capacity(48);
+    answer.extend(nonce);
+    answer.extend(accept_mac(key, from, &hello[8..24], &nonce));
+    s.write_all(&answer).map_err(|e| e.to_string())?;
+    let mut mac = [0u8; 32];
+    s.read_exact(&mut mac).map_err(|e| e.to_string())?;
+    if !ct_eq(&mac, &dial_mac(key, from, &hello[8..24], &nonce)) {
+        return Err("a dialer that does not know the group's secret".into());
+    }
+    Ok(())
+}
 const SEGMENT: usize = 1 << 20;
 
 pub struct Ring {
@@ -32,8 +89,8 @@ pub struct Ring {
 impl Ring {
     /// Connects rank `rank` of `addrs.len()` ranks: dials `addrs[rank + 1]` and accepts the
     /// connection of rank - 1 on `listener` (bound by this rank before it published its
-    /// address). `token` (the job's generation, hashed) rejects dialers from another group.
-    pub fn connect(rank: usize, listener: TcpListener, addrs: &[String], token: u64, timeout: Duration) -> Result<Self, CollectiveError> {
+    /// address). `key` (the group's secret) admits the group's ranks and nobody else.
+    pub fn connect(rank: usize, listener: TcpListener, addrs: &[String], key: &[u8], timeout: Duration) -> Result<Self, CollectiveError> {
         let world = addrs.len();
         let err = |message: String| CollectiveError { op: "ring connect", rank, message };
         if rank >= world {
@@ -46,16 +103,14 @@ impl Ring {
         let next_rank = (rank + 1) % world;
         let prev_rank = (rank + world - 1) % world;
         let target: SocketAddr = addrs[next_rank].parse().map_err(|e| err(format!("rank {next_rank}'s address {:?}: {e}", addrs[next_rank])))?;
+        let dial_key = key.to_vec();
         let dial = std::thread::spawn(move || -> Result<TcpStream, String> {
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match TcpStream::connect_timeout(&target, left.max(Duration::from_millis(10))) {
                     Ok(mut s) => {
-                        let mut hello = Vec::with_capacity(16);
-                        hello.extend(MAGIC.to_le_bytes());
-                        hello.extend(token.to_le_bytes());
-                        hello.extend((rank as u32).to_le_bytes());
-                        s.write_all(&hello).map_err(|e| format!("greeting rank {next_rank} at {target}: {e}"))?;
+                        s.set_read_timeout(Some(left.max(Duration::from_millis(10)))).map_err(|e| e.to_string())?;
+                        greet(&mut s, &dial_key, rank as u32).map_err(|e| format!("rank {next_rank} at {target}: {e}"))?;
                         return Ok(s);
                     }
                     Err(e) if Instant::now() >= deadline => return Err(format!("could not reach rank {next_rank} at {target} within {timeout:?}: {e}")),
@@ -68,17 +123,16 @@ impl Ring {
             match listener.accept() {
                 Ok((mut s, _)) => {
                     s.set_nonblocking(false).map_err(|e| err(e.to_string()))?;
-                    s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10)))).map_err(|e| err(e.to_string()))?;
-                    let mut hello = [0u8; 16];
-                    if s.read_exact(&mut hello).is_err() {
-                        continue;
-                    }
-                    let magic = u32::from_le_bytes(hello[0..4].try_into().expect("4 bytes"));
-                    let tok = u64::from_le_bytes(hello[4..12].try_into().expect("8 bytes"));
-                    let from = u32::from_le_bytes(hello[12..16].try_into().expect("4 bytes")) as usize;
-                    // a dialer from another generation or a stray connection: drop it, keep waiting
-                    if magic == MAGIC && tok == token && from == prev_rank {
-                        break s;
+                    let wait = deadline.saturating_duration_since(Instant::now()).min(GREETING_WAIT).max(Duration::from_millis(10));
+                    s.set_read_timeout(Some(wait)).map_err(|e| err(e.to_string()))?;
+                    s.set_write_timeout(Some(wait)).map_err(|e| err(e.to_string()))?;
+                    // a dialer from another generation, a stranger, a stray connection: drop it, keep waiting
+                    match challenge(&mut s, key, prev_rank) {
+                        Ok(()) => break s,
+                        Err(why) => {
+                            crate::collective::refused_join();
+                            tracing::warn!(rank, "ring listener dropped a connection: {why}");
+                        }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
