@@ -66,8 +66,15 @@ impl Cluster {
         let mut c = Cluster { dir, url: String::new(), metrics: String::new(), grpc_port: free_port(), coordinator: None, workers: vec![], extra: vec![] };
         coordinators(&mut c);
         for i in 0..workers {
+            // each worker with its own token, bound to its id
+            let token = c.dir.path().join(format!("w{i}.token"));
+            c.cli(&["token", "create", &format!("w{i}"), "--role", "worker", "--worker-id", &format!("w{i}"), "--out", token.to_str().unwrap()]);
             let w = Command::new(BIN)
                 .args(["worker", "--coordinator", &c.url, "--devices", "cpu:1", "--id", &format!("w{i}"), "--threads-per-rank", "1", "--collective-timeout-s", "60", "--stuck-after-s", "120"])
+                .arg("--token-file")
+                .arg(&token)
+                .env_remove("ABLATE_TOKEN")
+                .env_remove("ABLATE_TOKEN_FILE")
                 .arg("--work-dir")
                 .arg(c.dir.path().join(format!("w{i}")))
                 .stdout(Stdio::null())
@@ -94,6 +101,8 @@ impl Cluster {
         let mut p = Command::new(BIN)
             .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "127.0.0.1:0", "--heartbeat-ms", "300", "--worker-expiry-ms", "5000"])
             .args(["--store", store])
+            .arg("--admin-token-file")
+            .arg(self.admin_token())
             .args(extra)
             .arg("--runs")
             .arg(self.dir.path().join("state/runs"))
@@ -111,8 +120,20 @@ impl Cluster {
         (Proc(p), rx)
     }
 
+    /// The admin token the first coordinator wrote at its first start.
+    fn admin_token(&self) -> PathBuf {
+        self.dir.path().join("admin.token")
+    }
+
+    /// `ablate` with the admin's token.
+    fn ablate(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("ABLATE_TOKEN_FILE", self.admin_token()).env_remove("ABLATE_TOKEN");
+        c
+    }
+
     fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN).args(args).args(["--coordinator", &self.url]).output().unwrap();
+        let out = self.ablate().args(args).args(["--coordinator", &self.url]).output().unwrap();
         assert!(out.status.success(), "ablate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
@@ -130,7 +151,7 @@ impl Cluster {
     }
 
     fn all_logs(&self) -> String {
-        Command::new(BIN).args(["logs", "j000001", "--coordinator", &self.url]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+        self.ablate().args(["logs", "j000001", "--coordinator", &self.url]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
     }
 
     fn submit(&self, steps: usize, world: u32) -> String {
@@ -388,7 +409,7 @@ overrides = { "optim.kind" = "muon" }
     let id = v["sweep"].as_str().unwrap().to_string();
     assert_eq!(v["jobs"].as_array().unwrap().len(), 4);
     // `ablate watch <sweep>` follows it to the end and prints the table
-    let out = Command::new(BIN).args(["watch", &id, "--coordinator", &c.url]).output().unwrap();
+    let out = c.ablate().args(["watch", &id, "--coordinator", &c.url]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
     assert!(table.lines().any(|l| l.starts_with("baseline") && l.contains("succeeded")), "{table}");

@@ -242,7 +242,8 @@ impl WorkerService for Workers {
     async fn report_completion(&self, r: Request<v1::ReportCompletionRequest>) -> Result<Response<v1::ReportCompletionResponse>, Status> {
         let who = caller(&r)?;
         let c: crate::domain::Completion = r.into_inner().into();
-        who.worker(Some(c.worker.as_str()))?;
+        let me = who.worker(Some(c.worker.as_str()))?;
+        self.0.ran_on(&c.job, &me)?;
         self.0.report_completion(c)?;
         Ok(Response::new(v1::ReportCompletionResponse {}))
     }
