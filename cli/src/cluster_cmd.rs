@@ -49,6 +49,28 @@ pub struct CoordinatorArgs {
     /// here (mode 0600); without this flag it is printed once on standard error.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Serve gRPC over TLS with this certificate (PEM; clients use https:// URLs and trust
+    /// its CA through ABLATE_TLS_CA).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require workers to present a client certificate signed by this CA (PEM; mTLS).
+    /// Users' CLI calls need none.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// The TLS files of the flags, read before anything listens.
+fn server_tls(a: &CoordinatorArgs) -> anyhow::Result<Option<ablate_coordinator::server::ServerTls>> {
+    let read = |flag: &str, p: &PathBuf| std::fs::read(p).with_context(|| format!("{flag} {}", p.display()));
+    let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) else { return Ok(None) };
+    Ok(Some(ablate_coordinator::server::ServerTls {
+        cert_pem: read("--tls-cert", cert)?,
+        key_pem: read("--tls-key", key)?,
+        client_ca_pem: a.tls_client_ca.as_ref().map(|p| read("--tls-client-ca", p)).transpose()?,
+    }))
 }
 
 /// The first start: no admin token in the store yet, so one is made and handed over once.
@@ -152,16 +174,22 @@ fn serve(a: CoordinatorArgs, store: std::sync::Arc<dyn ablate_coordinator::store
         runs_dir: a.runs.clone(),
     };
     bootstrap_admin(&store, a.admin_token_file.as_deref())?;
+    let tls = server_tls(&a)?;
     runtime()?.block_on(async move {
         let grpc = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("--listen {}", a.listen))?;
         let metrics = match &a.metrics_listen {
             Some(m) => Some(tokio::net::TcpListener::bind(m).await.with_context(|| format!("--metrics-listen {m}"))?),
             None => None,
         };
+        let addr = grpc.local_addr()?;
+        if tls.is_none() && !addr.ip().is_loopback() {
+            eprintln!("warning: gRPC on {addr} without TLS: tokens and job configs cross the network in the clear (--tls-cert, --tls-key; docs/security.md)");
+        }
         // one line a script can wait for, with the real ports (`:0` picks free ones)
         println!(
-            "coordinator listening on {}{} (store {})",
-            grpc.local_addr()?,
+            "coordinator listening on {}{}{} (store {})",
+            addr,
+            if tls.is_some() { " (TLS)" } else { "" },
             metrics.as_ref().map(|m| format!(", metrics on http://{}/metrics", m.local_addr().expect("bound"))).unwrap_or_default(),
             a.store
         );
@@ -175,7 +203,7 @@ fn serve(a: CoordinatorArgs, store: std::sync::Arc<dyn ablate_coordinator::store
                 t.cancel();
             });
         }
-        ablate_coordinator::server::run(store, opts, ablate_coordinator::server::Listeners { grpc, metrics }, token).await?;
+        ablate_coordinator::server::run(store, opts, ablate_coordinator::server::Listeners { grpc, metrics, tls }, token).await?;
         Ok(())
     })
 }

@@ -290,12 +290,17 @@ impl Auth {
         Some(rec)
     }
 
-    /// A tonic interceptor that authenticates every call.
-    pub fn interceptor(self: &Arc<Self>) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone + Send + Sync + 'static {
+    /// A tonic interceptor that authenticates every call; with `worker_certs` (mTLS), a
+    /// worker's call must also come over a connection with a client certificate (which the
+    /// TLS layer has checked against the cluster's CA).
+    pub fn interceptor(self: &Arc<Self>, worker_certs: bool) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone + Send + Sync + 'static {
         let auth = self.clone();
         move |mut r: tonic::Request<()>| {
             let header = r.metadata().get("authorization").map(|v| v.to_str().unwrap_or(""));
             let who = auth.authenticate(header)?;
+            if worker_certs && who.role == Role::Worker && r.peer_certs().is_none_or(|c| c.is_empty()) {
+                return Err(unauthenticated("worker calls need a client certificate signed by the cluster's CA (this coordinator runs with --tls-client-ca; give the worker ABLATE_TLS_CERT and ABLATE_TLS_KEY)"));
+            }
             r.extensions_mut().insert(who);
             Ok(r)
         }

@@ -17,6 +17,16 @@ use crate::store::Kv;
 pub struct Listeners {
     pub grpc: tokio::net::TcpListener,
     pub metrics: Option<tokio::net::TcpListener>,
+    /// TLS on the gRPC listener (None: plaintext).
+    pub tls: Option<ServerTls>,
+}
+
+/// The coordinator's certificate and key (PEM), and the CA whose client certificates
+/// workers must present (mTLS: a worker call without one is refused; users need none).
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -64,8 +74,18 @@ pub async fn serve(core: Arc<Core>, listeners: Listeners, shutdown: Cancellation
         .map_err(|e| CoordinatorError::InvalidJob(format!("reflection descriptors: {e}")))?;
     health.set_serving::<AdminServiceServer<Admin>>().await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
-    let check = core.auth.interceptor();
-    let r = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    let mut worker_certs = false;
+    if let Some(t) = &listeners.tls {
+        let mut cfg = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem));
+        if let Some(ca) = &t.client_ca_pem {
+            cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(ca)).client_auth_optional(true);
+            worker_certs = true;
+        }
+        builder = builder.tls_config(cfg).map_err(|e| CoordinatorError::BadRequest(format!("TLS certificate or key: {e}")))?;
+    }
+    let check = core.auth.interceptor(worker_certs);
+    let r = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(InterceptedService::new(JobServiceServer::new(Jobs(core.clone())).max_encoding_message_size(ablate_proto::MAX_MESSAGE_BYTES), check.clone()))

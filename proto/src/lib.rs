@@ -14,6 +14,7 @@
 pub const PROTOCOL_VERSION: u32 = 5;
 
 pub mod auth;
+pub mod tls;
 
 /// The largest gRPC message the coordinator takes and the CLI reads: a completion report
 /// and `GetEvalSamples` carry an evaluation's per-image data (2 x N x 320 floats: 64 MiB
@@ -66,8 +67,14 @@ pub fn coordinator_urls(spec: &str) -> Vec<String> {
 }
 
 /// Connects to the first coordinator of `spec` (see [`coordinator_urls`]) that answers;
-/// returns its URL and channel, or every URL's error.
+/// returns its URL and channel, or every URL's error. `https://` URLs use the TLS settings
+/// of the environment ([`tls::ClientTls::from_env`]).
 pub async fn connect_first(spec: &str) -> Result<(String, tonic::transport::Channel), String> {
+    connect_first_with(spec, tls::ClientTls::from_env()?.as_ref()).await
+}
+
+/// [`connect_first`] with explicit TLS settings (used for `https://` URLs only).
+pub async fn connect_first_with(spec: &str, tls: Option<&tls::ClientTls>) -> Result<(String, tonic::transport::Channel), String> {
     let mut errors = Vec::new();
     for url in coordinator_urls(spec) {
         let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
@@ -76,6 +83,20 @@ pub async fn connect_first(spec: &str) -> Result<(String, tonic::transport::Chan
                 errors.push(format!("{url}: {e}"));
                 continue;
             }
+        };
+        let endpoint = match (url.starts_with("https://"), tls) {
+            (false, _) => endpoint,
+            (true, None) => {
+                errors.push(format!("{url}: an https:// coordinator needs {} (the CA file that signed its certificate)", tls::CA_ENV));
+                continue;
+            }
+            (true, Some(t)) => match endpoint.tls_config(t.config()) {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(format!("{url}: TLS settings: {e}"));
+                    continue;
+                }
+            },
         };
         match endpoint.connect().await {
             Ok(channel) => return Ok((url, channel)),
@@ -95,8 +116,13 @@ pub async fn connect_first(spec: &str) -> Result<(String, tonic::transport::Chan
 
 /// [`connect_first`], with every call carrying `token` (see [`auth::Bearer`]).
 pub async fn connect_authed(spec: &str, token: Option<&str>) -> Result<(String, auth::Authed), String> {
+    connect_authed_with(spec, token, tls::ClientTls::from_env()?.as_ref()).await
+}
+
+/// [`connect_authed`] with explicit TLS settings.
+pub async fn connect_authed_with(spec: &str, token: Option<&str>, tls: Option<&tls::ClientTls>) -> Result<(String, auth::Authed), String> {
     let bearer = auth::Bearer::new(token)?;
-    let (url, channel) = connect_first(spec).await?;
+    let (url, channel) = connect_first_with(spec, tls).await?;
     Ok((url, tower_service_with(channel, bearer)))
 }
 
