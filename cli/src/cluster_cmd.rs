@@ -228,6 +228,11 @@ pub struct WorkerArgs {
     /// $ABLATE_TOKEN_FILE names). Its ranks get it too.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// A folder jobs may read from (repeatable): every dataset, weights or evaluation path
+    /// in a job's config must resolve inside one, or the job is refused. None given: jobs
+    /// may name any path this worker can read.
+    #[arg(long)]
+    data_root: Vec<PathBuf>,
     /// Address other ranks reach this worker's ranks at.
     #[arg(long, default_value = "127.0.0.1")]
     advertise_host: String,
@@ -257,6 +262,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         coordinator: a.coordinator,
         worker_id: a.id.unwrap_or_else(|| host.clone()),
         token: crate::jobs_cmd::token_from(a.token_file.as_deref())?,
+        data_roots: ablate_worker::confine::resolve_roots(&a.data_root).map_err(anyhow::Error::msg)?,
         advertise_host: a.advertise_host,
         threads_per_rank: a.threads_per_rank.unwrap_or((cores / devices.len()).max(1)),
         devices,
@@ -269,6 +275,9 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
     };
     eprintln!("worker {} with {} slot(s), {} thread(s) per rank, coordinator {}", cfg.worker_id, cfg.devices.len(), cfg.threads_per_rank, cfg.coordinator);
+    if cfg.data_roots.is_empty() {
+        eprintln!("no --data-root: jobs may read any path this worker can (docs/security.md)");
+    }
     runtime()?.block_on(async move {
         // SIGTERM (preemption) drains: the ranks stop at a common step with a checkpoint and
         // their jobs go elsewhere at once; a second SIGTERM (or Ctrl-C) kills them

@@ -162,6 +162,29 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Every file or folder the config names (key, path as written): what a worker
+    /// confines to its data roots. Defaults (the shipped assets, environment variables of the
+    /// worker itself) are not listed: the operator chose them.
+    pub fn input_paths(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut add = |key: String, p: &Option<String>| {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_empty()) {
+                out.push((key, p.clone()));
+            }
+        };
+        add("text.dir".into(), &self.text.dir);
+        add("latent.weights".into(), &self.latent.weights);
+        add("repa.teacher_weights".into(), &self.repa.teacher_weights);
+        for (i, ph) in self.data.phases.iter().enumerate() {
+            add(format!("data.phases[{i}].path"), &ph.path);
+        }
+        add("eval.set.path".into(), &self.eval.set.as_ref().map(|s| s.path.clone()));
+        add("eval.inception_weights".into(), &self.eval.inception_weights);
+        add("eval.clip_weights".into(), &self.eval.clip_weights);
+        add("eval.dino_weights".into(), &self.eval.dino_weights);
+        out
+    }
+
     pub fn from_toml_str(text: &str, path: &str) -> Result<Self, ConfigError> {
         let cfg: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: describe_toml_error(&e) })?;
         cfg.validate()?;

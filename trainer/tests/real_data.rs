@@ -50,6 +50,17 @@ fn folder_dataset_crops_resizes_and_skips_corrupt_samples() {
 }
 
 #[test]
+fn caption_entries_cannot_leave_their_folder() {
+    for (name, file) in [("dotdot", "../outside.png"), ("abs", "/etc/passwd"), ("inner", "sub/../../x.png")] {
+        let dir = tmp(name);
+        std::fs::write(dir.join("captions.jsonl"), format!("{{\"file\": \"{file}\", \"caption\": \"c\"}}\n")).unwrap();
+        let e = RealDataset::open_folder(&dir).err().expect("an escaping entry is refused").to_string();
+        assert!(e.contains("line 1") && e.contains("must be a path inside the dataset folder"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
 fn webdataset_shards_are_indexed_and_read() {
     let dir = tmp("wds");
     let shard = dir.join("shard-000.tar");
@@ -129,11 +140,14 @@ fn an_evaluation_set_overlapping_the_training_data_is_refused_with_the_files() {
     let (train, set) = (root.join("train"), root.join("eval"));
     std::fs::create_dir_all(&set).unwrap();
     write_listed(&train, &train, "", 0..12);
-    // the evaluation index lists two of the training files (through ../train) and two of its own
+    // the evaluation index lists two of the training files (links to them: entries never
+    // leave their folder) and two of its own
     let mut index = String::new();
-    for f in ["../train/img003.png", "own-a.png", "../train/img007.png", "own-b.png"] {
+    for f in ["img003.png", "own-a.png", "img007.png", "own-b.png"] {
         if f.starts_with("own") {
             std::fs::write(set.join(f), png_bytes(12, 12, [1, 2, 3])).unwrap();
+        } else {
+            std::os::unix::fs::symlink(train.join(f), set.join(f)).unwrap();
         }
         index.push_str(&format!("{{\"file\": \"{f}\", \"caption\": \"{f}\"}}\n"));
     }

@@ -43,6 +43,9 @@ pub struct AgentConfig {
     /// This worker's token (role worker, bound to `worker_id`); its ranks get it too, for
     /// the rendezvous.
     pub token: Option<String>,
+    /// Resolved data roots (`crate::confine`): a job naming a path outside them is refused.
+    /// Empty: no confinement.
+    pub data_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -414,6 +417,9 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
         infrastructure,
         ..Default::default()
     };
+    if let Err(why) = crate::confine::check(&a.config_toml, &cfg.data_roots) {
+        return Some(fail(format!("refused by worker {}: {why}", cfg.worker_id), FATAL));
+    }
     let dir = cfg.work_dir.join("jobs").join(&a.job_id);
     let config = dir.join(format!("job-g{}-rank{}.toml", a.generation, a.rank));
     if let Err(e) = tokio::fs::create_dir_all(&dir).await.and(tokio::fs::write(&config, &a.config_toml).await) {

@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod collective;
+pub mod confine;
 pub mod evalwire;
 pub mod events;
 pub mod rank;

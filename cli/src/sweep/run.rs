@@ -108,6 +108,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 // and forgets it at exit
                 token: Some(core.auth.ephemeral(&worker_id, ablate_coordinator::auth::Role::Worker, Some(&worker_id))),
                 worker_id,
+                // the user's own machine and sweep file: nothing to confine
+                data_roots: Vec::new(),
                 advertise_host: "127.0.0.1".into(),
                 devices: ablate_worker::agent::parse_devices("cpu:1")?,
                 labels: Default::default(),

@@ -60,6 +60,10 @@ impl RealDataset {
             let (Some(file), Some(caption)) = (v.get("file").and_then(|f| f.as_str()), v.get("caption").and_then(|c| c.as_str())) else {
                 return Err(open_err(&index, format!("line {}: needs string fields \"file\" and \"caption\"", i + 1)));
             };
+            // an entry names a file inside the folder: never `..`, never an absolute path
+            if !Path::new(file).components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)) {
+                return Err(open_err(&index, format!("line {}: file {file:?} must be a path inside the dataset folder (no '..', not absolute)", i + 1)));
+            }
             samples.push(Sample { image: Location::File(dir.join(file)), caption: caption.to_string() });
         }
         if samples.is_empty() {
