@@ -437,7 +437,8 @@ mod tests {
         }
         let prx = Sweep::load(&root.join("prx-part2.toml")).unwrap();
         assert_eq!(prx.arms.len(), 16);
-        let tread = &prx.jobs.iter().find(|j| j.id == "tokens-144-tread").unwrap().config;
+        let tread = &prx.jobs.iter().find(|j| j.arm == "tokens-144-tread").unwrap().config;
+        assert_eq!(prx.jobs.len(), 48, "16 arms x 3 seeds");
         assert_eq!((tread.latent.image_size, tread.routing.kind), (48, ablate_trainer::routing::RoutingKind::Tread));
     }
 
@@ -449,7 +450,7 @@ mod tests {
         let strip = |c: &TrainConfig| TrainConfig { name: String::new(), seed: 0, ..c.clone() };
         assert_eq!(strip(&cal.jobs[0].config), strip(&quick.jobs[0].config), "calibration.toml's baseline is quick.toml's");
         let aa: Vec<&Arm> = cal.arms.iter().filter(|a| a.seed_offset > 0).collect();
-        assert_eq!(aa.len() * 3, 21, "7 controls x 3 metrics");
+        assert_eq!(aa.len() * 3, 51, "17 controls x 3 metrics");
         for a in aa {
             let runs: Vec<&Job> = cal.jobs.iter().filter(|j| j.arm == a.name).collect();
             assert_eq!(runs.iter().map(|j| j.config.seed).collect::<Vec<_>>(), [0, 1, 2].map(|s| s + a.seed_offset));
