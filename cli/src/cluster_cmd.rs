@@ -56,6 +56,15 @@ pub struct CoordinatorArgs {
     /// The certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Refuse jobs of more ranks than this (a gang no cluster of yours can hold).
+    #[arg(long, default_value_t = 4096)]
+    max_world_size: u32,
+    /// Refuse sweeps of more jobs than this.
+    #[arg(long, default_value_t = 10_000)]
+    max_sweep_jobs: usize,
+    /// Log lines kept per job per minute; the rest are dropped, and counted in the log.
+    #[arg(long, default_value_t = 20_000)]
+    max_log_lines_per_minute: usize,
     /// Require workers to present a client certificate signed by this CA (PEM; mTLS).
     /// Users' CLI calls need none.
     #[arg(long, requires = "tls_cert")]
@@ -172,6 +181,7 @@ fn serve(a: CoordinatorArgs, store: std::sync::Arc<dyn ablate_coordinator::store
         max_infra_restarts: a.max_infra_restarts,
         launch_deadline: Duration::from_secs(a.launch_deadline_s.max(1)),
         runs_dir: a.runs.clone(),
+        limits: ablate_coordinator::core::Limits { max_world_size: a.max_world_size, max_sweep_jobs: a.max_sweep_jobs, max_log_lines_per_minute: a.max_log_lines_per_minute, ..Default::default() },
     };
     bootstrap_admin(&store, a.admin_token_file.as_deref())?;
     let tls = server_tls(&a)?;

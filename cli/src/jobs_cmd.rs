@@ -183,7 +183,16 @@ pub fn jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                 for s in &state {
                     states.push(JobState::parse(s).with_context(|| format!("unknown state {s:?} (queued, scheduled, running, succeeded, failed, cancelled)"))? as i32);
                 }
-                let jobs = client(&conn).await?.list_jobs(v1::ListJobsRequest { states, sweep }).await.map_err(status)?.into_inner().jobs;
+                let mut c = client(&conn).await?;
+                let (mut jobs, mut page_token) = (Vec::new(), String::new());
+                loop {
+                    let r = c.list_jobs(v1::ListJobsRequest { states: states.clone(), sweep: sweep.clone(), page_size: 0, page_token }).await.map_err(status)?.into_inner();
+                    jobs.extend(r.jobs);
+                    if r.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = r.next_page_token;
+                }
                 match conn.output {
                     Output::Json => println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect())),
                     Output::Text => {
@@ -293,6 +302,10 @@ pub fn logs(a: LogsArgs) -> anyhow::Result<()> {
                 println!("{l}");
             }
             from = r.next_line;
+            // a page at a time: the next one at once while lines keep coming
+            if !r.lines.is_empty() {
+                continue;
+            }
             if !a.follow {
                 return Ok(());
             }

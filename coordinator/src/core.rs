@@ -36,6 +36,34 @@ pub struct Options {
     /// A placed job whose ranks have not all started by then is placed again.
     pub launch_deadline: Duration,
     pub runs_dir: std::path::PathBuf,
+    pub limits: Limits,
+}
+
+/// Bounds on what a caller can make the coordinator store or hold: a request past one is
+/// refused (INVALID_ARGUMENT or RESOURCE_EXHAUSTED, naming the bound) before anything is
+/// stored; log lines past the rate are dropped with a marker line.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Jobs in one sweep.
+    pub max_sweep_jobs: usize,
+    /// Ranks of one job (no cluster holds an unbounded gang).
+    pub max_world_size: u32,
+    /// Bytes of a job's, arm's or sweep's name.
+    pub max_name_bytes: usize,
+    /// Bytes of a job's training config.
+    pub max_config_bytes: usize,
+    /// Log lines kept per job per minute (the rest are dropped and counted).
+    pub max_log_lines_per_minute: usize,
+    /// Bytes of one log line (longer ones are cut).
+    pub max_log_line_bytes: usize,
+    /// Jobs in one `ListJobs` answer, and lines in one `GetLogs` answer.
+    pub max_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_sweep_jobs: 10_000, max_world_size: 4096, max_name_bytes: 256, max_config_bytes: 1 << 20, max_log_lines_per_minute: 20_000, max_log_line_bytes: 16 << 10, max_page: 1000 }
+    }
 }
 
 impl Default for Options {
@@ -47,6 +75,7 @@ impl Default for Options {
             max_infra_restarts: 20,
             launch_deadline: Duration::from_secs(600),
             runs_dir: "ablate-runs".into(),
+            limits: Limits::default(),
         }
     }
 }
@@ -77,6 +106,8 @@ struct Inner {
     /// Every worker this coordinator placed a rank of each job on (its late reports are
     /// still the job's; anyone else's are refused).
     ran_on: HashMap<JobId, std::collections::BTreeSet<WorkerId>>,
+    /// Each job's log lines this minute: (window start, kept, dropped).
+    log_rate: HashMap<JobId, (Instant, usize, usize)>,
 }
 
 pub struct Core {
@@ -122,7 +153,7 @@ impl Core {
             store,
             runs: Runs::new(opts.runs_dir.clone()),
             opts,
-            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at, placed_at: HashMap::new(), drained, ran_on: HashMap::new() }),
+            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at, placed_at: HashMap::new(), drained, ran_on: HashMap::new(), log_rate: HashMap::new() }),
             started: Instant::now(),
             events,
             rendezvous_changed: tokio::sync::Notify::new(),
@@ -154,8 +185,20 @@ impl Core {
 
     /// Checks a submission and builds its job (not yet stored).
     fn new_job(&self, req: JobSpec, seq: u64) -> Result<Job, CoordinatorError> {
+        let l = &self.opts.limits;
         if req.world_size == 0 {
             return Err(CoordinatorError::InvalidJob("world_size must be at least 1".into()));
+        }
+        if req.world_size > l.max_world_size {
+            return Err(CoordinatorError::InvalidJob(format!("world_size {} is past this coordinator's limit of {} ranks", req.world_size, l.max_world_size)));
+        }
+        for (what, v) in [("name", &req.name), ("arm", &req.arm), ("baseline_arm", &req.baseline_arm)] {
+            if v.len() > l.max_name_bytes {
+                return Err(CoordinatorError::InvalidJob(format!("{what} is {} bytes, past the limit of {}", v.len(), l.max_name_bytes)));
+            }
+        }
+        if req.config_toml.len() > l.max_config_bytes {
+            return Err(CoordinatorError::InvalidJob(format!("config_toml is {} bytes, past the limit of {}", req.config_toml.len(), l.max_config_bytes)));
         }
         let cfg: toml::Value = toml::from_str(&req.config_toml).map_err(|e| CoordinatorError::InvalidJob(format!("config_toml: {e}")))?;
         let total_steps = cfg.get("train").and_then(|t| t.get("steps")).and_then(|s| s.as_integer()).unwrap_or(0).max(0) as u64;
@@ -233,6 +276,13 @@ impl Core {
         if specs.is_empty() {
             return Err(CoordinatorError::InvalidJob("a sweep needs at least one job".into()));
         }
+        let l = &self.opts.limits;
+        if specs.len() > l.max_sweep_jobs {
+            return Err(CoordinatorError::InvalidJob(format!("sweep {name:?} has {} jobs, past this coordinator's limit of {}", specs.len(), l.max_sweep_jobs)));
+        }
+        if name.len() > l.max_name_bytes {
+            return Err(CoordinatorError::InvalidJob(format!("the sweep's name is {} bytes, past the limit of {}", name.len(), l.max_name_bytes)));
+        }
         let mut g = self.lock();
         let sweep = SweepId(format!("s{:06}", g.next_sequence));
         let mut jobs = Vec::with_capacity(specs.len());
@@ -251,6 +301,18 @@ impl Core {
     /// Jobs in any of `states` (every state when empty) of `sweep` (every job when None).
     pub fn list(&self, states: &[JobState], sweep: Option<&SweepId>) -> Vec<Job> {
         self.lock().jobs.values().filter(|j| states.is_empty() || states.contains(&j.state)).filter(|j| sweep.is_none() || j.sweep.as_ref() == sweep).cloned().collect()
+    }
+
+    /// One page of [`Core::list`]: up to `size` jobs (0 or past the page limit: the limit)
+    /// after the job id `after`, and the token of the next page when more follow.
+    pub fn list_page(&self, states: &[JobState], sweep: Option<&SweepId>, size: usize, after: &str) -> (Vec<Job>, Option<String>) {
+        let size = if size == 0 { self.opts.limits.max_page } else { size.min(self.opts.limits.max_page) };
+        let g = self.lock();
+        let mut it = g.jobs.values().filter(|j| after.is_empty() || j.id.as_str() > after).filter(|j| states.is_empty() || states.contains(&j.state)).filter(|j| sweep.is_none() || j.sweep.as_ref() == sweep);
+        let page: Vec<Job> = it.by_ref().take(size).cloned().collect();
+        let more = it.next().is_some();
+        let next = page.last().filter(|_| more).map(|j| j.id.to_string());
+        (page, next)
     }
 
     pub fn cancel(&self, id: &JobId, reason: &str) -> Result<Job, CoordinatorError> {
@@ -307,7 +369,7 @@ impl Core {
 
     pub fn logs(&self, id: &JobId, from: u64) -> Result<(Vec<String>, u64), CoordinatorError> {
         self.get(id)?;
-        self.runs.logs(id.as_str(), from)
+        self.runs.logs(id.as_str(), from, self.opts.limits.max_page)
     }
 
     pub fn workers(&self) -> Vec<WorkerStatus> {
@@ -512,9 +574,41 @@ impl Core {
             }
         }
         if !r.log_lines.is_empty() {
-            self.runs.append_logs(id, &r.log_lines)?;
+            let lines = self.admit_logs(&r.job, r.log_lines);
+            self.runs.append_logs(id, &lines)?;
         }
         Ok(())
+    }
+
+    /// The lines of a report that fit the job's log rate, each cut to the line limit; a
+    /// marker line says how many an earlier window dropped.
+    fn admit_logs(&self, job: &JobId, lines: Vec<String>) -> Vec<String> {
+        let l = &self.opts.limits;
+        let mut g = self.lock();
+        let w = g.log_rate.entry(job.clone()).or_insert((Instant::now(), 0, 0));
+        let mut out = Vec::new();
+        if w.0.elapsed() >= Duration::from_secs(60) {
+            if w.2 > 0 {
+                out.push(format!("[coordinator] dropped {} log lines of this job: past the limit of {} per minute", w.2, l.max_log_lines_per_minute));
+            }
+            *w = (Instant::now(), 0, 0);
+        }
+        let room = l.max_log_lines_per_minute.saturating_sub(w.1);
+        let n = lines.len();
+        for mut line in lines.into_iter().take(room) {
+            if line.len() > l.max_log_line_bytes {
+                let mut cut = l.max_log_line_bytes;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push_str(" [cut]");
+            }
+            out.push(line);
+        }
+        w.1 += n.min(room);
+        w.2 += n.saturating_sub(room);
+        out
     }
 
     pub fn report_completion(&self, r: Completion) -> Result<(), CoordinatorError> {

@@ -106,10 +106,12 @@ impl Runs {
         Ok(by_step.into_values().collect())
     }
 
-    pub fn logs(&self, job: &str, from_line: u64) -> Result<(Vec<String>, u64), CoordinatorError> {
+    /// Up to `max` lines from `from_line`, and the line number after the last one given.
+    pub fn logs(&self, job: &str, from_line: u64, max: usize) -> Result<(Vec<String>, u64), CoordinatorError> {
         let text = self.read(job, "log.txt")?;
         let all: Vec<&str> = text.lines().collect();
         let from = (from_line as usize).min(all.len());
-        Ok((all[from..].iter().map(|s| s.to_string()).collect(), all.len() as u64))
+        let to = all.len().min(from.saturating_add(max.max(1)));
+        Ok((all[from..to].iter().map(|s| s.to_string()).collect(), to as u64))
     }
 }

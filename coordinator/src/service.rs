@@ -71,7 +71,8 @@ impl JobService for Jobs {
         let r = r.into_inner();
         let states = wire::job_states(&r.states)?;
         let sweep = (!r.sweep.is_empty()).then_some(SweepId(r.sweep));
-        Ok(Response::new(v1::ListJobsResponse { jobs: self.0.list(&states, sweep.as_ref()).into_iter().map(Into::into).collect() }))
+        let (jobs, next) = self.0.list_page(&states, sweep.as_ref(), r.page_size as usize, &r.page_token);
+        Ok(Response::new(v1::ListJobsResponse { jobs: jobs.into_iter().map(Into::into).collect(), next_page_token: next.unwrap_or_default() }))
     }
 
     async fn cancel_job(&self, r: Request<v1::CancelJobRequest>) -> Result<Response<v1::Job>, Status> {

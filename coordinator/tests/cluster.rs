@@ -393,7 +393,7 @@ async fn old_ranks_cannot_fail_a_requeued_job_and_vanished_ranks_restart_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_restart_by_class_and_unstarted_ranks_move() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options { heartbeat: Duration::from_millis(100), worker_expiry: Duration::from_secs(60), max_restarts: 1, max_infra_restarts: 5, launch_deadline: Duration::from_millis(1500), runs_dir: dir.path().to_path_buf() };
+    let opts = Options { heartbeat: Duration::from_millis(100), worker_expiry: Duration::from_secs(60), max_restarts: 1, max_infra_restarts: 5, launch_deadline: Duration::from_millis(1500), runs_dir: dir.path().to_path_buf(), ..Options::default() };
     let c = start_with("memory:", 0, opts).await;
     let (mut w, mut j) = (c.workers().await, c.jobs().await);
     beat(&mut w, "a", 1, vec![]).await;

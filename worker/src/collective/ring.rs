@@ -74,6 +74,9 @@ fn challenge(s: &mut TcpStream, key: &[u8], want: usize) -> Result<(), String> {
     Ok(())
 }
 const SEGMENT: usize = 1 << 20;
+/// The longest message a peer may announce (a gathered evaluation or a parameter broadcast
+/// fits many times over); a longer one is not a ring peer's.
+const MAX_FRAME: u64 = 4 << 30;
 
 pub struct Ring {
     rank: usize,
@@ -204,10 +207,11 @@ fn write_msg(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
 fn read_msg(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 8];
     s.read_exact(&mut len)?;
-    let n = u64::from_le_bytes(len) as usize;
-    if n > (1 << 40) {
-        return Err(std::io::Error::new(ErrorKind::InvalidData, format!("message of {n} bytes announced: not a ring peer")));
+    let n = u64::from_le_bytes(len);
+    if n > MAX_FRAME {
+        return Err(std::io::Error::new(ErrorKind::InvalidData, format!("message of {n} bytes announced, past the ring's limit of {MAX_FRAME}: not a ring peer")));
     }
+    let n = n as usize;
     let mut buf = vec![0u8; n];
     s.read_exact(&mut buf)?;
     Ok(buf)
