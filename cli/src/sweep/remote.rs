@@ -163,8 +163,14 @@ pub fn fetch(id: &str, coordinator: &str) -> anyhow::Result<Remote> {
 
 /// `ablate results s000001 --coordinator URL`: the table from what the coordinator keeps
 /// (results, histories, per-image data), with no worker's directory needed.
-pub fn results(id: &str, coordinator: &str, format: &str) -> anyhow::Result<()> {
+pub fn results(id: &str, coordinator: &str, format: &str, step: Option<u64>) -> anyhow::Result<()> {
     let r = fetch(id, coordinator)?;
+    if let Some(step) = step {
+        let jobs = results::at_step(&r.jobs, &r.series, step)?;
+        let mut rows = results::rows(&r.arms, &jobs);
+        results::add_intervals(&mut rows, &jobs, &|_| None);
+        return results::print(&rows, &jobs, format);
+    }
     let mut rows = results::rows(&r.arms, &r.jobs);
     results::add_intervals(&mut rows, &r.jobs, &|j| r.samples.get(&j.id).cloned());
     results::add_iso(&mut rows, &r.jobs, &r.series);

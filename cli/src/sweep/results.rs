@@ -143,6 +143,34 @@ pub fn rows(arms: &[String], jobs: &[(String, v1::Job)]) -> Vec<Row> {
         .collect()
 }
 
+/// The jobs as they stood at evaluation step `step`: each job's result carries its
+/// evaluation of that step (from `series`) instead of its final one, and `step` as its steps
+/// (none when it has no evaluation there). An error lists the steps evaluated when no job has
+/// that one.
+pub fn at_step(jobs: &[(String, v1::Job)], series: &HashMap<String, Series>, step: u64) -> anyhow::Result<Vec<(String, v1::Job)>> {
+    let mut evaluated = std::collections::BTreeSet::new();
+    let mut found = false;
+    let out = jobs
+        .iter()
+        .map(|(arm, j)| {
+            let point = series.get(&j.id).and_then(|s| {
+                evaluated.extend(s.evals.iter().map(|e| e.step));
+                s.evals.iter().find(|e| e.step == step).and_then(|e| e.report.clone())
+            });
+            found |= point.is_some();
+            let mut j = j.clone();
+            if let Some(r) = j.result.as_mut() {
+                r.eval = point;
+                r.steps = step;
+            }
+            (arm.clone(), j)
+        })
+        .collect();
+    let list = evaluated.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+    anyhow::ensure!(found, "no run was evaluated at step {step} (evaluations at steps: {})", if list.is_empty() { "none".into() } else { list });
+    Ok(out)
+}
+
 /// Bootstrap resamples per interval.
 pub const REPS: usize = 1000;
 
@@ -157,6 +185,25 @@ pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn
         let base = of(&row.baseline);
         let mine = of(&row.arm);
         let pairs: Vec<(&EvalSamples, &EvalSamples)> = mine.iter().zip(&base).filter_map(|(a, b)| Some((a.as_ref()?, b.as_ref()?))).collect();
+        if pairs.len() < 2 {
+            // no per-image data for two seeds (an earlier evaluation step keeps only its
+            // numbers): the seed-level t-interval needs only those
+            let values = |arm: &str, m: &str| -> Vec<Option<f64>> { jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| value(j, m)).collect() };
+            let mut from_values = Vec::new();
+            for name in ["fd_scenes", "mmd", "accuracy"] {
+                let d: Vec<f64> = values(&row.arm, name).iter().zip(values(&row.baseline, name)).filter_map(|(a, b)| Some((*a)? - b?)).collect();
+                if d.len() >= 2 {
+                    if let Some(ci) = t_interval(&d) {
+                        from_values.push((name, ci, d.len()));
+                    }
+                }
+            }
+            if !from_values.is_empty() {
+                row.n_seeds = from_values.iter().map(|x| x.2).max().unwrap_or(0);
+                row.ci95.extend(from_values.into_iter().map(|(n, ci, _)| (n, ci)));
+                continue;
+            }
+        }
         if pairs.is_empty() {
             continue;
         }
@@ -584,6 +631,42 @@ mod tests {
         assert!(delta(&rows[2], &rows[0], "samples_per_sec").is_some(), "throughput still compares");
         let t = text(&rows, "table");
         assert!(t.contains("fewer: evaluated under another protocol than baseline (samples: 64 vs 128)"), "{t}");
+    }
+
+    /// `--step`: the table at an earlier evaluation, from each run's evaluation of that step,
+    /// with seed-level t-intervals from the per-seed numbers (no per-image data there).
+    #[test]
+    fn the_table_at_an_earlier_step_uses_that_steps_evaluations() {
+        let protocol = v1::EvalProtocol { metric: "fd_scenes".into(), samples: 64, ..Default::default() };
+        let report = |step: u64, fd: f64| {
+            let m = |value: f64| Some(v1::Measured { value, protocol: Some(protocol.clone()) });
+            v1::EvalReport { step, fd_scenes: m(fd), mmd_scenes: m(fd / 1000.0), accuracy: m(0.1), composition: Some(v1::Composition::default()), ..Default::default() }
+        };
+        let mut jobs = Vec::new();
+        let mut series = HashMap::new();
+        // three seeds; the arm is 10 +- 1 better than the baseline at step 300, final 100 +- 5
+        for (i, (b, a)) in [(1000.0, 989.0), (1100.0, 1090.0), (900.0, 891.0)].into_iter().enumerate() {
+            for (arm, fd300) in [("baseline", b), ("better", a)] {
+                let id = format!("{arm}-{i}");
+                let fin = report(600, fd300 - if arm == "better" { 100.0 + 5.0 * i as f64 } else { 0.0 });
+                let result = v1::JobResult { steps: 600, samples_per_sec: 100.0, final_loss: 0.1, wall_seconds: 10.0, eval: Some(fin.clone()), ..Default::default() };
+                jobs.push((arm.to_string(), v1::Job { id: id.clone(), state: JobState::Succeeded as i32, result: Some(result), ..Default::default() }));
+                series.insert(id, Series { points: vec![], evals: vec![v1::EvalPoint { step: 300, report: Some(report(300, fd300)) }, v1::EvalPoint { step: 600, report: Some(fin) }] });
+            }
+        }
+        let arms = vec!["baseline".to_string(), "better".into()];
+        let at300 = at_step(&jobs, &series, 300).unwrap();
+        let mut rows = rows(&arms, &at300);
+        add_intervals(&mut rows, &at300, &|_| None);
+        assert_eq!(rows[1].steps, 300);
+        assert_eq!(rows[1].n_seeds, 3);
+        let (d, _) = delta(&rows[1], &rows[0], "fd_scenes").unwrap();
+        assert!((d + 10.0).abs() < 1e-9, "{d}");
+        let ci = rows[1].ci95.iter().find(|(m, _)| *m == "fd_scenes").unwrap().1;
+        assert!(ci.1 < 0.0, "a consistent 9-11 point gain over three seeds is starred: {ci:?}");
+        assert_eq!(significant(&rows[1], "fd_scenes"), Some(true));
+        let e = at_step(&jobs, &series, 450).unwrap_err().to_string();
+        assert!(e.contains("no run was evaluated at step 450 (evaluations at steps: 300, 600)"), "{e}");
     }
 
     /// An arm that names another arm as its baseline is compared with that arm: deltas,

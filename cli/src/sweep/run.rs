@@ -45,6 +45,10 @@ pub struct ResultsArgs {
     /// Where to look up a sweep id.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     coordinator: String,
+    /// The table at this evaluation step instead of the final one (every run's evaluation at
+    /// that step; intervals over the seeds; no iso-compute tables).
+    #[arg(long)]
+    step: Option<u64>,
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -217,12 +221,18 @@ pub fn results_cmd(a: ResultsArgs) -> anyhow::Result<()> {
     if !a.dir.exists() {
         let id = a.dir.display().to_string();
         anyhow::ensure!(super::remote::is_sweep_id(&id), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
-        return super::remote::results(&id, &a.coordinator, &a.format);
+        return super::remote::results(&id, &a.coordinator, &a.format, a.step);
     }
     let rec = read_record(&a.dir)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", a.dir.display()))?;
     let core = open_state(&a.dir)?;
     let jobs = jobs_of(&core, &a.dir, &rec)?;
     let series = local_series(&core, &a.dir, &jobs)?;
+    if let Some(step) = a.step {
+        let jobs = results::at_step(&jobs, &series, step)?;
+        let mut rows = results::rows(&rec.arms, &jobs);
+        results::add_intervals(&mut rows, &jobs, &|_| None);
+        return results::print(&rows, &jobs, &a.format);
+    }
     let rows = local_rows(&a.dir, &rec, &jobs, &series);
     results::print(&rows, &jobs, &a.format)
 }
