@@ -34,11 +34,14 @@ cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; }
 trap cleanup EXIT
 
 "$BIN" coordinator --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 --store "$dir/coordinator.redb" --runs "$dir/runs" \
-  > "$dir/coordinator.log" 2>&1 &
+  --admin-token-file "$dir/admin.token" > "$dir/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do grep -q 'coordinator listening' "$dir/coordinator.log" && break; sleep 0.2; done
+# every call carries a token (docs/security.md): the admin's for the CLI, the worker's own
+export ABLATE_TOKEN_FILE="$dir/admin.token"
+"$BIN" token create gpu-worker --role worker --worker-id gpu-worker --out "$dir/worker.token" --coordinator "$url"
 "$BIN" worker --coordinator "$url" --devices "$devices" --id gpu-worker --work-dir "$dir/worker" --collective-timeout-s 60 \
-  > "$dir/worker.log" 2>&1 &
+  --token-file "$dir/worker.token" > "$dir/worker.log" 2>&1 &
 pids+=($!)
 
 sed -e "s/^steps = 2000$/steps = $STEPS/" -e 's/^samples = 64 .*/samples = 0/' -e 's/^count = 16$/count = 2/' \
