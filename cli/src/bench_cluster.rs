@@ -142,7 +142,7 @@ fn latency() -> anyhow::Result<()> {
         let core = std::sync::Arc::new(ablate_coordinator::Core::open(ablate_coordinator::store::open("memory:")?, opts)?);
         let worker_token = core.auth.ephemeral("fake", ablate_coordinator::auth::Role::Worker, Some("fake"));
         let user_token = core.auth.ephemeral("bench", ablate_coordinator::auth::Role::Researcher, None);
-        let server = tokio::spawn(ablate_coordinator::server::serve(core, ablate_coordinator::server::Listeners { grpc, metrics: None, tls: None }, stop.clone()));
+        let server = tokio::spawn(ablate_coordinator::server::serve(core, ablate_coordinator::server::Listeners { grpc, metrics: None, tls: None, metrics_token: None }, stop.clone()));
         let mut w = v1::worker_service_client::WorkerServiceClient::new(crate::jobs_cmd::channel(&url, Some(&worker_token)).await?);
         let mut j = v1::job_service_client::JobServiceClient::new(crate::jobs_cmd::channel(&url, Some(&user_token)).await?);
         let reg = v1::Registration {

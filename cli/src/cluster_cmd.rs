@@ -56,6 +56,10 @@ pub struct CoordinatorArgs {
     /// The certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// `/metrics` asks scrapers for `Authorization: Bearer <the first line of FILE>`
+    /// (Prometheus: `authorization: { credentials_file: FILE }`); `/healthz` stays open.
+    #[arg(long, requires = "metrics_listen")]
+    metrics_token_file: Option<PathBuf>,
     /// Refuse jobs of more ranks than this (a gang no cluster of yours can hold).
     #[arg(long, default_value_t = 4096)]
     max_world_size: u32,
@@ -185,6 +189,7 @@ fn serve(a: CoordinatorArgs, store: std::sync::Arc<dyn ablate_coordinator::store
     };
     bootstrap_admin(&store, a.admin_token_file.as_deref())?;
     let tls = server_tls(&a)?;
+    let metrics_token = a.metrics_token_file.as_deref().map(ablate_proto::auth::read_token_file).transpose().map_err(anyhow::Error::msg)?;
     runtime()?.block_on(async move {
         let grpc = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("--listen {}", a.listen))?;
         let metrics = match &a.metrics_listen {
@@ -213,7 +218,7 @@ fn serve(a: CoordinatorArgs, store: std::sync::Arc<dyn ablate_coordinator::store
                 t.cancel();
             });
         }
-        ablate_coordinator::server::run(store, opts, ablate_coordinator::server::Listeners { grpc, metrics, tls }, token).await?;
+        ablate_coordinator::server::run(store, opts, ablate_coordinator::server::Listeners { grpc, metrics, tls, metrics_token }, token).await?;
         Ok(())
     })
 }

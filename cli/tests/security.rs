@@ -130,7 +130,7 @@ async fn every_call_without_the_right_identity_is_refused() {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", grpc.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let served = tokio::spawn(server::serve(core.clone(), server::Listeners { grpc, metrics: None, tls: None }, stop.clone()));
+    let served = tokio::spawn(server::serve(core.clone(), server::Listeners { grpc, metrics: None, tls: None, metrics_token: None }, stop.clone()));
 
     // ana's 2-rank job on w1; a sweep; w2 registered too
     let (_, ch) = ablate_proto::connect_authed(&url, Some(&w1)).await.unwrap();

@@ -115,8 +115,15 @@ pub fn cluster(states: &[(JobState, usize)], (alive, lost): (usize, usize)) {
     metrics::gauge!("ablate_workers", "state" => "lost").set(lost as f64);
 }
 
-/// Serves `GET /metrics` and `GET /healthz` until `shutdown` completes.
-pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+/// Whether a request head carries `Authorization: Bearer <token>`.
+fn bearer_ok(head: &str, token: &str) -> bool {
+    let want = format!("Bearer {token}");
+    head.lines().filter_map(|l| l.split_once(':')).any(|(k, v)| k.trim().eq_ignore_ascii_case("authorization") && ablate_proto::auth::ct_eq(v.trim().as_bytes(), want.as_bytes()))
+}
+
+/// Serves `GET /metrics` (behind `token` when given: `Authorization: Bearer <token>`, else
+/// 401) and `GET /healthz` (always open) until `shutdown` completes.
+pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, token: Option<String>, shutdown: tokio_util::sync::CancellationToken) {
     loop {
         let (mut sock, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -129,6 +136,7 @@ pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, 
             },
         };
         let handle = handle.clone();
+        let token = token.clone();
         tokio::spawn(async move {
             // read the whole request head (it may arrive in pieces) before answering: closing
             // on a client still writing would reset its connection
@@ -144,6 +152,10 @@ pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, 
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, ctype, body) = match path {
+                "/metrics" if token.as_deref().is_some_and(|t| !bearer_ok(&head, t)) => {
+                    auth_rejected("unauthenticated");
+                    ("401 Unauthorized\r\nWWW-Authenticate: Bearer", "text/plain", "/metrics needs Authorization: Bearer <token> (the coordinator's --metrics-token-file)\n".to_string())
+                }
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                 _ => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),

@@ -19,6 +19,8 @@ pub struct Listeners {
     pub metrics: Option<tokio::net::TcpListener>,
     /// TLS on the gRPC listener (None: plaintext).
     pub tls: Option<ServerTls>,
+    /// The bearer token `/metrics` asks of scrapers (None: open to whoever reaches it).
+    pub metrics_token: Option<String>,
 }
 
 /// The coordinator's certificate and key (PEM), and the CA whose client certificates
@@ -46,7 +48,7 @@ pub async fn serve(core: Arc<Core>, listeners: Listeners, shutdown: Cancellation
     }
     let tasks = tokio_util::task::TaskTracker::new();
     if let Some(l) = listeners.metrics {
-        tasks.spawn(crate::metrics::serve(l, handle.clone(), shutdown.clone()));
+        tasks.spawn(crate::metrics::serve(l, handle.clone(), listeners.metrics_token.clone(), shutdown.clone()));
     }
     {
         let (core, shutdown) = (core.clone(), shutdown.clone());

@@ -31,7 +31,7 @@ async fn start_with(store_spec: &str, port: u16, opts: Options) -> Coord {
     let stop = CancellationToken::new();
     let s2 = stop.clone();
     let weak = Arc::downgrade(&kv);
-    let done = tokio::spawn(async move { server::run(kv, opts, server::Listeners { grpc, metrics: None, tls: None }, s2).await.unwrap() });
+    let done = tokio::spawn(async move { server::run(kv, opts, server::Listeners { grpc, metrics: None, tls: None, metrics_token: None }, s2).await.unwrap() });
     Coord { url, kv: weak, stop, done }
 }
 

@@ -26,7 +26,7 @@ async fn past_a_limit_is_refused_and_nothing_is_stored() {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", grpc.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let served = tokio::spawn(server::serve(core.clone(), Listeners { grpc, metrics: None, tls: None }, stop.clone()));
+    let served = tokio::spawn(server::serve(core.clone(), Listeners { grpc, metrics: None, tls: None, metrics_token: None }, stop.clone()));
     let mut j = JobServiceClient::new(ablate_proto::connect_authed(&url, Some(&user)).await.unwrap().1);
     let stored = || core.list(&[], None).len();
 

@@ -53,7 +53,7 @@ async fn tls_and_worker_client_certificates() {
     let port = grpc.local_addr().unwrap().port();
     let stop = CancellationToken::new();
     let tls = ServerTls { cert_pem, key_pem, client_ca_pem: Some(ca.pem()) };
-    let served = tokio::spawn(server::serve(core, Listeners { grpc, metrics: None, tls: Some(tls) }, stop.clone()));
+    let served = tokio::spawn(server::serve(core, Listeners { grpc, metrics: None, tls: Some(tls), metrics_token: None }, stop.clone()));
     let https = format!("https://localhost:{port}");
 
     // a user trusting the CA, no client certificate: in

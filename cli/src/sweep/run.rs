@@ -102,7 +102,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", grpc.local_addr()?);
-        let server = tokio::spawn(ablate_coordinator::server::serve(core.clone(), ablate_coordinator::server::Listeners { grpc, metrics: None, tls: None }, stop.clone()));
+        let server = tokio::spawn(ablate_coordinator::server::serve(core.clone(), ablate_coordinator::server::Listeners { grpc, metrics: None, tls: None, metrics_token: None }, stop.clone()));
         let mut agents = Vec::new();
         for i in 0..a.workers {
             let worker_id = format!("local-{i}");
