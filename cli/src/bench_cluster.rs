@@ -143,8 +143,8 @@ fn latency() -> anyhow::Result<()> {
         let worker_token = core.auth.ephemeral("fake", ablate_coordinator::auth::Role::Worker, Some("fake"));
         let user_token = core.auth.ephemeral("bench", ablate_coordinator::auth::Role::Researcher, None);
         let server = tokio::spawn(ablate_coordinator::server::serve(core, ablate_coordinator::server::Listeners { grpc, metrics: None, tls: None, metrics_token: None }, stop.clone()));
-        let mut w = v1::worker_service_client::WorkerServiceClient::new(crate::jobs_cmd::channel(&url, Some(&worker_token)).await?);
-        let mut j = v1::job_service_client::JobServiceClient::new(crate::jobs_cmd::channel(&url, Some(&user_token)).await?);
+        let mut w = v1::worker_service_client::WorkerServiceClient::new(crate::conn::channel(&url, Some(&worker_token)).await?);
+        let mut j = v1::job_service_client::JobServiceClient::new(crate::conn::channel(&url, Some(&user_token)).await?);
         let reg = v1::Registration {
             worker_id: "fake".into(),
             devices: vec![v1::Device { kind: v1::DeviceKind::Cpu as i32, index: 0, ..Default::default() }],

@@ -276,7 +276,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let cfg = ablate_worker::agent::AgentConfig {
         coordinator: a.coordinator,
         worker_id: a.id.unwrap_or_else(|| host.clone()),
-        token: crate::jobs_cmd::token_from(a.token_file.as_deref())?,
+        token: crate::conn::token_from(a.token_file.as_deref())?,
         data_roots: ablate_worker::confine::resolve_roots(&a.data_root).map_err(anyhow::Error::msg)?,
         advertise_host: a.advertise_host,
         threads_per_rank: a.threads_per_rank.unwrap_or((cores / devices.len()).max(1)),

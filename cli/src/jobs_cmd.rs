@@ -31,19 +31,6 @@ pub struct Conn {
     pub(crate) token_file: Option<PathBuf>,
 }
 
-/// The token of a command: `--token-file`, else the environment (`ablate_proto::auth::client_token`).
-pub fn token_from(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
-    match file {
-        Some(f) => Ok(Some(ablate_proto::auth::read_token_file(f).map_err(anyhow::Error::msg)?)),
-        None => ablate_proto::auth::client_token().map_err(anyhow::Error::msg),
-    }
-}
-
-/// A channel to the first coordinator of `spec` that answers, its calls carrying `token`.
-pub async fn channel(spec: &str, token: Option<&str>) -> anyhow::Result<Authed> {
-    let (_, channel) = ablate_proto::connect_authed(spec, token).await.map_err(|e| anyhow::anyhow!("cannot reach the coordinator ({e}); start one with `ablate coordinator`"))?;
-    Ok(channel)
-}
 
 #[derive(Args)]
 pub struct SubmitArgs {
@@ -110,8 +97,8 @@ fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn client(c: &Conn) -> anyhow::Result<JobServiceClient<Authed>> {
-    let token = token_from(c.token_file.as_deref())?;
-    Ok(JobServiceClient::new(channel(&c.coordinator, token.as_deref()).await?))
+    let token = crate::conn::token_from(c.token_file.as_deref())?;
+    Ok(JobServiceClient::new(crate::conn::channel(&c.coordinator, token.as_deref()).await?))
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {

@@ -6,7 +6,8 @@ use clap::Subcommand;
 use serde_json::json;
 use std::path::PathBuf;
 
-use crate::jobs_cmd::{channel, token_from, Conn, Output};
+use crate::conn::{channel, token_from};
+use crate::jobs_cmd::{Conn, Output};
 
 #[derive(Subcommand)]
 pub enum TokenCmd {

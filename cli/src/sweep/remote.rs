@@ -37,8 +37,8 @@ pub enum SweepCmd {
 
 /// A job client whose calls carry the token of the environment (`ABLATE_TOKEN`, `ABLATE_TOKEN_FILE`).
 async fn client(url: &str) -> anyhow::Result<JobServiceClient<Authed>> {
-    let token = crate::jobs_cmd::token_from(None)?;
-    Ok(JobServiceClient::new(crate::jobs_cmd::channel(url, token.as_deref()).await?).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
+    let token = crate::conn::token_from(None)?;
+    Ok(JobServiceClient::new(crate::conn::channel(url, token.as_deref()).await?).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
 }
 
 pub fn sweep(cmd: SweepCmd) -> anyhow::Result<()> {
