@@ -27,7 +27,14 @@ pub struct RunOptions {
     pub resume: bool,
     /// Write samples at the end.
     pub samples: bool,
+    /// Where reference statistics and embeddings are cached (None: `<out>/eval-cache`). A
+    /// worker gives all its jobs one folder (`ABLATE_EVAL_CACHE`), so the jobs of a sweep
+    /// embed the same reference set once.
+    pub eval_cache: Option<PathBuf>,
 }
+
+/// The environment variable a worker names its shared evaluation cache in, for its ranks.
+pub const EVAL_CACHE_ENV: &str = "ABLATE_EVAL_CACHE";
 
 /// One step's record in `metrics.jsonl`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -153,7 +160,7 @@ pub fn run_distributed(
     let lead = group.rank() == 0;
     // every rank samples its share of an evaluation; rank 0 computes and records the numbers
     let evaluator = if cfg.eval.samples > 0 {
-        Some(crate::eval::suite::Evaluator::new(&cfg.eval, cfg.latent.image_size, opts.out.join("eval-cache"), device).map_err(|e| TrainError::Data(format!("evaluation: {e}")))?)
+        Some(crate::eval::suite::Evaluator::new(&cfg.eval, cfg.latent.image_size, opts.eval_cache.clone().unwrap_or_else(|| opts.out.join("eval-cache")), device).map_err(|e| TrainError::Data(format!("evaluation: {e}")))?)
     } else {
         None
     };

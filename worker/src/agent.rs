@@ -449,6 +449,11 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
     if let Some(t) = &cfg.token {
         cmd.env(ablate_proto::auth::TOKEN_ENV, t);
     }
+    // one evaluation cache for every job of this worker (unless the operator named one): the
+    // reference set of a sweep is embedded once, not once per job
+    if std::env::var_os(ablate_trainer::run::EVAL_CACHE_ENV).is_none() {
+        cmd.env(ablate_trainer::run::EVAL_CACHE_ENV, cfg.work_dir.join("eval-cache"));
+    }
     // the rank dies with this agent, even when the agent is SIGKILLed (Linux: the parent-death
     // signal fires when the spawning runtime thread exits, which lives as long as the agent)
     // SAFETY: prctl is async-signal-safe and touches nothing but the child's own attributes.
