@@ -300,7 +300,7 @@ impl Core {
 
     /// Jobs in any of `states` (every state when empty) of `sweep` (every job when None).
     pub fn list(&self, states: &[JobState], sweep: Option<&SweepId>) -> Vec<Job> {
-        self.lock().jobs.values().filter(|j| states.is_empty() || states.contains(&j.state)).filter(|j| sweep.is_none() || j.sweep.as_ref() == sweep).cloned().collect()
+        self.lock().jobs.values().filter(|j| listed(j, states, sweep)).cloned().collect()
     }
 
     /// One page of [`Core::list`]: up to `size` jobs (0 or past the page limit: the limit)
@@ -308,7 +308,7 @@ impl Core {
     pub fn list_page(&self, states: &[JobState], sweep: Option<&SweepId>, size: usize, after: &str) -> (Vec<Job>, Option<String>) {
         let size = if size == 0 { self.opts.limits.max_page } else { size.min(self.opts.limits.max_page) };
         let g = self.lock();
-        let mut it = g.jobs.values().filter(|j| after.is_empty() || j.id.as_str() > after).filter(|j| states.is_empty() || states.contains(&j.state)).filter(|j| sweep.is_none() || j.sweep.as_ref() == sweep);
+        let mut it = g.jobs.values().filter(|j| (after.is_empty() || j.id.as_str() > after) && listed(j, states, sweep));
         let page: Vec<Job> = it.by_ref().take(size).cloned().collect();
         let more = it.next().is_some();
         let next = page.last().filter(|_| more).map(|j| j.id.to_string());
@@ -838,6 +838,11 @@ impl Core {
         crate::metrics::cluster(&counts, workers);
         Ok(())
     }
+}
+
+/// Whether `job` is in one of `states` (any when empty) and of `sweep` (any when None).
+fn listed(job: &Job, states: &[JobState], sweep: Option<&SweepId>) -> bool {
+    (states.is_empty() || states.contains(&job.state)) && (sweep.is_none() || job.sweep.as_ref() == sweep)
 }
 
 /// Sends a placed job back to the queue after a retryable failure, counted under the cap of

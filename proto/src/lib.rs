@@ -123,9 +123,5 @@ pub async fn connect_authed(spec: &str, token: Option<&str>) -> Result<(String, 
 pub async fn connect_authed_with(spec: &str, token: Option<&str>, tls: Option<&tls::ClientTls>) -> Result<(String, auth::Authed), String> {
     let bearer = auth::Bearer::new(token)?;
     let (url, channel) = connect_first_with(spec, tls).await?;
-    Ok((url, tower_service_with(channel, bearer)))
-}
-
-fn tower_service_with(channel: tonic::transport::Channel, bearer: auth::Bearer) -> auth::Authed {
-    tonic::service::interceptor::InterceptedService::new(channel, bearer)
+    Ok((url, tonic::service::interceptor::InterceptedService::new(channel, bearer)))
 }

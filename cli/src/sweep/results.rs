@@ -174,6 +174,13 @@ pub fn at_step(jobs: &[(String, v1::Job)], series: &HashMap<String, Series>, ste
 /// Bootstrap resamples per interval.
 pub const REPS: usize = 1000;
 
+/// `arm`'s value of metric `m` minus `base`'s, seed by seed (the i-th job of each shares a
+/// seed), for the seeds where both have one.
+fn value_deltas(jobs: &[(String, v1::Job)], arm: &str, base: &str, m: &str) -> Vec<f64> {
+    let values = |arm: &str| -> Vec<Option<f64>> { jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| value(j, m)).collect() };
+    values(arm).iter().zip(values(base)).filter_map(|(a, b)| Some((*a)? - b?)).collect()
+}
+
 /// Fills `ci95` of every arm from the per-image numbers `samples` gives for a job (pairing
 /// seed s of an arm with seed s of the baseline, by position).
 pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn Fn(&v1::Job) -> Option<EvalSamples>) {
@@ -188,10 +195,9 @@ pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn
         if pairs.len() < 2 {
             // no per-image data for two seeds (an earlier evaluation step keeps only its
             // numbers): the seed-level t-interval needs only those
-            let values = |arm: &str, m: &str| -> Vec<Option<f64>> { jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| value(j, m)).collect() };
             let mut from_values = Vec::new();
             for name in ["fd_scenes", "mmd", "accuracy"] {
-                let d: Vec<f64> = values(&row.arm, name).iter().zip(values(&row.baseline, name)).filter_map(|(a, b)| Some((*a)? - b?)).collect();
+                let d = value_deltas(jobs, &row.arm, &row.baseline, name);
                 if d.len() >= 2 {
                     if let Some(ci) = t_interval(&d) {
                         from_values.push((name, ci, d.len()));
@@ -221,10 +227,9 @@ pub fn add_intervals(rows: &mut [Row], jobs: &[(String, v1::Job)], samples: &dyn
         }
     }
     // FID, CMMD and DINO-MMD: a t-interval over the per-seed differences of the jobs' values
-    let values = |arm: &str, m: &str| -> Vec<Option<f64>> { jobs.iter().filter(|(a, _)| a == arm).map(|(_, j)| value(j, m)).collect() };
     for row in rows.iter_mut().filter(|r| !r.baseline.is_empty() && r.protocol_note.is_none()) {
         for m in VALUE_INTERVAL_METRICS {
-            let d: Vec<f64> = values(&row.arm, m).iter().zip(values(&row.baseline, m)).filter_map(|(a, b)| Some((*a)? - b?)).collect();
+            let d = value_deltas(jobs, &row.arm, &row.baseline, m);
             if d.len() >= 2 {
                 if let Some(ci) = ablate_trainer::eval::bootstrap::t_interval(&d) {
                     row.ci95.push((m, ci));
