@@ -10,7 +10,7 @@
 //!   and is placed on the other workers at once, without spending the job's restarts;
 //! - SIGKILL of the coordinator mid-job: restarted on the same store, it still has the job,
 //!   the workers re-attach and the job finishes;
-//! - two coordinators on one etcd store: SIGKILL of the leader mid-job, the standby takes
+//! - two coordinators on one etcd store (TLS and user auth): SIGKILL of the leader mid-job, the standby takes
 //!   over, the workers (given both URLs) re-attach to it and the job finishes;
 //! - a sweep submitted to the cluster runs to its table, and `ablate results` prints the same
 //!   table, seed-level intervals included, with the workers' directories deleted.
@@ -452,7 +452,8 @@ fn with_etcd_a_standby_coordinator_takes_over_when_the_leader_dies() {
     let Some(etcd_bin) = local_etcd::binary_or_skip("with_etcd_a_standby_coordinator_takes_over") else { return };
     let mut standby = None;
     let mut c = Cluster::start_with(1, |c| {
-        let etcd = LocalEtcd::start(&etcd_bin).unwrap();
+        // etcd as a shared cluster runs it: TLS with client certificates and user auth
+        let etcd = LocalEtcd::start_secure(&etcd_bin, "ha/", 300).unwrap();
         let store = etcd.spec("ha/");
         let (a_port, b_port) = (c.grpc_port, free_port());
         let (a, a_first) = c.spawn_coordinator(a_port, &store, &["--id", "coord-a", "--lease-ttl-s", "2"]);

@@ -14,6 +14,7 @@
 //! - `auth`: tokens, roles and the token check of every call; job secrets;
 //! - `service`: the gRPC `JobService`, `WorkerService` and `AdminService` over `core`,
 //!   converting through `wire`, each call checked against the caller's role;
+//! - `pki`: a throwaway certificate authority (tests, a secured local etcd);
 //! - `runs`: per-job metric and log files on the coordinator;
 //! - `metrics`: the Prometheus recorder and `/metrics` endpoint;
 //! - `server`: wires it all to listeners and a shutdown token;
@@ -25,6 +26,7 @@ pub mod domain;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod pki;
 pub mod runs;
 pub mod scheduler;
 pub mod server;

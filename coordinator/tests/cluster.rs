@@ -245,7 +245,7 @@ async fn a_coordinator_restart_keeps_every_job_and_running_ranks_reattach() {
 async fn a_coordinator_restart_on_etcd_keeps_every_job() {
     use ablate_coordinator::store::local_etcd::{self, LocalEtcd};
     let Some(bin) = local_etcd::binary_or_skip("a_coordinator_restart_on_etcd_keeps_every_job") else { return };
-    let etcd = tokio::task::spawn_blocking(move || LocalEtcd::start(&bin).unwrap()).await.unwrap();
+    let etcd = tokio::task::spawn_blocking(move || LocalEtcd::start_secure(&bin, "ablate/", 300).unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     restart_keeps_every_job(&etcd.spec("ablate/"), dir.path()).await;
     tokio::task::spawn_blocking(move || drop(etcd)).await.unwrap();

@@ -1,4 +1,4 @@
-//! Leader election and fencing on a throwaway local etcd (skipped where none is installed,
+//! Leader election and fencing on a throwaway local etcd with TLS and user auth (skipped where none is installed,
 //! unless ABLATE_REQUIRE_ETCD=1): one leader at a time, a standby takes over when the
 //! leader dies (after the lease) or resigns (at once), and a deposed leader cannot write.
 
@@ -17,7 +17,7 @@ fn election(id: &str) -> Election {
 #[test]
 fn one_leader_a_standby_takes_over_and_the_deposed_cannot_write() {
     let Some(bin) = local_etcd::binary_or_skip("one_leader_a_standby_takes_over") else { return };
-    let etcd = LocalEtcd::start(&bin).unwrap();
+    let etcd = LocalEtcd::start_secure(&bin, "ha/", 300).unwrap();
     let spec = etcd.spec("ha/");
     let never = CancellationToken::new();
 
@@ -95,7 +95,7 @@ fn one_leader_a_standby_takes_over_and_the_deposed_cannot_write() {
 #[test]
 fn a_standby_campaign_can_be_cancelled() {
     let Some(bin) = local_etcd::binary_or_skip("a_standby_campaign_can_be_cancelled") else { return };
-    let etcd = LocalEtcd::start(&bin).unwrap();
+    let etcd = LocalEtcd::start_secure(&bin, "ha/", 300).unwrap();
     let mut a = EtcdStore::open(&etcd.spec("ha/")).unwrap();
     let _lead = election("a").campaign(&mut a, &CancellationToken::new(), |_| {}).unwrap().unwrap();
     let mut b = EtcdStore::open(&etcd.spec("ha/")).unwrap();

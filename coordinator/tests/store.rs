@@ -61,6 +61,70 @@ fn etcd_backend_conforms() {
     });
 }
 
+/// The same suite against etcd as a shared cluster runs it: TLS with client certificates,
+/// user auth, a user whose role holds one namespace only.
+#[test]
+fn etcd_backend_conforms_with_tls_and_auth() {
+    let Some(bin) = local_etcd::binary_or_skip("etcd_backend_conforms_with_tls_and_auth") else { return };
+    let clusters = std::sync::Mutex::new(Vec::new());
+    conformance::run_all(&|| {
+        let e = LocalEtcd::start_secure(&bin, "ablate/", 300).unwrap();
+        let spec = e.spec("ablate/");
+        assert!(spec.contains("ca=") && spec.contains("user=ablate"), "{spec}");
+        let s = Arc::new(EtcdStore::open(&spec).unwrap()) as Arc<dyn Kv>;
+        clusters.lock().unwrap().push(e);
+        s
+    });
+}
+
+/// A secured etcd refuses every client that lacks a piece (CA, client certificate, user,
+/// right password, permission on the namespace), each with an error that says so; a token
+/// that expired is fetched again without the caller noticing.
+#[test]
+fn a_secured_etcd_refuses_what_lacks_a_piece_and_tokens_are_renewed() {
+    let Some(bin) = local_etcd::binary_or_skip("a_secured_etcd_refuses") else { return };
+    let e = LocalEtcd::start_secure(&bin, "team-a/", 1).unwrap();
+    let good = e.spec("team-a/");
+    let open_err = |spec: &str| EtcdStore::open(spec).err().map(|e| e.to_string()).unwrap_or_else(|| panic!("{spec} must be refused"));
+    let mut refused = 0;
+    // plaintext to a TLS port
+    let err = open_err(&format!("etcd://{}/team-a/", e.endpoint));
+    assert!(err.contains("does not answer"), "{err}");
+    refused += 1;
+    // TLS without a client certificate
+    let ca_only = good.split('&').next().unwrap().to_string();
+    assert!(ca_only.ends_with("ca.pem"), "{ca_only}");
+    let err = open_err(&ca_only);
+    assert!(err.contains("does not answer"), "{err}");
+    refused += 1;
+    // TLS and a certificate but no user, now that auth is on
+    let err = open_err(&e.tls_only_spec("team-a/"));
+    assert!(err.contains("refuses the store") && (err.contains("user name is empty") || err.contains("permission denied")), "{err}");
+    refused += 1;
+    // a wrong password
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let pw_at = good.find("password-file=").unwrap();
+    let err = open_err(&format!("{}password-file={}", &good[..pw_at], wrong.display()));
+    assert!(err.contains("authentication failed"), "{err}");
+    refused += 1;
+    // the right user on a namespace its role does not hold
+    let other = e.spec("team-b/");
+    let err = open_err(&other);
+    assert!(err.contains("permission denied"), "{err}");
+    refused += 1;
+    eprintln!("secured etcd: {refused}/5 clients lacking a piece refused (last: {err})");
+
+    let s = EtcdStore::open(&good).unwrap();
+    s.put("jobs/a", b"1").unwrap();
+    // the token (ttl 1 s) expires while idle; the next call authenticates again
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    s.put("jobs/b", b"2").unwrap();
+    assert_eq!(s.range("jobs/").unwrap().len(), 2);
+    assert_eq!(s.auth_tokens_fetched(), 2, "one token at open, one after the first expired");
+}
+
 #[test]
 fn etcd_namespaces_share_a_cluster_without_seeing_each_other_and_ranges_page() {
     let Some(bin) = local_etcd::binary_or_skip("etcd_namespaces_share_a_cluster") else { return };

@@ -5,37 +5,12 @@
 
 use ablate_coordinator::auth::Role;
 use ablate_coordinator::server::{self, Listeners, ServerTls};
+use ablate_coordinator::pki::Ca;
 use ablate_coordinator::{store, Core, Options};
 use ablate_proto::tls::ClientTls;
 use ablate_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        Self { issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    fn pem(&self) -> Vec<u8> {
-        self.issuer.pem().into_bytes()
-    }
-
-    /// A leaf certificate for `names` and its key (PEM).
-    fn leaf(&self, names: &[&str]) -> (Vec<u8>, Vec<u8>) {
-        let key = KeyPair::generate().unwrap();
-        let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
-    }
-}
 
 fn reg(id: &str) -> v1::Registration {
     v1::Registration { worker_id: id.into(), host: "127.0.0.1".into(), protocol_version: ablate_proto::PROTOCOL_VERSION, devices: vec![v1::Device { kind: v1::DeviceKind::Cpu as i32, ..Default::default() }], ..Default::default() }

@@ -26,7 +26,7 @@ pub mod v1 {
     tonic::include_proto!("ablate.v1");
 }
 
-/// etcd's v3 KV and Lease clients (proto/etcd/kv.proto), for the coordinator's etcd store.
+/// etcd's v3 KV, Lease and Auth clients (proto/etcd/kv.proto), for the coordinator's etcd store.
 #[allow(clippy::all, missing_docs)]
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");

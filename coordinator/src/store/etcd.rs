@@ -36,6 +36,7 @@ use ablate_proto::etcd::{self as pb, compare, kv_client::KvClient, lease_client:
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+use super::etcd_access::{self, Auth, Ch};
 use super::{check_key, Compare, Entry, Kv, Op, StoreError, TxnResult};
 
 /// Deadline of one etcd request (on every endpoint it tries).
@@ -84,14 +85,16 @@ impl EtcdSpec {
 struct Members {
     channels: Arc<Vec<Channel>>,
     current: Arc<AtomicUsize>,
+    auth: Auth,
 }
 
 impl Members {
     /// Runs `f` against the members in turn, from the current one, until one answers with
-    /// something other than `Unavailable` (unreachable), each within [`TIMEOUT`].
+    /// something other than `Unavailable` (unreachable), each within [`TIMEOUT`]. With user
+    /// auth, a missing or expired token is fetched (again) first and the call sent once more.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, tonic::Status>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Ch) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let n = self.channels.len();
@@ -99,7 +102,19 @@ impl Members {
         let mut last = tonic::Status::unavailable("no etcd endpoint");
         for k in 0..n {
             let i = (first + k) % n;
-            match tokio::time::timeout(TIMEOUT, f(self.channels[i].clone())).await {
+            let answer = tokio::time::timeout(TIMEOUT, async {
+                if self.auth.needs_token() {
+                    self.auth.authenticate(self.channels[i].clone()).await?;
+                }
+                match f(self.auth.wrap(self.channels[i].clone())).await {
+                    Err(s) if s.code() == tonic::Code::Unauthenticated && self.auth.enabled() => {
+                        self.auth.authenticate(self.channels[i].clone()).await?;
+                        f(self.auth.wrap(self.channels[i].clone())).await
+                    }
+                    r => r,
+                }
+            });
+            match answer.await {
                 Ok(Ok(v)) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(v);
@@ -113,7 +128,7 @@ impl Members {
     }
 }
 
-fn kv_client(channel: Channel) -> KvClient<Channel> {
+fn kv_client(channel: Ch) -> KvClient<Ch> {
     KvClient::new(channel).max_decoding_message_size(64 << 20)
 }
 
@@ -129,9 +144,13 @@ pub struct EtcdStore {
 impl EtcdStore {
     /// Connects and reads the revision once: an unreachable cluster is an error here, with
     /// the endpoints named, not at the first job.
+    /// The spec may end in a query naming TLS material and a user ([`etcd_access`]).
     pub fn open(spec: &str) -> Result<Self, StoreError> {
-        let parsed = EtcdSpec::parse(spec)?;
+        let (base, access) = etcd_access::split(spec)?;
+        let parsed = EtcdSpec::parse(base)?;
         let fail = |message: String| StoreError::Open { path: spec.to_string(), message };
+        let (tls, creds) = access.load().map_err(fail)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd-store")
@@ -143,14 +162,30 @@ impl EtcdStore {
             parsed
                 .endpoints
                 .iter()
-                .map(|e| Endpoint::from_shared(format!("http://{e}")).map(|ep| ep.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fail(format!("bad endpoint: {e}")))?
+                .map(|e| {
+                    let ep = Endpoint::from_shared(format!("{scheme}://{e}")).map_err(|err| fail(format!("bad endpoint {e}: {err}")))?;
+                    let ep = match &tls {
+                        Some(t) => ep.tls_config(t.config()).map_err(|err| fail(format!("TLS for {e}: {err}")))?,
+                        None => ep,
+                    };
+                    Ok(ep.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy())
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?
         };
-        let members = Members { channels: Arc::new(channels), current: Arc::new(AtomicUsize::new(0)) };
+        let members = Members { channels: Arc::new(channels), current: Arc::new(AtomicUsize::new(0)), auth: Auth::new(creds) };
         let store = Self { prefix: parsed.namespace.as_bytes().to_vec(), spec: parsed, members, rt: Some(rt), guard: None };
-        store.revision().map_err(|e| fail(format!("etcd at {} does not answer: {e}", store.spec.endpoints.join(","))))?;
+        store.revision().map_err(|e| {
+            let e = e.to_string();
+            let unreachable = ["(Unavailable)", "no answer within", "transport error"].iter().any(|m| e.contains(m));
+            let verb = if unreachable { format!("does not answer over {scheme}") } else { "refuses the store".to_string() };
+            fail(format!("etcd at {} {verb}: {e}", store.spec.endpoints.join(",")))
+        })?;
         Ok(store)
+    }
+
+    /// Auth tokens fetched so far (user auth: the first at open, then one per expiry).
+    pub fn auth_tokens_fetched(&self) -> usize {
+        self.members.auth.tokens_fetched()
     }
 
     pub fn spec(&self) -> &EtcdSpec {
@@ -190,6 +225,10 @@ impl EtcdStore {
             'connect: loop {
                 let channel = members.channels[k % members.channels.len()].clone();
                 k += 1;
+                if members.auth.needs_token() {
+                    let _ = tokio::time::timeout(TIMEOUT, members.auth.authenticate(channel.clone())).await;
+                }
+                let channel = members.auth.wrap(channel);
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
                 // the first request goes in before the call: etcd answers the call (its
                 // headers) only with the first keep-alive's answer
@@ -197,7 +236,16 @@ impl EtcdStore {
                 let _ = tx.send(pb::LeaseKeepAliveRequest { id }).await;
                 let mut client = LeaseClient::new(channel);
                 let call = tokio::select! {
-                    r = client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)) => r.ok(),
+                    r = client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)) => match r {
+                        Ok(r) => Some(r),
+                        Err(s) => {
+                            if s.code() == tonic::Code::Unauthenticated && members.auth.enabled() {
+                                // the token expired: the next connection authenticates first
+                                members.auth.token.clear();
+                            }
+                            None
+                        }
+                    },
                     _ = sleep(every) => None,
                     _ = sleep_until(deadline) => break 'connect,
                     _ = stop.cancelled() => return,
@@ -322,7 +370,7 @@ impl EtcdStore {
     fn block<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Fn(Channel) -> Fut + Send + 'static,
+        F: Fn(Ch) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, tonic::Status>> + Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);

@@ -13,6 +13,7 @@
 
 pub mod conformance;
 pub mod etcd;
+pub mod etcd_access;
 pub mod local_etcd;
 pub mod memory;
 pub mod redb;
@@ -109,7 +110,7 @@ pub fn open(spec: &str) -> Result<std::sync::Arc<dyn Kv>, StoreError> {
         return Ok(std::sync::Arc::new(etcd::EtcdStore::open(spec)?));
     }
     if spec.starts_with("http://") || spec.starts_with("https://") {
-        return Err(StoreError::Open { path: spec.into(), message: "an etcd store is named etcd://host:port[,host:port...][/namespace/] (TLS is not supported)".into() });
+        return Err(StoreError::Open { path: spec.into(), message: "an etcd store is named etcd://host:port[,host:port...][/namespace/][?ca=...&user=...] (TLS and auth are options after the ?; see docs/security.md)".into() });
     }
     Ok(std::sync::Arc::new(redb::RedbStore::open(std::path::Path::new(spec))?))
 }
