@@ -186,6 +186,7 @@ fn serve(a: CoordinatorArgs, store: std::sync::Arc<dyn ablate_coordinator::store
         launch_deadline: Duration::from_secs(a.launch_deadline_s.max(1)),
         runs_dir: a.runs.clone(),
         limits: ablate_coordinator::core::Limits { max_world_size: a.max_world_size, max_sweep_jobs: a.max_sweep_jobs, max_log_lines_per_minute: a.max_log_lines_per_minute, ..Default::default() },
+        config_check: Some(crate::config_check::trainer_config_check()),
     };
     bootstrap_admin(&store, a.admin_token_file.as_deref())?;
     let tls = server_tls(&a)?;

@@ -3,6 +3,7 @@
 mod assets_cmd;
 mod bench_cluster;
 mod cluster_cmd;
+mod config_check;
 mod conn;
 mod data_cmd;
 mod eval_cmd;

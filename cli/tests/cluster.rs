@@ -482,3 +482,30 @@ fn with_etcd_a_standby_coordinator_takes_over_when_the_leader_dies() {
     assert!(http_get(&b_metrics, "/metrics").contains("ablate_workers{state=\"alive\"} 1"));
     eprintln!("standby took over {took_over:?} after the leader was killed");
 }
+
+/// A client other than this CLI (raw gRPC, as a Python script would call it) gets
+/// INVALID_ARGUMENT naming the key for a config the trainer refuses, for a job and for a
+/// sweep holding one such config; nothing is stored. A good config goes through.
+#[test]
+fn the_coordinator_checks_every_submitted_config_itself() {
+    use ablate_proto::v1::{self, job_service_client::JobServiceClient};
+    let c = Cluster::start(0);
+    let token = std::fs::read_to_string(c.admin_token()).unwrap().trim().to_string();
+    let good = std::fs::read_to_string(job_config_eval(c.dir.path(), 2, 0)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (_, ch) = ablate_proto::connect_authed(&c.url, Some(&token)).await.unwrap();
+        let mut jobs = JobServiceClient::new(ch);
+        let spec = |toml: &str| v1::SubmitJobRequest { config_toml: toml.into(), world_size: 1, ..Default::default() };
+        for (bad, key) in [("[model]\npreset = 3\n", "model.preset: invalid type: integer `3`, expected a string"), ("[model]\npreset = \"huge\"\n", "unknown model.preset \"huge\""), ("[train]\nbatch_size = 0\n", "train.batch_size must be positive")] {
+            let e = jobs.submit_job(spec(bad)).await.expect_err("a bad config is refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(key), "{bad:?}: {}", e.message());
+        }
+        let e = jobs.submit_sweep(v1::SubmitSweepRequest { name: "s".into(), jobs: vec![spec(&good), spec("[optim]\nlr = \"fast\"\n")] }).await.expect_err("a sweep with a bad config is refused whole");
+        assert!(e.code() == tonic::Code::InvalidArgument && e.message().contains("optim.lr"), "{e:?}");
+        let listed = jobs.list_jobs(v1::ListJobsRequest::default()).await.unwrap().into_inner();
+        assert!(listed.jobs.is_empty(), "nothing stored: {:?}", listed.jobs);
+        jobs.submit_job(spec(&good)).await.expect("a good config goes through");
+    });
+}

@@ -37,6 +37,20 @@ pub struct Options {
     pub launch_deadline: Duration,
     pub runs_dir: std::path::PathBuf,
     pub limits: Limits,
+    /// The full check of a submitted training config (the trainer's, installed by
+    /// `ablate coordinator` and `ablate run`: this crate has no candle and so no config
+    /// types). Without one, a config is only checked to be TOML.
+    pub config_check: Option<ConfigCheck>,
+}
+
+/// Checks a job's `config_toml`; the error names the offending key.
+#[derive(Clone)]
+pub struct ConfigCheck(pub std::sync::Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for ConfigCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigCheck")
+    }
 }
 
 /// Bounds on what a caller can make the coordinator store or hold: a request past one is
@@ -76,6 +90,7 @@ impl Default for Options {
             launch_deadline: Duration::from_secs(600),
             runs_dir: "ablate-runs".into(),
             limits: Limits::default(),
+            config_check: None,
         }
     }
 }
@@ -201,6 +216,9 @@ impl Core {
             return Err(CoordinatorError::InvalidJob(format!("config_toml is {} bytes, past the limit of {}", req.config_toml.len(), l.max_config_bytes)));
         }
         let cfg: toml::Value = toml::from_str(&req.config_toml).map_err(|e| CoordinatorError::InvalidJob(format!("config_toml: {e}")))?;
+        if let Some(check) = &self.opts.config_check {
+            (check.0)(&req.config_toml).map_err(|e| CoordinatorError::InvalidJob(format!("config_toml: {e}")))?;
+        }
         let total_steps = cfg.get("train").and_then(|t| t.get("steps")).and_then(|s| s.as_integer()).unwrap_or(0).max(0) as u64;
         let id = JobId(format!("j{seq:06}"));
         Ok(Job {

@@ -34,5 +34,5 @@ pub mod service;
 pub mod store;
 pub mod wire;
 
-pub use core::{Core, Options};
+pub use core::{ConfigCheck, Core, Options};
 pub use error::CoordinatorError;

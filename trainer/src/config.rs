@@ -186,7 +186,7 @@ impl TrainConfig {
     }
 
     pub fn from_toml_str(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let cfg: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: describe_toml_error(&e) })?;
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: describe_toml_error_in(&e, text) })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -201,8 +201,28 @@ impl TrainConfig {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
-    /// The denoiser architecture after preset, overrides, latent and text encoder.
+    /// Parses and runs [`TrainConfig::validate_portable`]: what a coordinator checks of a
+    /// submitted config (it has no model files to read).
+    pub fn from_toml_str_portable(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: describe_toml_error_in(&e, text) })?;
+        cfg.validate_portable()?;
+        Ok(cfg)
+    }
+
+    /// The denoiser architecture after preset, overrides, latent and text encoder (a frozen
+    /// text encoder's width is read from its files).
     pub fn denoiser(&self) -> Result<DenoiserConfig, ConfigError> {
+        let mut d = self.denoiser_shape()?;
+        if let name @ ("bert" | "t5") = self.text.encoder.as_str() {
+            let family = crate::model::frozen_text::Family::parse(name).expect("bert or t5");
+            d.text_dim = crate::model::frozen_text::hidden_size(family, &self.text_dir()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        Ok(d)
+    }
+
+    /// The denoiser's shape without reading any file: a frozen text encoder's width is taken
+    /// as `text.width` (nothing checked here depends on it).
+    fn denoiser_shape(&self) -> Result<DenoiserConfig, ConfigError> {
         let mut d = DenoiserConfig::preset(&self.model.preset).ok_or_else(|| {
             ConfigError::Invalid(format!("unknown model.preset \"{}\" (expected one of {})", self.model.preset, DenoiserConfig::PRESETS.join(", ")))
         })?;
@@ -217,13 +237,7 @@ impl TrainConfig {
             "flux2" => 1,
             _ => d.patch,
         });
-        d.text_dim = match self.text.encoder.as_str() {
-            name @ ("bert" | "t5") => {
-                let family = crate::model::frozen_text::Family::parse(name).expect("bert or t5");
-                crate::model::frozen_text::hidden_size(family, &self.text_dir()).map_err(|e| ConfigError::Invalid(e.to_string()))?
-            }
-            _ => self.text.width,
-        };
+        d.text_dim = self.text.width;
         Ok(d)
     }
 
@@ -253,7 +267,14 @@ impl TrainConfig {
         TextEncoderConfig { vocab, max_len: self.text.max_tokens, width: self.text.width, layers: self.text.layers, heads: self.text.heads }
     }
 
+    /// Every check, those that read files (a frozen text encoder's) included.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_portable()?;
+        self.denoiser().map(|_| ())
+    }
+
+    /// Every check that needs nothing but the config itself.
+    pub fn validate_portable(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if !["learned", "bert", "t5"].contains(&self.text.encoder.as_str()) {
             return bad(format!("unknown text.encoder \"{}\" (expected \"learned\", \"bert\" or \"t5\")", self.text.encoder));
@@ -286,7 +307,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.optim.muon_momentum) {
             return bad(format!("optim.muon_momentum must be in [0, 1), got {}", self.optim.muon_momentum));
         }
-        let d = self.denoiser()?;
+        let d = self.denoiser_shape()?;
         d.validate().map_err(ConfigError::Invalid)?;
         self.eval.validate().map_err(ConfigError::Invalid)?;
         if self.text.width % self.text.heads != 0 {
@@ -322,14 +343,47 @@ impl TrainConfig {
     }
 }
 
-/// Turns toml's error into one line with location and, for unknown keys, a suggestion.
-fn describe_toml_error(e: &toml::de::Error) -> String {
+/// Turns toml's error on `text` into one line with location and, for unknown keys, a
+/// suggestion; any other error starts with the key it is about (`model.preset: invalid
+/// type...`) where the location shows one.
+fn describe_toml_error_in(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().to_string();
     let loc = e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default();
     match describe_unknown_field(&msg) {
         Some(ours) => format!("{ours}{loc}"),
-        None => format!("{msg}{loc}"),
+        None => match e.span().and_then(|s| key_at(text, s.start)) {
+            Some(key) => format!("{key}: {msg}{loc}"),
+            None => format!("{msg}{loc}"),
+        },
     }
+}
+
+/// The dotted key whose value starts at byte `at` of a TOML text: the last `[table]` (or
+/// `[[array]]`, without its index) header before it, then the keys of the inline tables the value sits in (`model = { preset = 3 }`
+/// gives `model.preset`). None where the value is not after a `key =` on its line.
+pub fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = text.get(..at)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| l.trim_start_matches('[').split(']').next())
+        .map(|t| t.trim().to_string());
+    let mut keys: Vec<String> = table.into_iter().collect();
+    let line = &before[line_start..];
+    let segments: Vec<&str> = line.split('{').collect();
+    for seg in &segments {
+        // the key of this level: the word before the last '=' of the segment
+        let head = seg.rsplit_once('=')?.0;
+        let key = head.rsplit(',').next()?.trim().trim_matches('"');
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return None;
+        }
+        keys.push(key.to_string());
+    }
+    Some(keys.join("."))
 }
 
 /// serde's "unknown field `x`, expected one of `a`, `b`" in the project's words:
@@ -380,5 +434,29 @@ mod tests {
         assert!(err("[model]\npreset = \"huge\"\n").contains("unknown model.preset \"huge\""));
         assert!(err("[model]\nheads = 5\n").contains("model.hidden (192) must be divisible by model.heads (5)"));
         assert!(err("[routing]\nkind = \"sideways\"\n").contains("unknown variant `sideways`"));
+        // a wrong type names its key, in a table or an inline table
+        assert!(err("[model]\npreset = 3\n").starts_with("invalid config t.toml: model.preset: invalid type: integer `3`, expected a string"), "{}", err("[model]\npreset = 3\n"));
+        assert!(err("model = { hidden = 128, preset = 3 }\n").contains("model.preset: invalid type"));
+    }
+
+    #[test]
+    fn keys_are_found_from_a_position() {
+        let t = "name = \"x\"\n[optim]\nlr = 3\n[[data.phases]]\nsteps = 2\n";
+        assert_eq!(key_at(t, t.find('3').unwrap()).as_deref(), Some("optim.lr"));
+        assert_eq!(key_at(t, t.find('x').unwrap() - 1).as_deref(), Some("name"));
+        assert_eq!(key_at(t, t.find('2').unwrap()).as_deref(), Some("data.phases.steps"));
+        let t = "train = { steps = 5, batch_size = { a = 1 } }";
+        assert_eq!(key_at(t, t.find('1').unwrap()).as_deref(), Some("train.batch_size.a"));
+        assert_eq!(key_at("[a]\n[1, 2]", 5), None);
+    }
+
+    #[test]
+    fn portable_checks_read_no_file() {
+        // a frozen encoder whose files are absent: refused by validate, not by the portable one
+        let text = "[text]\nencoder = \"bert\"\ndir = \"/nonexistent/minilm\"\n";
+        TrainConfig::from_toml_str_portable(text, "submitted").unwrap();
+        assert!(TrainConfig::from_toml_str(text, "t.toml").is_err());
+        let e = TrainConfig::from_toml_str_portable("[model]\nheads = 5\n", "submitted").unwrap_err().to_string();
+        assert!(e.contains("model.heads"), "{e}");
     }
 }

@@ -47,7 +47,7 @@ pub(super) fn fingerprint(s: &Sweep) -> String {
 pub(super) fn open_state(out: &Path) -> anyhow::Result<Arc<Core>> {
     let path = out.join("state/coordinator.redb");
     let store = RedbStore::open(&path).map_err(|e| anyhow::anyhow!("{e} (is another `ablate run` using {}?)", out.display()))?;
-    let opts = Options { heartbeat: Duration::from_millis(200), worker_expiry: Duration::from_secs(3), max_restarts: 1000, max_infra_restarts: 1000, runs_dir: out.join("state/runs"), ..Options::default() };
+    let opts = Options { heartbeat: Duration::from_millis(200), worker_expiry: Duration::from_secs(3), max_restarts: 1000, max_infra_restarts: 1000, runs_dir: out.join("state/runs"), config_check: Some(crate::config_check::trainer_config_check()), ..Options::default() };
     Ok(Arc::new(Core::open(Arc::new(store), opts)?))
 }
 
