@@ -16,7 +16,8 @@
 //!   converting through `wire`, each call checked against the caller's role;
 //! - `pki`: a throwaway certificate authority (tests, a secured local etcd);
 //! - `runs`: per-job metric and log files on the coordinator;
-//! - `metrics`: the Prometheus recorder and `/metrics` endpoint;
+//! - `metrics`: the Prometheus recorder and the metric names;
+//! - `metrics_http`: the `/metrics` and `/healthz` listener (hyper), optionally behind a token;
 //! - `server`: wires it all to listeners and a shutdown token;
 //! - `error`: `CoordinatorError` and its mapping to gRPC statuses.
 
@@ -26,6 +27,7 @@ pub mod domain;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod metrics_http;
 pub mod pki;
 pub mod runs;
 pub mod scheduler;

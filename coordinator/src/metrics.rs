@@ -1,7 +1,7 @@
 //! Prometheus metrics through the `metrics` facade. Names follow
 //! `ablate_<subsystem>_<name>_<unit>`; labels are bounded (job, sweep, arm: one series per
 //! job, dropped an hour after its last update; never step or rank); histograms have
-//! explicit buckets. `serve` answers `GET /metrics` (and `/healthz`) on its own listener.
+//! explicit buckets. `metrics_http` serves them.
 
 use ablate_proto::v1;
 
@@ -9,7 +9,6 @@ use crate::domain::{Job, JobState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -115,53 +114,3 @@ pub fn cluster(states: &[(JobState, usize)], (alive, lost): (usize, usize)) {
     metrics::gauge!("ablate_workers", "state" => "lost").set(lost as f64);
 }
 
-/// Whether a request head carries `Authorization: Bearer <token>`.
-fn bearer_ok(head: &str, token: &str) -> bool {
-    let want = format!("Bearer {token}");
-    head.lines().filter_map(|l| l.split_once(':')).any(|(k, v)| k.trim().eq_ignore_ascii_case("authorization") && ablate_proto::auth::ct_eq(v.trim().as_bytes(), want.as_bytes()))
-}
-
-/// Serves `GET /metrics` (behind `token` when given: `Authorization: Bearer <token>`, else
-/// 401) and `GET /healthz` (always open) until `shutdown` completes.
-pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, token: Option<String>, shutdown: tokio_util::sync::CancellationToken) {
-    loop {
-        let (mut sock, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("metrics listener: {e}");
-                    continue;
-                }
-            },
-        };
-        let handle = handle.clone();
-        let token = token.clone();
-        tokio::spawn(async move {
-            // read the whole request head (it may arrive in pieces) before answering: closing
-            // on a client still writing would reset its connection
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
-                    Ok(Ok(0)) => break,
-                    Ok(Ok(k)) => n += k,
-                    _ => return,
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" if token.as_deref().is_some_and(|t| !bearer_ok(&head, t)) => {
-                    auth_rejected("unauthenticated");
-                    ("401 Unauthorized\r\nWWW-Authenticate: Bearer", "text/plain", "/metrics needs Authorization: Bearer <token> (the coordinator's --metrics-token-file)\n".to_string())
-                }
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                _ => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
-            };
-            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
-    }
-}

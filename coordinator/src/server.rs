@@ -48,7 +48,7 @@ pub async fn serve(core: Arc<Core>, listeners: Listeners, shutdown: Cancellation
     }
     let tasks = tokio_util::task::TaskTracker::new();
     if let Some(l) = listeners.metrics {
-        tasks.spawn(crate::metrics::serve(l, handle.clone(), listeners.metrics_token.clone(), shutdown.clone()));
+        tasks.spawn(crate::metrics_http::serve(l, handle.clone(), listeners.metrics_token.clone(), shutdown.clone()));
     }
     {
         let (core, shutdown) = (core.clone(), shutdown.clone());
