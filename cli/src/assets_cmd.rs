@@ -163,7 +163,7 @@ fn repa_e(seed: u64, steps: usize) -> anyhow::Result<(std::collections::HashMap<
     }
     let dir = std::env::temp_dir().join(format!("ablate-repa-e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let summary = run(cfg, &RunOptions { out: dir.clone(), resume: false, samples: false, eval_cache: None }, &mut P)?;
+    let summary = run(cfg, &RunOptions { out: dir.clone(), resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &mut P)?;
     let ckpt = candle_core::safetensors::load(dir.join("checkpoint.safetensors"), &candle_core::Device::Cpu)?;
     let mut tensors: std::collections::HashMap<String, candle_core::Tensor> =
         ckpt.into_iter().filter_map(|(k, v)| k.strip_prefix("param.ae.").map(|n| (n.to_string(), v))).collect();

@@ -267,6 +267,14 @@ pub struct WorkerArgs {
     /// Threads per CPU rank (default: the cores divided by the CPU slots).
     #[arg(long)]
     threads_per_rank: Option<usize>,
+    /// A folder every worker of the cluster reaches at the same path (NFS, Lustre, a mounted
+    /// bucket): each checkpoint is also published to DIR/<job>/, and a gang placed on other
+    /// workers resumes from the newest whole one there instead of from scratch.
+    #[arg(long)]
+    checkpoint_store: Option<PathBuf>,
+    /// Published checkpoints kept per job in the checkpoint store.
+    #[arg(long, default_value_t = 3)]
+    checkpoint_keep: usize,
 }
 
 pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
@@ -289,6 +297,8 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         rendezvous_timeout: Duration::from_secs(a.rendezvous_timeout_s),
         collective_timeout: Duration::from_secs(a.collective_timeout_s),
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
+        checkpoint_store: a.checkpoint_store.map(|d| std::path::absolute(&d).unwrap_or(d)),
+        checkpoint_keep: a.checkpoint_keep.max(1),
     };
     eprintln!("worker {} with {} slot(s), {} thread(s) per rank, coordinator {}", cfg.worker_id, cfg.devices.len(), cfg.threads_per_rank, cfg.coordinator);
     if cfg.data_roots.is_empty() {
@@ -328,6 +338,11 @@ pub struct RankArgs {
     rendezvous_timeout_ms: u64,
     #[arg(long, default_value_t = 120_000)]
     collective_timeout_ms: u64,
+    /// This job's folder in the shared checkpoint store (rank 0 publishes and restores).
+    #[arg(long)]
+    checkpoint_store: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    checkpoint_keep: usize,
 }
 
 pub fn rank(a: RankArgs) -> anyhow::Result<()> {
@@ -345,6 +360,7 @@ pub fn rank(a: RankArgs) -> anyhow::Result<()> {
         advertise_host: a.advertise_host,
         rendezvous_timeout: Duration::from_millis(a.rendezvous_timeout_ms),
         collective_timeout: Duration::from_millis(a.collective_timeout_ms),
+        checkpoint_store: a.checkpoint_store.map(|root| ablate_trainer::ckpt_store::CheckpointStore::new(root, a.checkpoint_keep)),
     });
     std::process::exit(code)
 }

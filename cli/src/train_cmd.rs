@@ -85,7 +85,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let out = a.out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     let mut console = Console { every: cfg.train.log_every.max(1), started: Instant::now(), first: 0, window: vec![] };
     let device = ablate_trainer::device::open(&a.device)?;
-    let s = run_on(cfg, &RunOptions { out: out.clone(), resume: a.resume, samples: !a.no_samples, eval_cache: None }, &device, &mut console).with_context(|| format!("training into {}", out.display()))?;
+    let s = run_on(cfg, &RunOptions { out: out.clone(), resume: a.resume, samples: !a.no_samples, eval_cache: None, checkpoint_store: None }, &device, &mut console).with_context(|| format!("training into {}", out.display()))?;
     println!("{}", serde_json::to_string_pretty(&s)?);
     eprintln!("wrote {}/metrics.jsonl, checkpoint.safetensors{}", out.display(), if a.no_samples { "" } else { ", samples.png" });
     Ok(())

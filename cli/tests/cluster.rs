@@ -41,6 +41,8 @@ struct Cluster {
     workers: Vec<Proc>,
     /// What else must live as long as the cluster (an etcd, a standby coordinator).
     extra: Vec<Box<dyn std::any::Any>>,
+    /// More arguments for every `ablate worker`.
+    worker_args: Vec<String>,
 }
 
 /// The metrics address from a coordinator's first line, once it serves (within `secs`).
@@ -63,7 +65,7 @@ impl Cluster {
     /// `coordinators` starts the coordinator(s) and sets `url`.
     fn start_with(workers: usize, coordinators: impl FnOnce(&mut Cluster)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Cluster { dir, url: String::new(), metrics: String::new(), grpc_port: free_port(), coordinator: None, workers: vec![], extra: vec![] };
+        let mut c = Cluster { dir, url: String::new(), metrics: String::new(), grpc_port: free_port(), coordinator: None, workers: vec![], extra: vec![], worker_args: vec![] };
         coordinators(&mut c);
         for i in 0..workers {
             // each worker with its own token, bound to its id
@@ -77,6 +79,7 @@ impl Cluster {
                 .env_remove("ABLATE_TOKEN_FILE")
                 .arg("--work-dir")
                 .arg(c.dir.path().join(format!("w{i}")))
+                .args(&c.worker_args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -508,4 +511,39 @@ fn the_coordinator_checks_every_submitted_config_itself() {
         assert!(listed.jobs.is_empty(), "nothing stored: {:?}", listed.jobs);
         jobs.submit_job(spec(&good)).await.expect("a good config goes through");
     });
+}
+
+/// With a checkpoint store shared by the workers, a job whose worker is preempted (SIGTERM)
+/// resumes on another worker from the step it stopped at, not from scratch, and the
+/// preemption spends none of the job's own restarts.
+#[test]
+fn with_a_checkpoint_store_a_preempted_job_resumes_on_another_worker() {
+    let store = tempfile::tempdir().unwrap();
+    let store_arg = store.path().display().to_string();
+    let mut c = Cluster::start_with(2, |c| {
+        c.worker_args = vec!["--checkpoint-store".into(), store_arg.clone(), "--checkpoint-keep".into(), "2".into()];
+        Cluster::start_coordinator(c)
+    });
+    let id = c.submit(5000, 1);
+    c.wait(120, "job training", |c| c.job(&id)["step"].as_u64().unwrap_or(0) >= 3);
+    let first = c.job(&id)["placement"][0]["worker"].as_str().unwrap().to_string();
+    let w: usize = first[1..].parse().unwrap();
+    signal(c.workers[w].0.id() as u64, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.workers[w].0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the preempted agent did not leave");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped_at = |logs: &str| logs.lines().find_map(|l| l.split("the group stops after step ").nth(1)).map(|r| r.split(' ').next().unwrap().parse::<u64>().unwrap());
+    c.wait(30, "the stop line", |c| stopped_at(&c.cli(&["logs", &id])).is_some());
+    let stop = stopped_at(&c.cli(&["logs", &id])).unwrap();
+    c.wait(120, "the job resumed on the other worker", |c| c.cli(&["logs", &id]).contains(&format!("resumed from step {stop}")));
+    let logs = c.cli(&["logs", &id]);
+    assert!(logs.contains(&format!("restored step {stop} from the checkpoint store")), "{logs}");
+    let j = c.job(&id);
+    let now_on = j["placement"][0]["worker"].as_str().unwrap();
+    assert_ne!(now_on, first, "{j}");
+    assert_eq!((j["restarts"].as_u64(), j["generation"].as_u64()), (Some(0), Some(2)), "the preemption spends no restart: {j}");
+    assert!(store.path().join(&id).join(format!("step-{stop:08}")).join("MANIFEST").exists(), "the published step is in the store");
+    c.cli(&["cancel", &id]);
 }

@@ -22,3 +22,12 @@ pub fn load(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
 pub fn step_tensor(step: usize) -> Result<Tensor> {
     Tensor::new(&[step as i64], &Device::Cpu)
 }
+
+/// The step a checkpoint holds (`meta.step`), read without loading its other tensors.
+pub fn read_step(path: &Path) -> Result<usize> {
+    // SAFETY: checkpoints are replaced by rename, never written in place, so the mapped file
+    // does not change under the mapping.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path)? };
+    let t = st.load("meta.step", &Device::Cpu)?;
+    Ok(t.to_vec1::<i64>()?.first().copied().unwrap_or(0).max(0) as usize)
+}

@@ -19,6 +19,8 @@
 //! - `teacher/`: frozen REPA teachers and their training.
 //! - `sample/`: Euler sampling with classifier-free guidance, PNG grids.
 //! - `checkpoint`: atomic safetensors checkpoints.
+//! - `ckpt_store`: the checkpoint store shared by workers (published steps with a manifest of
+//!   checksums, the last K kept, a corrupt one passed over for the one before).
 //! - `collective`: the data-parallel group as a trait (implemented in ablate-worker) and the
 //!   gradient exchange built on it;
 //! - `train`: one rank's trainer; `run`: the single-process training loop with metrics,
@@ -28,6 +30,7 @@
 //!   every writer of checkpoints, results, state and caches; `hash`: the one stable hash (FNV-1a).
 
 pub mod checkpoint;
+pub mod ckpt_store;
 pub mod collective;
 pub mod config;
 pub mod data;

@@ -31,6 +31,10 @@ pub struct RunOptions {
     /// worker gives all its jobs one folder (`ABLATE_EVAL_CACHE`), so the jobs of a sweep
     /// embed the same reference set once.
     pub eval_cache: Option<PathBuf>,
+    /// A store shared by the workers that every checkpoint is also published to, and that
+    /// a resume restores from when it holds a newer step than the run directory (a gang
+    /// placed on other workers). Rank 0 only.
+    pub checkpoint_store: Option<crate::ckpt_store::CheckpointStore>,
 }
 
 /// The environment variable a worker names its shared evaluation cache in, for its ranks.
@@ -124,18 +128,57 @@ pub fn run_on(cfg: TrainConfig, opts: &RunOptions, device: &Device, progress: &m
     run_distributed(cfg, opts, device, progress, &mut crate::collective::Solo)
 }
 
-/// The files of a run directory (see the module header).
+/// The files of a run directory (see the module header), and the checkpoint store they are
+/// published to.
 struct RunFiles {
     out: PathBuf,
     config: PathBuf,
     ckpt: PathBuf,
     metrics: PathBuf,
     evals: PathBuf,
+    store: Option<crate::ckpt_store::CheckpointStore>,
 }
 
+/// What a published checkpoint carries besides the checkpoint: what a resume elsewhere needs.
+const PUBLISHED: [&str; 5] = [crate::ckpt_store::CHECKPOINT, "config.toml", "metrics.jsonl", "eval.jsonl", crate::eval::bootstrap::SAMPLES_FILE];
+
 impl RunFiles {
-    fn new(out: &Path) -> Self {
-        Self { out: out.to_path_buf(), config: out.join("config.toml"), ckpt: out.join("checkpoint.safetensors"), metrics: out.join("metrics.jsonl"), evals: out.join("eval.jsonl") }
+    fn new(out: &Path, store: Option<crate::ckpt_store::CheckpointStore>) -> Self {
+        Self { out: out.to_path_buf(), config: out.join("config.toml"), ckpt: out.join(crate::ckpt_store::CHECKPOINT), metrics: out.join("metrics.jsonl"), evals: out.join("eval.jsonl"), store }
+    }
+
+    /// Rank 0's checkpoint: written to the run directory, then published to the store (a
+    /// store that fails is said and training goes on: the local checkpoint stands).
+    fn checkpoint(&self, trainer: &Trainer, progress: &mut dyn Progress) -> Result<(), TrainError> {
+        trainer.save(&self.ckpt)?;
+        self.publish(trainer.step, progress);
+        Ok(())
+    }
+
+    /// Publishes the run directory's checkpoint (of `step`) and files to the store.
+    fn publish(&self, step: usize, progress: &mut dyn Progress) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.publish(step, &self.out, &PUBLISHED) {
+                progress.message(&format!("warning: step {step} not published to the checkpoint store: {e}"));
+            }
+        }
+    }
+
+    /// Before a resume: when the store holds a newer whole step than the run directory,
+    /// restores it (the run directory's step, when it has one, is read from its checkpoint).
+    fn restore_newer(&self, progress: &mut dyn Progress) -> Result<(), TrainError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let root = store.root.display().to_string();
+        let io = |e: std::io::Error| TrainError::Resume(format!("checkpoint store {root}: {e}"));
+        let latest = store.latest_whole(&mut |step, why| progress.message(&format!("checkpoint store: step {step} is unusable ({why}); trying the one before"))).map_err(io)?;
+        let Some(p) = latest else { return Ok(()) };
+        let local = if self.ckpt.exists() { crate::checkpoint::read_step(&self.ckpt).ok() } else { None };
+        if local.is_some_and(|l| l >= p.step) {
+            return Ok(());
+        }
+        store.restore(&p, &self.out).map_err(io)?;
+        progress.message(&format!("restored step {} from the checkpoint store ({})", p.step, p.dir.display()));
+        Ok(())
     }
 }
 
@@ -150,7 +193,7 @@ pub fn run_distributed(
     progress: &mut dyn Progress,
     group: &mut dyn crate::collective::Collective,
 ) -> Result<RunSummary, TrainError> {
-    let files = RunFiles::new(&opts.out);
+    let files = RunFiles::new(&opts.out, if group.rank() == 0 { opts.checkpoint_store.clone() } else { None });
     std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::io(&opts.out, e))?;
     let mut trainer = join_group(&cfg, opts.resume, &files, device, progress, group)?;
     write_atomic(&files.config, cfg.to_toml().as_bytes())?;
@@ -207,6 +250,9 @@ fn join_group(cfg: &TrainConfig, resume: bool, files: &RunFiles, device: &Device
         } else {
             write_atomic(ckpt, &bytes)?;
         }
+    }
+    if lead && resume {
+        files.restore_newer(progress)?;
     }
     if lead && resume && ckpt.exists() {
         let (mut stored, mut asked) = (TrainConfig::load(&files.config)?, cfg.clone());
@@ -332,7 +378,7 @@ fn train_loop(
         if stop_agreed(group, progress)? {
             metrics.flush()?;
             if lead {
-                trainer.save(&files.ckpt)?;
+                files.checkpoint(trainer, progress)?;
             }
             // nobody leaves before the checkpoint is on disk: a rank's exit report requeues
             // the job, and the requeue would stop rank 0 mid-write
@@ -351,12 +397,12 @@ fn train_loop(
         let every = cfg.train.checkpoint_every;
         if lead && every > 0 && trainer.step % every == 0 && trainer.step < total {
             metrics.flush()?;
-            trainer.save(&files.ckpt)?;
+            files.checkpoint(trainer, progress)?;
         }
     }
     metrics.flush()?;
     if lead {
-        trainer.save(&files.ckpt)?;
+        files.checkpoint(trainer, progress)?;
     }
     Ok((trained_samples, t0.elapsed().as_secs_f64()))
 }
@@ -409,7 +455,8 @@ fn train_step(cfg: &TrainConfig, trainer: &mut Trainer, loader: &Loader, group: 
 /// The group's evaluation at the current step: rank 0 checkpoints first (a failed
 /// evaluation must not cost training), every rank samples its share, rank 0 records the
 /// report and the per-image numbers. A failed evaluation is reported and training goes on
-/// (false); a broken group fails the run.
+/// (false); a broken group fails the run. The checkpoint is published to the store after
+/// the evaluation, so a resume elsewhere has this step's evaluation too.
 fn evaluate(
     cfg: &TrainConfig,
     files: &RunFiles,
@@ -424,6 +471,22 @@ fn evaluate(
         trainer.save(&files.ckpt)?;
         progress.message(&format!("evaluating at step {} ({} samples over {} rank(s))", trainer.step, cfg.eval.samples, group.world()));
     }
+    let r = evaluate_now(files, trainer, ev, group, progress, evals);
+    if lead {
+        files.publish(trainer.step, progress);
+    }
+    r
+}
+
+fn evaluate_now(
+    files: &RunFiles,
+    trainer: &Trainer,
+    ev: &crate::eval::suite::Evaluator,
+    group: &mut dyn crate::collective::Collective,
+    progress: &mut dyn Progress,
+    evals: &mut EvalLog,
+) -> Result<bool, TrainError> {
+    let lead = group.rank() == 0;
     progress.phase("evaluating");
     // long evaluations say how far they are, about every tenth of this rank's images
     let mut next = 0.1;

@@ -71,7 +71,7 @@ fn training_reports_cmmd_and_dino_mmd_when_their_networks_are_installed() {
         cfg.eval.dino_weights = Some(dino.display().to_string());
         cfg
     };
-    let opts = |name: &str| RunOptions { out: out.join(name), resume: false, samples: false, eval_cache: None };
+    let opts = |name: &str| RunOptions { out: out.join(name), resume: false, samples: false, eval_cache: None, checkpoint_store: None };
     let report = run(config(FidMode::On, &clip), &opts("on"), &mut NoProgress).unwrap().final_eval.unwrap();
     let (cmmd, dmmd) = (report.cmmd.clone().expect("CMMD"), report.dino_mmd.clone().expect("DINO-MMD"));
     eprintln!("CMMD {} ({}), DINO-MMD {}", cmmd.value, cmmd.protocol.describe(), dmmd.value);
@@ -125,7 +125,7 @@ fn long_evaluations_show_progress() {
     let out = std::env::temp_dir().join(format!("ablate-eval-progress-{}", std::process::id()));
     std::fs::remove_dir_all(&out).ok();
     let mut seen = Messages(Vec::new());
-    run(cfg, &RunOptions { out: out.clone(), resume: false, samples: false, eval_cache: None }, &mut seen).unwrap();
+    run(cfg, &RunOptions { out: out.clone(), resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &mut seen).unwrap();
     let ticks: Vec<&String> = seen.0.iter().filter(|m| m.starts_with("evaluating: ")).collect();
     assert!(ticks.len() >= 5 && ticks.len() <= 10, "{:?}", seen.0);
     assert_eq!(ticks[0], "evaluating: 32/320 images of this rank");
@@ -141,7 +141,7 @@ fn training_evaluates_at_the_end_with_protocols() {
     cfg.eval.sampler_steps = 2;
     let out = std::env::temp_dir().join(format!("ablate-eval-run-{}", std::process::id()));
     std::fs::remove_dir_all(&out).ok();
-    let summary = run(cfg, &RunOptions { out: out.clone(), resume: false, samples: false, eval_cache: None }, &mut NoProgress).unwrap();
+    let summary = run(cfg, &RunOptions { out: out.clone(), resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &mut NoProgress).unwrap();
     let report = summary.final_eval.expect("evaluation at the last step");
     assert_eq!(report.step, 4);
     assert!(report.value("fd_scenes").is_some_and(|v| v > 0.0));
@@ -159,7 +159,7 @@ fn training_evaluates_at_the_end_with_protocols() {
     cfg.eval.samples = 6;
     cfg.eval.every = 2;
     cfg.eval.sampler_steps = 2;
-    let again = run(cfg, &RunOptions { out: out.clone(), resume: true, samples: false, eval_cache: None }, &mut NoProgress).unwrap();
+    let again = run(cfg, &RunOptions { out: out.clone(), resume: true, samples: false, eval_cache: None, checkpoint_store: None }, &mut NoProgress).unwrap();
     assert_eq!(again.final_eval.map(|r| r.step), Some(4));
     assert_eq!(std::fs::read_to_string(out.join("eval.jsonl")).unwrap(), lines);
     std::fs::remove_dir_all(&out).ok();

@@ -101,13 +101,13 @@ fn resume_reproduces_the_uninterrupted_loss_sequence() {
     cfg.train.steps = 6;
     cfg.train.checkpoint_every = 3;
     let straight = dir.join("straight");
-    run(cfg.clone(), &RunOptions { out: straight.clone(), resume: false, samples: false, eval_cache: None }, &mut NoProgress).unwrap();
+    run(cfg.clone(), &RunOptions { out: straight.clone(), resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &mut NoProgress).unwrap();
     // interrupted: 3 steps, then resume to 6
     let split = dir.join("split");
     let mut first = cfg.clone();
     first.train.steps = 3;
-    run(first, &RunOptions { out: split.clone(), resume: false, samples: false, eval_cache: None }, &mut NoProgress).unwrap();
-    let s = run(cfg.clone(), &RunOptions { out: split.clone(), resume: true, samples: false, eval_cache: None }, &mut NoProgress).unwrap();
+    run(first, &RunOptions { out: split.clone(), resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &mut NoProgress).unwrap();
+    let s = run(cfg.clone(), &RunOptions { out: split.clone(), resume: true, samples: false, eval_cache: None, checkpoint_store: None }, &mut NoProgress).unwrap();
     assert_eq!(s.first_step, 3);
     let a = read_metrics(&straight.join("metrics.jsonl"), usize::MAX).unwrap();
     let b = read_metrics(&split.join("metrics.jsonl"), usize::MAX).unwrap();
@@ -119,12 +119,12 @@ fn resume_reproduces_the_uninterrupted_loss_sequence() {
         assert_eq!(x.grad_norm, y.grad_norm);
     }
     // a fresh run into a used directory is refused, nothing overwritten
-    let err = run(cfg.clone(), &RunOptions { out: split.clone(), resume: false, samples: false, eval_cache: None }, &mut NoProgress).unwrap_err();
+    let err = run(cfg.clone(), &RunOptions { out: split.clone(), resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &mut NoProgress).unwrap_err();
     assert!(err.to_string().contains("already holds a run"), "{err}");
     // resuming with a changed recipe is refused
     let mut other = cfg;
     other.optim.lr = 5e-4;
-    let err = run(other, &RunOptions { out: split, resume: true, samples: false, eval_cache: None }, &mut NoProgress).unwrap_err();
+    let err = run(other, &RunOptions { out: split, resume: true, samples: false, eval_cache: None, checkpoint_store: None }, &mut NoProgress).unwrap_err();
     assert!(err.to_string().contains("different configuration"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

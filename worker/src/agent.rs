@@ -46,6 +46,10 @@ pub struct AgentConfig {
     /// Resolved data roots (`crate::confine`): a job naming a path outside them is refused.
     /// Empty: no confinement.
     pub data_roots: Vec<PathBuf>,
+    /// The checkpoint store shared by the cluster's workers (`<dir>/<job>/` per job), and
+    /// how many published steps each job keeps there.
+    pub checkpoint_store: Option<PathBuf>,
+    pub checkpoint_keep: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -448,6 +452,9 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
         .kill_on_drop(true);
     if let Some(t) = &cfg.token {
         cmd.env(ablate_proto::auth::TOKEN_ENV, t);
+    }
+    if let Some(store) = &cfg.checkpoint_store {
+        cmd.arg("--checkpoint-store").arg(store.join(&a.job_id)).args(["--checkpoint-keep", &cfg.checkpoint_keep.to_string()]);
     }
     // one evaluation cache for every job of this worker (unless the operator named one): the
     // reference set of a sweep is embedded once, not once per job

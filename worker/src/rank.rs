@@ -42,6 +42,8 @@ pub struct RankArgs {
     pub advertise_host: String,
     pub rendezvous_timeout: Duration,
     pub collective_timeout: Duration,
+    /// This job's folder in the shared checkpoint store (rank 0 uses it).
+    pub checkpoint_store: Option<ablate_trainer::ckpt_store::CheckpointStore>,
 }
 
 struct Reporter;
@@ -119,7 +121,7 @@ fn run(a: &RankArgs) -> Result<Outcome, (String, bool)> {
     let backend = Backend::choose(std::env::var("ABLATE_COLLECTIVE").ok().as_deref(), &device).map_err(|e| (e, false))?;
     let mut group = group(a, backend, &device).map_err(|e| (e, false))?;
     // a restarted generation continues from rank 0's checkpoint
-    let opts = RunOptions { out, resume: true, samples: a.rank == 0, eval_cache: std::env::var_os(ablate_trainer::run::EVAL_CACHE_ENV).map(PathBuf::from) };
+    let opts = RunOptions { out, resume: true, samples: a.rank == 0, eval_cache: std::env::var_os(ablate_trainer::run::EVAL_CACHE_ENV).map(PathBuf::from), checkpoint_store: a.checkpoint_store.clone() };
     eprintln!("rank {}/{} of job {} (generation {}) on {}, gradients over {}", a.rank, a.world, a.job, a.generation, a.device, backend.label());
     let s = ablate_trainer::run::run_distributed(cfg, &opts, &device, &mut Reporter, group.as_mut()).map_err(|e| {
         // the group broke (a peer died, a deadline passed) or was asked to stop: a restart

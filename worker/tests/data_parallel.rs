@@ -34,7 +34,7 @@ fn params(dir: &Path) -> Vec<(String, Vec<f32>)> {
 fn two_ranks_of_batch_b_match_one_rank_of_batch_2b() {
     let dir = tempfile::tempdir().unwrap();
     let single = dir.path().join("single");
-    let one = run_on(config(4), &RunOptions { out: single.clone(), resume: false, samples: false, eval_cache: None }, &Device::Cpu, &mut NoProgress).unwrap();
+    let one = run_on(config(4), &RunOptions { out: single.clone(), resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &Device::Cpu, &mut NoProgress).unwrap();
 
     let rings = loopback_group(2, Duration::from_secs(60));
     let handles: Vec<_> = rings
@@ -42,7 +42,7 @@ fn two_ranks_of_batch_b_match_one_rank_of_batch_2b() {
         .enumerate()
         .map(|(r, mut ring)| {
             let out = dir.path().join(format!("rank{r}"));
-            std::thread::spawn(move || run_distributed(config(2), &RunOptions { out, resume: false, samples: false, eval_cache: None }, &Device::Cpu, &mut NoProgress, &mut ring).unwrap())
+            std::thread::spawn(move || run_distributed(config(2), &RunOptions { out, resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &Device::Cpu, &mut NoProgress, &mut ring).unwrap())
         })
         .collect();
     let sums: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();

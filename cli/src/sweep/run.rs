@@ -125,6 +125,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 collective_timeout: Duration::from_secs(120),
                 drain_timeout: Duration::from_secs(120),
                 threads_per_rank: (cores / a.workers).max(1),
+                // the work folder is shared already
+                checkpoint_store: None,
+                checkpoint_keep: 1,
             };
             agents.push(tokio::spawn(ablate_worker::agent::run(cfg, stop.clone())));
         }
