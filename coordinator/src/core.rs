@@ -43,9 +43,12 @@ pub struct Options {
     pub config_check: Option<ConfigCheck>,
 }
 
+/// A check of a job's `config_toml`: Err names the offending key.
+pub type CheckFn = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
 /// Checks a job's `config_toml`; the error names the offending key.
 #[derive(Clone)]
-pub struct ConfigCheck(pub std::sync::Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>);
+pub struct ConfigCheck(pub std::sync::Arc<CheckFn>);
 
 impl std::fmt::Debug for ConfigCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

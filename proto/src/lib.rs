@@ -6,6 +6,8 @@
 //! - `etcd`: clients of etcd's v3 KV and Lease services (proto/etcd/kv.proto);
 //! - `DESCRIPTOR_SET`: the encoded descriptors, for gRPC reflection;
 //! - `auth`: the bearer-token header of every call and the HMAC primitives of the ring;
+//! - `fuzz` (feature `fuzz`, tests only): input mutations and a counting runner for the
+//!   workspace's fuzz tests;
 //! - `PROTOCOL_VERSION` and the coordinator URL helpers (the coordinator's typed ids and
 //!   domain types live in the coordinator, converted at its service boundary).
 
@@ -14,6 +16,8 @@
 pub const PROTOCOL_VERSION: u32 = 5;
 
 pub mod auth;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod tls;
 
 /// The largest gRPC message the coordinator takes and the CLI reads: a completion report

@@ -46,3 +46,30 @@ impl Event {
         serde_json::from_str(line).ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rank event lines: whatever a rank's stdout holds gives an event or None, never a panic.
+    #[test]
+    fn event_lines_parse_or_are_ignored() {
+        let seeds = vec![
+            Event::Started { first_step: 0, total: 10, params: 5 }.line(),
+            Event::Phase { name: "evaluating".into() }.line(),
+            Event::Checkpoint { step: 3, path: "/x/checkpoint.safetensors".into() }.line(),
+            Event::Failed { reason: "peer died".into(), retryable: true }.line(),
+            Event::Done(Outcome { steps: 10, checksum: 1.5, final_loss: 0.2, samples_per_sec: 9.0, wall_seconds: 3.0, eval: None }).line(),
+        ];
+        for s in &seeds {
+            assert!(Event::parse(s).is_some(), "{s}");
+        }
+        ablate_proto::fuzz::run("rank event line", ablate_proto::fuzz::text_mutations_of(seeds), |line| {
+            if let Some(e) = Event::parse(&line) {
+                // what parses, serialises and parses again
+                Event::parse(&e.line()).ok_or_else(|| format!("{line:?} parsed, its re-serialisation did not"))?;
+            }
+            Ok(())
+        });
+    }
+}

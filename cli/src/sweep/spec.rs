@@ -353,7 +353,8 @@ impl Sweep {
                     return Err(err(match culprit {
                         // a key the resolved config does not have: name it by its full path
                         Some((k, _)) if m.starts_with("unknown key") && lookup(&resolved, k).is_none() => format!("arm \"{}\": {}", arm.name, unknown_path(&resolved, k)),
-                        Some((k, val)) => format!("arm \"{}\": override \"{k}\" = {}: {m}", arm.name, show(val)),
+                        // the message names the key already when it starts with it
+                        Some((k, val)) => format!("arm \"{}\": override \"{k}\" = {}: {}", arm.name, show(val), m.strip_prefix(&format!("{k}: ")).unwrap_or(&m)),
                         None => format!("arm \"{}\": {m}", arm.name),
                     }));
                 }
@@ -393,6 +394,25 @@ fn strip_config_prefix(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sweep files: mutated examples and corpus files give a sweep or an error, never a
+    /// panic (`ABLATE_FUZZ_CASES` inputs; the count is printed).
+    #[test]
+    fn sweep_files_parse_or_are_refused() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut seeds: Vec<String> = ["quick.toml", "prx-part2.toml", "curriculum.toml", "schedule.toml"].iter().map(|f| std::fs::read_to_string(root.join("../examples").join(f)).unwrap()).collect();
+        for f in ["seed-grid-axis.toml", "override-wrong-type.toml", "aa-controls-share-seeds.toml"] {
+            seeds.push(std::fs::read_to_string(root.join("tests/sweeps/bad").join(f)).unwrap());
+        }
+        ablate_proto::fuzz::run("sweep file", ablate_proto::fuzz::text_mutations_of(seeds), |text| {
+            if let Ok(s) = Sweep::parse(&text, "fuzz.toml") {
+                if s.jobs.is_empty() {
+                    return Err("a sweep with no jobs was accepted".into());
+                }
+            }
+            Ok(())
+        });
+    }
 
     /// Every file in cli/tests/sweeps/bad/ starts with `# expect: <the exact message>`.
     #[test]

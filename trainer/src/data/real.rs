@@ -183,8 +183,7 @@ impl RealDataset {
         let s = &self.samples[i];
         let what = self.identity(i);
         let bytes = self.bytes(&s.image).map_err(|e| DataError::Open { path: what.clone(), message: e.to_string() })?;
-        let img = image::load_from_memory(&bytes).map_err(|e| DataError::Open { path: what, message: format!("cannot decode the image: {e}") })?;
-        Ok(to_chw(&img, size))
+        decode(&bytes, size).map_err(|message| DataError::Open { path: what, message })
     }
 
     /// Refuses `train` when it shares an image with the first `n` samples of `eval` (named, up
@@ -235,8 +234,8 @@ impl RealDataset {
         let n = self.samples.len() as u64;
         for k in 0..n {
             let s = &self.samples[((index + k) % n) as usize];
-            match self.bytes(&s.image).ok().and_then(|b| image::load_from_memory(&b).ok()) {
-                Some(img) => return Some((to_chw(&img, size), s.caption.clone())),
+            match self.bytes(&s.image).ok().and_then(|b| decode(&b, size).ok()) {
+                Some(chw) => return Some((chw, s.caption.clone())),
                 None => {
                     let count = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::warn!(dataset = %self.root.display(), skipped = count, "skipping unreadable sample");
@@ -245,6 +244,17 @@ impl RealDataset {
         }
         None
     }
+}
+
+/// An encoded image (PNG, JPEG) as CHW f32 in [-1, 1] at `size` (see [`to_chw`]); the error
+/// says why it cannot be decoded. The image crate's default limits bound what a header may
+/// make it allocate.
+pub fn decode(bytes: &[u8], size: usize) -> Result<Vec<f32>, String> {
+    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode the image: {e}"))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(format!("the image is {}x{}", img.width(), img.height()));
+    }
+    Ok(to_chw(&img, size))
 }
 
 /// Centre crop to a square, bilinear resize to `size`, CHW in [-1, 1].

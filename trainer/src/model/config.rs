@@ -90,6 +90,12 @@ impl DenoiserConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.hidden == 0 || self.heads == 0 {
+            return Err(format!("model.hidden and model.heads must be positive, got {} and {}", self.hidden, self.heads));
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) {
+            return Err(format!("model.mlp_ratio must be a positive number, got {}", self.mlp_ratio));
+        }
         if self.hidden % self.heads != 0 {
             return Err(format!("model.hidden ({}) must be divisible by model.heads ({})", self.hidden, self.heads));
         }

@@ -36,7 +36,7 @@ fn dial_mac(key: &[u8], from: u32, dial_nonce: &[u8], accept_nonce: &[u8]) -> [u
 }
 
 /// The dialer's side of the handshake.
-fn greet(s: &mut TcpStream, key: &[u8], rank: u32) -> Result<(), String> {
+fn greet<S: Read + Write>(s: &mut S, key: &[u8], rank: u32) -> Result<(), String> {
     let nonce: [u8; 16] = random_bytes();
     let mut hello = Vec::with_capacity(24);
     hello.extend(MAGIC.to_le_bytes());
@@ -53,7 +53,7 @@ fn greet(s: &mut TcpStream, key: &[u8], rank: u32) -> Result<(), String> {
 }
 
 /// The listener's side: Ok when the dialer is rank `want` of this group.
-fn challenge(s: &mut TcpStream, key: &[u8], want: usize) -> Result<(), String> {
+fn challenge<S: Read + Write>(s: &mut S, key: &[u8], want: usize) -> Result<(), String> {
     let mut hello = [0u8; 24];
     s.read_exact(&mut hello).map_err(|e| e.to_string())?;
     let magic = u32::from_le_bytes(hello[0..4].try_into().expect("4 bytes"));
@@ -204,16 +204,26 @@ fn write_msg(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
     s.write_all(bytes)
 }
 
-fn read_msg(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 8];
-    s.read_exact(&mut len)?;
-    let n = u64::from_le_bytes(len);
+/// The length a message header announces, refused past [`MAX_FRAME`].
+fn frame_len(header: [u8; 8]) -> std::io::Result<usize> {
+    let n = u64::from_le_bytes(header);
     if n > MAX_FRAME {
         return Err(std::io::Error::new(ErrorKind::InvalidData, format!("message of {n} bytes announced, past the ring's limit of {MAX_FRAME}: not a ring peer")));
     }
-    let n = n as usize;
-    let mut buf = vec![0u8; n];
-    s.read_exact(&mut buf)?;
+    Ok(n as usize)
+}
+
+/// One length-prefixed message. The buffer grows with the bytes that arrive (at most 64 MiB
+/// reserved up front), so an announced length costs memory only once its bytes come.
+fn read_msg<R: Read>(s: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 8];
+    s.read_exact(&mut len)?;
+    let n = frame_len(len)?;
+    let mut buf = Vec::with_capacity(n.min(64 << 20));
+    s.take(n as u64).read_to_end(&mut buf)?;
+    if buf.len() != n {
+        return Err(std::io::Error::new(ErrorKind::UnexpectedEof, format!("message cut after {} of {n} bytes", buf.len())));
+    }
     Ok(buf)
 }
 
@@ -344,7 +354,7 @@ impl Collective for Ring {
         if forward {
             self.next.as_mut().expect("world > 1").write_all(&len).map_err(|e| self.err("broadcast", e, Dir::Next))?;
         }
-        let n = u64::from_le_bytes(len) as usize;
+        let n = frame_len(len).map_err(|e| self.err("broadcast", e, Dir::Prev))?;
         bytes.clear();
         bytes.resize(n, 0);
         for seg in bytes.chunks_mut(SEGMENT) {
@@ -377,5 +387,78 @@ impl Collective for Ring {
         self.timeout = normal;
         self.set_timeout(normal).map_err(|e| CollectiveError { op: "barrier", rank: self.rank, message: e.to_string() })?;
         r
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use ablate_proto::fuzz;
+
+    /// A connection that reads from `input` and keeps what is written.
+    struct Duplex {
+        input: std::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Duplex {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Duplex {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        [&(payload.len() as u64).to_le_bytes()[..], payload].concat()
+    }
+
+    #[test]
+    fn frames_read_whole_or_are_refused() {
+        let seeds = vec![frame(b"gradients"), frame(&[]), frame(&[7u8; 300]), u64::MAX.to_le_bytes().to_vec()];
+        fuzz::run("ring frame", fuzz::mutations_of(seeds), |bytes| {
+            match read_msg(&mut std::io::Cursor::new(&bytes)) {
+                Ok(m) if bytes.len() < 8 || m.len() as u64 != u64::from_le_bytes(bytes[..8].try_into().unwrap()) => Err(format!("read {} bytes that the header did not announce", m.len())),
+                _ => Ok(()),
+            }
+        });
+        // a huge announcement with nothing behind it is refused without reserving it
+        let e = read_msg(&mut std::io::Cursor::new(frame_len_header(3 << 30))).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
+        assert!(read_msg(&mut std::io::Cursor::new(frame_len_header(MAX_FRAME + 1))).unwrap_err().to_string().contains("not a ring peer"));
+    }
+
+    fn frame_len_header(n: u64) -> Vec<u8> {
+        n.to_le_bytes().to_vec()
+    }
+
+    #[test]
+    fn handshakes_with_strangers_fail_without_panics() {
+        let key = b"the group secret";
+        // a well-formed greeting from rank 1, and a well-formed listener answer, as seeds
+        let mut hello = Vec::new();
+        hello.extend(MAGIC.to_le_bytes());
+        hello.extend(1u32.to_le_bytes());
+        hello.extend([9u8; 16]);
+        let seeds = vec![[hello, vec![0u8; 32]].concat(), vec![0u8; 48]];
+        fuzz::run("ring handshake", fuzz::mutations_of(seeds), |bytes| {
+            let mut listener_side = Duplex { input: std::io::Cursor::new(bytes.clone()), output: Vec::new() };
+            if challenge(&mut listener_side, key, 1).is_ok() {
+                return Err("a stranger passed the listener's challenge".into());
+            }
+            let mut dialer_side = Duplex { input: std::io::Cursor::new(bytes), output: Vec::new() };
+            if greet(&mut dialer_side, key, 0).is_ok() {
+                return Err("a stranger passed as the listener".into());
+            }
+            Ok(())
+        });
     }
 }
