@@ -299,6 +299,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
         checkpoint_store: a.checkpoint_store.map(|d| std::path::absolute(&d).unwrap_or(d)),
         checkpoint_keep: a.checkpoint_keep.max(1),
+        fence: true,
     };
     eprintln!("worker {} with {} slot(s), {} thread(s) per rank, coordinator {}", cfg.worker_id, cfg.devices.len(), cfg.threads_per_rank, cfg.coordinator);
     if cfg.data_roots.is_empty() {

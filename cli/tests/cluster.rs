@@ -547,3 +547,80 @@ fn with_a_checkpoint_store_a_preempted_job_resumes_on_another_worker() {
     assert!(store.path().join(&id).join(format!("step-{stop:08}")).join("MANIFEST").exists(), "the published step is in the store");
     c.cli(&["cancel", &id]);
 }
+
+/// The rank processes an agent started (its children).
+fn ranks_of(agent: u64) -> Vec<u64> {
+    let out = Command::new("ps").args(["-o", "pid=", "--ppid", &agent.to_string()]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// Fencing: a frozen agent (SIGSTOP) cannot kill its ranks, so they stop themselves when its
+/// lease ends, which is before the coordinator declares the worker lost and places the job
+/// again: the job never runs twice at once.
+#[test]
+fn a_frozen_worker_s_ranks_stop_before_the_job_is_placed_again() {
+    let c = Cluster::start(2);
+    let id = c.submit(5000, 1);
+    c.wait(120, "job training", |c| c.job(&id)["step"].as_u64().unwrap_or(0) >= 3);
+    let first = c.job(&id)["placement"][0]["worker"].as_str().unwrap().to_string();
+    let w: usize = first[1..].parse().unwrap();
+    let agent = c.workers[w].0.id() as u64;
+    let ranks = ranks_of(agent);
+    assert_eq!(ranks.len(), 1, "one rank under the agent: {ranks:?}");
+    let t0 = Instant::now();
+    signal(agent, "-STOP");
+    let (mut fenced, mut placed_again) = (None, None);
+    while fenced.is_none() || placed_again.is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "fenced {fenced:?}, placed again {placed_again:?}");
+        if fenced.is_none() && exited(ranks[0]) {
+            fenced = Some(t0.elapsed());
+        }
+        if placed_again.is_none() && c.job(&id)["generation"].as_u64().unwrap_or(0) >= 2 {
+            placed_again = Some(t0.elapsed());
+            assert!(exited(ranks[0]), "the job was placed again while its first rank still ran");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("frozen agent: its rank stopped itself after {:?}, the job was placed again after {:?}", fenced.unwrap(), placed_again.unwrap());
+    assert!(fenced < placed_again);
+    signal(agent, "-CONT");
+    c.wait(120, "the job training on the other worker", |c| {
+        let j = c.job(&id);
+        j["state"] == "running" && j["placement"][0]["worker"].as_str() != Some(first.as_str())
+    });
+    let j = c.job(&id);
+    assert_eq!(j["restarts"].as_u64(), Some(0), "a lost worker spends no restart: {j}");
+    c.cli(&["cancel", &id]);
+}
+
+/// Fencing when the coordinator is gone (SIGSTOP): the workers' heartbeats go unanswered,
+/// the leases end and the ranks stop; once the coordinator is back, the job is placed again
+/// (a failure of the cluster's class, no restart spent) and trains on.
+#[test]
+fn ranks_stop_when_the_coordinator_is_gone_past_the_lease_and_the_job_goes_on() {
+    let c = Cluster::start(1);
+    let id = c.submit(5000, 1);
+    c.wait(120, "job training", |c| c.job(&id)["step"].as_u64().unwrap_or(0) >= 3);
+    let ranks = ranks_of(c.workers[0].0.id() as u64);
+    assert_eq!(ranks.len(), 1, "{ranks:?}");
+    let coordinator = c.coordinator.as_ref().unwrap().0.id() as u64;
+    signal(coordinator, "-STOP");
+    let t0 = Instant::now();
+    while !exited(ranks[0]) {
+        if t0.elapsed() > Duration::from_secs(30) {
+            signal(coordinator, "-CONT");
+            panic!("the rank still runs {:?} after the coordinator stopped answering", t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("coordinator gone: the rank stopped itself after {:?} (lease 4 s of a 5 s expiry)", t0.elapsed());
+    signal(coordinator, "-CONT");
+    c.wait(120, "the job placed again and training", |c| {
+        let j = c.job(&id);
+        j["generation"].as_u64().unwrap_or(0) >= 2 && j["state"] == "running"
+    });
+    let j = c.job(&id);
+    assert_eq!(j["restarts"].as_u64(), Some(0), "{j}");
+    c.wait(30, "the fenced rank's report", |c| c.cli(&["logs", &id]).contains("fenced: worker w0 lost its lease") || c.job(&id)["reason"].as_str().unwrap_or("").contains("fenced"));
+    c.cli(&["cancel", &id]);
+}

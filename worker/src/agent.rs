@@ -50,6 +50,10 @@ pub struct AgentConfig {
     /// how many published steps each job keeps there.
     pub checkpoint_store: Option<PathBuf>,
     pub checkpoint_keep: usize,
+    /// Fencing (`crate::lease`): the ranks stop on their own once this worker's lease with
+    /// the coordinator ends. Off only where agents and coordinator share one process
+    /// (`ablate run`), so no partition can part them.
+    pub fence: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,14 +167,26 @@ pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: Canc
     let tasks = tokio_util::task::TaskTracker::new();
     let mut client: Option<WorkerServiceClient<Authed>> = None;
     let mut interval = Duration::from_millis(500);
+    let mut lease = Duration::ZERO;
+    let lease_file = lease_path(&cfg);
+    let renew = |sent: std::time::SystemTime, lease: Duration| {
+        if let Some(p) = &lease_file {
+            if let Err(e) = crate::lease::renew(p, sent + lease) {
+                tracing::warn!("cannot renew the lease file {}: {e}", p.display());
+            }
+        }
+    };
     let mut last_warning = None::<Instant>;
     loop {
         if client.is_none() {
+            let sent = std::time::SystemTime::now();
             match connect(&cfg).await {
-                Ok((c, every)) => {
+                Ok((c, every, expiry)) => {
                     tracing::info!(worker = %cfg.worker_id, "registered with {}", cfg.coordinator);
                     client = Some(c);
                     interval = every;
+                    lease = crate::lease::lease_for(expiry);
+                    renew(sent, lease);
                 }
                 Err(e) => {
                     if let WorkerError::Refused(_) = e {
@@ -192,8 +208,10 @@ pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: Canc
                 v.extend(s.outbox.completions.iter().map(|c| v1::RunningRank { job_id: c.job_id.clone(), generation: c.generation, rank: c.rank, pid: 0, step: 0 }));
                 v
             };
+            let sent = std::time::SystemTime::now();
             match c.heartbeat(v1::HeartbeatRequest { registration: Some(registration(&cfg, drain_started.is_some())), running }).await {
                 Ok(r) => {
+                    renew(sent, lease);
                     let r = r.into_inner();
                     if r.drain && !drained {
                         tracing::info!(worker = %cfg.worker_id, "drained by an operator: stopping the local ranks, taking no new ones");
@@ -206,7 +224,7 @@ pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: Canc
                 }
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(WorkerError::Refused(s.message().to_string())),
                 Err(s) => {
-                    tracing::warn!("heartbeat failed ({}), reconnecting; local ranks keep running", s.message());
+                    tracing::warn!("heartbeat failed ({}), reconnecting; local ranks keep running until the lease ends", s.message());
                     client = None;
                 }
             }
@@ -244,7 +262,14 @@ pub async fn run_draining(cfg: AgentConfig, drain: CancellationToken, kill: Canc
     Ok(())
 }
 
-async fn connect(cfg: &AgentConfig) -> Result<(WorkerServiceClient<Authed>, Duration), WorkerError> {
+/// This worker's lease file (one per worker: `ablate run`'s agents share a work folder), or
+/// None without fencing.
+fn lease_path(cfg: &AgentConfig) -> Option<PathBuf> {
+    cfg.fence.then(|| cfg.work_dir.join(format!("lease-{}", cfg.worker_id)))
+}
+
+/// A client, the heartbeat interval and the coordinator's worker expiry.
+async fn connect(cfg: &AgentConfig) -> Result<(WorkerServiceClient<Authed>, Duration, Duration), WorkerError> {
     let (_, channel) = ablate_proto::connect_authed(&cfg.coordinator, cfg.token.as_deref()).await.map_err(|e| WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(e) })?;
     let mut c = WorkerServiceClient::new(channel);
     let r = c.register(v1::RegisterRequest { registration: Some(registration(cfg, false)) }).await.map_err(|s| {
@@ -254,7 +279,8 @@ async fn connect(cfg: &AgentConfig) -> Result<(WorkerServiceClient<Authed>, Dura
             WorkerError::Io { path: cfg.coordinator.clone(), source: std::io::Error::other(s.message().to_string()) }
         }
     })?;
-    Ok((c, Duration::from_millis(r.into_inner().heartbeat_interval_ms.clamp(50, 10_000))))
+    let r = r.into_inner();
+    Ok((c, Duration::from_millis(r.heartbeat_interval_ms.clamp(50, 10_000)), Duration::from_millis(r.expiry_ms.max(500))))
 }
 
 /// Errors that retrying cannot fix: the batch is dropped.
@@ -453,6 +479,9 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
     if let Some(t) = &cfg.token {
         cmd.env(ablate_proto::auth::TOKEN_ENV, t);
     }
+    if let Some(p) = lease_path(cfg) {
+        cmd.env(crate::lease::ENV, p);
+    }
     if let Some(store) = &cfg.checkpoint_store {
         cmd.arg("--checkpoint-store").arg(store.join(&a.job_id)).args(["--checkpoint-keep", &cfg.checkpoint_keep.to_string()]);
     }
@@ -615,6 +644,9 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
                 Some((r, retryable)) => fail(format!("{r} ({how})"), if retryable { INFRA } else { FATAL }),
                 // killed from outside (OOM killer, an operator, preemption): a restart can
                 // help; a crash without a report (a panic) would repeat itself
+                None if s.code() == Some(crate::lease::FENCED_EXIT) => {
+                    fail(format!("fenced: worker {} lost its lease with the coordinator (no heartbeat answered in time), so the rank stopped itself before the job could be placed again ({how})", cfg.worker_id), INFRA)
+                }
                 None => fail(format!("rank process {how}"), if s.signal().is_some() { INFRA } else { FATAL }),
             })
         }

@@ -100,6 +100,10 @@ impl Progress for Reporter {
 /// Runs the rank to its end. Returns the process exit code (0: done).
 pub fn main(a: &RankArgs) -> i32 {
     stop_on_sigterm();
+    // fencing: stop at once when this worker's lease with the coordinator ends
+    if let Some(p) = std::env::var_os(crate::lease::ENV) {
+        crate::lease::watch(p.into(), Duration::from_secs(5));
+    }
     match run(a) {
         Ok(o) => {
             emit(&Event::Done(o));

@@ -128,6 +128,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 // the work folder is shared already
                 checkpoint_store: None,
                 checkpoint_keep: 1,
+                // agents and coordinator live in this one process: nothing can part them
+                fence: false,
             };
             agents.push(tokio::spawn(ablate_worker::agent::run(cfg, stop.clone())));
         }
