@@ -158,6 +158,18 @@ fn coordinator_ha(a: CoordinatorArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async { stop_on_signals(cancel.clone()) });
     eprintln!("coordinator {}: campaigning for the leadership on {} (lease {} s)", election.id, a.store, election.ttl.as_secs());
+    // a takeover (the old leader's lease, then a standby's poll) must end before the workers'
+    // leases do, or every running rank fences itself during it (ablate_worker::lease)
+    let worker_lease = ablate_worker::lease::lease_for(Duration::from_millis(a.worker_expiry_ms));
+    if worker_lease < election.ttl + election.poll + Duration::from_secs(1) {
+        eprintln!(
+            "warning: --worker-expiry-ms {} gives workers a {:.1} s lease, not more than a takeover takes (lease {} s + poll {:.1} s + 1 s): running ranks would stop during one; raise --worker-expiry-ms",
+            a.worker_expiry_ms,
+            worker_lease.as_secs_f64(),
+            election.ttl.as_secs(),
+            election.poll.as_secs_f64()
+        );
+    }
     let lead = election.campaign(&mut store, &cancel, |holder| eprintln!("standby: {holder} leads; waiting"))?;
     let Some(lead) = lead else {
         eprintln!("stopped while a standby");

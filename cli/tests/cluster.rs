@@ -102,7 +102,7 @@ impl Cluster {
     /// it prints once it serves (a standby prints it when it comes to lead).
     fn spawn_coordinator(&self, port: u16, store: &str, extra: &[&str]) -> (Proc, std::sync::mpsc::Receiver<String>) {
         let mut p = Command::new(BIN)
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "127.0.0.1:0", "--heartbeat-ms", "300", "--worker-expiry-ms", "5000"])
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "127.0.0.1:0", "--heartbeat-ms", "300", "--worker-expiry-ms", "6000"])
             .args(["--store", store])
             .arg("--admin-token-file")
             .arg(self.admin_token())
@@ -326,7 +326,7 @@ fn a_sigterm_drains_a_worker_and_its_gang_moves_without_spending_restarts() {
     assert_eq!(stops[0], stops[1], "{logs}");
     assert!(logs.contains("(checkpoint written)"), "{logs}");
     // the gang runs again on the two workers left, at once (the drained one's heartbeats
-    // have not even expired yet: 5 s)
+    // have not even expired yet: 6 s)
     c.wait(60, "gang placed again", |c| {
         let j = c.job(&id);
         j["generation"].as_u64() == Some(2) && matches!(state(&j), "scheduled" | "running")
@@ -376,7 +376,7 @@ fn a_killed_worker_takes_its_ranks_along_and_the_gang_is_requeued() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // the survivor's retryable failure requeues the gang at once; once w0's heartbeats are
-    // overdue (5 s) it is lost, and with one slot left the gang waits in the queue
+    // overdue (6 s) it is lost, and with one slot left the gang waits in the queue
     c.wait(30, "job requeued for the lost worker", |c| {
         let j = c.job(&id);
         state(&j) == "queued" && j["reason"].as_str().unwrap().contains("worker w0 lost")
@@ -613,7 +613,7 @@ fn ranks_stop_when_the_coordinator_is_gone_past_the_lease_and_the_job_goes_on() 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("coordinator gone: the rank stopped itself after {:?} (lease 4 s of a 5 s expiry)", t0.elapsed());
+    eprintln!("coordinator gone: the rank stopped itself after {:?} (lease 4.8 s of a 6 s expiry)", t0.elapsed());
     signal(coordinator, "-CONT");
     c.wait(120, "the job placed again and training", |c| {
         let j = c.job(&id);
