@@ -428,8 +428,14 @@ overrides = { "optim.kind" = "muon" }
     // the per-image data reached the coordinator: seed-level intervals with the workers'
     // directories gone, the same table as before
     let before = c.cli(&["results", &id]);
+    // (the job folders and caches: the running agents keep renewing their lease files)
     for w in ["w0", "w1"] {
-        std::fs::remove_dir_all(c.dir.path().join(w)).unwrap();
+        for d in ["jobs", "eval-cache"] {
+            let p = c.dir.path().join(w).join(d);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).unwrap();
+            }
+        }
     }
     let rows: Value = serde_json::from_str(&c.cli(&["results", &id, "--format", "json"])).unwrap();
     assert_eq!(rows[1]["n_seeds"], 2, "{}", rows[1]);
