@@ -176,7 +176,7 @@ impl EtcdStore {
         let store = Self { prefix: parsed.namespace.as_bytes().to_vec(), spec: parsed, members, rt: Some(rt), guard: None };
         store.revision().map_err(|e| {
             let e = e.to_string();
-            let unreachable = ["(Unavailable)", "no answer within", "transport error"].iter().any(|m| e.contains(m));
+            let unreachable = ["(Unavailable)", "(Cancelled)", "no answer within", "transport error"].iter().any(|m| e.contains(m));
             let verb = if unreachable { format!("does not answer over {scheme}") } else { "refuses the store".to_string() };
             fail(format!("etcd at {} {verb}: {e}", store.spec.endpoints.join(",")))
         })?;
