@@ -43,25 +43,25 @@ fn step_dir_name(step: usize) -> String {
     format!("step-{step:08}")
 }
 
-/// sha256 (hex) and size of a file, read in 1 MiB pieces.
-fn digest(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
+/// sha256 (hex) and size of what `src` yields, read in 1 MiB pieces, each also written to
+/// `sink` (a copy hashed in the same pass).
+fn digest_into(mut src: impl Read, mut sink: impl Write) -> std::io::Result<(String, u64)> {
     let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
     loop {
-        let k = f.read(&mut buf)?;
+        let k = src.read(&mut buf)?;
         if k == 0 {
             break;
         }
         h.update(&buf[..k]);
+        sink.write_all(&buf[..k])?;
         n += k as u64;
     }
     Ok((h.finalize().iter().map(|b| format!("{b:02x}")).collect(), n))
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+/// sha256 (hex) and size of a file.
+fn digest(path: &Path) -> std::io::Result<(String, u64)> {
+    digest_into(std::fs::File::open(path)?, std::io::sink())
 }
 
 impl CheckpointStore {
@@ -89,20 +89,20 @@ impl CheckpointStore {
                     continue;
                 }
                 let to = tmp.join(name);
-                std::fs::copy(&src, &to).map_err(io(format!("copying {}", src.display())))?;
-                std::fs::File::open(&to)?.sync_all()?;
-                let (sha, size) = digest(&to)?;
+                let mut out = std::fs::File::create(&to)?;
+                let (sha, size) = digest_into(std::fs::File::open(&src)?, &mut out).map_err(io(format!("copying {}", src.display())))?;
+                out.sync_all()?;
                 manifest.push_str(&format!("{sha} {size} {name}\n"));
             }
             let mut m = std::fs::File::create(tmp.join(MANIFEST))?;
             m.write_all(manifest.as_bytes())?;
             m.sync_all()?;
-            sync_dir(&tmp);
+            crate::fsutil::sync_dir(&tmp);
             if dest.exists() {
                 std::fs::remove_dir_all(&dest)?;
             }
             std::fs::rename(&tmp, &dest).map_err(io(format!("renaming into {}", dest.display())))?;
-            sync_dir(&self.root);
+            crate::fsutil::sync_dir(&self.root);
             Ok(())
         })();
         if let Err(e) = result {
@@ -173,8 +173,7 @@ impl CheckpointStore {
         let mut names = Vec::new();
         for line in text.lines() {
             let name = line.splitn(3, ' ').nth(2).unwrap_or_default();
-            let bytes = std::fs::read(p.dir.join(name))?;
-            crate::fsutil::write_durable(&run_dir.join(name), &bytes)?;
+            crate::fsutil::write_durable_with(&run_dir.join(name), |tmp| std::fs::copy(p.dir.join(name), tmp).map(|_| ()))?;
             names.push(name.to_string());
         }
         Ok(names)

@@ -24,12 +24,17 @@ pub fn write_durable_with(path: &Path, write: impl FnOnce(&Path) -> io::Result<(
         return Err(io::Error::new(e.kind(), format!("writing {}: {e}", path.display())));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // a directory fsync is not supported everywhere; the rename has happened either way
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(dir);
     }
     Ok(())
+}
+
+/// Fsyncs a directory, so renames and creations in it are durable (a directory fsync is not
+/// supported everywhere; what was renamed has been renamed either way).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Writes `bytes` to `path` durably.

@@ -390,7 +390,17 @@ fn train_loop(
         }
         if let Some(ev) = evaluator.filter(|_| cfg.eval.due(trainer.step, total)) {
             metrics.flush()?;
-            if !evaluate(cfg, files, trainer, ev, group, progress, evals)? {
+            // rank 0 checkpoints first (a failed evaluation must not cost training) and
+            // publishes after, so a resume elsewhere has this step's evaluation too
+            if lead {
+                trainer.save(&files.ckpt)?;
+                progress.message(&format!("evaluating at step {} ({} samples over {} rank(s))", trainer.step, cfg.eval.samples, world));
+            }
+            let recorded = evaluate(files, trainer, ev, group, progress, evals);
+            if lead {
+                files.publish(trainer.step, progress);
+            }
+            if !recorded? {
                 continue;
             }
         }
@@ -452,33 +462,11 @@ fn train_step(cfg: &TrainConfig, trainer: &mut Trainer, loader: &Loader, group: 
     Ok((point, batch.size * world))
 }
 
-/// The group's evaluation at the current step: rank 0 checkpoints first (a failed
-/// evaluation must not cost training), every rank samples its share, rank 0 records the
+/// The group's evaluation at the current step (rank 0 has checkpointed it): every rank
+/// samples its share, rank 0 records the
 /// report and the per-image numbers. A failed evaluation is reported and training goes on
-/// (false); a broken group fails the run. The checkpoint is published to the store after
-/// the evaluation, so a resume elsewhere has this step's evaluation too.
+/// (false); a broken group fails the run.
 fn evaluate(
-    cfg: &TrainConfig,
-    files: &RunFiles,
-    trainer: &Trainer,
-    ev: &crate::eval::suite::Evaluator,
-    group: &mut dyn crate::collective::Collective,
-    progress: &mut dyn Progress,
-    evals: &mut EvalLog,
-) -> Result<bool, TrainError> {
-    let lead = group.rank() == 0;
-    if lead {
-        trainer.save(&files.ckpt)?;
-        progress.message(&format!("evaluating at step {} ({} samples over {} rank(s))", trainer.step, cfg.eval.samples, group.world()));
-    }
-    let r = evaluate_now(files, trainer, ev, group, progress, evals);
-    if lead {
-        files.publish(trainer.step, progress);
-    }
-    r
-}
-
-fn evaluate_now(
     files: &RunFiles,
     trainer: &Trainer,
     ev: &crate::eval::suite::Evaluator,

@@ -77,26 +77,23 @@ impl LocalEtcd {
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(bin);
-        let (scheme, ca) = match secure {
-            None => ("http", None),
-            Some((_, ttl)) => {
-                let ca = crate::pki::Ca::new("ablate local etcd CA");
-                let write = |name: &str, pem: &[u8]| std::fs::write(dir.join(name), pem).map_err(|e| format!("{name}: {e}"));
-                let (server, server_key) = ca.leaf(&["localhost", "127.0.0.1"]);
-                let (client, client_key) = ca.leaf(&["ablate-coordinator"]);
-                write("ca.pem", &ca.pem())?;
-                write("server.pem", &server)?;
-                write("server.key", &server_key)?;
-                write("client.pem", &client)?;
-                write("client.key", &client_key)?;
-                cmd.arg(format!("--cert-file={}", dir.join("server.pem").display()))
-                    .arg(format!("--key-file={}", dir.join("server.key").display()))
-                    .arg(format!("--trusted-ca-file={}", dir.join("ca.pem").display()))
-                    .arg("--client-cert-auth")
-                    .arg(format!("--auth-token-ttl={ttl}"));
-                ("https", Some(()))
-            }
-        };
+        let scheme = if secure.is_some() { "https" } else { "http" };
+        if let Some((_, ttl)) = secure {
+            let ca = crate::pki::Ca::new("ablate local etcd CA");
+            let write = |name: &str, pem: &[u8]| std::fs::write(dir.join(name), pem).map_err(|e| format!("{name}: {e}"));
+            let (server, server_key) = ca.leaf(&["localhost", "127.0.0.1"]);
+            let (client, client_key) = ca.leaf(&["ablate-coordinator"]);
+            write("ca.pem", &ca.pem())?;
+            write("server.pem", &server)?;
+            write("server.key", &server_key)?;
+            write("client.pem", &client)?;
+            write("client.key", &client_key)?;
+            cmd.arg(format!("--cert-file={}", dir.join("server.pem").display()))
+                .arg(format!("--key-file={}", dir.join("server.key").display()))
+                .arg(format!("--trusted-ca-file={}", dir.join("ca.pem").display()))
+                .arg("--client-cert-auth")
+                .arg(format!("--auth-token-ttl={ttl}"));
+        }
         let child = cmd
             .arg("--name=local")
             .arg(format!("--data-dir={}", dir.join("data").display()))
@@ -110,7 +107,7 @@ impl LocalEtcd {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let tls_query = ca.map(|()| {
+        let tls_query = secure.map(|_| {
             let p = |f: &str| dir.join(f).display().to_string();
             format!("ca={}&cert={}&key={}", p("ca.pem"), p("client.pem"), p("client.key"))
         });
