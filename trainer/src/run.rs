@@ -81,6 +81,11 @@ pub trait Progress {
     fn stop_requested(&mut self) -> bool {
         false
     }
+    /// Rank 0 starts writing its checkpoint of `step` (a kill may stop it half way; the
+    /// write is atomic, so then there is no checkpoint of that step).
+    fn checkpoint_begun(&mut self, _step: usize) {}
+    /// Rank 0's checkpoint of `step` is on disk and, when `published`, in the checkpoint store.
+    fn checkpoint_saved(&mut self, _step: usize, _published: bool) {}
 }
 
 pub struct NoProgress;
@@ -150,18 +155,27 @@ impl RunFiles {
     /// Rank 0's checkpoint: written to the run directory, then published to the store (a
     /// store that fails is said and training goes on: the local checkpoint stands).
     fn checkpoint(&self, trainer: &Trainer, progress: &mut dyn Progress) -> Result<(), TrainError> {
-        trainer.save(&self.ckpt)?;
+        self.save(trainer, progress)?;
         self.publish(trainer.step, progress);
         Ok(())
     }
 
+    /// Writes rank 0's checkpoint to the run directory (not yet published).
+    fn save(&self, trainer: &Trainer, progress: &mut dyn Progress) -> Result<(), TrainError> {
+        progress.checkpoint_begun(trainer.step);
+        trainer.save(&self.ckpt)
+    }
+
     /// Publishes the run directory's checkpoint (of `step`) and files to the store.
     fn publish(&self, step: usize, progress: &mut dyn Progress) {
+        let mut published = false;
         if let Some(store) = &self.store {
-            if let Err(e) = store.publish(step, &self.out, &PUBLISHED) {
-                progress.message(&format!("warning: step {step} not published to the checkpoint store: {e}"));
+            match store.publish(step, &self.out, &PUBLISHED) {
+                Ok(_) => published = true,
+                Err(e) => progress.message(&format!("warning: step {step} not published to the checkpoint store: {e}")),
             }
         }
+        progress.checkpoint_saved(step, published);
     }
 
     /// Before a resume: when the store holds a newer whole step than the run directory,
@@ -393,7 +407,7 @@ fn train_loop(
             // rank 0 checkpoints first (a failed evaluation must not cost training) and
             // publishes after, so a resume elsewhere has this step's evaluation too
             if lead {
-                trainer.save(&files.ckpt)?;
+                files.save(trainer, progress)?;
                 progress.message(&format!("evaluating at step {} ({} samples over {} rank(s))", trainer.step, cfg.eval.samples, world));
             }
             let recorded = evaluate(files, trainer, ev, group, progress, evals);

@@ -7,6 +7,7 @@
 //!   supervision, batching of metrics, logs and completions to the coordinator;
 //! - `rank`: `ablate rank`: one training process of a data-parallel job;
 //! - `events`: the JSON lines a rank process prints for its agent;
+//! - `journal`: a rank's own record of its start, steps, checkpoints and end, with times;
 //! - `lease`: fencing: ranks stop on their own once their worker's lease with the
 //!   coordinator ends, before the job can be placed again;
 //! - `evalwire`: the evaluation report to and from `ablate.v1` (the worker sends it, the CLI
@@ -19,5 +20,6 @@ pub mod collective;
 pub mod confine;
 pub mod evalwire;
 pub mod events;
+pub mod journal;
 pub mod lease;
 pub mod rank;

@@ -25,6 +25,7 @@ use candle_core::Device;
 
 use crate::collective::rendezvous::RendezvousRing;
 use crate::events::{Event, Outcome};
+use crate::journal::Kind;
 
 #[derive(Debug, Clone)]
 pub struct RankArgs {
@@ -46,7 +47,12 @@ pub struct RankArgs {
     pub checkpoint_store: Option<ablate_trainer::ckpt_store::CheckpointStore>,
 }
 
-struct Reporter;
+/// Events to the agent (stdout), messages to the log (stderr), and the rank's own journal.
+struct Reporter {
+    journal: crate::journal::Journal,
+    /// Steps done so far (for the journal's end entry).
+    last_step: usize,
+}
 
 /// Set by SIGTERM.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -78,10 +84,20 @@ fn emit(e: &Event) {
 
 impl Progress for Reporter {
     fn started(&mut self, first_step: usize, total: usize, params: usize) {
+        self.last_step = first_step;
+        self.journal.record(Kind::Started, first_step);
         emit(&Event::Started { first_step, total, params });
     }
     fn step(&mut self, point: &MetricPoint, _total: usize) {
+        self.last_step = point.step + 1;
+        self.journal.record(Kind::Step, self.last_step);
         emit(&Event::Step { point: point.clone() });
+    }
+    fn checkpoint_begun(&mut self, step: usize) {
+        self.journal.record(Kind::CheckpointBegun, step);
+    }
+    fn checkpoint_saved(&mut self, step: usize, _published: bool) {
+        self.journal.record(Kind::CheckpointSaved, step);
     }
     fn message(&mut self, msg: &str) {
         eprintln!("{msg}");
@@ -104,7 +120,11 @@ pub fn main(a: &RankArgs) -> i32 {
     if let Some(p) = std::env::var_os(crate::lease::ENV) {
         crate::lease::watch(p.into(), Duration::from_secs(5));
     }
-    match run(a) {
+    let _ = std::fs::create_dir_all(&a.job_dir);
+    let mut reporter = Reporter { journal: crate::journal::Journal::open(&a.job_dir, a.generation, a.rank), last_step: 0 };
+    let outcome = run(a, &mut reporter);
+    reporter.journal.record(Kind::Ended, reporter.last_step);
+    match outcome {
         Ok(o) => {
             emit(&Event::Done(o));
             0
@@ -118,7 +138,7 @@ pub fn main(a: &RankArgs) -> i32 {
 }
 
 /// Err: (reason, retryable).
-fn run(a: &RankArgs) -> Result<Outcome, (String, bool)> {
+fn run(a: &RankArgs, reporter: &mut Reporter) -> Result<Outcome, (String, bool)> {
     let cfg = TrainConfig::load(&a.config).map_err(|e| (e.to_string(), false))?;
     let device = ablate_trainer::device::open(&a.device).map_err(|e| (e.to_string(), false))?;
     let out = if a.rank == 0 { a.job_dir.clone() } else { a.job_dir.join(format!("rank-{}", a.rank)) };
@@ -127,7 +147,7 @@ fn run(a: &RankArgs) -> Result<Outcome, (String, bool)> {
     // a restarted generation continues from rank 0's checkpoint
     let opts = RunOptions { out, resume: true, samples: a.rank == 0, eval_cache: std::env::var_os(ablate_trainer::run::EVAL_CACHE_ENV).map(PathBuf::from), checkpoint_store: a.checkpoint_store.clone() };
     eprintln!("rank {}/{} of job {} (generation {}) on {}, gradients over {}", a.rank, a.world, a.job, a.generation, a.device, backend.label());
-    let s = ablate_trainer::run::run_distributed(cfg, &opts, &device, &mut Reporter, group.as_mut()).map_err(|e| {
+    let s = ablate_trainer::run::run_distributed(cfg, &opts, &device, reporter, group.as_mut()).map_err(|e| {
         // the group broke (a peer died, a deadline passed) or was asked to stop: a restart
         // can help; the rest (non-finite loss, config, data, files) would happen again
         let retryable = matches!(e, ablate_trainer::TrainError::Collective(_) | ablate_trainer::TrainError::Preempted { .. });
