@@ -279,14 +279,25 @@ pub struct WorkerArgs {
     /// Threads per CPU rank (default: the cores divided by the CPU slots).
     #[arg(long)]
     threads_per_rank: Option<usize>,
-    /// A folder every worker of the cluster reaches at the same path (NFS, Lustre, a mounted
-    /// bucket): each checkpoint is also published to DIR/<job>/, and a gang placed on other
-    /// workers resumes from the newest whole one there instead of from scratch.
-    #[arg(long)]
-    checkpoint_store: Option<PathBuf>,
+    /// Where every checkpoint is also published, so a gang placed on other workers resumes
+    /// from the newest whole one instead of from scratch: a folder every worker reaches at the
+    /// same path (NFS, Lustre, a mounted bucket) or an S3-compatible object store,
+    /// `s3://bucket/prefix[?endpoint=URL&region=R]` (credentials from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY). Each job publishes under STORE/<job>/.
+    #[arg(long, value_name = "STORE")]
+    checkpoint_store: Option<String>,
     /// Published checkpoints kept per job in the checkpoint store.
     #[arg(long, default_value_t = 3)]
     checkpoint_keep: usize,
+}
+
+/// A worker's `--checkpoint-store`, checked before the worker starts: a folder made absolute
+/// (ranks run elsewhere), an object store reached once (its bucket and credentials work).
+fn checkpoint_store_spec(spec: &str) -> anyhow::Result<String> {
+    let spec = if spec.contains("://") { spec.to_string() } else { std::path::absolute(spec).map(|p| p.display().to_string()).unwrap_or_else(|_| spec.to_string()) };
+    let store = ablate_worker::s3::open(&spec, 1).map_err(anyhow::Error::msg)?;
+    store.steps().with_context(|| format!("--checkpoint-store {spec}: cannot list it"))?;
+    Ok(spec)
 }
 
 pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
@@ -309,7 +320,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         rendezvous_timeout: Duration::from_secs(a.rendezvous_timeout_s),
         collective_timeout: Duration::from_secs(a.collective_timeout_s),
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
-        checkpoint_store: a.checkpoint_store.map(|d| std::path::absolute(&d).unwrap_or(d)),
+        checkpoint_store: a.checkpoint_store.as_deref().map(checkpoint_store_spec).transpose()?,
         checkpoint_keep: a.checkpoint_keep.max(1),
         fence: true,
     };
@@ -351,9 +362,10 @@ pub struct RankArgs {
     rendezvous_timeout_ms: u64,
     #[arg(long, default_value_t = 120_000)]
     collective_timeout_ms: u64,
-    /// This job's folder in the shared checkpoint store (rank 0 publishes and restores).
+    /// This job's part of the shared checkpoint store, a folder or s3:// URL (rank 0
+    /// publishes and restores).
     #[arg(long)]
-    checkpoint_store: Option<PathBuf>,
+    checkpoint_store: Option<String>,
     #[arg(long, default_value_t = 3)]
     checkpoint_keep: usize,
 }
@@ -373,7 +385,7 @@ pub fn rank(a: RankArgs) -> anyhow::Result<()> {
         advertise_host: a.advertise_host,
         rendezvous_timeout: Duration::from_millis(a.rendezvous_timeout_ms),
         collective_timeout: Duration::from_millis(a.collective_timeout_ms),
-        checkpoint_store: a.checkpoint_store.map(|root| ablate_trainer::ckpt_store::CheckpointStore::new(root, a.checkpoint_keep)),
+        checkpoint_store: a.checkpoint_store.as_deref().map(|spec| ablate_worker::s3::open(spec, a.checkpoint_keep)).transpose().map_err(anyhow::Error::msg)?,
     });
     std::process::exit(code)
 }

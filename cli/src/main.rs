@@ -2,6 +2,7 @@
 
 mod assets_cmd;
 mod bench_cluster;
+mod ckpt_cmd;
 mod cluster_cmd;
 mod config_check;
 mod conn;
@@ -67,6 +68,9 @@ enum Cmd {
     /// Access tokens of a coordinator: create (shown once), list, revoke (an admin's token).
     #[command(subcommand)]
     Token(token_cmd::TokenCmd),
+    /// The steps in a job's part of a checkpoint store (a folder or s3:// URL), and whether
+    /// each is whole.
+    Checkpoints(ckpt_cmd::CheckpointsArgs),
     /// One rank of a distributed job (started by `ablate worker`).
     #[command(hide = true)]
     Rank(cluster_cmd::RankArgs),
@@ -100,5 +104,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Logs(a) => jobs_cmd::logs(a),
         Cmd::Workers(c) => jobs_cmd::workers(c),
         Cmd::Token(c) => token_cmd::token(c),
+        Cmd::Checkpoints(a) => ckpt_cmd::checkpoints(a),
     }
 }

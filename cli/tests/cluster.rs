@@ -338,13 +338,33 @@ fn the_coordinator_checks_every_submitted_config_itself() {
 
 /// With a checkpoint store shared by the workers, a job whose worker is preempted (SIGTERM)
 /// resumes on another worker from the step it stopped at, not from scratch, and the
-/// preemption spends none of the job's own restarts.
+/// preemption spends none of the job's own restarts: on a shared folder, and on an S3 object
+/// store (a local moto server; skipped without one unless ABLATE_REQUIRE_S3=1, as in CI).
 #[test]
 fn with_a_checkpoint_store_a_preempted_job_resumes_on_another_worker() {
     let store = tempfile::tempdir().unwrap();
-    let store_arg = store.path().display().to_string();
+    let root = store.path().to_path_buf();
+    preempted_job_resumes_elsewhere(&store.path().display().to_string(), vec![], move |id, step| root.join(id).join(format!("step-{step:08}")).join("MANIFEST").exists());
+}
+
+#[test]
+fn with_an_s3_checkpoint_store_a_preempted_job_resumes_on_another_worker() {
+    use ablate_worker::local_s3::{LocalS3, TEST_CREDENTIALS};
+    let Some(s3) = LocalS3::start_or_skip("with_an_s3_checkpoint_store", "ablate-cluster") else { return };
+    let env: Vec<(String, String)> = TEST_CREDENTIALS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let spec = s3.spec("ckpt");
+    let listing = spec.clone();
+    preempted_job_resumes_elsewhere(&spec, env.clone(), move |id, step| {
+        let out = Command::new(BIN).args(["checkpoints", &ablate_worker::s3::for_job(&listing, id)]).envs(env.iter().map(|(k, v)| (k, v))).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(&step.to_string()))
+    });
+    drop(s3);
+}
+
+fn preempted_job_resumes_elsewhere(store: &str, env: Vec<(String, String)>, published: impl Fn(&str, u64) -> bool) {
     let mut c = Cluster::start_with(2, |c| {
-        c.worker_args = vec!["--checkpoint-store".into(), store_arg.clone(), "--checkpoint-keep".into(), "2".into()];
+        c.worker_args = vec!["--checkpoint-store".into(), store.to_string(), "--checkpoint-keep".into(), "2".into()];
+        c.worker_env = env;
         Cluster::start_coordinator(c)
     });
     let id = c.submit(5000, 1);
@@ -367,10 +387,9 @@ fn with_a_checkpoint_store_a_preempted_job_resumes_on_another_worker() {
     let now_on = j["placement"][0]["worker"].as_str().unwrap();
     assert_ne!(now_on, first, "{j}");
     assert_eq!((j["restarts"].as_u64(), j["generation"].as_u64()), (Some(0), Some(2)), "the preemption spends no restart: {j}");
-    assert!(store.path().join(&id).join(format!("step-{stop:08}")).join("MANIFEST").exists(), "the published step is in the store");
+    assert!(published(&id, stop), "step {stop} is published in the store");
     c.cli(&["cancel", &id]);
 }
-
 
 /// Fencing: a frozen agent (SIGSTOP) cannot kill its ranks, so they stop themselves when its
 /// lease ends, which is before the coordinator declares the worker lost and places the job

@@ -91,11 +91,16 @@ pub struct TrainSection {
     pub log_every: usize,
     /// Checkpoint every N steps (0 = only at the end).
     pub checkpoint_every: usize,
+    /// This job's shared checkpoint store, over the worker's `--checkpoint-store`: an
+    /// absolute folder every worker reaches, or `s3://bucket/prefix[?endpoint=URL&region=R]`
+    /// (the job publishes under `<store>/<job>/`; docs/distributed.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_store: Option<String>,
 }
 
 impl Default for TrainSection {
     fn default() -> Self {
-        Self { steps: 1000, batch_size: 16, log_every: 10, checkpoint_every: 200 }
+        Self { steps: 1000, batch_size: 16, log_every: 10, checkpoint_every: 200, checkpoint_store: None }
     }
 }
 
@@ -294,6 +299,12 @@ impl TrainConfig {
         ] {
             if v == 0 {
                 return bad(format!("{key} must be positive, got 0"));
+            }
+        }
+        if let Some(store) = &self.train.checkpoint_store {
+            let bucket = store.strip_prefix("s3://").map(|r| r.split(['/', '?']).next().unwrap_or(""));
+            if !(bucket.is_some_and(|b| !b.is_empty()) || (std::path::Path::new(store).is_absolute() && !store.contains("://"))) {
+                return bad(format!("train.checkpoint_store = {store:?} is neither an absolute folder nor s3://bucket/prefix"));
             }
         }
         for (key, v) in [("sample.guidance", self.sample.guidance), ("optim.weight_decay", self.optim.weight_decay), ("optim.grad_clip", self.optim.grad_clip)] {

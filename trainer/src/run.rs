@@ -182,16 +182,14 @@ impl RunFiles {
     /// restores it (the run directory's step, when it has one, is read from its checkpoint).
     fn restore_newer(&self, progress: &mut dyn Progress) -> Result<(), TrainError> {
         let Some(store) = &self.store else { return Ok(()) };
-        let root = store.root.display().to_string();
-        let io = |e: std::io::Error| TrainError::Resume(format!("checkpoint store {root}: {e}"));
-        let latest = store.latest_whole(&mut |step, why| progress.message(&format!("checkpoint store: step {step} is unusable ({why}); trying the one before"))).map_err(io)?;
-        let Some(p) = latest else { return Ok(()) };
+        let at = store.objects.describe();
         let local = if self.ckpt.exists() { crate::checkpoint::read_step(&self.ckpt).ok() } else { None };
-        if local.is_some_and(|l| l >= p.step) {
-            return Ok(());
+        let restored = store
+            .restore_newest(&self.out, local, &mut |step, why| progress.message(&format!("checkpoint store: step {step} is unusable ({why}); trying the one before")))
+            .map_err(|e| TrainError::Resume(format!("checkpoint store {at}: {e}")))?;
+        if let Some(step) = restored {
+            progress.message(&format!("restored step {step} from the checkpoint store ({at})"));
         }
-        store.restore(&p, &self.out).map_err(io)?;
-        progress.message(&format!("restored step {} from the checkpoint store ({})", p.step, p.dir.display()));
         Ok(())
     }
 }
@@ -270,8 +268,9 @@ fn join_group(cfg: &TrainConfig, resume: bool, files: &RunFiles, device: &Device
     }
     if lead && resume && ckpt.exists() {
         let (mut stored, mut asked) = (TrainConfig::load(&files.config)?, cfg.clone());
-        stored.train.steps = 0;
-        asked.train.steps = 0;
+        // the step budget and where checkpoints are shared may change between runs
+        (stored.train.steps, stored.train.checkpoint_store) = (0, None);
+        (asked.train.steps, asked.train.checkpoint_store) = (0, None);
         if stored != asked {
             return Err(TrainError::Resume(format!("{} was written by a different configuration; use a new --out or drop --resume", files.out.display())));
         }

@@ -88,7 +88,7 @@ fn checkpoint_store_manifests_check_or_are_refused() {
     std::fs::write(run.join("metrics.jsonl"), b"{}\n").unwrap();
     let store = CheckpointStore::new(dir.path().join("store"), 1);
     let published = store.publish(7, &run, &[CHECKPOINT, "metrics.jsonl"]).unwrap();
-    let manifest = published.join("MANIFEST");
+    let manifest = dir.path().join("store").join(published).join("MANIFEST");
     let seed = std::fs::read(&manifest).unwrap();
     fuzz::run("checkpoint store manifest", fuzz::mutations_of(vec![seed.clone()]), |m| {
         std::fs::write(&manifest, &m).map_err(|e| e.to_string())?;

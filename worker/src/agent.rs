@@ -48,7 +48,8 @@ pub struct AgentConfig {
     pub data_roots: Vec<PathBuf>,
     /// The checkpoint store shared by the cluster's workers (`<dir>/<job>/` per job), and
     /// how many published steps each job keeps there.
-    pub checkpoint_store: Option<PathBuf>,
+    /// The shared checkpoint store's spec (a folder or an s3:// URL: `crate::s3`).
+    pub checkpoint_store: Option<String>,
     pub checkpoint_keep: usize,
     /// Fencing (`crate::lease`): the ranks stop on their own once this worker's lease with
     /// the coordinator ends. Off only where agents and coordinator share one process
@@ -483,7 +484,7 @@ async fn supervise(cfg: &AgentConfig, state: &Shared, a: &v1::Assignment, step: 
         cmd.env(crate::lease::ENV, p);
     }
     if let Some(store) = &cfg.checkpoint_store {
-        cmd.arg("--checkpoint-store").arg(store.join(&a.job_id)).args(["--checkpoint-keep", &cfg.checkpoint_keep.to_string()]);
+        cmd.args(["--checkpoint-store", &crate::s3::for_job(store, &a.job_id), "--checkpoint-keep", &cfg.checkpoint_keep.to_string()]);
     }
     // one evaluation cache for every job of this worker (unless the operator named one): the
     // reference set of a sweep is embedded once, not once per job

@@ -19,7 +19,9 @@ pub fn check(config_toml: &str, roots: &[PathBuf]) -> Result<(), String> {
     }
     let cfg = ablate_trainer::TrainConfig::from_toml_str(config_toml, "the job's config").map_err(|e| e.to_string())?;
     let shown = || roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
-    for (key, path) in cfg.input_paths() {
+    // a folder the job names for its checkpoints is written to: it must lie inside a root too
+    let store = cfg.train.checkpoint_store.clone().filter(|s| !s.starts_with("s3://")).map(|s| ("train.checkpoint_store".to_string(), s));
+    for (key, path) in cfg.input_paths().into_iter().chain(store) {
         let resolved = std::fs::canonicalize(Path::new(&path)).map_err(|e| format!("{key} = {path:?}: {e} on this worker (its data roots: {})", shown()))?;
         if !roots.iter().any(|r| resolved.starts_with(r)) {
             return Err(format!("{key} = {path:?} resolves to {} outside this worker's data roots ({})", resolved.display(), shown()));
@@ -52,6 +54,12 @@ mod tests {
         assert!(e.contains("No such file"), "{e}");
         let e = check("[latent]\nkind = \"ae-lean\"\nweights = \"/etc/passwd\"\n", &roots).unwrap_err();
         assert!(e.contains("latent.weights"), "{e}");
+        // a folder the job names for its checkpoints is written to: inside a root, or refused
+        let store = |p: &Path| format!("[train]\ncheckpoint_store = {:?}\n", p.display().to_string());
+        assert!(check(&store(&root.join("set")), &roots).is_ok());
+        let e = check(&store(&outside), &roots).unwrap_err();
+        assert!(e.contains("train.checkpoint_store") && e.contains("outside this worker's data roots"), "{e}");
+        assert!(check("[train]\ncheckpoint_store = \"s3://bucket/ckpt\"\n", &roots).is_ok(), "an object store is no path of this worker");
         assert!(resolve_roots(&[base.join("nope")]).unwrap_err().contains("--data-root"));
         let _ = std::fs::remove_dir_all(&base);
     }

@@ -24,16 +24,26 @@ pub enum Event {
     },
 }
 
-/// A rank's result at the end of training.
+/// A rank's result at the end of training. Its numbers may be undefined (NaN: the mean loss
+/// of a generation that resumed at its last step and trained none), which JSON writes as
+/// null: they read back as NaN, so the report is never lost for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub steps: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub checksum: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub samples_per_sec: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub wall_seconds: f64,
     /// The final evaluation (rank 0, when `[eval]` is on), without its per-image data.
     pub eval: Option<EvalReport>,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl Event {
@@ -50,6 +60,17 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A generation that resumed at its last step has no loss of its own: its Done line must
+    /// still parse (it once read as no report at all, and the job failed).
+    #[test]
+    fn an_outcome_with_undefined_numbers_still_parses() {
+        let done = Event::Done(Outcome { steps: 120, checksum: 1.5, final_loss: f64::NAN, samples_per_sec: f64::NAN, wall_seconds: 0.0, eval: None });
+        match Event::parse(&done.line()) {
+            Some(Event::Done(o)) => assert!(o.steps == 120 && o.checksum == 1.5 && o.final_loss.is_nan() && o.samples_per_sec.is_nan()),
+            other => panic!("{other:?} from {}", done.line()),
+        }
+    }
 
     /// Rank event lines: whatever a rank's stdout holds gives an event or None, never a panic.
     #[test]

@@ -144,8 +144,14 @@ fn run(a: &RankArgs, reporter: &mut Reporter) -> Result<Outcome, (String, bool)>
     let out = if a.rank == 0 { a.job_dir.clone() } else { a.job_dir.join(format!("rank-{}", a.rank)) };
     let backend = Backend::choose(std::env::var("ABLATE_COLLECTIVE").ok().as_deref(), &device).map_err(|e| (e, false))?;
     let mut group = group(a, backend, &device).map_err(|e| (e, false))?;
+    // the job's own checkpoint store, else the worker's (rank 0 publishes and restores)
+    let keep = a.checkpoint_store.as_ref().map_or(3, |s| s.keep);
+    let store = match cfg.train.checkpoint_store.as_deref().filter(|_| a.rank == 0) {
+        Some(spec) => Some(crate::s3::open(&crate::s3::for_job(spec, &a.job), keep).map_err(|e| (format!("train.checkpoint_store: {e}"), false))?),
+        None => a.checkpoint_store.clone(),
+    };
     // a restarted generation continues from rank 0's checkpoint
-    let opts = RunOptions { out, resume: true, samples: a.rank == 0, eval_cache: std::env::var_os(ablate_trainer::run::EVAL_CACHE_ENV).map(PathBuf::from), checkpoint_store: a.checkpoint_store.clone() };
+    let opts = RunOptions { out, resume: true, samples: a.rank == 0, eval_cache: std::env::var_os(ablate_trainer::run::EVAL_CACHE_ENV).map(PathBuf::from), checkpoint_store: store };
     eprintln!("rank {}/{} of job {} (generation {}) on {}, gradients over {}", a.rank, a.world, a.job, a.generation, a.device, backend.label());
     let s = ablate_trainer::run::run_distributed(cfg, &opts, &device, reporter, group.as_mut()).map_err(|e| {
         // the group broke (a peer died, a deadline passed) or was asked to stop: a restart

@@ -32,6 +32,8 @@ pub struct Cluster {
     pub worker_args: Vec<String>,
     /// Every worker's `--devices` (`cpu:1` unless set before the workers start).
     pub worker_devices: String,
+    /// More environment for every `ablate worker` (and so its ranks).
+    pub worker_env: Vec<(String, String)>,
 }
 
 /// The metrics address from a coordinator's first line, once it serves (within `secs`).
@@ -54,7 +56,7 @@ impl Cluster {
     /// `coordinators` starts the coordinator(s) and sets `url`.
     pub fn start_with(workers: usize, coordinators: impl FnOnce(&mut Cluster)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Cluster { dir, url: String::new(), metrics: String::new(), grpc_port: free_port(), coordinator: None, workers: vec![], extra: vec![], worker_args: vec![], worker_devices: "cpu:1".into() };
+        let mut c = Cluster { dir, url: String::new(), metrics: String::new(), grpc_port: free_port(), coordinator: None, workers: vec![], extra: vec![], worker_args: vec![], worker_devices: "cpu:1".into(), worker_env: vec![] };
         coordinators(&mut c);
         for i in 0..workers {
             let token = c.dir.path().join(format!("w{i}.token"));
@@ -79,6 +81,7 @@ impl Cluster {
             .arg("--work-dir")
             .arg(self.dir.path().join(format!("w{i}")))
             .args(&self.worker_args)
+            .envs(self.worker_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
