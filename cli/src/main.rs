@@ -10,6 +10,7 @@ mod data_cmd;
 mod eval_cmd;
 mod eval_nets;
 mod jobs_cmd;
+mod shell_cmd;
 mod sweep;
 mod token_cmd;
 mod train_cmd;
@@ -71,6 +72,10 @@ enum Cmd {
     /// The steps in a job's part of a checkpoint store (a folder or s3:// URL), and whether
     /// each is whole.
     Checkpoints(ckpt_cmd::CheckpointsArgs),
+    /// Shell completions for bash, zsh, fish, elvish or powershell, on stdout.
+    Completions(shell_cmd::CompletionsArgs),
+    /// The manual page (roff), on stdout or as one page per subcommand in --out.
+    Man(shell_cmd::ManArgs),
     /// One rank of a distributed job (started by `ablate worker`).
     #[command(hide = true)]
     Rank(cluster_cmd::RankArgs),
@@ -105,5 +110,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Workers(c) => jobs_cmd::workers(c),
         Cmd::Token(c) => token_cmd::token(c),
         Cmd::Checkpoints(a) => ckpt_cmd::checkpoints(a),
+        Cmd::Completions(a) => shell_cmd::completions(a),
+        Cmd::Man(a) => shell_cmd::man(a),
     }
 }

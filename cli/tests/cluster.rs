@@ -48,7 +48,7 @@ fn a_world_size_two_job_succeeds_with_identical_ranks_and_metrics() {
     assert!(logs.contains("[rank 0] rank 0/2 of job") && logs.contains("[rank 1] rank 1/2 of job"), "{logs}");
     // and Prometheus sees the job
     let text = http_get(&c.metrics, "/metrics");
-    let loss = format!("ablate_job_train_loss{{job=\"{id}\"");
+    let loss = format!("ablate_job_train_loss{{job_id=\"{id}\"");
     for needle in [loss.as_str(), "ablate_collective_allreduce_seconds_bucket", "ablate_workers{state=\"alive\"} 2", "ablate_rendezvous_duration_seconds_count 1", "ablate_job_fd_scenes{"] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }

@@ -103,6 +103,15 @@ pub enum DeviceKind {
     Cuda,
 }
 
+impl DeviceKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+}
+
 /// One slot a worker offers: a CUDA device or a CPU slot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {

@@ -70,9 +70,14 @@ pub async fn serve(core: Arc<Core>, listeners: Listeners, shutdown: Cancellation
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<Jobs>>().await;
     health.set_serving::<WorkerServiceServer<Workers>>().await;
+    // reflection in both versions: grpcurl and most clients still ask v1alpha
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ablate_proto::DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| CoordinatorError::InvalidJob(format!("reflection descriptors: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ablate_proto::DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| CoordinatorError::InvalidJob(format!("reflection descriptors: {e}")))?;
     health.set_serving::<AdminServiceServer<Admin>>().await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
@@ -90,6 +95,7 @@ pub async fn serve(core: Arc<Core>, listeners: Listeners, shutdown: Cancellation
     let r = builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(JobServiceServer::new(Jobs(core.clone())).max_encoding_message_size(ablate_proto::MAX_MESSAGE_BYTES), check.clone()))
         // a completion carries the final evaluation's per-image data (N x 320 floats, twice)
         .add_service(InterceptedService::new(WorkerServiceServer::new(Workers(core.clone())).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES), check.clone()))

@@ -30,10 +30,9 @@ impl Core {
         let held = busy_slots(g.jobs.values());
         let expiry = self.opts.worker_expiry;
         g.workers.retain(|id, w| w.alive || w.last_seen.elapsed() < expiry * 10 || held.iter().any(|(h, _)| h == id));
-        let counts = state_counts(&g.jobs);
-        let workers = (g.workers.values().filter(|w| w.alive).count(), g.workers.values().filter(|w| !w.alive).count());
+        let gauges = cluster_gauges(&g);
         drop(g);
-        crate::metrics::cluster(&counts, workers);
+        crate::metrics::cluster(&gauges);
         committed
     }
 }
@@ -122,4 +121,26 @@ fn tick_plan(g: &mut Inner, opts: &Options, grace_over: bool) -> Vec<Job> {
         work.insert(p.job, job);
     }
     work.into_values().collect()
+}
+
+/// What the cluster's gauges show now.
+fn cluster_gauges(g: &Inner) -> crate::metrics::ClusterGauges {
+    let busy = busy_slots(g.jobs.values());
+    let mut slots: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+    for w in g.workers.values().filter(|w| w.alive && !w.reg.draining && !g.drained.contains(&w.reg.id)) {
+        for d in &w.reg.devices {
+            let e = slots.entry(d.kind.label()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(busy.contains(&(w.reg.id.clone(), d.index)));
+        }
+    }
+    crate::metrics::ClusterGauges {
+        states: state_counts(&g.jobs),
+        alive: g.workers.values().filter(|w| w.alive).count(),
+        lost: g.workers.values().filter(|w| !w.alive).count(),
+        slots: slots.into_iter().map(|(k, (t, b))| (k, t, b)).collect(),
+        oldest_queued: g.jobs.values().filter(|j| j.state == JobState::Queued).filter_map(|j| g.queued_at.get(&j.id)).map(|t| t.elapsed()).max().unwrap_or_default(),
+        unplaceable: g.jobs.values().filter(|j| j.state == JobState::Queued && j.reason.starts_with(WAITING)).count(),
+        heartbeats: g.workers.values().map(|w| (w.reg.id.to_string(), w.last_seen.elapsed())).collect(),
+    }
 }
