@@ -6,7 +6,8 @@
 //! SIGTERM asks the rank to stop: its group agrees on the step (every rank stops after the
 //! same one), rank 0 checkpoints there, and the rank reports a retryable "preempted"
 //! failure, so the job is placed again at once and resumes from that checkpoint. A second
-//! SIGTERM ends the process at once.
+//! SIGTERM, 3 s or more after the first, ends the process at once (one sooner is the same
+//! request twice: Slurm signals the rank and its agent, which forwards its own).
 //!
 //! The gradient exchange ([`Backend`]): NCCL for a CUDA rank of a `--features nccl` build,
 //! the TCP ring otherwise; `ABLATE_COLLECTIVE=ring|nccl` overrides the choice (every rank of
@@ -14,7 +15,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ablate_trainer::run::{MetricPoint, Progress, RunOptions};
@@ -56,16 +57,34 @@ struct Reporter {
 
 /// Set by SIGTERM.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// When the first SIGTERM came (CLOCK_MONOTONIC milliseconds).
+static FIRST_TERM_MS: AtomicU64 = AtomicU64::new(0);
+/// A second SIGTERM this soon after the first is the same request arriving twice: a batch
+/// system (Slurm) signals every process of a job step, the rank and its agent alike, and the
+/// agent then forwards its own.
+const SAME_REQUEST_MS: u64 = 3000;
+
+fn monotonic_ms() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime is async-signal-safe and writes only the timespec given
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+}
 
 extern "C" fn on_sigterm(_: libc::c_int) {
-    if STOP.swap(true, Ordering::SeqCst) {
-        // the second one: no more waiting (only async-signal-safe calls in here)
+    // only async-signal-safe calls in here
+    let now = monotonic_ms().max(1);
+    if !STOP.swap(true, Ordering::SeqCst) {
+        FIRST_TERM_MS.store(now, Ordering::SeqCst);
+    } else if now.saturating_sub(FIRST_TERM_MS.load(Ordering::SeqCst)) >= SAME_REQUEST_MS {
+        // a second request: no more waiting
         // SAFETY: _exit is async-signal-safe and ends the process without unwinding
         unsafe { libc::_exit(143) };
     }
 }
 
-/// Routes SIGTERM to [`STOP`] (the first) and to an immediate exit (the second).
+/// Routes SIGTERM to [`STOP`] (the first) and to an immediate exit (a second one, 3 s or
+/// more after the first).
 fn stop_on_sigterm() {
     // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe
     unsafe {
