@@ -1,5 +1,6 @@
-//! `ablate run`: a sweep runs to its table, and a run killed mid-sweep resumes without
-//! redoing finished jobs or finished steps.
+//! `ablate run`: a sweep runs to its table, a run killed mid-sweep resumes without redoing
+//! finished jobs or finished steps, and the sweep grows in place: a new arm trains alone,
+//! more steps extend every job from its checkpoint, a changed arm or fewer steps are refused.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -77,9 +78,47 @@ fn a_killed_sweep_resumes_without_redoing_work() {
     let again = Command::new(BIN).args(["results", out.to_str().unwrap(), "--format", "csv"]).output().unwrap();
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).starts_with("arm,job_ids,status,steps,fd_scenes"));
-    // another file into the same folder is refused
-    std::fs::write(&file, std::fs::read_to_string(&file).unwrap().replace("steps = 30", "steps = 31")).unwrap();
+    // an existing arm's config cannot change under its name: refused, naming the key, nothing touched
+    let original = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, original.replace("\"optim.kind\" = \"muon\"", "\"optim.kind\" = \"muon\", \"optim.lr\" = 3e-4")).unwrap();
     let refused = run().output().unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("holds a run of a different sweep"));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("already ran muon (arm \"muon\", seed 0)") && err.contains("optim.lr: 0.0001 -> 0.0003") && err.contains("rename the arm"), "{err}");
+    assert_eq!(std::fs::read_to_string(&base).unwrap(), base_before);
+
+    // a new arm: only it trains; the table shows all three
+    std::fs::write(&file, format!("{original}\n[[arm]]\nname = \"ema\"\noverrides = {{ \"optim.ema_decay\" = 0.99 }}\n")).unwrap();
+    let muon_before = std::fs::read_to_string(&muon).unwrap();
+    let grown = run().output().unwrap();
+    let stdout = String::from_utf8_lossy(&grown.stdout);
+    assert!(grown.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&grown.stderr));
+    assert!(stdout.contains("growing the sweep") && stdout.contains("1 job(s) added (ema), 2 kept"), "{stdout}");
+    assert_eq!((std::fs::read_to_string(&base).unwrap(), std::fs::read_to_string(&muon).unwrap()), (base_before.clone(), muon_before), "the finished arms were not retrained");
+    assert_eq!(steps_in(&out.join("work/jobs/j000003/metrics.jsonl")), (0..30).collect::<Vec<_>>());
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let arms: Vec<&str> = results.as_array().unwrap().iter().map(|r| r["arm"].as_str().unwrap()).collect();
+    assert_eq!(arms, ["baseline", "muon", "ema"]);
+    assert!(results[2]["delta_vs_baseline"]["fd_scenes"].as_f64().is_some(), "the new arm is compared with the baseline already trained");
+
+    // more steps: every job goes on from its checkpoint at step 30, each new step once
+    let longer = std::fs::read_to_string(&file).unwrap().replace("steps = 30", "steps = 40");
+    std::fs::write(&file, longer).unwrap();
+    let extended = run().output().unwrap();
+    let stdout = String::from_utf8_lossy(&extended.stdout);
+    assert!(extended.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&extended.stderr));
+    assert!(stdout.contains("3 job(s) extended from 30 to 40 steps"), "{stdout}");
+    for j in ["j000001", "j000002", "j000003"] {
+        assert_eq!(steps_in(&out.join(format!("work/jobs/{j}/metrics.jsonl"))), (0..40).collect::<Vec<_>>(), "{j}");
+        let log = std::fs::read_to_string(out.join(format!("work/jobs/{j}/rank-0.log"))).unwrap();
+        assert!(log.contains("resumed from step 30"), "{j}: {log}");
+    }
+    let losses = |text: &str| text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64()).collect::<Vec<f64>>();
+    assert_eq!(losses(&std::fs::read_to_string(&base).unwrap())[..30], losses(&base_before)[..], "the first 30 steps are the ones trained before");
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert!(results.as_array().unwrap().iter().all(|r| r["steps"] == 40 && r["status"] == "succeeded"), "{results}");
+
+    // fewer steps is refused, pointing at the earlier table
+    std::fs::write(&file, std::fs::read_to_string(&file).unwrap().replace("steps = 40", "steps = 20")).unwrap();
+    let refused = run().output().unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("does not shrink"));
 }

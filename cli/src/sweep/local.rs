@@ -34,6 +34,9 @@ pub(super) struct RecordJob {
     pub(super) arm: String,
     pub(super) seed: u64,
     pub(super) job: String,
+    /// A job the sweep file no longer has: kept (the file may bring it back), not shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) hidden: bool,
 }
 
 pub(super) fn fingerprint(s: &Sweep) -> String {
@@ -66,6 +69,7 @@ pub(super) fn read_record(out: &Path) -> anyhow::Result<Option<Record>> {
 pub(super) fn jobs_of(core: &Core, out: &Path, rec: &Record) -> anyhow::Result<Vec<(String, v1::Job)>> {
     rec.jobs
         .iter()
+        .filter(|j| !j.hidden)
         .map(|j| {
             let mut job: v1::Job = core.get(&JobId(j.job.clone()))?.into();
             if let Some(r) = job.result.as_mut().filter(|r| r.eval.is_none()) {

@@ -3,7 +3,8 @@
 //! progress line per job, then prints the results table and writes
 //! `<out>/results.{json,md,csv}`. Ctrl-C stops cleanly; running the same command again
 //! resumes: finished jobs stay finished, interrupted ones continue from their last
-//! checkpoint. `ablate results <out>` prints the table again.
+//! checkpoint. Running it again on a grown file (new arms or seeds, more steps) trains only
+//! what is new (`grow`). `ablate results <out>` prints the table again.
 
 use ablate_coordinator::domain::{JobId, JobSpec, JobState};
 use ablate_coordinator::Core;
@@ -64,11 +65,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(out.join("configs")).with_context(|| format!("creating {}", out.display()))?;
     let fp = fingerprint(&sweep);
     let previous = read_record(&out)?;
-    if let Some(p) = &previous {
-        if p.fingerprint != fp {
-            bail!("{} holds a run of a different sweep (or other --steps); choose another --out", out.display());
+    // a re-run on a changed file: checked whole before anything changes
+    let growth = match &previous {
+        Some(p) if p.fingerprint != fp => {
+            if p.name != sweep.name {
+                bail!("{} holds the sweep {:?}, not {:?}; choose another --out", out.display(), p.name, sweep.name);
+            }
+            Some(super::grow::plan(p, &sweep, &out)?)
         }
-    }
+        _ => None,
+    };
     for j in &sweep.jobs {
         std::fs::write(out.join("configs").join(format!("{}.toml", j.id)), j.config.to_toml())?;
     }
@@ -135,6 +141,26 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         let record = match previous {
             Some(mut rec) => {
+                if let Some(g) = growth.as_ref().filter(|g| !g.is_empty()) {
+                    println!("growing the sweep in {}: {}", out.display(), g.summary());
+                    for (job, j, _) in &g.extended {
+                        core.extend(&JobId(job.clone()), j.config.to_toml())?;
+                    }
+                    for j in &g.added {
+                        let spec = JobSpec { config_toml: j.config.to_toml(), name: j.id.clone(), world_size: sweep.world_size, priority: sweep.priority, sweep: Some(ablate_coordinator::domain::SweepId(rec.sweep_id.clone())), arm: j.arm.clone(), baseline_arm: j.baseline.clone(), owner: String::new() };
+                        let job = core.submit(spec)?;
+                        rec.jobs.push(RecordJob { id: j.id.clone(), arm: j.arm.clone(), seed: j.seed, job: job.id.0, hidden: false });
+                    }
+                }
+                for r in &mut rec.jobs {
+                    r.hidden = !sweep.jobs.iter().any(|j| j.id == r.id);
+                    let id = JobId(r.job.clone());
+                    // a job the file dropped takes no slot (--rerun-failed brings it back with the file)
+                    if r.hidden && !core.get(&id)?.state.is_terminal() {
+                        core.cancel(&id, "no longer in the sweep file")?;
+                    }
+                }
+                rec.fingerprint = fp;
                 if a.rerun_failed {
                     for j in &rec.jobs {
                         let id = JobId(j.job.clone());
@@ -144,6 +170,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                     }
                 }
                 rec.arms = sweep.arms.iter().map(|x| x.name.clone()).collect();
+                ablate_trainer::fsutil::write_durable(&out.join("sweep.json"), serde_json::to_string_pretty(&rec)?.as_bytes())?;
                 rec
             }
             None => {
@@ -158,7 +185,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                     sweep_id: sweep_id.0,
                     fingerprint: fp,
                     arms: sweep.arms.iter().map(|x| x.name.clone()).collect(),
-                    jobs: sweep.jobs.iter().zip(&jobs).map(|(s, j)| RecordJob { id: s.id.clone(), arm: s.arm.clone(), seed: s.seed, job: j.id.0.clone() }).collect(),
+                    jobs: sweep.jobs.iter().zip(&jobs).map(|(s, j)| RecordJob { id: s.id.clone(), arm: s.arm.clone(), seed: s.seed, job: j.id.0.clone(), hidden: false }).collect(),
                 };
                 ablate_trainer::fsutil::write_durable(&out.join("sweep.json"), serde_json::to_string_pretty(&rec)?.as_bytes())?;
                 rec
@@ -185,7 +212,7 @@ async fn progress(core: &Core, rec: &Record) -> anyhow::Result<bool> {
     loop {
         let mut lines = Vec::new();
         let mut done = true;
-        for j in &rec.jobs {
+        for j in rec.jobs.iter().filter(|j| !j.hidden) {
             let job = core.get(&JobId(j.job.clone()))?;
             let last = core.metrics(&job.id, job.step.saturating_sub(1))?.pop();
             done &= job.state.is_terminal();

@@ -412,6 +412,30 @@ impl Core {
         self.get(id)
     }
 
+    /// Gives a job a new config, checked like a submission, in which only the step budget may
+    /// differ (the caller, `ablate run` growing a sweep, compares the rest), and queues it
+    /// again: a finished job trains on from its last checkpoint to the new budget; a placed
+    /// one is withdrawn from its workers (its ranks stop at a common step with a checkpoint)
+    /// and placed again. Its restarts start over.
+    pub fn extend(&self, id: &JobId, config_toml: String) -> Result<Job, CoordinatorError> {
+        let _w = self.write();
+        let mut job = self.get(id)?;
+        let spec = JobSpec { name: job.name.clone(), config_toml, world_size: job.world_size, priority: job.priority, sweep: job.sweep.clone(), arm: job.arm.clone(), baseline_arm: job.baseline_arm.clone(), owner: job.owner.clone() };
+        let checked = self.new_job(spec, job.sequence)?;
+        job.reason = format!("extended from {} to {} steps", job.total_steps, checked.total_steps);
+        job.config_toml = checked.config_toml;
+        job.total_steps = checked.total_steps;
+        job.state = JobState::Queued;
+        job.restarts = 0;
+        job.infra_restarts = 0;
+        job.placement.clear();
+        job.ranks_done.clear();
+        job.result = None;
+        job.finished_unix_ms = 0;
+        self.commit(vec![job])?;
+        self.get(id)
+    }
+
     pub fn metrics(&self, id: &JobId, from: u64) -> Result<Vec<v1::MetricPoint>, CoordinatorError> {
         self.get(id)?;
         self.runs.metrics(id.as_str(), from)

@@ -1,7 +1,8 @@
 //! Optimizers with state we own (candle-nn's AdamW hides its moments, so it can be neither
 //! checkpointed nor inspected): AdamW, and Muon for the 2-D weight matrices inside the
 //! transformer blocks with AdamW for everything else. Plus global grad-norm clipping, the
-//! warm-up-then-constant schedule of PRX (or a cosine / linear decay after the warm-up), and
+//! warm-up-then-constant schedule of PRX (or a cosine, linear or warmup-stable-decay schedule
+//! after the warm-up), and
 //! an optional EMA of the weights.
 //!
 //! Updates run in each parameter's own dtype: with fp32 master weights that is fp32; in the
@@ -37,6 +38,11 @@ pub enum LrDecay {
     Cosine,
     /// A straight line from `lr` down to `lr * min_lr_ratio` at the last step.
     Linear,
+    /// Warmup-stable-decay: `lr` held until the last `cooldown_steps`, then a straight line
+    /// down to `lr * min_lr_ratio` at the last step. Until its cooldown the rate does not
+    /// depend on the run's length: runs of any length share the stable phase (a longer run's
+    /// steps are a shorter one's up to the shorter one's cooldown).
+    Wsd,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +61,8 @@ pub struct OptimConfig {
     pub decay: LrDecay,
     /// Where a decay ends, as a fraction of `lr`.
     pub min_lr_ratio: f64,
+    /// The steps of a `wsd` schedule's final decay.
+    pub cooldown_steps: usize,
     /// Muon momentum (Nesterov).
     pub muon_momentum: f64,
     /// EMA decay; when on, samples are drawn with the EMA weights (0 = off, the PRX baseline).
@@ -75,6 +83,7 @@ impl Default for OptimConfig {
             warmup_steps: 1000,
             decay: LrDecay::None,
             min_lr_ratio: 0.1,
+            cooldown_steps: 0,
             muon_momentum: 0.95,
             ema_decay: 0.0,
         }
@@ -88,13 +97,21 @@ impl OptimConfig {
         if self.warmup_steps > 0 && step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
-        let span = total.saturating_sub(self.warmup_steps + 1);
-        let p = if span == 0 { 1.0 } else { ((step - self.warmup_steps) as f64 / span as f64).min(1.0) };
+        // the decay runs from `start` to the last step (total - 1)
+        let start = match self.decay {
+            LrDecay::Wsd => total.saturating_sub(self.cooldown_steps).max(self.warmup_steps),
+            _ => self.warmup_steps,
+        };
+        if step < start {
+            return self.lr;
+        }
+        let span = total.saturating_sub(start + 1);
+        let p = if span == 0 { 1.0 } else { ((step - start) as f64 / span as f64).min(1.0) };
         let r = self.min_lr_ratio;
         match self.decay {
             LrDecay::None => self.lr,
             LrDecay::Cosine => self.lr * (r + (1.0 - r) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())),
-            LrDecay::Linear => self.lr * (1.0 - (1.0 - r) * p),
+            LrDecay::Linear | LrDecay::Wsd => self.lr * (1.0 - (1.0 - r) * p),
         }
     }
 
@@ -115,6 +132,19 @@ impl OptimConfig {
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(format!("optim.min_lr_ratio must be in [0, 1], got {}", self.min_lr_ratio));
+        }
+        match (self.decay, self.cooldown_steps) {
+            (LrDecay::Wsd, 0) => return Err("optim.decay = \"wsd\" needs optim.cooldown_steps, the length of its final decay".into()),
+            (LrDecay::Wsd, _) | (_, 0) => {}
+            (d, _) => {
+                let name = match d {
+                    LrDecay::None => "none",
+                    LrDecay::Cosine => "cosine",
+                    LrDecay::Linear => "linear",
+                    LrDecay::Wsd => "wsd",
+                };
+                return Err(format!("optim.cooldown_steps belongs to optim.decay = \"wsd\", not \"{name}\""));
+            }
         }
         Ok(())
     }
@@ -340,6 +370,28 @@ mod tests {
         }
         assert!((c(LrDecay::Cosine).lr_at(60, 110) - 0.55).abs() < 0.01, "half way down at the middle");
         assert!(OptimConfig { min_lr_ratio: 1.5, ..Default::default() }.validate().unwrap_err().contains("optim.min_lr_ratio"));
+    }
+
+    #[test]
+    fn warmup_stable_decay_holds_then_cools_down_and_shares_its_stable_phase() {
+        let c = OptimConfig { lr: 1.0, warmup_steps: 10, decay: LrDecay::Wsd, cooldown_steps: 20, min_lr_ratio: 0.0, ..Default::default() };
+        assert_eq!(c.lr_at(0, 110), 0.1, "the warm-up as before");
+        assert_eq!((c.lr_at(10, 110), c.lr_at(89, 110)), (1.0, 1.0), "stable until the cooldown");
+        assert_eq!(c.lr_at(90, 110), 1.0, "the cooldown starts at lr");
+        assert!((c.lr_at(100, 110) - 1.0 + 10.0 / 19.0).abs() < 1e-12, "a straight line down");
+        assert_eq!(c.lr_at(109, 110), 0.0, "the last step at the floor");
+        let lrs: Vec<f64> = (0..110).map(|s| c.lr_at(s, 110)).collect();
+        assert!(lrs[10..].windows(2).all(|w| w[1] <= w[0]), "never rises after the warm-up");
+        // runs of any length share the stable phase: the rate until the shorter run's cooldown is the same
+        assert!((0..90).all(|s| c.lr_at(s, 110) == c.lr_at(s, 1000)));
+        // cosine and linear are not: their rate depends on the total from the first step after the warm-up
+        let cos = OptimConfig { decay: LrDecay::Cosine, ..c.clone() };
+        assert_ne!(cos.lr_at(50, 110), cos.lr_at(50, 1000));
+        // a cooldown longer than the run after the warm-up starts right after the warm-up
+        assert_eq!(c.lr_at(10, 25), 1.0);
+        assert!(c.lr_at(11, 25) < 1.0);
+        assert!(OptimConfig { decay: LrDecay::Wsd, ..Default::default() }.validate().unwrap_err().contains("optim.cooldown_steps"));
+        assert!(OptimConfig { cooldown_steps: 5, ..Default::default() }.validate().unwrap_err().contains("belongs to optim.decay = \"wsd\""));
     }
 
     #[test]
