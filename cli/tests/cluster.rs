@@ -461,3 +461,69 @@ fn ranks_stop_when_the_coordinator_is_gone_past_the_lease_and_the_job_goes_on() 
     c.wait(30, "the fenced rank's report", |c| c.cli(&["logs", &id]).contains("fenced: worker w0 lost its lease") || c.job(&id)["reason"].as_str().unwrap_or("").contains("fenced"));
     c.cli(&["cancel", &id]);
 }
+
+/// A sweep's life on the cluster: it grows from its file (a new arm trains alone; more steps
+/// extend every job from its checkpoint), a changed arm is refused naming the key, `sweep
+/// list` shows it, and `sweep cancel` / `sweep retry` stop and requeue its jobs.
+#[test]
+fn a_sweep_on_the_cluster_grows_is_listed_cancelled_and_retried() {
+    // a shared checkpoint store: an extended job resumes on whichever worker it lands
+    let store = tempfile::tempdir().unwrap();
+    let store_arg = store.path().display().to_string();
+    let c = Cluster::start_with(2, |c| {
+        c.worker_args = vec!["--checkpoint-store".into(), store_arg.clone()];
+        Cluster::start_coordinator(c)
+    });
+    let file = c.dir.path().join("growing.toml");
+    let head = |steps: u64| format!("name = \"growing\"\nsteps = {steps}\n[baseline]\ntrain = {{ batch_size = 2, checkpoint_every = 3 }}\nsample = {{ count = 1, steps = 1 }}\neval = {{ samples = 0 }}\n");
+    let muon = "[[arm]]\nname = \"muon\"\noverrides = { \"optim.kind\" = \"muon\" }\n";
+    std::fs::write(&file, head(6)).unwrap();
+    let v: Value = serde_json::from_str(&c.cli(&["sweep", "submit", file.to_str().unwrap(), "--json"])).unwrap();
+    let id = v["sweep"].as_str().unwrap().to_string();
+    let watch = |c: &Cluster| {
+        let out = c.ablate().args(["watch", &id, "--coordinator", &c.url]).output().unwrap();
+        assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    };
+    watch(&c);
+    let jobs = |c: &Cluster| -> Vec<Value> { serde_json::from_str::<Value>(&c.cli(&["jobs", "list", "--sweep", &id, "--output", "json"])).unwrap().as_array().unwrap().clone() };
+
+    // a new arm: only it trains
+    std::fs::write(&file, format!("{}{muon}", head(6))).unwrap();
+    let out = c.cli(&["sweep", "grow", &id, file.to_str().unwrap()]);
+    assert!(out.contains("1 job(s) added (muon), 1 kept"), "{out}");
+    watch(&c);
+    let js = jobs(&c);
+    assert_eq!(js.len(), 2);
+    assert_eq!(js[0]["generation"], 1, "the baseline was not run again: {}", js[0]);
+    assert_eq!((js[1]["arm"].as_str(), state(&js[1])), (Some("muon"), "succeeded"));
+
+    // a changed arm is refused before anything changes
+    std::fs::write(&file, format!("{}{muon}", head(6).replace("batch_size = 2", "batch_size = 4"))).unwrap();
+    let refused = c.ablate().args(["sweep", "grow", &id, file.to_str().unwrap(), "--coordinator", &c.url]).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("train.batch_size: 2 -> 4"), "{err}");
+
+    // more steps: every job goes on from its checkpoint at step 6
+    std::fs::write(&file, format!("{}{muon}", head(9))).unwrap();
+    let out = c.cli(&["sweep", "grow", &id, file.to_str().unwrap()]);
+    assert!(out.contains("2 job(s) extended from 6 to 9 steps"), "{out}");
+    watch(&c);
+    for j in jobs(&c) {
+        assert_eq!((j["result"]["steps"].as_u64(), j["restarts"].as_u64()), (Some(9), Some(0)), "{j}");
+        let logs = c.cli(&["logs", j["id"].as_str().unwrap()]);
+        assert!(logs.contains("resumed from step 6"), "{logs}");
+    }
+    let listed = c.cli(&["sweep", "list", "--json"]);
+    let line: Value = serde_json::from_str(listed.lines().find(|l| l.contains(&id)).unwrap()).unwrap();
+    assert_eq!((line["jobs"].as_u64(), line["states"]["succeeded"].as_u64()), (Some(2), Some(2)), "{line}");
+
+    // cancel and retry: a long extension, cancelled, then queued again
+    std::fs::write(&file, format!("{}{muon}", head(5000))).unwrap();
+    c.cli(&["sweep", "grow", &id, file.to_str().unwrap()]);
+    c.wait(120, "the extended jobs running", |c| jobs(c).iter().all(|j| state(j) == "running"));
+    assert!(c.cli(&["sweep", "cancel", &id]).contains("2 job(s) cancelled"));
+    c.wait(30, "both cancelled", |c| jobs(c).iter().all(|j| state(j) == "cancelled"));
+    assert!(c.cli(&["sweep", "retry", &id]).contains("2 failed or cancelled job(s) queued again"));
+    c.wait(120, "both running again", |c| jobs(c).iter().all(|j| state(j) == "running"));
+    c.cli(&["sweep", "cancel", &id]);
+}

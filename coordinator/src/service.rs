@@ -37,6 +37,10 @@ impl JobService for Jobs {
     async fn submit_job(&self, r: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobResponse>, Status> {
         let who = allowed(&r, SUBMITTERS, "submit jobs")?;
         let mut spec: crate::domain::JobSpec = r.into_inner().into();
+        // a job added to an existing sweep (a sweep that grows): only by the sweep's owner
+        if let Some(first) = spec.sweep.as_ref().and_then(|s| self.0.list(&[], Some(s)).into_iter().next()) {
+            own(&who, &first, "add jobs to the sweep of")?;
+        }
         spec.owner = who.name;
         let job = self.0.submit(spec)?;
         Ok(Response::new(v1::SubmitJobResponse { job: Some(job.into()) }))
@@ -79,13 +83,24 @@ impl JobService for Jobs {
         let who = allowed(&r, SUBMITTERS, "cancel jobs")?;
         let r = r.into_inner();
         let id = JobId(r.id);
-        let job = self.0.get(&id)?;
-        if who.role != Role::Admin && job.owner != who.name {
-            let owner = if job.owner.is_empty() { "nobody recorded".to_string() } else { job.owner.clone() };
-            return Err(crate::auth::denied(format!("{} may cancel its own jobs only: job {id} belongs to {owner} (an admin may cancel any)", who.name)));
-        }
+        own(&who, &self.0.get(&id)?, "cancel")?;
         let reason = if r.reason.is_empty() { format!("cancelled by {}", who.name) } else { format!("{} (cancelled by {})", r.reason, who.name) };
         Ok(Response::new(self.0.cancel(&id, &reason)?.into()))
+    }
+
+    async fn retry_job(&self, r: Request<v1::RetryJobRequest>) -> Result<Response<v1::Job>, Status> {
+        let who = allowed(&r, SUBMITTERS, "retry jobs")?;
+        let id = JobId(r.into_inner().id);
+        own(&who, &self.0.get(&id)?, "retry")?;
+        Ok(Response::new(self.0.retry(&id)?.into()))
+    }
+
+    async fn extend_job(&self, r: Request<v1::ExtendJobRequest>) -> Result<Response<v1::Job>, Status> {
+        let who = allowed(&r, SUBMITTERS, "extend jobs")?;
+        let r = r.into_inner();
+        let id = JobId(r.id);
+        own(&who, &self.0.get(&id)?, "extend")?;
+        Ok(Response::new(self.0.extend(&id, r.config_toml)?.into()))
     }
 
     type WatchJobStream = EventStream;
@@ -285,4 +300,13 @@ impl AdminService for Admin {
         tracing::info!(by = %who.name, "token {} of {} revoked", rec.id, rec.name);
         Ok(Response::new(token_info(&rec)))
     }
+}
+
+/// Whether `who` may `what` `job`: its owner or an admin.
+fn own(who: &crate::auth::Identity, job: &crate::domain::Job, what: &str) -> Result<(), Status> {
+    if who.role == Role::Admin || job.owner == who.name {
+        return Ok(());
+    }
+    let owner = if job.owner.is_empty() { "nobody recorded".to_string() } else { job.owner.clone() };
+    Err(crate::auth::denied(format!("{} may {what} its own jobs only: job {} belongs to {owner} (an admin may {what} any)", who.name, job.id)))
 }

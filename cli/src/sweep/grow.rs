@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::local::Record;
+
 use super::spec::{Job as SweepJob, Sweep};
 
 /// What a re-run does to each of the file's jobs.
@@ -75,23 +76,41 @@ fn differences(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -
     keys.into_iter().filter(|k| old.get(*k) != new.get(*k)).map(|k| format!("{k}: {} -> {}", show(old.get(k)), show(new.get(k)))).collect()
 }
 
-/// Plans a re-run of `sweep` into `out`, whose record is `rec`; the recorded jobs' configs
-/// are read from `out/configs/<job>.toml` (written by every run), before anything changes.
-pub(super) fn plan(rec: &Record, sweep: &Sweep, out: &Path) -> anyhow::Result<Growth> {
+/// A job a sweep already has: its id in the sweep file (`muon-s1`), its coordinator job id,
+/// and the config it was given.
+pub(super) struct Existing {
+    pub(super) id: String,
+    pub(super) job: String,
+    pub(super) config_toml: String,
+}
+
+/// The jobs recorded in the `ablate run` folder `out`, with the configs every run writes to
+/// `out/configs/<id>.toml` (read before anything changes).
+pub(super) fn recorded(rec: &Record, out: &Path) -> anyhow::Result<Vec<Existing>> {
+    rec.jobs
+        .iter()
+        .map(|r| {
+            let path = out.join("configs").join(format!("{}.toml", r.id));
+            let config_toml = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e} (the folder is damaged; choose another --out)", path.display()))?;
+            Ok(Existing { id: r.id.clone(), job: r.job.clone(), config_toml })
+        })
+        .collect()
+}
+
+/// Plans growing the sweep that holds `existing` (named `place` in messages: a folder or a
+/// sweep id) into `sweep`.
+pub(super) fn plan(existing: &[Existing], sweep: &Sweep, place: &str) -> anyhow::Result<Growth> {
     let mut g = Growth::default();
     for j in &sweep.jobs {
-        let Some(r) = rec.jobs.iter().find(|r| r.id == j.id) else {
+        let Some(r) = existing.iter().find(|r| r.id == j.id) else {
             g.added.push(j.clone());
             continue;
         };
-        let path = out.join("configs").join(format!("{}.toml", j.id));
-        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e} (the folder is damaged; choose another --out)", path.display()))?;
-        let old_steps = ablate_trainer::TrainConfig::from_toml_str(&text, &path.display().to_string()).map(|c| c.train.steps).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let diff = differences(&flat(&text), &flat(&j.config.to_toml()));
+        let old_steps = r.config_toml.parse::<toml::Table>().ok().and_then(|t| t.get("train")?.get("steps")?.as_integer()).unwrap_or(0).max(0) as usize;
+        let diff = differences(&flat(&r.config_toml), &flat(&j.config.to_toml()));
         if !diff.is_empty() {
             bail!(
-                "{} already ran {} (arm {:?}, seed {}) with another config: {}. A job's config cannot change under its arm's name in the same --out: rename the arm (a new arm trains on its own), or choose another --out",
-                out.display(),
+                "{place} already ran {} (arm {:?}, seed {}) with another config: {}. A job's config cannot change under its arm's name in the same sweep: rename the arm (a new arm trains on its own), or start another sweep",
                 j.id,
                 j.arm,
                 j.seed,
@@ -100,7 +119,7 @@ pub(super) fn plan(rec: &Record, sweep: &Sweep, out: &Path) -> anyhow::Result<Gr
         }
         let new_steps = j.config.train.steps;
         if new_steps < old_steps {
-            bail!("{} ran {} for {old_steps} steps; the file now says {new_steps}: a sweep grows, it does not shrink (the table at step {new_steps}: `ablate results {} --step {new_steps}`, when it was an evaluation step)", out.display(), j.id, out.display());
+            bail!("{place} ran {} for {old_steps} steps; the file now says {new_steps}: a sweep grows, it does not shrink (the table at step {new_steps}: `ablate results {place} --step {new_steps}`, when it was an evaluation step)", j.id);
         }
         if new_steps > old_steps {
             g.extended.push((r.job.clone(), j.clone(), old_steps));

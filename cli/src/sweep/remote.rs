@@ -1,5 +1,5 @@
 //! Sweeps through a remote coordinator: `ablate sweep submit <file>` (validated and expanded
-//! here, stored there all or none), `ablate watch <sweep id>` (the live display of `ablate
+//! here, stored there all or none; what follows, `lifecycle`), `ablate watch <sweep id>` (the live display of `ablate
 //! run`), `ablate results <sweep id>`.
 
 use ablate_proto::auth::Authed;
@@ -11,6 +11,7 @@ use super::iso::Series;
 use ablate_trainer::eval::bootstrap::EvalSamples;
 use super::results;
 use std::collections::HashMap;
+use super::api::{client, sweep_jobs};
 use super::display::Display;
 use super::spec::Sweep;
 
@@ -33,16 +34,26 @@ pub struct SubmitArgs {
 pub enum SweepCmd {
     /// Submit every arm x seed of a sweep file to a coordinator.
     Submit(SubmitArgs),
+    /// Grow a submitted sweep from its file: new arms and seeds are added, a larger `steps`
+    /// extends every job from its checkpoint; a changed arm is refused.
+    Grow(super::lifecycle::GrowArgs),
+    /// Cancel every job of a sweep that has not ended.
+    Cancel(super::lifecycle::SweepIdArgs),
+    /// Queue a sweep's failed and cancelled jobs again.
+    Retry(super::lifecycle::SweepIdArgs),
+    /// The sweeps of a coordinator, with their jobs by state and their arms.
+    List(super::lifecycle::ListArgs),
 }
 
-/// A job client whose calls carry the token of the environment (`ABLATE_TOKEN`, `ABLATE_TOKEN_FILE`).
-async fn client(url: &str) -> anyhow::Result<JobServiceClient<Authed>> {
-    let token = crate::conn::token_from(None)?;
-    Ok(JobServiceClient::new(crate::conn::channel(url, token.as_deref()).await?).max_decoding_message_size(ablate_proto::MAX_MESSAGE_BYTES))
-}
 
 pub fn sweep(cmd: SweepCmd) -> anyhow::Result<()> {
-    let SweepCmd::Submit(a) = cmd;
+    let a = match cmd {
+        SweepCmd::Submit(a) => a,
+        SweepCmd::Grow(a) => return super::lifecycle::grow(a),
+        SweepCmd::Cancel(a) => return super::lifecycle::cancel(a),
+        SweepCmd::Retry(a) => return super::lifecycle::retry(a),
+        SweepCmd::List(a) => return super::lifecycle::list(a),
+    };
     let mut s = Sweep::load(&a.file)?;
     if let Some(n) = a.steps {
         anyhow::ensure!(n > 0, "--steps must be positive");
@@ -67,9 +78,6 @@ pub fn sweep(cmd: SweepCmd) -> anyhow::Result<()> {
     })
 }
 
-async fn sweep_jobs(c: &mut JobServiceClient<Authed>, id: &str) -> anyhow::Result<Vec<v1::Job>> {
-    Ok(c.get_sweep_results(v1::GetSweepResultsRequest { sweep: id.into() }).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?.into_inner().jobs)
-}
 
 /// Arms in submission order, and (arm, job) pairs.
 fn arms_of(jobs: &[v1::Job]) -> (Vec<String>, Vec<(String, v1::Job)>) {

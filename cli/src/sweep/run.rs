@@ -71,7 +71,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             if p.name != sweep.name {
                 bail!("{} holds the sweep {:?}, not {:?}; choose another --out", out.display(), p.name, sweep.name);
             }
-            Some(super::grow::plan(p, &sweep, &out)?)
+            Some(super::grow::plan(&super::grow::recorded(p, &out)?, &sweep, &out.display().to_string())?)
         }
         _ => None,
     };

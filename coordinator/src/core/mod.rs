@@ -420,8 +420,15 @@ impl Core {
     pub fn extend(&self, id: &JobId, config_toml: String) -> Result<Job, CoordinatorError> {
         let _w = self.write();
         let mut job = self.get(id)?;
+        let differ = changed_keys(&job.config_toml, &config_toml);
+        if !differ.is_empty() {
+            return Err(CoordinatorError::InvalidJob(format!("job {id} can only be extended (train.steps): its config would change at {}", differ.join(", "))));
+        }
         let spec = JobSpec { name: job.name.clone(), config_toml, world_size: job.world_size, priority: job.priority, sweep: job.sweep.clone(), arm: job.arm.clone(), baseline_arm: job.baseline_arm.clone(), owner: job.owner.clone() };
         let checked = self.new_job(spec, job.sequence)?;
+        if checked.total_steps <= job.total_steps {
+            return Err(CoordinatorError::InvalidJob(format!("job {id} has {} steps; an extension gives it more, not {}", job.total_steps, checked.total_steps)));
+        }
         job.reason = format!("extended from {} to {} steps", job.total_steps, checked.total_steps);
         job.config_toml = checked.config_toml;
         job.total_steps = checked.total_steps;
@@ -497,6 +504,31 @@ impl Core {
 /// Whether `job` is in one of `states` (any when empty) and of `sweep` (any when None).
 fn listed(job: &Job, states: &[JobState], sweep: Option<&SweepId>) -> bool {
     (states.is_empty() || states.contains(&job.state)) && (sweep.is_none() || job.sweep.as_ref() == sweep)
+}
+
+/// The dotted keys at which two TOML configs differ, the step budget and where checkpoints
+/// are shared left aside (what an extension may change).
+fn changed_keys(old: &str, new: &str) -> Vec<String> {
+    fn flat(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+        match v {
+            toml::Value::Table(t) => t.iter().for_each(|(k, v)| flat(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out)),
+            other => {
+                out.insert(prefix.to_string(), other.clone());
+            }
+        }
+    }
+    let read = |text: &str| {
+        let mut out = BTreeMap::new();
+        if let Ok(t) = text.parse::<toml::Table>() {
+            flat("", &toml::Value::Table(t), &mut out);
+        }
+        out.remove("train.steps");
+        out.remove("train.checkpoint_store");
+        out
+    };
+    let (a, b) = (read(old), read(new));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).map(|k| k.to_string()).collect()
 }
 
 /// Puts a job just written to the store into memory, with the bookkeeping that follows its
