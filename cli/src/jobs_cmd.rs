@@ -65,6 +65,13 @@ pub enum JobsCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Queue a failed or cancelled job again (its restarts start over; it resumes from its
+    /// checkpoint where one is found).
+    Retry {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// A job's metric points (step, loss, grad norm, lr, throughput, time split).
     Metrics {
         id: String,
@@ -206,6 +213,13 @@ pub fn jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                             p.step, p.loss, p.grad_norm, p.lr, p.samples_per_sec, p.data_seconds, p.compute_seconds, p.comm_seconds
                         ),
                     }
+                }
+            }
+            JobsCmd::Retry { id, conn } => {
+                let j = client(&conn).await?.retry_job(v1::RetryJobRequest { id }).await.map_err(status)?.into_inner();
+                match conn.output {
+                    Output::Json => println!("{}", job_json(&j)),
+                    Output::Text => println!("{}", line(&j)),
                 }
             }
             JobsCmd::Show { id, conn } => {

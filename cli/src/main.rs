@@ -11,6 +11,7 @@ mod eval_cmd;
 mod eval_nets;
 mod jobs_cmd;
 mod shell_cmd;
+mod store_cmd;
 mod sweep;
 mod token_cmd;
 mod train_cmd;
@@ -72,6 +73,10 @@ enum Cmd {
     /// The steps in a job's part of a checkpoint store (a folder or s3:// URL), and whether
     /// each is whole.
     Checkpoints(ckpt_cmd::CheckpointsArgs),
+    /// The coordinator's store: backup (from a running coordinator), restore (into an empty
+    /// store), inspect.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCmd),
     /// Shell completions for bash, zsh, fish, elvish or powershell, on stdout.
     Completions(shell_cmd::CompletionsArgs),
     /// The manual page (roff), on stdout or as one page per subcommand in --out.
@@ -110,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Workers(c) => jobs_cmd::workers(c),
         Cmd::Token(c) => token_cmd::token(c),
         Cmd::Checkpoints(a) => ckpt_cmd::checkpoints(a),
+        Cmd::Store(c) => store_cmd::store(c),
         Cmd::Completions(a) => shell_cmd::completions(a),
         Cmd::Man(a) => shell_cmd::man(a),
     }

@@ -279,6 +279,18 @@ fn token_info(t: &crate::auth::TokenRecord) -> v1::TokenInfo {
 
 #[tonic::async_trait]
 impl AdminService for Admin {
+    type ExportStoreStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::StoreBatch, Status>> + Send>>;
+
+    async fn export_store(&self, r: Request<v1::ExportStoreRequest>) -> Result<Response<Self::ExportStoreStream>, Status> {
+        let who = allowed(&r, ADMIN, "export the store")?;
+        let entries = self.0.export()?;
+        tracing::info!(by = %who.name, "store exported: {} keys", entries.len());
+        let total = entries.len() as u64;
+        let mut batches: Vec<Result<v1::StoreBatch, Status>> = entries.chunks(500).map(|c| Ok(v1::StoreBatch { entries: c.iter().map(|e| v1::StoreEntry { key: e.key.clone(), value: e.value.clone() }).collect(), total: 0, last: false })).collect();
+        batches.push(Ok(v1::StoreBatch { entries: vec![], total, last: true }));
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
     async fn create_token(&self, r: Request<v1::CreateTokenRequest>) -> Result<Response<v1::CreateTokenResponse>, Status> {
         let who = allowed(&r, ADMIN, "create tokens")?;
         let r = r.into_inner();

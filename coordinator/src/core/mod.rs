@@ -412,6 +412,12 @@ impl Core {
         self.get(id)
     }
 
+    /// Every key of the store as one snapshot (the backends read a range in one transaction
+    /// or at one revision); taken without the coordinator's locks.
+    pub fn export(&self) -> Result<Vec<crate::store::Entry>, CoordinatorError> {
+        Ok(self.store.range("")?)
+    }
+
     /// Gives a job a new config, checked like a submission, in which only the step budget may
     /// differ (the caller, `ablate run` growing a sweep, compares the rest), and queues it
     /// again: a finished job trains on from its last checkpoint to the new budget; a placed
