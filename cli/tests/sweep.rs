@@ -122,3 +122,37 @@ fn a_killed_sweep_resumes_without_redoing_work() {
     let refused = run().output().unwrap();
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("does not shrink"));
 }
+
+/// `ablate results A B`: a second sweep whose baseline is the first's run (seed aside) joins
+/// its table: its arms are compared with the first sweep's baseline, its own baseline shows
+/// as an A/A row; a sweep with another recipe is refused, naming the key.
+#[test]
+fn results_join_sweeps_whose_baselines_are_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |name: &str, batch: u32, arm: &str, overrides: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, format!("name = \"{name}\"\nsteps = 6\n[baseline]\ntrain = {{ batch_size = {batch} }}\nsample = {{ count = 1, steps = 1 }}\neval = {{ samples = 8, sampler_steps = 2 }}\n[[arm]]\nname = \"{arm}\"\noverrides = {{ {overrides} }}\n")).unwrap();
+        let out = dir.path().join(name);
+        let r = Command::new(BIN).args(["run", file.to_str().unwrap(), "--workers", "2", "--out", out.to_str().unwrap()]).output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        out
+    };
+    let a = sweep("first", 2, "muon", "\"optim.kind\" = \"muon\"");
+    let b = sweep("later", 2, "ema", "\"optim.ema_decay\" = 0.99");
+    let joined = Command::new(BIN).args(["results", a.to_str().unwrap(), b.to_str().unwrap(), "--format", "json"]).output().unwrap();
+    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&joined.stdout).unwrap();
+    let arms: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["arm"].as_str().unwrap()).collect();
+    assert_eq!(arms, ["baseline", "muon", "baseline (later)", "ema"]);
+    for r in &rows.as_array().unwrap()[1..] {
+        assert!(r["delta_vs_baseline"]["fd_scenes"].as_f64().is_some(), "compared with the first sweep's baseline: {r}");
+    }
+    assert!(rows[3]["job_ids"][0].as_str().unwrap().starts_with("later:"), "{}", rows[3]);
+    let table = Command::new(BIN).args(["results", a.to_str().unwrap(), b.to_str().unwrap()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).starts_with("joined: first + later"));
+    // another recipe: refused, naming what differs
+    let c = sweep("other", 4, "ema", "\"optim.ema_decay\" = 0.99");
+    let refused = Command::new(BIN).args(["results", a.to_str().unwrap(), c.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("train.batch_size: 2 -> 4"), "{err}");
+}

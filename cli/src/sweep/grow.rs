@@ -47,6 +47,14 @@ impl Growth {
 
 /// A job's config as a flat map of dotted keys to values, without its step budget.
 fn flat(toml_text: &str) -> BTreeMap<String, String> {
+    let mut out = flat_all(toml_text);
+    out.remove("train.steps");
+    out
+}
+
+/// A config as a flat map of dotted keys to values, where checkpoints are shared left out
+/// (no part of what a job computes).
+fn flat_all(toml_text: &str) -> BTreeMap<String, String> {
     fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
         match v {
             toml::Value::Table(t) => {
@@ -63,10 +71,19 @@ fn flat(toml_text: &str) -> BTreeMap<String, String> {
     if let Ok(v) = toml_text.parse::<toml::Table>() {
         walk("", &toml::Value::Table(v), &mut out);
     }
-    out.remove("train.steps");
-    // where checkpoints are shared is no part of what the job computes
     out.remove("train.checkpoint_store");
     out
+}
+
+/// How two runs' recipes differ (`key: a -> b`), their seeds and names aside: whether two
+/// sweeps' baselines are the same run but for the seed.
+pub(super) fn recipe_differences(a: &str, b: &str) -> Vec<String> {
+    let strip = |mut m: BTreeMap<String, String>| {
+        m.remove("seed");
+        m.remove("name");
+        m
+    };
+    differences(&strip(flat_all(a)), &strip(flat_all(b)))
 }
 
 /// The keys whose values differ, as `key: old -> new`.

@@ -7,6 +7,7 @@ pub mod data;
 pub mod display;
 pub mod grow;
 pub mod iso;
+pub mod joined;
 pub mod lifecycle;
 pub mod local;
 pub mod remote;

@@ -39,8 +39,11 @@ pub struct RunArgs {
 
 #[derive(clap::Args)]
 pub struct ResultsArgs {
-    /// The --out folder of `ablate run`, or a sweep id (s000001) of --coordinator.
-    dir: PathBuf,
+    /// The --out folder of `ablate run`, or a sweep id (s000001) of --coordinator. Several:
+    /// one table, the first sweep's baseline the reference (the others' baselines must be
+    /// its run but for the seed).
+    #[arg(required = true, num_args = 1..)]
+    dirs: Vec<PathBuf>,
     #[arg(long, default_value = "table", value_parser = ["table", "markdown", "csv", "json"])]
     format: String,
     /// Where to look up a sweep id.
@@ -250,22 +253,26 @@ fn report(core: &Core, out: &Path, rec: &Record, jobs: &[(String, v1::Job)]) -> 
 }
 
 pub fn results_cmd(a: ResultsArgs) -> anyhow::Result<()> {
-    if !a.dir.exists() {
-        let id = a.dir.display().to_string();
+    if a.dirs.len() > 1 {
+        return super::joined::results(&a.dirs, &a.coordinator, &a.format, a.step);
+    }
+    let dir = &a.dirs[0];
+    if !dir.exists() {
+        let id = dir.display().to_string();
         anyhow::ensure!(super::remote::is_sweep_id(&id), "{id} is neither a folder of `ablate run` nor a sweep id (s000001)");
         return super::remote::results(&id, &a.coordinator, &a.format, a.step);
     }
-    let rec = read_record(&a.dir)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", a.dir.display()))?;
-    let core = open_state(&a.dir)?;
-    let jobs = jobs_of(&core, &a.dir, &rec)?;
-    let series = local_series(&core, &a.dir, &jobs)?;
+    let rec = read_record(dir)?.with_context(|| format!("{} holds no sweep (no sweep.json): pass the --out folder of `ablate run`", dir.display()))?;
+    let core = open_state(dir)?;
+    let jobs = jobs_of(&core, dir, &rec)?;
+    let series = local_series(&core, dir, &jobs)?;
     if let Some(step) = a.step {
         let jobs = results::at_step(&jobs, &series, step)?;
         let mut rows = results::rows(&rec.arms, &jobs);
         results::add_intervals(&mut rows, &jobs, &|_| None);
         return results::print(&rows, &jobs, &a.format);
     }
-    let rows = local_rows(&a.dir, &rec, &jobs, &series);
+    let rows = local_rows(dir, &rec, &jobs, &series);
     results::print(&rows, &jobs, &a.format)
 }
 
