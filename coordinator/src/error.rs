@@ -33,6 +33,8 @@ pub enum CoordinatorError {
     Auth(#[from] crate::auth::AuthError),
     #[error("run directory {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("the store is at schema version {found}, newer than this coordinator's {supported}: run the newer ablate (this one would not understand what it stores); nothing was changed")]
+    Schema { found: String, supported: u64 },
 }
 
 impl From<CoordinatorError> for tonic::Status {
@@ -44,7 +46,7 @@ impl From<CoordinatorError> for tonic::Status {
             InvalidJob(_) | BadRequest(_) => tonic::Status::invalid_argument(msg),
             WrongState { .. } | Protocol { .. } | StaleGeneration { .. } | Rendezvous { .. } => tonic::Status::failed_precondition(msg),
             RendezvousTimeout { .. } => tonic::Status::deadline_exceeded(msg),
-            Store(_) | Io { .. } => tonic::Status::internal(msg),
+            Store(_) | Io { .. } | Schema { .. } => tonic::Status::internal(msg),
             Auth(e) => e.into(),
             NotPlaced(_) => crate::auth::denied(msg),
         }

@@ -223,3 +223,28 @@ fn memory_store_limit_is_reported() {
     assert!(e.contains("3 operations") && e.contains("at most 2"), "{e}");
     assert_eq!(s.revision().unwrap(), 0);
 }
+
+/// The store carries its schema version: the first coordinator stamps it (a store from before
+/// versions included, its jobs kept), and one from a newer version is refused untouched.
+#[test]
+fn the_store_schema_is_stamped_and_a_newer_one_refused_untouched() {
+    use ablate_coordinator::store::{memory::MemoryStore, Kv};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || ablate_coordinator::Options { runs_dir: dir.path().to_path_buf(), ..Default::default() };
+    let kv: Arc<dyn Kv> = Arc::new(MemoryStore::default());
+    let core = ablate_coordinator::Core::open(kv.clone(), opts()).unwrap();
+    core.submit(ablate_coordinator::domain::JobSpec { config_toml: "[train]\nsteps = 1\n".into(), world_size: 1, ..Default::default() }).unwrap();
+    drop(core);
+    assert_eq!(kv.get("meta/schema").unwrap().unwrap().value, ablate_coordinator::core::STORE_SCHEMA.to_string().into_bytes());
+    // a store from before versions: stamped, its job kept
+    kv.delete("meta/schema").unwrap();
+    assert_eq!(ablate_coordinator::Core::open(kv.clone(), opts()).unwrap().list(&[], None).len(), 1);
+    assert!(kv.get("meta/schema").unwrap().is_some());
+    // a newer schema: refused, nothing written
+    kv.put("meta/schema", b"99").unwrap();
+    let revision = kv.revision().unwrap();
+    let e = ablate_coordinator::Core::open(kv.clone(), opts()).err().expect("a newer schema is refused").to_string();
+    assert!(e.contains("schema version 99, newer than this coordinator's 1"), "{e}");
+    assert_eq!(kv.revision().unwrap(), revision, "nothing was written");
+}

@@ -7,7 +7,7 @@
 //!   Credentials come from the usual environment (`AWS_ACCESS_KEY_ID`,
 //!   `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or the instance's role), never from the
 //!   spec, which shows in process lists; `endpoint` and `region` may come from
-//!   `AWS_ENDPOINT` and `AWS_REGION` too. A plain-http endpoint is allowed only on a
+//!   `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`) and `AWS_REGION` too. A plain-http endpoint is allowed only on a
 //!   loopback address.
 //!
 //! Each job gets its own prefix (`<spec>/<job>`: [`for_job`]). Files go up in 8 MiB parts,
@@ -80,7 +80,7 @@ impl S3 {
             return Err(err("names no bucket (s3://bucket/prefix)".into()));
         }
         let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-        let mut endpoint = std::env::var("AWS_ENDPOINT").ok();
+        let mut endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
         for kv in query.split('&').filter(|kv| !kv.is_empty()) {
             match kv.split_once('=') {
                 Some(("endpoint", v)) => endpoint = Some(v.to_string()),

@@ -168,11 +168,35 @@ const JOBS: &str = "jobs/";
 const DRAINED: &str = "drained/";
 /// The start of the reason of a queued gang too large for the live workers.
 const WAITING: &str = "waiting: ";
+/// The store's schema version, written by the first coordinator that opens it.
+const SCHEMA: &str = "meta/schema";
+/// The schema this coordinator reads and writes. A store without the key predates versions
+/// (its layout is version 1's).
+pub const STORE_SCHEMA: u64 = 1;
+
+/// Brings the store to [`STORE_SCHEMA`] before anything is read: a store without a version
+/// is stamped (its layout is version 1's); one newer than this coordinator is refused
+/// untouched, so an older binary never writes what a newer one stores in a form it does not
+/// know. (Migrations from one version to the next go here, each in one transaction that also
+/// moves the version, when a layout changes.)
+fn migrate(store: &dyn Kv) -> Result<(), CoordinatorError> {
+    let found = store.get(SCHEMA)?.map(|e| String::from_utf8_lossy(&e.value).trim().to_string());
+    match found.as_deref().map(str::parse::<u64>) {
+        None => {
+            // create-if-absent: two coordinators starting at once stamp it once
+            store.txn(&[Compare::Exists(SCHEMA.into(), false)], &[Op::Put(SCHEMA.into(), STORE_SCHEMA.to_string().into_bytes())], &[])?;
+            Ok(())
+        }
+        Some(Ok(v)) if v <= STORE_SCHEMA => Ok(()),
+        _ => Err(CoordinatorError::Schema { found: found.unwrap_or_default(), supported: STORE_SCHEMA }),
+    }
+}
 
 impl Core {
     /// Loads every stored job: queued ones stay queued, placed ones wait for their workers
     /// to re-attach through heartbeats.
     pub fn open(store: Arc<dyn Kv>, opts: Options) -> Result<Self, CoordinatorError> {
+        migrate(store.as_ref())?;
         let mut jobs = BTreeMap::new();
         for e in store.range(JOBS)? {
             let job = crate::wire::decode_job(&e.key, &e.value)?;
