@@ -335,17 +335,22 @@ pub enum WorkersAction {
     Drain { id: String },
     /// End a drain: the worker takes ranks again.
     Undrain { id: String },
+    /// Cordon a worker: nothing new is placed on it; its running ranks go on to their end.
+    Cordon { id: String },
+    /// End a cordon: the worker takes ranks again.
+    Uncordon { id: String },
 }
 
 fn print_worker(w: v1::WorkerInfo, output: Output) {
     let r = w.registration.unwrap_or_default();
-    let state = match (w.alive, w.drained || r.draining) {
-        (false, _) => "lost",
-        (true, true) => "draining",
-        (true, false) => "alive",
+    let state = match (w.alive, w.drained || r.draining, w.cordoned) {
+        (false, _, _) => "lost",
+        (true, true, _) => "draining",
+        (true, false, true) => "cordoned",
+        (true, false, false) => "alive",
     };
     match output {
-        Output::Json => println!("{}", json!({"id": r.worker_id, "host": r.host, "slots": r.devices.len(), "busy": w.busy_slots, "alive": w.alive, "drained": w.drained, "draining": r.draining, "last_heartbeat_ms_ago": w.last_heartbeat_ms_ago})),
+        Output::Json => println!("{}", json!({"id": r.worker_id, "host": r.host, "slots": r.devices.len(), "busy": w.busy_slots, "alive": w.alive, "drained": w.drained, "cordoned": w.cordoned, "draining": r.draining, "last_heartbeat_ms_ago": w.last_heartbeat_ms_ago})),
         Output::Text => println!("{:<24} {:<16} {} slot(s), {} busy, {state} ({} ms ago)", r.worker_id, r.host, r.devices.len(), w.busy_slots, w.last_heartbeat_ms_ago),
     }
 }
@@ -359,8 +364,10 @@ pub fn workers(a: WorkersArgs) -> anyhow::Result<()> {
                     print_worker(w, a.conn.output);
                 }
             }
-            Some(WorkersAction::Drain { id }) => print_worker(c.drain_worker(v1::DrainWorkerRequest { worker_id: id, undo: false }).await.map_err(status)?.into_inner(), a.conn.output),
-            Some(WorkersAction::Undrain { id }) => print_worker(c.drain_worker(v1::DrainWorkerRequest { worker_id: id, undo: true }).await.map_err(status)?.into_inner(), a.conn.output),
+            Some(WorkersAction::Drain { id }) => print_worker(c.drain_worker(v1::DrainWorkerRequest { worker_id: id, undo: false, cordon: false }).await.map_err(status)?.into_inner(), a.conn.output),
+            Some(WorkersAction::Undrain { id }) => print_worker(c.drain_worker(v1::DrainWorkerRequest { worker_id: id, undo: true, cordon: false }).await.map_err(status)?.into_inner(), a.conn.output),
+            Some(WorkersAction::Cordon { id }) => print_worker(c.drain_worker(v1::DrainWorkerRequest { worker_id: id, undo: false, cordon: true }).await.map_err(status)?.into_inner(), a.conn.output),
+            Some(WorkersAction::Uncordon { id }) => print_worker(c.drain_worker(v1::DrainWorkerRequest { worker_id: id, undo: true, cordon: true }).await.map_err(status)?.into_inner(), a.conn.output),
         }
         Ok(())
     })

@@ -92,7 +92,7 @@ async fn attempt(t: &Target, token: Option<&str>, rpc: Rpc) -> Result<(), tonic:
         GetLogs => jobs.get_logs(v1::GetLogsRequest { id: job, from_line: 0 }).await.map(|_| ()),
         GetEvalSamples => jobs.get_eval_samples(v1::GetEvalSamplesRequest { id: job }).await.map(|_| ()),
         ListWorkers => jobs.list_workers(v1::ListWorkersRequest {}).await.map(|_| ()),
-        DrainWorker => jobs.drain_worker(v1::DrainWorkerRequest { worker_id: "w2".into(), undo: true }).await.map(|_| ()),
+        DrainWorker => jobs.drain_worker(v1::DrainWorkerRequest { worker_id: "w2".into(), undo: true, cordon: false }).await.map(|_| ()),
         Register => workers.register(v1::RegisterRequest { registration: Some(reg(&t.worker)) }).await.map(|_| ()),
         Heartbeat => workers.heartbeat(v1::HeartbeatRequest { registration: Some(reg(&t.worker)), running: vec![] }).await.map(|_| ()),
         RendezvousPublish => workers.rendezvous_publish(v1::RendezvousPublishRequest { job_id: job, generation: 1, rank: 1, address: "127.0.0.1:9".into(), params_hash: "h".into() }).await.map(|_| ()),

@@ -143,6 +143,8 @@ pub struct WorkerStatus {
     pub busy_slots: u32,
     /// Drained by an operator: nothing new is placed on it.
     pub drained: bool,
+    /// Cordoned by an operator: nothing new is placed on it; its ranks go on.
+    pub cordoned: bool,
 }
 
 /// Where one rank of a placed job runs.

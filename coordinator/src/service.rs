@@ -175,7 +175,8 @@ impl JobService for Jobs {
     async fn drain_worker(&self, r: Request<v1::DrainWorkerRequest>) -> Result<Response<v1::WorkerInfo>, Status> {
         allowed(&r, ADMIN, "drain workers")?;
         let r = r.into_inner();
-        let w = self.0.drain(&crate::domain::WorkerId(r.worker_id), r.undo)?;
+        let id = crate::domain::WorkerId(r.worker_id);
+        let w = if r.cordon { self.0.cordon(&id, r.undo)? } else { self.0.drain(&id, r.undo)? };
         Ok(Response::new((&w).into()))
     }
 

@@ -236,7 +236,7 @@ impl From<&Worker> for v1::Registration {
 
 impl From<&WorkerStatus> for v1::WorkerInfo {
     fn from(w: &WorkerStatus) -> Self {
-        v1::WorkerInfo { registration: Some(v1::Registration::from(&w.worker)), alive: w.alive, last_heartbeat_ms_ago: w.last_heartbeat_ms_ago, busy_slots: w.busy_slots, drained: w.drained }
+        v1::WorkerInfo { registration: Some(v1::Registration::from(&w.worker)), alive: w.alive, last_heartbeat_ms_ago: w.last_heartbeat_ms_ago, busy_slots: w.busy_slots, drained: w.drained, cordoned: w.cordoned }
     }
 }
 

@@ -442,9 +442,9 @@ async fn a_drained_worker_gets_nothing_new_until_undrained() {
     let (mut w, mut j) = (c.workers().await, c.jobs().await);
     let drain_flag = async |w: &mut Fleet, id: &str| w.of(id).await.heartbeat(v1::HeartbeatRequest { registration: Some(reg(id, 1)), running: vec![] }).await.unwrap().into_inner().drain;
     assert!(!drain_flag(&mut w, "a").await && !drain_flag(&mut w, "b").await);
-    let e = j.drain_worker(v1::DrainWorkerRequest { worker_id: "zz".into(), undo: false }).await.unwrap_err();
+    let e = j.drain_worker(v1::DrainWorkerRequest { worker_id: "zz".into(), undo: false, cordon: false }).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "no worker \"zz\" has registered (known: a, b)"));
-    let info = j.drain_worker(v1::DrainWorkerRequest { worker_id: "a".into(), undo: false }).await.unwrap().into_inner();
+    let info = j.drain_worker(v1::DrainWorkerRequest { worker_id: "a".into(), undo: false, cordon: false }).await.unwrap().into_inner();
     assert!(info.drained);
     assert!(drain_flag(&mut w, "a").await, "the drained worker is told to stop its ranks");
     let job = submit(&mut j, 1).await;
@@ -460,7 +460,7 @@ async fn a_drained_worker_gets_nothing_new_until_undrained() {
     let c = start(&store, dir.path(), 5000, port).await;
     let (mut w, mut j) = (c.workers().await, c.jobs().await);
     assert!(drain_flag(&mut w, "a").await, "a restart keeps the drain");
-    let info = j.drain_worker(v1::DrainWorkerRequest { worker_id: "a".into(), undo: true }).await.unwrap().into_inner();
+    let info = j.drain_worker(v1::DrainWorkerRequest { worker_id: "a".into(), undo: true, cordon: false }).await.unwrap().into_inner();
     assert!(!info.drained);
     assert!(!drain_flag(&mut w, "a").await);
     wait_for(15, async || {
@@ -469,5 +469,59 @@ async fn a_drained_worker_gets_nothing_new_until_undrained() {
     })
     .await;
     assert_eq!(state(&mut j, &second.id).await.placement[0].worker_id, "a");
+    c.shutdown().await;
+}
+
+/// A cordoned worker keeps its running ranks (its heartbeat answer asks for no stop) but
+/// gets nothing new; the cordon survives a restart and ends with uncordon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordoned_worker_keeps_its_ranks_and_gets_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("c.redb").display().to_string();
+    let c = start(&store, dir.path(), 5000, 0).await;
+    let port: u16 = c.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    // a job on a (the only worker yet), running
+    beat(&mut w, "a", 1, vec![]).await;
+    let first = submit(&mut j, 1).await;
+    let mut on_a = Vec::new();
+    wait_for(10, async || {
+        on_a = beat(&mut w, "a", 1, vec![]).await;
+        !on_a.is_empty()
+    })
+    .await;
+    let running = vec![v1::RunningRank { job_id: first.id.clone(), generation: on_a[0].generation, rank: 0, pid: 4242, step: 3 }];
+    beat(&mut w, "a", 1, running.clone()).await;
+    beat(&mut w, "b", 1, vec![]).await;
+    let info = j.drain_worker(v1::DrainWorkerRequest { worker_id: "a".into(), undo: false, cordon: true }).await.unwrap().into_inner();
+    assert!(info.cordoned && !info.drained, "{info:?}");
+    let answer = w.of("a").await.heartbeat(v1::HeartbeatRequest { registration: Some(reg("a", 1)), running: running.clone() }).await.unwrap().into_inner();
+    assert!(!answer.drain && answer.assignments.iter().any(|x| x.job_id == first.id), "a cordon stops nothing: {answer:?}");
+    // b is free: the next job goes there; a third waits (a is cordoned, not full)
+    let second = submit(&mut j, 1).await;
+    wait_for(5, async || state(&mut j, &second.id).await.state() == JobState::Scheduled).await;
+    assert_eq!(state(&mut j, &second.id).await.placement[0].worker_id, "b");
+    let third = submit(&mut j, 1).await;
+    beat(&mut w, "a", 1, running.clone()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(state(&mut j, &third.id).await.state(), JobState::Queued);
+    c.shutdown().await;
+    // kept across a restart, then ended
+    let c = start(&store, dir.path(), 5000, port).await;
+    let (mut w, mut j) = (c.workers().await, c.jobs().await);
+    beat(&mut w, "a", 1, running.clone()).await;
+    let listed = j.list_workers(v1::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    assert!(listed.iter().any(|x| x.registration.as_ref().unwrap().worker_id == "a" && x.cordoned), "{listed:?}");
+    j.drain_worker(v1::DrainWorkerRequest { worker_id: "a".into(), undo: false, cordon: true }).await.unwrap();
+    let info = j.drain_worker(v1::DrainWorkerRequest { worker_id: "a".into(), undo: true, cordon: true }).await.unwrap().into_inner();
+    assert!(!info.cordoned);
+    // the first job ends, a is free and uncordoned: the third lands there
+    w.of("a").await.report_completion(v1::ReportCompletionRequest { worker_id: "a".into(), job_id: first.id.clone(), generation: running[0].generation, rank: 0, success: true, ..Default::default() }).await.unwrap();
+    wait_for(15, async || {
+        beat(&mut w, "a", 1, vec![]).await;
+        state(&mut j, &third.id).await.state() == JobState::Scheduled
+    })
+    .await;
+    assert_eq!(state(&mut j, &third.id).await.placement[0].worker_id, "a");
     c.shutdown().await;
 }

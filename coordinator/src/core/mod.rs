@@ -135,6 +135,8 @@ struct Inner {
     placed_at: HashMap<JobId, Instant>,
     /// Workers an operator drained (kept in the store under `drained/`).
     drained: std::collections::BTreeSet<WorkerId>,
+    /// Workers an operator cordoned (kept under `cordoned/`): no new placements.
+    cordoned: std::collections::BTreeSet<WorkerId>,
     /// Every worker this coordinator placed a rank of each job on (its late reports are
     /// still the job's; anyone else's are refused).
     ran_on: HashMap<JobId, std::collections::BTreeSet<WorkerId>>,
@@ -166,6 +168,7 @@ fn now_ms() -> u64 {
 
 const JOBS: &str = "jobs/";
 const DRAINED: &str = "drained/";
+const CORDONED: &str = "cordoned/";
 /// The start of the reason of a queued gang too large for the live workers.
 const WAITING: &str = "waiting: ";
 /// The store's schema version, written by the first coordinator that opens it.
@@ -205,6 +208,7 @@ impl Core {
         let next_sequence = jobs.values().map(|j| j.sequence).max().unwrap_or(0) + 1;
         let queued_at = jobs.values().filter(|j| j.state == JobState::Queued).map(|j| (j.id.clone(), Instant::now())).collect();
         let drained = store.range(DRAINED)?.into_iter().map(|e| WorkerId(e.key[DRAINED.len()..].to_string())).collect();
+        let cordoned = store.range(CORDONED)?.into_iter().map(|e| WorkerId(e.key[CORDONED.len()..].to_string())).collect();
         let (events, _) = tokio::sync::broadcast::channel(4096);
         let auth = Arc::new(Auth::open(store.clone())?);
         Ok(Self {
@@ -213,7 +217,7 @@ impl Core {
             runs: Runs::new(opts.runs_dir.clone()),
             opts,
             writer: Mutex::new(()),
-            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at, placed_at: HashMap::new(), drained, ran_on: HashMap::new(), log_rate: HashMap::new() }),
+            inner: Mutex::new(Inner { jobs, next_sequence, workers: BTreeMap::new(), rendezvous: HashMap::new(), queued_at, placed_at: HashMap::new(), drained, cordoned, ran_on: HashMap::new(), log_rate: HashMap::new() }),
             started: Instant::now(),
             events,
             rendezvous_changed: tokio::sync::Notify::new(),
@@ -501,7 +505,7 @@ impl Core {
             .values()
             .map(|w| {
                 let busy_slots = busy.iter().filter(|(wid, _)| *wid == w.reg.id).count() as u32;
-                WorkerStatus { worker: w.reg.clone(), alive: w.alive, last_heartbeat_ms_ago: w.last_seen.elapsed().as_millis() as u64, busy_slots, drained: g.drained.contains(&w.reg.id) }
+                WorkerStatus { worker: w.reg.clone(), alive: w.alive, last_heartbeat_ms_ago: w.last_seen.elapsed().as_millis() as u64, busy_slots, drained: g.drained.contains(&w.reg.id), cordoned: g.cordoned.contains(&w.reg.id) }
             })
             .collect()
     }
@@ -510,6 +514,18 @@ impl Core {
     /// heartbeat tells it to stop its ranks gracefully. Stored first, so a coordinator restart
     /// keeps it.
     pub fn drain(&self, id: &WorkerId, undo: bool) -> Result<WorkerStatus, CoordinatorError> {
+        self.mark(id, DRAINED, !undo, b"drained by an operator", |g| &mut g.drained)
+    }
+
+    /// Cordons a worker (`undo`: uncordons it): nothing new is placed on it, its running
+    /// ranks go on (maintenance that waits for the jobs to end). Stored first, like a drain.
+    pub fn cordon(&self, id: &WorkerId, undo: bool) -> Result<WorkerStatus, CoordinatorError> {
+        self.mark(id, CORDONED, !undo, b"cordoned by an operator", |g| &mut g.cordoned)
+    }
+
+    /// Sets (`on`) or clears a registered worker's operator mark under `prefix` in the store,
+    /// then in memory.
+    fn mark(&self, id: &WorkerId, prefix: &str, on: bool, why: &[u8], set: impl Fn(&mut Inner) -> &mut std::collections::BTreeSet<WorkerId>) -> Result<WorkerStatus, CoordinatorError> {
         let _w = self.write();
         {
             let g = self.lock();
@@ -518,17 +534,16 @@ impl Core {
                 return Err(CoordinatorError::NoWorker(id.to_string(), if known.is_empty() { "none".into() } else { known.join(", ") }));
             }
         }
-        let key = format!("{DRAINED}{id}");
-        if undo {
-            self.store.delete(&key)?;
-            self.lock().drained.remove(id);
+        let key = format!("{prefix}{id}");
+        if on {
+            self.store.put(&key, why)?;
+            set(&mut self.lock()).insert(id.clone());
         } else {
-            self.store.put(&key, b"drained by an operator")?;
-            self.lock().drained.insert(id.clone());
+            self.store.delete(&key)?;
+            set(&mut self.lock()).remove(id);
         }
         Ok(self.workers().into_iter().find(|w| &w.worker.id == id).expect("checked above"))
     }
-
 }
 
 /// Whether `job` is in one of `states` (any when empty) and of `sweep` (any when None).

@@ -70,8 +70,8 @@ fn tick_plan(g: &mut Inner, opts: &Options, grace_over: bool) -> Vec<Job> {
     // place queued jobs on the free slots of live workers (as the jobs stand after the above)
     let busy = busy_slots(g.jobs.values().map(|j| work.get(&j.id).unwrap_or(j)));
     let mut slots = Vec::new();
-    // a draining worker (preemption, or drained by an operator) takes nothing new
-    let open = |w: &WorkerEntry| w.alive && !w.reg.draining && !g.drained.contains(&w.reg.id);
+    // a draining worker (preemption, or drained by an operator) or a cordoned one takes nothing new
+    let open = |w: &WorkerEntry| w.alive && !w.reg.draining && !g.drained.contains(&w.reg.id) && !g.cordoned.contains(&w.reg.id);
     for w in g.workers.values().filter(|w| open(w)) {
         let mut by_kind: BTreeMap<DeviceKind, Vec<u32>> = BTreeMap::new();
         for d in &w.reg.devices {
@@ -127,7 +127,7 @@ fn tick_plan(g: &mut Inner, opts: &Options, grace_over: bool) -> Vec<Job> {
 fn cluster_gauges(g: &Inner) -> crate::metrics::ClusterGauges {
     let busy = busy_slots(g.jobs.values());
     let mut slots: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
-    for w in g.workers.values().filter(|w| w.alive && !w.reg.draining && !g.drained.contains(&w.reg.id)) {
+    for w in g.workers.values().filter(|w| w.alive && !w.reg.draining && !g.drained.contains(&w.reg.id) && !g.cordoned.contains(&w.reg.id)) {
         for d in &w.reg.devices {
             let e = slots.entry(d.kind.label()).or_default();
             e.0 += 1;
