@@ -20,6 +20,8 @@ enum Rpc {
     GetJob,
     ListJobs,
     CancelJob,
+    RetryJob,
+    ExtendJob,
     WatchJob,
     GetMetrics,
     GetLogs,
@@ -36,13 +38,14 @@ enum Rpc {
     CreateToken,
     ListTokens,
     RevokeToken,
+    ExportStore,
 }
 
 use Rpc::*;
 
-const JOB_RPCS: [Rpc; 12] = [SubmitJob, SubmitSweep, GetSweepResults, GetJob, ListJobs, CancelJob, WatchJob, GetMetrics, GetLogs, GetEvalSamples, ListWorkers, DrainWorker];
+const JOB_RPCS: [Rpc; 14] = [SubmitJob, SubmitSweep, GetSweepResults, GetJob, ListJobs, CancelJob, RetryJob, ExtendJob, WatchJob, GetMetrics, GetLogs, GetEvalSamples, ListWorkers, DrainWorker];
 const WORKER_RPCS: [Rpc; 7] = [Register, Heartbeat, RendezvousPublish, RendezvousFetch, ReportMetrics, ReportCheckpoint, ReportCompletion];
-const ADMIN_RPCS: [Rpc; 3] = [CreateToken, ListTokens, RevokeToken];
+const ADMIN_RPCS: [Rpc; 4] = [CreateToken, ListTokens, RevokeToken, ExportStore];
 
 fn all() -> Vec<Rpc> {
     JOB_RPCS.iter().chain(&WORKER_RPCS).chain(&ADMIN_RPCS).copied().collect()
@@ -87,6 +90,8 @@ async fn attempt(t: &Target, token: Option<&str>, rpc: Rpc) -> Result<(), tonic:
         GetJob => jobs.get_job(v1::GetJobRequest { id: job }).await.map(|_| ()),
         ListJobs => jobs.list_jobs(v1::ListJobsRequest::default()).await.map(|_| ()),
         CancelJob => jobs.cancel_job(v1::CancelJobRequest { id: job, reason: String::new() }).await.map(|_| ()),
+        RetryJob => jobs.retry_job(v1::RetryJobRequest { id: job }).await.map(|_| ()),
+        ExtendJob => jobs.extend_job(v1::ExtendJobRequest { id: job, config_toml: cfg }).await.map(|_| ()),
         WatchJob => jobs.watch_job(v1::WatchJobRequest { id: job }).await.map(|_| ()),
         GetMetrics => jobs.get_metrics(v1::GetMetricsRequest { id: job, from_step: 0 }).await.map(|_| ()),
         GetLogs => jobs.get_logs(v1::GetLogsRequest { id: job, from_line: 0 }).await.map(|_| ()),
@@ -104,6 +109,7 @@ async fn attempt(t: &Target, token: Option<&str>, rpc: Rpc) -> Result<(), tonic:
         CreateToken => admin.create_token(v1::CreateTokenRequest { name: "newbie".into(), role: "viewer".into(), worker_id: String::new() }).await.map(|_| ()),
         ListTokens => admin.list_tokens(v1::ListTokensRequest {}).await.map(|_| ()),
         RevokeToken => admin.revoke_token(v1::RevokeTokenRequest { id: t.revoke.clone() }).await.map(|_| ()),
+        ExportStore => admin.export_store(v1::ExportStoreRequest {}).await.map(|_| ()),
     };
     match r {
         Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) => Err(s),
@@ -169,8 +175,8 @@ async fn every_call_without_the_right_identity_is_refused() {
         ("a malformed token", Some("ablt_nonsense"), all(), &as_w1),
         ("a forged secret on a real token id", Some(&forged), all(), &as_w1),
         ("a revoked admin token", Some(&revoked), all(), &as_w1),
-        ("a viewer", Some(&viewer), [SubmitJob, SubmitSweep, CancelJob, DrainWorker].into_iter().chain(WORKER_RPCS).chain(ADMIN_RPCS).collect(), &as_w1),
-        ("another researcher (bob on ana's job)", Some(&bob), [CancelJob, DrainWorker].into_iter().chain(WORKER_RPCS).chain(ADMIN_RPCS).collect(), &as_w1),
+        ("a viewer", Some(&viewer), [SubmitJob, SubmitSweep, CancelJob, RetryJob, ExtendJob, DrainWorker].into_iter().chain(WORKER_RPCS).chain(ADMIN_RPCS).collect(), &as_w1),
+        ("another researcher (bob on ana's job)", Some(&bob), [CancelJob, RetryJob, ExtendJob, DrainWorker].into_iter().chain(WORKER_RPCS).chain(ADMIN_RPCS).collect(), &as_w1),
         ("a worker token on the user services", Some(&w1), jobs_and_admin, &as_w1),
         ("an admin token on the worker service", Some(&admin), WORKER_RPCS.to_vec(), &as_w1),
     ];
