@@ -96,11 +96,38 @@ pub struct TrainSection {
     /// (the job publishes under `<store>/<job>/`; docs/distributed.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_store: Option<String>,
+    /// Samples per optimizer step over all ranks (0: `batch_size` per rank, so world size x
+    /// `batch_size`); set, each rank trains on `global_batch / world size` of them, so a
+    /// study's batch does not depend on how many GPUs it got.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub global_batch: usize,
+    /// Samples per forward and backward pass on a rank (0: the rank's whole batch at once). A
+    /// larger rank batch is accumulated over passes of this size, with one gradient exchange
+    /// and one optimizer step: activation memory follows the micro-batch, the update the batch.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub micro_batch: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+impl TrainSection {
+    /// The samples one rank of `world` trains on per step.
+    pub fn rank_batch(&self, world: usize) -> Result<usize, ConfigError> {
+        if self.global_batch == 0 {
+            return Ok(self.batch_size);
+        }
+        if world == 0 || self.global_batch % world != 0 {
+            return Err(ConfigError::Invalid(format!("train.global_batch = {} does not split over a world size of {world}: choose a multiple of it", self.global_batch)));
+        }
+        Ok(self.global_batch / world)
+    }
 }
 
 impl Default for TrainSection {
     fn default() -> Self {
-        Self { steps: 1000, batch_size: 16, log_every: 10, checkpoint_every: 200, checkpoint_store: None }
+        Self { steps: 1000, batch_size: 16, log_every: 10, checkpoint_every: 200, checkpoint_store: None, global_batch: 0, micro_batch: 0 }
     }
 }
 
@@ -300,6 +327,12 @@ impl TrainConfig {
             if v == 0 {
                 return bad(format!("{key} must be positive, got 0"));
             }
+        }
+        if self.train.global_batch > 0 && self.train.micro_batch > self.train.global_batch {
+            return bad(format!("train.micro_batch = {} is larger than train.global_batch = {}", self.train.micro_batch, self.train.global_batch));
+        }
+        if self.train.micro_batch > 0 && self.latent.end_to_end {
+            return bad("train.micro_batch cannot be used with latent.end_to_end (REPA-E normalises latents with the whole batch's statistics)".into());
         }
         if let Some(store) = &self.train.checkpoint_store {
             let bucket = store.strip_prefix("s3://").map(|r| r.split(['/', '?']).next().unwrap_or(""));

@@ -205,6 +205,7 @@ pub fn run_distributed(
     progress: &mut dyn Progress,
     group: &mut dyn crate::collective::Collective,
 ) -> Result<RunSummary, TrainError> {
+    cfg.train.rank_batch(group.world())?;
     let files = RunFiles::new(&opts.out, if group.rank() == 0 { opts.checkpoint_store.clone() } else { None });
     std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::io(&opts.out, e))?;
     let mut trainer = join_group(&cfg, opts.resume, &files, device, progress, group)?;

@@ -147,7 +147,8 @@ impl Trainer {
     /// so a sampling autoencoder's draw is the one that sample trains on), and that sample's
     /// target is rebuilt from its latent, noise and timestep. REPA-E normalises latents with
     /// the batch's statistics and always runs as one pass. `ABLATE_MICRO_BATCH=0` turns the
-    /// split off.
+    /// split off. With `train.micro_batch`, the batch is first cut into passes of that many
+    /// samples, run one after another and accumulated (then split as above within a pass).
     pub fn compute_grads(&self, batch: &Batch) -> Result<(GradStore, StepStats), TrainError> {
         let cfg = &self.cfg;
         let b = batch.size;
@@ -155,7 +156,8 @@ impl Trainer {
         let mut rng = Rng::derive(cfg.seed, &[0x7ead, self.step as u64, self.rank as u64]);
         let tokens = (cfg.latent_size() / self.denoiser.cfg.patch).pow(2);
         let route = if cfg.routing.routes_at(self.step, cfg.train.steps) { Some(RoutePlan::draw(&cfg.routing, b, tokens, &mut rng, &self.device)?) } else { None };
-        let parts = self.micro_batches(b);
+        let groups = self.passes(b);
+        let parts: Vec<std::ops::Range<usize>> = groups.iter().flatten().cloned().collect();
         if parts.len() <= 1 {
             return self.batch_grads(batch, 0, b, route.as_ref(), None, None, 1.0);
         }
@@ -166,47 +168,70 @@ impl Trainer {
         } else {
             None
         };
-        let results: Vec<Result<(GradStore, StepStats), TrainError>> = parts
-            .par_iter()
-            .enumerate()
-            .map(|(k, r)| {
-                let plan = route.as_ref().map(|p| p.slice(r.clone())).transpose()?;
-                let (z, before) = match &latents {
-                    Some(zs) => {
-                        let prev = &zs[(k + parts.len() - 1) % parts.len()];
-                        let last = prev.narrow(0, prev.dim(0)? - 1, 1)?;
-                        (Some(&zs[k]), Some(self.velocity_target_at(&last, (r.start + b - 1) % b, b)?))
-                    }
-                    None => (None, None),
-                };
-                self.batch_grads(&batch.slice(r.clone()), r.start, b, plan.as_ref(), z, before.as_ref(), r.len() as f64 / b as f64)
-            })
-            .collect();
+        // the passes one after another (gradient accumulation: one pass's activations at a
+        // time), the parts of a pass side by side; each pass's gradients are added into the
+        // step's as soon as it is done, so no more than one pass's are held besides
         let mut merged: Option<GradStore> = None;
         let mut stats = StepStats { step: self.step, loss: 0.0, mse: 0.0, repa: None, grad_norm: 0.0, lr: 0.0 };
-        for (r, res) in parts.iter().zip(results) {
-            let (g, s) = res?;
-            let w = r.len() as f64 / b as f64;
-            stats.loss += w * s.loss;
-            stats.mse += w * s.mse;
-            stats.repa = s.repa.map(|v| stats.repa.unwrap_or(0.0) + w * v);
-            merged = Some(match merged {
-                None => g,
-                Some(mut m) => {
-                    let sums = crate::optim::per_param(&self.params, |_, p| {
-                        let t = p.var.as_tensor();
-                        g.get(t).map(|gp| m.get(t).map_or_else(|| Ok(gp.clone()), |acc| acc + gp)).transpose()
-                    })?;
-                    for (p, sum) in self.params.iter().zip(sums) {
-                        if let Some(sum) = sum {
-                            m.insert(p.var.as_tensor(), sum);
+        let mut base = 0;
+        for group in &groups {
+            let results: Vec<Result<(GradStore, StepStats), TrainError>> = group
+                .par_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let k = base + i;
+                    let plan = route.as_ref().map(|p| p.slice(r.clone())).transpose()?;
+                    let (z, before) = match &latents {
+                        Some(zs) => {
+                            let prev = &zs[(k + parts.len() - 1) % parts.len()];
+                            let last = prev.narrow(0, prev.dim(0)? - 1, 1)?;
+                            (Some(&zs[k]), Some(self.velocity_target_at(&last, (r.start + b - 1) % b, b)?))
                         }
+                        None => (None, None),
+                    };
+                    self.batch_grads(&batch.slice(r.clone()), r.start, b, plan.as_ref(), z, before.as_ref(), r.len() as f64 / b as f64)
+                })
+                .collect();
+            base += group.len();
+            for (r, res) in group.iter().zip(results) {
+                let (g, s) = res?;
+                let w = r.len() as f64 / b as f64;
+                stats.loss += w * s.loss;
+                stats.mse += w * s.mse;
+                stats.repa = s.repa.map(|v| stats.repa.unwrap_or(0.0) + w * v);
+                merged = Some(match merged {
+                    None => g,
+                    Some(mut m) => {
+                        let sums = crate::optim::per_param(&self.params, |_, p| {
+                            let t = p.var.as_tensor();
+                            g.get(t).map(|gp| m.get(t).map_or_else(|| Ok(gp.clone()), |acc| acc + gp)).transpose()
+                        })?;
+                        for (p, sum) in self.params.iter().zip(sums) {
+                            if let Some(sum) = sum {
+                                m.insert(p.var.as_tensor(), sum);
+                            }
+                        }
+                        m
                     }
-                    m
-                }
-            });
+                });
+            }
         }
         Ok((merged.expect("at least two micro-batches"), stats))
+    }
+
+    /// The passes `compute_grads` makes over a batch of `b`, one after another: chunks of
+    /// `train.micro_batch` samples (one chunk when it is 0 or the batch is no larger), each
+    /// split into the parts that run side by side ([`Self::micro_batches`]).
+    pub fn passes(&self, b: usize) -> Vec<Vec<std::ops::Range<usize>>> {
+        let m = self.cfg.train.micro_batch;
+        let chunk = if m == 0 || m >= b { b } else { m };
+        (0..b.div_ceil(chunk.max(1)))
+            .map(|c| {
+                let start = c * chunk;
+                let len = chunk.min(b - start);
+                self.micro_batches(len).into_iter().map(|r| r.start + start..r.end + start).collect()
+            })
+            .collect()
     }
 
     /// The micro-batches `compute_grads` splits a batch of `b` into (one range: no split).

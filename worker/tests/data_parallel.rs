@@ -110,3 +110,52 @@ fn a_distributed_evaluation_equals_the_single_process_one() {
     assert_eq!(single.samples, group.samples, "the per-image numbers, in image order");
     assert_eq!(single.fd_scenes.as_ref().unwrap().protocol, group.fd_scenes.as_ref().unwrap().protocol);
 }
+
+/// Gradient accumulation: a global batch of 8 in micro-batches of 2 trains the same whether
+/// one rank runs 4 passes, 2 ranks 2 each or 4 ranks 1 each, and the same as one pass over
+/// the 8 (equal weights after 4 steps, to the float tolerance of the summation order).
+#[test]
+fn a_global_batch_trains_alike_on_1_2_and_4_ranks_with_accumulation() {
+    let dir = tempfile::tempdir().unwrap();
+    let global = |micro: usize| {
+        let mut c = config(1);
+        c.train.global_batch = 8;
+        c.train.micro_batch = micro;
+        c
+    };
+    let whole = dir.path().join("whole");
+    run_on(global(0), &RunOptions { out: whole.clone(), resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &Device::Cpu, &mut NoProgress).unwrap();
+    let reference = params(&whole);
+    for world in [1usize, 2, 4] {
+        let rings = loopback_group(world, Duration::from_secs(60));
+        let handles: Vec<_> = rings
+            .into_iter()
+            .enumerate()
+            .map(|(r, mut ring)| {
+                let out = dir.path().join(format!("w{world}-rank{r}"));
+                std::thread::spawn(move || run_distributed(global(2), &RunOptions { out, resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &Device::Cpu, &mut NoProgress, &mut ring).unwrap())
+            })
+            .collect();
+        let sums: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(sums.iter().all(|s| s.checksum.to_bits() == sums[0].checksum.to_bits() && s.steps == 4), "world {world}: every rank holds the same bits");
+        let got = params(&dir.path().join(format!("w{world}-rank0")));
+        let worst = reference
+            .iter()
+            .zip(&got)
+            .map(|((_, a), (_, b))| {
+                let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+                diff / a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-6)
+            })
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-4, "world {world} x {} passes: relative L2 {worst:.3e} from one pass over the batch", 4 / world);
+    }
+    // a global batch that does not split over the world is refused before any step
+    let mut rings = loopback_group(3, Duration::from_secs(10));
+    let mut c = global(2);
+    c.train.global_batch = 8;
+    let ring = rings.remove(0);
+    drop(rings);
+    let mut ring = ring;
+    let e = run_distributed(c, &RunOptions { out: dir.path().join("bad"), resume: false, samples: false, eval_cache: None, checkpoint_store: None }, &Device::Cpu, &mut NoProgress, &mut ring).unwrap_err();
+    assert!(e.to_string().contains("train.global_batch = 8 does not split over a world size of 3"), "{e}");
+}

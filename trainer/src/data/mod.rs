@@ -215,7 +215,8 @@ impl BatchSpec {
         Ok(Self {
             data: cfg.data.clone(),
             real,
-            batch: cfg.train.batch_size,
+            // (a global batch that does not split over the world is refused before the run starts)
+            batch: cfg.train.rank_batch(world).unwrap_or(cfg.train.batch_size),
             image_size: cfg.latent.image_size,
             max_tokens: cfg.text.max_tokens,
             caption_dropout: cfg.objective.caption_dropout,
