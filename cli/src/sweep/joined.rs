@@ -99,14 +99,5 @@ pub fn results(specs: &[std::path::PathBuf], coordinator: &str, format: &str, st
     if format == "table" {
         println!("joined: {}", s.label);
     }
-    if let Some(step) = step {
-        let jobs = results::at_step(&s.jobs, &s.series, step)?;
-        let mut rows = results::rows(&s.arms, &jobs);
-        results::add_intervals(&mut rows, &jobs, &|_| None);
-        return results::print(&rows, &jobs, format);
-    }
-    let mut rows = results::rows(&s.arms, &s.jobs);
-    results::add_intervals(&mut rows, &s.jobs, &|j| s.samples.get(&j.id).cloned());
-    results::add_iso(&mut rows, &s.jobs, &s.series);
-    results::print(&rows, &s.jobs, format)
+    results::print_sweep(&s.arms, &s.jobs, &s.series, &s.samples, format, step)
 }

@@ -173,16 +173,7 @@ pub fn fetch(id: &str, coordinator: &str) -> anyhow::Result<Remote> {
 /// (results, histories, per-image data), with no worker's directory needed.
 pub fn results(id: &str, coordinator: &str, format: &str, step: Option<u64>) -> anyhow::Result<()> {
     let r = fetch(id, coordinator)?;
-    if let Some(step) = step {
-        let jobs = results::at_step(&r.jobs, &r.series, step)?;
-        let mut rows = results::rows(&r.arms, &jobs);
-        results::add_intervals(&mut rows, &jobs, &|_| None);
-        return results::print(&rows, &jobs, format);
-    }
-    let mut rows = results::rows(&r.arms, &r.jobs);
-    results::add_intervals(&mut rows, &r.jobs, &|j| r.samples.get(&j.id).cloned());
-    results::add_iso(&mut rows, &r.jobs, &r.series);
-    results::print(&rows, &r.jobs, format)
+    results::print_sweep(&r.arms, &r.jobs, &r.series, &r.samples, format, step)
 }
 
 /// Whether `s` is a sweep id of a coordinator (s000001), as opposed to a folder.

@@ -518,6 +518,21 @@ fn grid(head: &[&str], body: &[Vec<String>], format: &str) -> String {
     out
 }
 
+/// A sweep's table from its arms, jobs, histories and per-image data, at the final step or
+/// at evaluation step `step` (`ablate results` of a sweep id, or of several sweeps joined).
+pub fn print_sweep(arms: &[String], jobs: &[(String, v1::Job)], series: &HashMap<String, Series>, samples: &HashMap<String, EvalSamples>, format: &str, step: Option<u64>) -> anyhow::Result<()> {
+    if let Some(step) = step {
+        let jobs = at_step(jobs, series, step)?;
+        let mut rows = rows(arms, &jobs);
+        add_intervals(&mut rows, &jobs, &|_| None);
+        return print(&rows, &jobs, format);
+    }
+    let mut rows = rows(arms, jobs);
+    add_intervals(&mut rows, jobs, &|j| samples.get(&j.id).cloned());
+    add_iso(&mut rows, jobs, series);
+    print(&rows, jobs, format)
+}
+
 /// Prints `rows` as `format` ("table", "markdown", "csv" or "json"); the protocol line above
 /// the human formats.
 pub fn print(rows: &[Row], jobs: &[(String, v1::Job)], format: &str) -> anyhow::Result<()> {

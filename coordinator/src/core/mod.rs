@@ -428,14 +428,8 @@ impl Core {
         if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
             return Err(CoordinatorError::WrongState { job: id.to_string(), state: job.state.label(), what: "only failed or cancelled jobs run again" });
         }
-        job.state = JobState::Queued;
-        job.reason = format!("rerun after: {}", job.reason);
-        job.restarts = 0;
-        job.infra_restarts = 0;
-        job.placement.clear();
-        job.ranks_done.clear();
-        job.result = None;
-        job.finished_unix_ms = 0;
+        let reason = format!("rerun after: {}", job.reason);
+        queue_afresh(&mut job, reason);
         self.commit(vec![job])?;
         self.get(id)
     }
@@ -463,16 +457,10 @@ impl Core {
         if checked.total_steps <= job.total_steps {
             return Err(CoordinatorError::InvalidJob(format!("job {id} has {} steps; an extension gives it more, not {}", job.total_steps, checked.total_steps)));
         }
-        job.reason = format!("extended from {} to {} steps", job.total_steps, checked.total_steps);
+        let reason = format!("extended from {} to {} steps", job.total_steps, checked.total_steps);
         job.config_toml = checked.config_toml;
         job.total_steps = checked.total_steps;
-        job.state = JobState::Queued;
-        job.restarts = 0;
-        job.infra_restarts = 0;
-        job.placement.clear();
-        job.ranks_done.clear();
-        job.result = None;
-        job.finished_unix_ms = 0;
+        queue_afresh(&mut job, reason);
         self.commit(vec![job])?;
         self.get(id)
     }
@@ -544,6 +532,19 @@ impl Core {
         }
         Ok(self.workers().into_iter().find(|w| &w.worker.id == id).expect("checked above"))
     }
+}
+
+/// Sends a job back to the queue as if new (`retry`, `extend`): its restarts start over, its
+/// placement, results and end are cleared.
+fn queue_afresh(job: &mut Job, reason: String) {
+    job.state = JobState::Queued;
+    job.reason = reason;
+    job.restarts = 0;
+    job.infra_restarts = 0;
+    job.placement.clear();
+    job.ranks_done.clear();
+    job.result = None;
+    job.finished_unix_ms = 0;
 }
 
 /// Whether `job` is in one of `states` (any when empty) and of `sweep` (any when None).
